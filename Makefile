@@ -1,0 +1,28 @@
+# Two commands for a fresh machine:  `make demo`  (set up, then train on the built-in demo mixture)
+#                                    `make test`  (set up, then run the test suite)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# Let pip resolve a torch/torchvision pair from the registry (a lone CPU torch wheel on some machines
+# breaks torchvision); the import check proves the pair loads.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -c "import torch, torchvision, nvidia.dali, webdataset; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'dali', nvidia.dali.__version__)"
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m shards demo --out demo-data
+	$(PY) -m shards info demo-data/real demo-data/generated demo-data/test
+
+test: setup
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf demo-data runs

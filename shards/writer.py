@@ -1,0 +1,198 @@
+"""Write a shard set: USTAR tars in webdataset layout, a DALI index per tar, and the manifest.
+
+Nothing is half-written: each tar and index is written under a temporary name and renamed
+when complete; the manifest is written last, so a directory without ``manifest.json`` is
+never mistaken for a finished shard set.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .index import format_index
+from .manifest import FORMATS, KINDS, Manifest, ShardError, ShardInfo, atomic_write_text
+
+TAR_BLOCK = 512
+
+
+@dataclass
+class _OpenShard:
+    file: str
+    index: str
+    tmp_path: Path
+    fh: io.BufferedWriter
+    tar: tarfile.TarFile
+    hasher: "hashlib._Hash"
+    members: list = field(default_factory=list)  # per sample: [(ext, off, size, name), ...]
+
+
+class _HashingWriter(io.RawIOBase):
+    """File wrapper that feeds everything written through sha256 and counts the bytes."""
+
+    def __init__(self, fh, hasher):
+        self.fh, self.hasher, self.pos = fh, hasher, 0
+
+    def writable(self):
+        return True
+
+    def tell(self):
+        return self.pos
+
+    def write(self, b):
+        self.hasher.update(b)
+        self.fh.write(b)
+        self.pos += len(b)
+        return len(b)
+
+
+class ShardSetWriter:
+    """Streams samples into ``OUT/NAME-00000.tar …`` with ``shard_size`` samples per tar.
+
+    Use as a context manager; ``add()`` one encoded sample at a time; ``close()`` (or leaving the
+    ``with`` block normally) finalises the last tar and writes the manifest, returning it. Leaving the
+    block with an exception removes the temporary files and leaves no manifest behind.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        name: str,
+        *,
+        kind: str,
+        format: str,
+        split: str = "train",
+        shard_size: int = 10000,
+        classes: tuple[str, ...] = (),
+        fid: float | None = None,
+        command: str = "",
+        skipped: tuple[dict, ...] = (),
+    ):
+        if kind not in KINDS:
+            raise ShardError(f"--kind {kind!r}: use one of {', '.join(KINDS)}")
+        if format not in FORMATS:
+            raise ShardError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
+        if shard_size < 1:
+            raise ShardError(f"--shard-size {shard_size}: must be at least 1")
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.name, self.kind, self.format, self.split = name, kind, format, split
+        self.shard_size, self.classes, self.fid, self.command = shard_size, tuple(classes), fid, command
+        self.skipped = list(skipped)
+        self._shard: _OpenShard | None = None
+        self._done: list[ShardInfo] = []
+        self._final_paths: list[tuple[Path, Path]] = []  # (tmp, final) renamed at close
+        self._tmp_files: list[Path] = []  # everything written so far under a temporary name
+        self._labels: Counter = Counter()
+        self._sizes: set[tuple[int, int]] = set()
+        self._count = 0
+        self._closed = False
+
+    # -- writing -------------------------------------------------------------------------------
+    def add(self, key: str, image: bytes, label: int, origin: str = "", size: tuple[int, int] | None = None) -> None:
+        """Append one sample. ``image`` is already encoded (jpg/png) or raw HWC uint8 bytes;
+        ``size`` is its (H, W) when known (required to record ``image_size``)."""
+        if self._shard is None or len(self._shard.members) >= self.shard_size:
+            self._finish_shard()
+            self._open_shard()
+        label = int(label) if self.kind == "real" or label >= 0 else -1
+        meta = json.dumps({"source": self.name, "kind": self.kind, "origin": origin}).encode()
+        members = []
+        for ext, data in (("cls", str(label).encode()), ("json", meta), (self.format, image)):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mode, info.mtime, info.uname, info.gname = 0o444, 0, "", ""
+            sh = self._shard
+            sh.tar.addfile(info, io.BytesIO(data))
+            # USTAR: one 512-byte header per member (names < 100 chars), data follows it
+            data_off = sh.tar.offset - _padded(len(data))
+            members.append((ext, data_off, len(data), info.name))
+        self._shard.members.append(members)
+        self._labels[str(label)] += 1
+        if size is not None:
+            self._sizes.add((int(size[0]), int(size[1])))
+        else:
+            self._sizes.add((-1, -1))
+        self._count += 1
+
+    def _open_shard(self) -> None:
+        i = len(self._done)
+        file, index = f"{self.name}-{i:05d}.tar", f"{self.name}-{i:05d}.idx"
+        tmp = self.out / f".{file}.tmp"
+        self._tmp_files.append(tmp)
+        fh = open(tmp, "wb")
+        hasher = hashlib.sha256()
+        wrapper = _HashingWriter(fh, hasher)
+        tar = tarfile.open(fileobj=wrapper, mode="w", format=tarfile.USTAR_FORMAT)
+        self._shard = _OpenShard(file, index, tmp, fh, tar, hasher)
+
+    def _finish_shard(self) -> None:
+        sh = self._shard
+        if sh is None:
+            return
+        sh.tar.close()
+        sh.fh.flush()
+        os.fsync(sh.fh.fileno())
+        nbytes = sh.fh.tell()
+        sh.fh.close()
+        idx_tmp = self.out / f".{sh.index}.tmp"
+        self._tmp_files.append(idx_tmp)
+        idx_tmp.write_text(format_index(sh.members))
+        self._final_paths += [(sh.tmp_path, self.out / sh.file), (idx_tmp, self.out / sh.index)]
+        self._done.append(ShardInfo(sh.file, sh.index, len(sh.members), sh.hasher.hexdigest(), nbytes))
+        self._shard = None
+
+    # -- finishing -----------------------------------------------------------------------------
+    def close(self) -> Manifest:
+        if self._closed:
+            raise ShardError("ShardSetWriter closed twice")
+        self._finish_shard()
+        self._closed = True
+        if self._count == 0:
+            self.abort()
+            raise ShardError(f"{self.name}: no samples to write; check the source path and --limit/--per-class")
+        for tmp, final in self._final_paths:
+            os.replace(tmp, final)
+        sizes = self._sizes
+        image_size = next(iter(sizes)) if len(sizes) == 1 and (-1, -1) not in sizes else None
+        if self.format == "raw" and image_size is None:
+            raise ShardError(f"{self.name}: raw format needs every image to have one size; use --format jpg or png")
+        manifest = Manifest(
+            name=self.name, kind=self.kind, split=self.split, format=self.format, image_size=image_size,
+            classes=self.classes, count=self._count, shards=tuple(self._done), fid=self.fid,
+            label_counts=dict(sorted(self._labels.items(), key=lambda kv: int(kv[0]))),
+            skipped=tuple(self.skipped), command=self.command,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+        manifest.save(self.out)
+        return manifest
+
+    def abort(self) -> None:
+        """Remove everything this writer wrote (temporary files only: nothing final exists yet)."""
+        if self._shard is not None:
+            self._shard.fh.close()
+            self._shard = None
+        for tmp in self._tmp_files:
+            if tmp.exists():
+                tmp.unlink()
+        self._final_paths, self._tmp_files = [], []
+        self._closed = True
+
+    def __enter__(self) -> "ShardSetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.manifest = self.close()
+
+
+def _padded(n: int) -> int:
+    return (n + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
