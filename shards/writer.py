@@ -28,7 +28,7 @@ class _OpenShard:
     index: str
     tmp_path: Path
     fh: io.BufferedWriter
-    tar: tarfile.TarFile
+    out: "_HashingWriter"
     hasher: "hashlib._Hash"
     members: list = field(default_factory=list)  # per sample: [(ext, off, size, name), ...]
 
@@ -104,15 +104,17 @@ class ShardSetWriter:
         label = int(label) if self.kind == "real" or label >= 0 else -1
         meta = json.dumps({"source": self.name, "kind": self.kind, "origin": origin}).encode()
         members = []
+        out = self._shard.out
         for ext, data in (("cls", str(label).encode()), ("json", meta), (self.format, image)):
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mode, info.mtime, info.uname, info.gname = 0o444, 0, "", ""
-            sh = self._shard
-            sh.tar.addfile(info, io.BytesIO(data))
-            # USTAR: one 512-byte header per member (names < 100 chars), data follows it
-            data_off = sh.tar.offset - _padded(len(data))
-            members.append((ext, data_off, len(data), info.name))
+            name = f"{key}.{ext}"
+            # USTAR: one 512-byte header per member, data padded to whole blocks follows it
+            out.write(ustar_header(name, len(data)))
+            data_off = out.pos
+            out.write(data)
+            pad = _padded(len(data)) - len(data)
+            if pad:
+                out.write(_ZEROS[:pad])
+            members.append((ext, data_off, len(data), name))
         self._shard.members.append(members)
         self._labels[str(label)] += 1
         if size is not None:
@@ -128,15 +130,15 @@ class ShardSetWriter:
         self._tmp_files.append(tmp)
         fh = open(tmp, "wb")
         hasher = hashlib.sha256()
-        wrapper = _HashingWriter(fh, hasher)
-        tar = tarfile.open(fileobj=wrapper, mode="w", format=tarfile.USTAR_FORMAT)
-        self._shard = _OpenShard(file, index, tmp, fh, tar, hasher)
+        self._shard = _OpenShard(file, index, tmp, fh, _HashingWriter(fh, hasher), hasher)
 
     def _finish_shard(self) -> None:
         sh = self._shard
         if sh is None:
             return
-        sh.tar.close()
+        # end of archive as tarfile writes it: two zero blocks, then zeros up to a whole record
+        end = sh.out.pos + 2 * TAR_BLOCK
+        sh.out.write(bytes(2 * TAR_BLOCK + (-end) % tarfile.RECORDSIZE))
         sh.fh.flush()
         os.fsync(sh.fh.fileno())
         nbytes = sh.fh.tell()
@@ -192,6 +194,33 @@ class ShardSetWriter:
             self.abort()
         elif not self._closed:
             self.manifest = self.close()
+
+
+def _header_template() -> bytearray:
+    info = tarfile.TarInfo("")
+    info.size, info.mode, info.mtime, info.uname, info.gname = 0, 0o444, 0, "", ""
+    h = bytearray(info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="surrogateescape"))
+    h[148:156] = b" " * 8  # checksum field counts as spaces while summing
+    return h
+
+
+_TEMPLATE = _header_template()
+_ZEROS = bytes(TAR_BLOCK)
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte USTAR header tarfile writes for a read-only regular file (mode 0444, mtime 0),
+    built without tarfile's per-member overhead; names longer than 100 bytes go through tarfile."""
+    raw = name.encode()
+    if len(raw) > 100:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime, info.uname, info.gname = size, 0o444, 0, "", ""
+        return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="surrogateescape")
+    h = _TEMPLATE.copy()
+    h[: len(raw)] = raw
+    h[124:136] = b"%011o\x00" % size
+    h[148:156] = b"%06o\x00 " % sum(h)
+    return bytes(h)
 
 
 def _padded(n: int) -> int:

@@ -1,0 +1,266 @@
+"""Charts and a Markdown table from the benchmark JSON files.
+
+    python -m bench.report                       # bench/results/*.json -> bench/results/*.png + README.md
+    python -m bench.report --results-dir DIR --out-dir DIR --all-runs
+
+Reads every ``*.json`` written by ``bench.common.write_results`` (one shape for all benchmarks), keeps the
+newest run of each benchmark per host kind (``--all-runs`` keeps every run), and draws with matplotlib's
+Agg backend:
+
+* ``throughput.png`` — samples/s per backend (loader, formats, model ceiling, end to end),
+* ``data-wait.png`` — end-to-end fraction of step time spent waiting for data, and its ratio to the
+  model ceiling measured in the same run,
+* ``scale.png`` — loader samples/s, planning time and memory against planned epoch size and against the
+  number of sources.
+
+The Markdown table (also written to ``README.md`` next to the charts) is what the project README quotes.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from bench.common import RESULTS_DIR, host_kind
+
+# Row keys that tell rows of one backend apart, in the order they appear in a label.
+LABEL_KEYS = ("format", "device", "axis", "planned_samples", "sources", "batch_size", "method", "precision", "variant")
+THROUGHPUT_BENCHES = ("loader", "formats", "model", "end-to-end")
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    bench: str
+    host: str
+    hardware: dict
+    settings: dict
+    results: tuple[dict, ...]
+
+    @property
+    def stamp(self) -> str:
+        return self.path.name  # "<host>-<YYYYmmdd-HHMMSS>-<bench>.json" sorts by time within a host
+
+
+def check_doc(doc: object) -> list[str]:
+    """Problems with one results document (empty when it has the common shape)."""
+    if not isinstance(doc, dict):
+        return ["top level is not an object"]
+    problems = [f"missing {k!r}" for k in ("bench", "hardware", "settings", "results") if k not in doc]
+    if problems:
+        return problems
+    if not isinstance(doc["hardware"], dict) or not {"cpu", "cores", "gpu", "torch"} <= set(doc["hardware"]):
+        problems.append("'hardware' lacks cpu/cores/gpu/torch")
+    if not isinstance(doc["settings"], dict):
+        problems.append("'settings' is not an object")
+    if not isinstance(doc["results"], list):
+        return problems + ["'results' is not a list"]
+    for i, row in enumerate(doc["results"]):
+        if not isinstance(row, dict) or not isinstance(row.get("backend"), str):
+            problems.append(f"results[{i}] has no 'backend' string")
+        elif "samples_per_s" not in row:
+            problems.append(f"results[{i}] has no 'samples_per_s'")
+        elif row["samples_per_s"] is not None and not isinstance(row["samples_per_s"], (int, float)):
+            problems.append(f"results[{i}].samples_per_s is not a number")
+    return problems
+
+
+def load_runs(results_dir: Path, all_runs: bool = False) -> list[Run]:
+    """Every well-shaped results file in ``results_dir`` (the newest per bench and host unless all_runs)."""
+    runs = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            click.echo(f"skipping {path}: not readable JSON ({e}); delete it or re-run its benchmark", err=True)
+            continue
+        problems = check_doc(doc)
+        if problems:
+            click.echo(f"skipping {path}: {problems[0]}; re-run its benchmark to rewrite it", err=True)
+            continue
+        runs.append(Run(path, doc["bench"], host_kind(doc["hardware"]), doc["hardware"], doc["settings"], tuple(doc["results"])))
+    if all_runs:
+        return runs
+    newest: dict[tuple[str, str], Run] = {}
+    for run in runs:
+        key = (run.bench, run.host)
+        if key not in newest or run.stamp > newest[key].stamp:
+            newest[key] = run
+    return sorted(newest.values(), key=lambda r: (r.host, r.bench))
+
+
+def row_label(row: dict) -> str:
+    parts = [row["backend"]]
+    for key in LABEL_KEYS:
+        if row.get(key) is not None:
+            value = row[key]
+            parts.append(f"{value:,}" if isinstance(value, int) else str(value))
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------------
+def _num(v, digits: int = 0) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float) and digits:
+        return f"{v:.{digits}f}"
+    return f"{v:,.0f}" if isinstance(v, (int, float)) else str(v)
+
+
+def markdown(runs: list[Run]) -> str:
+    """One table per host: bench, row label, samples/s, peak RSS, and the per-bench extras."""
+    out = []
+    for host in sorted({r.host for r in runs}):
+        host_runs = [r for r in runs if r.host == host]
+        hw = host_runs[0].hardware
+        out.append(f"### {host}: {hw.get('cpu')} ({hw.get('cores')} cores), GPU {hw.get('gpu') or 'none'}, "
+                   f"torch {hw.get('torch')}, DALI {hw.get('dali')}\n")
+        out.append("| bench | backend | samples/s | peak RSS MiB | data wait | ratio to ceiling | plan s | plan MiB | run |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
+        for run in host_runs:
+            for row in run.results:
+                out.append("| " + " | ".join([
+                    run.bench, row_label(row), _num(row.get("samples_per_s")), _num(row.get("peak_rss_mb")),
+                    _num(row.get("data_wait_fraction"), 3), _num(row.get("ratio_to_ceiling"), 3),
+                    _num(row.get("plan_s"), 3), _num(row.get("plan_mb"), 1), run.path.name,
+                ]) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Charts
+# ---------------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    from shards.manifest import atomic_write_bytes
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def chart_throughput(runs: list[Run], path: Path) -> Path | None:
+    bars = [(f"{r.host} · {r.bench} · {row_label(row)}", row["samples_per_s"])
+            for r in runs if r.bench in THROUGHPUT_BENCHES for row in r.results if row.get("samples_per_s")]
+    if not bars:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(bars) + 1.2))
+    labels, values = zip(*bars)
+    ax.barh(range(len(bars)), values, color="tab:blue")
+    ax.set_yticks(range(len(bars)), labels, fontsize=8)
+    ax.invert_yaxis()
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:,.0f}", va="center", fontsize=7)
+    ax.set_xlabel("two-view samples / s")
+    ax.set_title("Throughput per backend")
+    return _save(fig, path)
+
+
+def chart_data_wait(runs: list[Run], path: Path) -> Path | None:
+    rows = [(f"{r.host} · {row_label(row)}", row) for r in runs if r.bench == "end-to-end" for row in r.results
+            if row.get("backend") == "end-to-end" and row.get("data_wait_fraction") is not None]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 0.4 * len(rows) + 1.5), sharey=True)
+    labels = [label for label, _ in rows]
+    ax1.barh(range(len(rows)), [row["data_wait_fraction"] for _, row in rows], color="tab:red")
+    ax1.axvline(0.03, color="k", ls="--", lw=0.8, label="target ≤ 0.03")
+    ax1.set_xlabel("fraction of step time waiting for data")
+    ax1.legend(fontsize=7)
+    ax1.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax1.invert_yaxis()
+    ax2.barh(range(len(rows)), [row.get("ratio_to_ceiling") or 0 for _, row in rows], color="tab:green")
+    ax2.axvline(0.97, color="k", ls="--", lw=0.8, label="target ≥ 0.97")
+    ax2.set_xlabel("end-to-end samples/s ÷ model ceiling")
+    ax2.legend(fontsize=7)
+    fig.suptitle("Is the GPU saturated?")
+    return _save(fig, path)
+
+
+def chart_scale(runs: list[Run], path: Path) -> Path | None:
+    scale = [r for r in runs if r.bench == "scale"]
+    if not scale:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for run in scale:
+        for axis, x_key, col in (("epoch_size", "planned_samples", 0), ("sources", "sources", 1)):
+            rows = sorted((row for row in run.results if row.get("axis") == axis), key=lambda row: row[x_key])
+            if not rows:
+                continue
+            xs = [row[x_key] for row in rows]
+            tput = [(x, row["samples_per_s"]) for x, row in zip(xs, rows) if row.get("samples_per_s")]
+            if tput:
+                axes[0][col].plot(*zip(*tput), "o-", label=f"{run.host} {rows[0]['backend']}")
+            axes[1][col].plot(xs, [row.get("plan_s") for row in rows], "s-", label=f"{run.host} plan s")
+            mem = [(x, row["peak_rss_mb"]) for x, row in zip(xs, rows) if row.get("peak_rss_mb")]
+            if mem:
+                twin = axes[1][col].twinx()
+                twin.plot(*zip(*mem), "^:", color="tab:purple", label="loader RSS MiB")
+                twin.set_ylabel("loader RSS MiB (process tree)", color="tab:purple")
+    for col, (xlabel, log) in enumerate((("planned samples per epoch", True), ("number of sources", False))):
+        axes[0][col].set_ylabel("loader two-view samples / s")
+        axes[1][col].set_ylabel("planning time s")
+        for row in (0, 1):
+            axes[row][col].set_xlabel(xlabel)
+            if log:
+                axes[row][col].set_xscale("log")
+            if axes[row][col].lines:
+                axes[row][col].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Scaling with epoch size and number of sources")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def build_report(results_dir: Path, out_dir: Path, all_runs: bool = False) -> tuple[str, list[Path]]:
+    """Draw the charts and write README.md into out_dir; return (markdown, files written)."""
+    runs = load_runs(results_dir, all_runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    charts = [p for p in (chart_throughput(runs, out_dir / "throughput.png"),
+                          chart_data_wait(runs, out_dir / "data-wait.png"),
+                          chart_scale(runs, out_dir / "scale.png")) if p]
+    table = markdown(runs)
+    images = "\n".join(f"![{p.stem}]({p.name})" for p in charts)
+    text = f"# Benchmark results\n\nGenerated by `python -m bench.report` from {len(runs)} run(s).\n\n{images}\n\n{table}\n"
+    from shards.manifest import atomic_write_text
+
+    written = [*charts, atomic_write_text(out_dir / "README.md", text)]
+    return table, written
+
+
+@click.command("report")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR, show_default=True,
+              help="Where the benchmark JSON files are.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the PNG charts and README.md (default: the results dir).")
+@click.option("--all-runs", is_flag=True, help="Chart every run, not only the newest per benchmark and host.")
+def main(results_dir: Path, out_dir: Path | None, all_runs: bool) -> None:
+    """Draw PNG charts and print a Markdown table from the benchmark JSON files."""
+    if not results_dir.is_dir() or not any(results_dir.glob("*.json")):
+        raise click.ClickException(f"{results_dir}: no benchmark JSON files here; run `python -m bench all --quick` first")
+    table, written = build_report(results_dir, out_dir or results_dir, all_runs)
+    click.echo(table)
+    for path in written:
+        click.echo(f"wrote {path}", err=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

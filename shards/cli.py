@@ -1,0 +1,125 @@
+"""``python -m shards pack|verify|info|demo``."""
+from __future__ import annotations
+
+import shlex
+import sys
+from functools import wraps
+from pathlib import Path
+
+import click
+
+from .manifest import FORMATS, ShardError
+from .sources import LAYOUTS
+
+
+def _command_line() -> str:
+    return "python -m shards " + shlex.join(sys.argv[1:])
+
+
+def _clean_errors(fn):
+    """ShardError (bad input) becomes one line on stderr and exit status 1, never a traceback."""
+
+    @wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ShardError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; the output folder was left as it was", err=True)
+            sys.exit(130)
+
+    return run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Pack images into WebDataset shards (with DALI indexes and a manifest), check them, describe them."""
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder for NAME-00000.tar …, *.idx, manifest.json.")
+@click.option("--kind", type=click.Choice(["real", "generated"]), default="real", show_default=True)
+@click.option("--name", default="", help="Source name (tar prefix, manifest name). Default: the --out folder's name.")
+@click.option("--split", default="train", show_default=True, help="Split recorded in the manifest; also picks CIFAR train/test batches.")
+@click.option("--subdir", default="", help="Folder inside SRC (or inside the archive) to pack, e.g. cifar10/train.")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True, help="Force ImageFolder (labels from folders) or flat (unlabelled).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jpg", show_default=True, help="raw = uint8 HWC pixels, no decode cost.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=10000, show_default=True, help="Samples per tar.")
+@click.option("--shuffle-seed", type=int, default=None, help="Pack in a seeded shuffled order (well-mixed shards); --limit/--per-class then take a random subset.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Pack at most N images.")
+@click.option("--per-class", type=click.IntRange(min=1), default=None, help="At most N images per class (data-scarce CIFAR-10: 500).")
+@click.option("--keep-labels", is_flag=True, help="Keep labels of a --kind generated source (default: -1).")
+@click.option("--fid", type=float, default=None, help="FID of a generated set, stored for the weighting policy.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Encoding processes (0 = one per core).")
+@click.option("--strict", is_flag=True, help="Fail on any unreadable / empty / non-image input instead of skipping it.")
+@click.option("--overwrite", is_flag=True, help="Replace a shard set already in --out (only once the new one is complete).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_clean_errors
+def pack(src, out, kind, name, split, subdir, layout, fmt, quality, shard_size, shuffle_seed, limit, per_class,
+         keep_labels, fid, workers, strict, overwrite, quiet):
+    """Pack SRC (ImageFolder tree, folder of images, CIFAR pickles, .npz/.npy, or a .tar/.tar.gz of one) into shards."""
+    from .pack import PackConfig, pack as run_pack
+
+    cfg = PackConfig(out=out, name=name, kind=kind, split=split, format=fmt, quality=quality, shard_size=shard_size,
+                     shuffle_seed=shuffle_seed, limit=limit, per_class=per_class, keep_labels=keep_labels, fid=fid,
+                     workers=workers, strict=strict, overwrite=overwrite, progress=not quiet, command=_command_line())
+    result = run_pack(src, cfg, subdir=subdir, layout=layout)
+    click.echo(result.summary())
+    click.echo(f"output:  {out}")
+
+
+@main.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="Processes (0 = one per core).")
+@click.option("--no-decode", is_flag=True, help="Skip decoding every image (structure, index and checksums only).")
+def verify(dirs, workers, no_decode):
+    """Re-read every shard: tar structure, index, image decode and size, counts and sha256 vs the manifest."""
+    from .verify import verify_dir
+
+    bad = 0
+    for d in dirs:
+        problems = verify_dir(d, workers=workers, decode=not no_decode)
+        for p in problems:
+            click.echo(p)
+        if problems:
+            bad += 1
+        else:
+            from .manifest import Manifest
+
+            m = Manifest.load(d)
+            click.echo(f"{d}: OK ({m.count} samples in {len(m.shards)} shard(s){'' if no_decode else ', every image decoded'})")
+    if bad:
+        click.echo(f"{bad} of {len(dirs)} shard set(s) have problems", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_clean_errors
+def info(dirs):
+    """A table of shard sets: name, kind, count, shards, format, classes, bytes, fid."""
+    from .verify import INFO_COLUMNS, format_table, info_rows
+
+    click.echo(format_table(info_rows(dirs), INFO_COLUMNS))
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Writes OUT/real, OUT/generated, OUT/test.")
+@click.option("--size", type=click.Choice(["small", "default"]), default="default", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0)
+@click.option("--overwrite", is_flag=True, help="Replace demo shard sets already in --out.")
+@_clean_errors
+def demo(out, size, seed, fmt, workers, overwrite):
+    """Make the built-in procedural demo data set (no download): real, generated and test shard sets."""
+    from .demo import SIZES, make_demo
+
+    n_real, n_gen, n_test = SIZES[size]
+    sets = make_demo(out, n_real=n_real, n_generated=n_gen, n_test=n_test, seed=seed, format=fmt, workers=workers,
+                     overwrite=overwrite, progress=True, command=_command_line())
+    for name, r in sets.items():
+        click.echo(f"{out / name}: {r.manifest.count} samples, kind {r.manifest.kind}, split {r.manifest.split}")

@@ -1,0 +1,194 @@
+"""``shards verify`` and ``shards info``: re-read shard sets and report on them.
+
+``verify_dir`` re-reads every shard of a set: the tar structure (regular USTAR members grouped by
+key, each sample with ``cls``, ``json`` and the image), the DALI index against the tar, every image
+decoded to the recorded size, and counts, label counts, bytes and sha256 against the manifest.
+It returns one line per problem (empty: all good).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from .index import read_index
+from .manifest import MANIFEST_NAME, Manifest, ShardError, ShardInfo
+
+
+def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = True) -> list[str]:
+    directory = Path(directory)
+    try:
+        m = Manifest.load(directory)
+    except ShardError as e:
+        return [str(e)]
+    problems: list[str] = []
+    listed = {s.file for s in m.shards} | {s.index for s in m.shards} | {MANIFEST_NAME}
+    for p in sorted(directory.iterdir()):
+        if p.is_file() and p.suffix in (".tar", ".idx") and p.name not in listed:
+            problems.append(f"{p}: not listed in {MANIFEST_NAME}; remove it or re-pack")
+    jobs = [(str(directory), s, m, decode) for s in m.shards]
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if workers > 1:
+        with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers) as pool:
+            results = pool.starmap(verify_shard, jobs)
+    else:
+        results = [verify_shard(*j) for j in jobs]
+    labels: Counter = Counter()
+    total = 0
+    for shard_problems, n, lab in results:
+        problems += shard_problems
+        total += n
+        labels.update(lab)
+    if total != m.count:
+        problems.append(f"{directory / MANIFEST_NAME}: manifest says {m.count} samples, shards hold {total}")
+    if total == m.count and m.label_counts and dict(labels) != {k: v for k, v in m.label_counts.items() if v}:
+        problems.append(f"{directory / MANIFEST_NAME}: label counts differ from the shards "
+                        f"(manifest {m.label_counts}, shards {dict(sorted(labels.items(), key=lambda kv: int(kv[0])))})")
+    return problems
+
+
+def verify_shard(directory: str, s: ShardInfo, m: Manifest, decode: bool = True) -> tuple[list[str], int, Counter]:
+    """Problems found in one tar and its index, its sample count and label counts."""
+    path, idx_path = Path(directory) / s.file, Path(directory) / s.index
+    if not path.is_file():
+        return [f"{path}: missing (listed in {MANIFEST_NAME}); re-pack the set"], 0, Counter()
+    problems = []
+    data = path.read_bytes()
+    if len(data) != s.bytes:
+        problems.append(f"{path}: {len(data)} bytes, manifest says {s.bytes} (truncated or changed)")
+    elif hashlib.sha256(data).hexdigest() != s.sha256:
+        problems.append(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+    if not data:
+        return problems + [f"{path}: empty file, not a tar"], 0, Counter()
+    try:
+        samples = _read_tar(data)
+    except (tarfile.TarError, ValueError, EOFError) as e:
+        return problems + [f"{path}: broken tar ({e})"], 0, Counter()
+    problems += _check_index(idx_path, samples)
+    labels: Counter = Counter()
+    n_classes = len(m.classes)
+    for key, members in samples:
+        exts = {ext for ext, _, _ in members}
+        want = {"cls", "json", m.format}
+        if exts != want:
+            problems.append(f"{path}: sample {key} has members {sorted(exts)}, want {sorted(want)}")
+            continue
+        blob = {ext: data[off:off + size] for ext, off, size in members}
+        try:
+            label = int(blob["cls"])
+        except ValueError:
+            problems.append(f"{path}: sample {key}.cls is {blob['cls'][:20]!r}, not an integer")
+            continue
+        if label < -1 or (label >= 0 and n_classes and label >= n_classes) or (m.kind == "generated" and label >= 0 and not n_classes):
+            problems.append(f"{path}: sample {key} has label {label}, outside the manifest's {n_classes} classes")
+        labels[str(label)] += 1
+        try:
+            meta = json.loads(blob["json"])
+            if meta.get("source") != m.name or meta.get("kind") != m.kind:
+                problems.append(f"{path}: sample {key}.json says source {meta.get('source')!r} kind {meta.get('kind')!r}, "
+                                f"manifest says {m.name!r} {m.kind!r}")
+        except (ValueError, AttributeError):
+            problems.append(f"{path}: sample {key}.json is not a JSON object")
+        if decode:
+            err = _check_image(blob[m.format], m)
+            if err:
+                problems.append(f"{path}: sample {key}.{m.format} {err}")
+    if len(samples) != s.count:
+        problems.append(f"{path}: holds {len(samples)} samples, manifest says {s.count}")
+    return problems, len(samples), labels
+
+
+def _read_tar(data: bytes) -> list[tuple[str, list[tuple[str, int, int]]]]:
+    """Samples as (key, [(ext, data_offset, size), ...]) in tar order, grouped like webdataset does."""
+    samples: list = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        for info in tf:
+            if not info.isfile():
+                raise ValueError(f"member {info.name!r} is not a regular file")
+            folder, _, base = info.name.rpartition("/")
+            stem, dot, ext = base.partition(".")  # webdataset: the key ends at the first dot
+            if not dot:
+                raise ValueError(f"member {info.name!r} has no extension")
+            key = f"{folder}/{stem}" if folder else stem
+            if info.offset_data + info.size > len(data):
+                raise ValueError(f"member {info.name!r} runs past the end of the file")
+            if not samples or samples[-1][0] != key:
+                samples.append((key, []))
+            samples[-1][1].append((ext, info.offset_data, info.size))
+    keys = [k for k, _ in samples]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a key appears in two places (members of one sample must be adjacent)")
+    return samples
+
+
+def _check_index(idx_path: Path, samples) -> list[str]:
+    try:
+        idx = read_index(idx_path)
+    except ShardError as e:
+        return [str(e)]
+    if len(idx) != len(samples):
+        return [f"{idx_path}: index lists {len(idx)} samples, tar holds {len(samples)}; re-create it with `wds2idx`"]
+    for i, (key, members) in enumerate(samples):
+        if idx.keys[i] != key:
+            return [f"{idx_path}: sample {i} is {idx.keys[i]!r} in the index, {key!r} in the tar; re-create it with `wds2idx`"]
+        for ext, off, size in members:
+            if ext not in idx.offsets or idx.offsets[ext][i] != off or idx.sizes[ext][i] != size:
+                got = (int(idx.offsets[ext][i]), int(idx.sizes[ext][i])) if ext in idx.offsets else None
+                return [f"{idx_path}: {key}.{ext} at (offset, size) {got} in the index, {(off, size)} in the tar; "
+                        "re-create it with `wds2idx`"]
+    return []
+
+
+def _check_image(blob: bytes, m: Manifest) -> str | None:
+    if m.format == "raw":
+        h, w = m.image_size
+        return None if len(blob) == h * w * 3 else f"has {len(blob)} bytes, want {h}×{w}×3 = {h * w * 3}"
+    try:
+        im = Image.open(io.BytesIO(blob))
+        im.load()
+    except Exception as e:  # PIL raises many types on corrupt data
+        return f"does not decode ({type(e).__name__}: {str(e)[:60]})"
+    if m.image_size and (im.height, im.width) != tuple(m.image_size):
+        return f"is {im.height}×{im.width}, manifest says {m.image_size[0]}×{m.image_size[1]}"
+    return None
+
+
+# -- info ------------------------------------------------------------------------------------------
+
+INFO_COLUMNS = ["name", "kind", "split", "count", "shards", "format", "size", "classes", "bytes", "fid", "skipped", "path"]
+
+
+def info_rows(dirs) -> list[dict]:
+    rows = []
+    for d in dirs:
+        m = Manifest.load(d)
+        rows.append({
+            "name": m.name, "kind": m.kind, "split": m.split, "count": m.count, "shards": len(m.shards),
+            "format": m.format, "size": "×".join(map(str, m.image_size)) if m.image_size else "mixed",
+            "classes": len(m.classes), "bytes": _human(sum(s.bytes for s in m.shards)),
+            "fid": None if m.fid is None else f"{m.fid:g}", "skipped": len(m.skipped), "path": str(d),
+        })
+    return rows
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -1,0 +1,342 @@
+"""Mixture parsing, presets and the DALI loaders on the CPU backend, on tiny shards in tmp_path."""
+import collections
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from loaders.augment import CIFAR_MEAN, CIFAR_STD, ViewAug, AugConfig, preset
+from loaders.mixture import parse_shards_args
+from loaders.pipeline import EvalLoader, TrainLoader
+from shards.manifest import Manifest, ShardError
+from shards.writer import ShardSetWriter
+
+
+# -- tiny shard sets built with the real writer ---------------------------------------------------
+
+def image(i: int, size: int = 32) -> np.ndarray:
+    """A deterministic, textured HWC uint8 image for sample ``i``."""
+    rng = np.random.default_rng(i)
+    base = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    img = np.kron(base, np.ones((size // 4, size // 4, 1), dtype=np.uint8))
+    return np.ascontiguousarray(img)
+
+
+def encode(img: np.ndarray, fmt: str) -> bytes:
+    if fmt == "raw":
+        return img.tobytes()
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format={"jpg": "JPEG", "png": "PNG"}[fmt], **({"quality": 95} if fmt == "jpg" else {}))
+    return buf.getvalue()
+
+
+def make_shards(root: Path, name: str, n: int, *, kind: str = "real", fmt: str = "png", shard_size: int = 16,
+                size: int = 32, split: str = "train", seed: int = 0) -> Path:
+    out = Path(root) / name
+    classes = tuple(f"c{k}" for k in range(10)) if kind == "real" else ()
+    with ShardSetWriter(out, name, kind=kind, format=fmt, split=split, shard_size=shard_size, classes=classes) as w:
+        for i in range(n):
+            label = i % 10 if kind == "real" else -1
+            w.add(f"{i:06d}", encode(image(seed * 100003 + i, size), fmt), label, origin=str(i), size=(size, size))
+    return out
+
+
+PLAIN = ViewAug(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    return {
+        "real": make_shards(root, "real", 30, fmt="jpg", shard_size=8),
+        "gen": make_shards(root, "gen", 45, kind="generated", fmt="png", shard_size=16, seed=1),
+        "raw": make_shards(root, "rawgen", 20, kind="generated", fmt="raw", seed=2),
+        "test": make_shards(root, "test", 23, fmt="png", split="test", shard_size=10, seed=3),
+    }
+
+
+def key_counts(loader, epoch=0, **kw):
+    c = collections.Counter()
+    for b in loader.epoch(epoch, **kw):
+        c.update(loader.keys_for(b))
+    return c
+
+
+# -- mixture ------------------------------------------------------------------------------------
+def test_parse_dir_weights_and_yaml(data, tmp_path):
+    m = parse_shards_args([f"{data['real']}:10", str(data["gen"])])
+    assert [s.name for s in m.sources] == ["real", "gen"] and m.weights == [10.0, 1.0]
+    assert m.counts == [30, 45] and m.sources[1].kind == "generated"
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"- {{path: {data['real']}, weight: 2.5, name: cifar}}\n- {{path: {data['gen']}, weight: 0}}\n")
+    m = parse_shards_args([str(mix)])
+    assert [s.name for s in m.sources] == ["cifar", "gen"] and m.weights == [2.5, 0.0]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["{tmp}/nope:1"], "no such directory"),
+    (["{real}:abc"], "not a number"),
+    (["{real}:-1"], "invalid"),
+    (["{real}:0"], "weight 0"),
+    (["{real}", "{real}"], "used twice"),
+])
+def test_parse_errors_are_one_clear_line(data, tmp_path, args, needle):
+    args = [a.format(tmp=tmp_path, real=data["real"]) for a in args]
+    with pytest.raises(ShardError, match=needle) as e:
+        parse_shards_args(args)
+    assert "\n" not in str(e.value)
+
+
+def test_parse_missing_manifest(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShardError, match="no manifest.json"):
+        parse_shards_args([f"{tmp_path / 'empty'}:1"])
+
+
+# -- presets ------------------------------------------------------------------------------------
+def test_presets_match_paper_notes():
+    s, a = preset("simclr"), preset("simclr-adainf")
+    assert len(s.views) == 2 and s.views[0] == s.views[1]
+    assert s.views[0].crop_scale == (0.08, 1.0) and s.views[0].jitter_p == 0.8 and s.views[0].hue == 0.2
+    assert a.views[0].crop_scale == (0.2, 1.0) and a.views[0].jitter_p == 0.4
+    assert (a.views[0].brightness, a.views[0].hue) == (0.4, 0.1)
+    b, ba = preset("byol"), preset("byol-adainf")
+    assert (b.views[0].solarize_p, b.views[1].solarize_p) == (0.0, 0.2)
+    assert (b.views[0].brightness, b.views[0].saturation, b.views[0].hue) == (0.4, 0.2, 0.1)
+    assert ba.views[1].crop_scale == (0.2, 1.0) and ba.views[1].jitter_p == 0.4 and ba.views[1].saturation == 0.2
+
+
+def test_preset_overrides():
+    c = preset("simclr", crop_min_scale=0.3, jitter_strength=0.5, jitter_p=None, view2_blur_p=0.0, num_views=3)
+    assert len(c.views) == 3 and c.views[0].crop_scale == (0.3, 1.0)
+    assert c.views[0].brightness == pytest.approx(0.4) and c.views[0].hue == pytest.approx(0.1)
+    assert c.views[0].jitter_p == 0.8 and c.views[1].blur_p == 0.0 and c.views[0].blur_p == 0.5
+    with pytest.raises(ValueError, match="unknown"):
+        preset("simclr", crop_size=3)
+    with pytest.raises(ValueError, match="preset"):
+        preset("dino")
+    with pytest.raises(ValueError, match="probability"):
+        preset("simclr", gray_p=2)
+
+
+# -- training loader ----------------------------------------------------------------------------
+def test_exact_multiplicities_through_dali(data):
+    m = parse_shards_args([f"{data['real']}:3", f"{data['gen']}:1"])
+    loader = TrainLoader(m, preset("simclr"), 16, drop_last=False)
+    assert loader.samples_per_epoch == 135 and loader.steps_per_epoch == 9
+    c = key_counts(loader)
+    assert sum(c.values()) == 135
+    assert all(c[f"real/{i:06d}"] == 3 for i in range(30)) and all(c[f"gen/{i:06d}"] == 1 for i in range(45))
+    assert loader.stats.samples == 135
+
+
+def test_fractional_multiplicities_through_dali(data):
+    m = parse_shards_args([f"{data['real']}:1.5", f"{data['gen']}:0.4"])
+    loader = TrainLoader(m, AugConfig((PLAIN,)), 10, drop_last=False)
+    c = key_counts(loader, epoch=1)
+    real = [c[f"real/{i:06d}"] for i in range(30)]
+    gen = [c[f"gen/{i:06d}"] for i in range(45)]
+    assert set(real) <= {1, 2} and set(gen) <= {0, 1}
+    assert abs(sum(real) - 45) < 1 and abs(sum(gen) - 18) < 1
+    assert sum(c.values()) == loader.samples_per_epoch
+
+
+def test_views_shapes_dtypes_ranges_and_mixing(data):
+    m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1"])
+    loader = TrainLoader(m, preset("byol"), 15, seed=1)
+    assert loader.steps_per_epoch == 105 // 15
+    lo = min((0 - mu) / sd for mu, sd in zip(CIFAR_MEAN, CIFAR_STD))
+    hi = max((1 - mu) / sd for mu, sd in zip(CIFAR_MEAN, CIFAR_STD))
+    n = 0
+    for b in loader.epoch(0):
+        assert len(b.views) == 2
+        for v in b.views:
+            assert v.shape == (15, 3, 32, 32) and v.dtype == torch.float32
+            assert v.min() >= lo - 1e-3 and v.max() <= hi + 1e-3
+        assert b.labels.dtype == torch.int64 and b.source.dtype == torch.int64
+        assert ((b.labels == -1) == (b.source == 1)).all() and (b.labels[b.source == 0] >= 0).all()
+        # 60 real of 105: each batch of 15 holds 15*60/105 = 8.57 ± 2 real samples
+        assert abs(int((b.source == 0).sum()) - 15 * 60 / 105) < 2
+        n += 1
+    assert n == loader.steps_per_epoch
+
+
+def test_labels_match_the_shards(data):
+    m = parse_shards_args([f"{data['real']}:1"])
+    loader = TrainLoader(m, AugConfig((PLAIN,)), 10)
+    for b in loader.epoch(0):
+        assert (b.labels == b.index % 10).all()  # helper labels sample i with i % 10
+
+
+def test_bf16_channels_last_and_tensor_ownership(data):
+    m = parse_shards_args([f"{data['gen']}:1"])
+    loader = TrainLoader(m, preset("simclr"), 9, dtype=torch.bfloat16, channels_last=True)
+    batches = list(loader.epoch(0))
+    assert len(batches) == 5
+    v = batches[0].views[0]
+    assert v.shape == (9, 3, 32, 32) and v.dtype == torch.bfloat16
+    assert v.is_contiguous(memory_format=torch.channels_last)
+    kept = [b.views[0].clone() for b in batches]
+    assert all(torch.equal(a, b.views[0]) for a, b in zip(kept, batches))  # not overwritten later
+    assert not torch.equal(batches[0].views[0], batches[1].views[0])
+
+
+def test_full_area_crop_gives_the_full_image(data):
+    m = parse_shards_args([f"{data['gen']}:1"])
+    loader = TrainLoader(m, AugConfig((PLAIN,)), 5)
+    mean = torch.tensor(CIFAR_MEAN).view(3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(3, 1, 1)
+    b = next(iter(loader.epoch(0)))
+    for k, i in enumerate(b.index.tolist()):
+        want = (torch.from_numpy(image(100003 + i)).permute(2, 0, 1).float() / 255 - mean) / std
+        assert torch.allclose(b.views[0][k], want, atol=2e-2)
+
+
+def test_augmentation_strength_changes_outputs(data):
+    m = parse_shards_args([f"{data['gen']}:1"])
+
+    def distance(aug):
+        loader = TrainLoader(m, aug, 45, seed=0)
+        b = next(iter(loader.epoch(0)))
+        clean = next(iter(TrainLoader(m, AugConfig((PLAIN,)), 45, seed=0).epoch(0))).views[0]
+        return (b.views[0] - clean).abs().mean().item()
+
+    plain, weak, strong = distance(AugConfig((PLAIN,))), distance(preset("simclr-adainf", num_views=1)), \
+        distance(preset("simclr", num_views=1))
+    assert plain == 0.0
+    assert strong > weak > 0.05
+    # each op alone visibly changes images
+    for kw in ({"gray_p": 1.0}, {"solarize_p": 1.0}, {"blur_p": 1.0}, {"jitter_p": 1.0}, {"flip_p": 1.0}):
+        assert distance(AugConfig((ViewAug(**{**PLAIN.__dict__, **kw}),))) > 0.01, kw
+
+
+def test_determinism_and_resume(data):
+    m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1"])
+    aug = preset("simclr")
+    a = TrainLoader(m, aug, 10, seed=7)
+    run1 = [(a.keys_for(b), b.views[0]) for b in a.epoch(1)]
+    b_ = TrainLoader(m, aug, 10, seed=7)
+    run2 = [(b_.keys_for(b), b.views[0]) for b in b_.epoch(1)]
+    assert [k for k, _ in run1] == [k for k, _ in run2]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(run1, run2))
+    # stop after 4 steps, save, resume in a fresh loader: the same next batches
+    c = TrainLoader(m, aug, 10, seed=7)
+    it = c.epoch(1)
+    for _ in range(4):
+        next(it)
+    state = c.state_dict()
+    assert (state["epoch"], state["step"]) == (1, 4)
+    d = TrainLoader(m, aug, 10, seed=7)
+    d.load_state_dict(json.loads(json.dumps(state)))
+    resumed = [d.keys_for(b) for b in d.epoch()]
+    assert resumed == [k for k, _ in run1][4:]
+    assert d.state_dict()["step"] == a.steps_per_epoch
+    # a state saved at the end of an epoch resumes at the next epoch's start
+    e = TrainLoader(m, aug, 10, seed=7)
+    e.load_state_dict(d.state_dict())
+    assert [e.keys_for(b) for b in e.epoch()][0] == next(iter([a.keys_for(b) for b in a.epoch(2)]))
+    with pytest.raises(ShardError, match="batch_size"):
+        TrainLoader(m, aug, 5, seed=7).load_state_dict(state)
+
+
+def test_ranks_disjoint_and_complete(data):
+    m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1"])  # 105 samples
+    per_rank = []
+    for r in range(3):
+        loader = TrainLoader(m, AugConfig((PLAIN,)), 7, rank=r, world_size=3, drop_last=False)
+        per_rank.append([(s, i) for b in loader.epoch(0) for s, i in zip(b.source.tolist(), b.index.tolist())])
+    assert [len(p) for p in per_rank] == [35, 35, 35]
+    plan = TrainLoader(m, AugConfig((PLAIN,)), 7).plan(0)
+    assert sum(per_rank, []) == list(zip(plan.source.tolist(), plan.index.tolist()))
+
+
+def test_raw_and_encoded_sources_mix(data):
+    m = parse_shards_args([f"{data['raw']}:1", f"{data['gen']}:1"])
+    loader = TrainLoader(m, AugConfig((PLAIN,)), 13, drop_last=False)
+    mean = torch.tensor(CIFAR_MEAN).view(3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(3, 1, 1)
+    seen = 0
+    for b in loader.epoch(0):
+        for k, (s, i) in enumerate(zip(b.source.tolist(), b.index.tolist())):
+            want = (torch.from_numpy(image((2 if s == 0 else 1) * 100003 + i)).permute(2, 0, 1).float() / 255 - mean) / std
+            assert torch.allclose(b.views[0][k], want, atol=2e-2)
+            seen += 1
+    assert seen == 65
+
+
+def corrupt_one(src, shard: int, sample: int):
+    m = Manifest.load(src)
+    from shards.index import read_index
+
+    idx = read_index(src / m.shards[shard].index)
+    off = int(idx.offsets[m.format][sample])
+    with open(src / m.shards[shard].file, "r+b") as f:
+        f.seek(off)
+        f.write(b"\0" * 16)
+    return m.shards[shard].file, idx.keys[sample]
+
+
+def test_corrupt_sample_error_or_skip(data, tmp_path):
+    src = make_shards(tmp_path, "bad", 40, fmt="png", shard_size=10, seed=4)
+    file, key = corrupt_one(src, 2, 3)
+    m = parse_shards_args([f"{src}:2"])
+    loader = TrainLoader(m, AugConfig((PLAIN,)), 8)
+    with pytest.raises(ShardError, match=file) as e:
+        key_counts(loader)
+    assert key in str(e.value) and "skip" in str(e.value)
+    loader = TrainLoader(m, AugConfig((PLAIN,)), 8, on_corrupt="skip", drop_last=False)
+    c = key_counts(loader)
+    assert c[f"bad/{key}"] == 0 and sum(c.values()) == 78
+    assert loader.stats.corrupt == 2 and loader.stats.corrupt_keys == [f"bad/{key}"] * 2
+
+
+def test_truncated_shard_is_named(data, tmp_path):
+    src = make_shards(tmp_path, "trunc", 30, fmt="jpg", shard_size=10, seed=5)
+    tar = src / Manifest.load(src).shards[1].file
+    tar.write_bytes(tar.read_bytes()[:4000])
+    loader = TrainLoader(parse_shards_args([str(src)]), AugConfig((PLAIN,)), 6)
+    with pytest.raises(ShardError, match="trunc-00001.tar"):
+        key_counts(loader)
+
+
+# -- evaluation loader --------------------------------------------------------------------------
+def test_eval_loader_every_sample_once(data):
+    ev = EvalLoader([data["test"]], 8)
+    assert len(ev) == 3
+    labels, n = [], 0
+    for x, y in ev:
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
+        labels += y.tolist()
+        n += len(y)
+    assert n == 23 and labels == [i % 10 for i in range(23)]
+
+
+def test_eval_loader_resizes(tmp_path):
+    src = make_shards(tmp_path, "big", 5, fmt="png", size=48, split="test")
+    x, y = next(iter(EvalLoader(src, 5, size=32)))
+    assert x.shape == (5, 3, 32, 32)
+
+
+# -- audit CLI ------------------------------------------------------------------------------------
+def test_audit_json_counts_every_key(data):
+    from click.testing import CliRunner
+
+    from loaders.__main__ import main
+
+    res = CliRunner().invoke(main, ["audit", "--shards", f"{data['real']}:2", "--shards", f"{data['gen']}:1",
+                                    "--batch-size", "16", "--epochs", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert len(report["epochs"]) == 2
+    e = report["epochs"][1]
+    assert e["samples"] == 105 and e["per_source"] == {"real": 60, "gen": 45}
+    assert e["key_multiplicity"] == {"real": {"2": 30}, "gen": {"1": 45}}
+    assert e["labels"]["-1"] == 45 and sum(e["labels"].values()) == 105
+    frac = e["batch_fraction"]["real"]
+    assert abs(frac["mean"] - 60 / 105) < 0.05 and frac["min"] >= (16 * 60 / 105 - 2) / 16 - 1e-9
+    bad = CliRunner().invoke(main, ["audit", "--shards", f"{data['real']}:x"])
+    assert bad.exit_code != 0 and "not a number" in bad.output and "Traceback" not in bad.output

@@ -1,0 +1,209 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from models import METHODS, build_backbone, build_method, build_optimizer
+from models.methods import BYOL, BarlowTwins, MoCoV2Plus, SimCLR, momentum_tau
+
+
+def _views(n=16, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=g)
+    return [x + 0.3 * torch.randn(x.shape, generator=g), x + 0.3 * torch.randn(x.shape, generator=g)]
+
+
+# ---------------------------------------------------------------- backbone
+def test_resnet18_cifar_stem_and_feature_shape():
+    net = build_backbone("resnet18")
+    assert net.feat_dim == 512
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1) and net.conv1.padding == (1, 1)
+    assert isinstance(net.maxpool, nn.Identity) and isinstance(net.fc, nn.Identity)
+    out = net(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 512)
+    # the stem keeps the resolution: 32x32 -> 4x4 at layer4
+    x = net.layer1(net.relu(net.bn1(net.conv1(torch.randn(1, 3, 32, 32)))))
+    assert x.shape[-2:] == (32, 32)
+
+
+def test_resnet50_is_selectable():
+    net = build_backbone("resnet50")
+    assert net.feat_dim == 2048 and isinstance(net.maxpool, nn.Identity)
+    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 2048)
+    with pytest.raises(ValueError, match="resnet18"):
+        build_backbone("vgg11")
+
+
+# ---------------------------------------------------------------- registry and configs
+def test_registry_aliases_defaults_and_errors():
+    assert set(METHODS) == {"simclr", "mocov2plus", "byol", "barlow"}
+    assert isinstance(build_method("moco", queue_size=64), MoCoV2Plus)
+    assert isinstance(build_method("barlow_twins", proj_hidden_dim=64, proj_output_dim=64), BarlowTwins)
+    with pytest.raises(ValueError, match="simclr"):
+        build_method("swav")
+    with pytest.raises(ValueError, match="temperature"):
+        build_method("simclr", temprature=0.5)
+    with pytest.raises(ValueError, match="temperature must be float"):
+        build_method("simclr", temperature="hot")
+    m = build_method("simclr", num_classes=100, temperature=1)
+    assert m.cfg.temperature == 1.0 and isinstance(m.cfg.temperature, float)
+    assert m.num_classes == 100 and m.probe.out_features == 100 and m.feat_dim == 512
+    with pytest.raises(Exception):
+        m.cfg.lr = 1.0                                # frozen
+
+
+def test_release_defaults():
+    s = SimCLR.Config()
+    assert (s.optimizer, s.lr, s.weight_decay, s.lars_eta, s.temperature) == ("lars", 0.2, 1e-4, 0.02, 0.2)
+    assert (s.proj_hidden_dim, s.proj_output_dim) == (2048, 256)
+    mo = MoCoV2Plus.Config()
+    assert (mo.optimizer, mo.lr, mo.queue_size, mo.base_tau, mo.final_tau) == ("sgd", 0.15, 32768, 0.99, 0.999)
+    b = BYOL.Config()
+    assert (b.optimizer, b.lr, b.weight_decay, b.base_tau, b.final_tau) == ("lars", 0.5, 1e-5, 0.99, 1.0)
+    assert (b.proj_hidden_dim, b.pred_hidden_dim, b.proj_output_dim) == (4096, 4096, 256)
+    bt = BarlowTwins.Config()
+    assert (bt.lr, bt.lamb, bt.scale_loss, bt.proj_output_dim) == (0.15, 0.0051, 0.1, 2048)
+    byol = build_method("byol")
+    assert [type(m) for m in byol.projector] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert byol.predictor[0].in_features == 256 and byol.predictor[0].out_features == 4096
+    simclr = build_method("simclr")
+    assert [type(m) for m in simclr.projector] == [nn.Linear, nn.ReLU, nn.Linear]
+    barlow = build_method("barlow")
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in barlow.projector) == 2
+    assert barlow.projector[-1].out_features == 2048
+
+
+# ---------------------------------------------------------------- training
+SMALL = {
+    "simclr": dict(proj_hidden_dim=128, proj_output_dim=64),
+    "mocov2plus": dict(proj_hidden_dim=128, proj_output_dim=64, queue_size=32),
+    "byol": dict(proj_hidden_dim=128, proj_output_dim=64, pred_hidden_dim=128),
+    "barlow": dict(proj_hidden_dim=128, proj_output_dim=128),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_loss_falls_on_a_fixed_batch(name):
+    torch.manual_seed(0)
+    method = build_method(name, **SMALL[name])
+    opt = build_optimizer(method, batch_size=256, lr=0.5 if method.cfg.optimizer == "lars" else 0.05)
+    labels = torch.arange(16) % 10
+    labels[::4] = -1
+    losses = []
+    steps = 12
+    for step in range(steps):
+        # MoCo's queue would fill with keys of a repeated batch (negatives equal to the positives), so it
+        # sees a new batch every step (queue of two batches); the others see one fixed batch.
+        views = _views(seed=step if name == "mocov2plus" else 0)
+        out = method.training_step(views, labels)
+        assert out["loss"].requires_grad and not out["ssl_loss"].requires_grad
+        assert torch.isfinite(out["loss"])
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        method.on_train_step_end(step, steps)
+        losses.append(float(out["ssl_loss"]))
+    assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
+    assert int(out["probe_count"]) == 2 * 12                 # 12 labelled samples, two views
+    assert 0.0 <= float(out["probe_acc"]) <= 1.0
+
+
+def test_probe_ignores_unlabelled_samples():
+    torch.manual_seed(0)
+    method = build_method("simclr", **SMALL["simclr"])
+    views = _views(n=8, size=8)
+    out = method.training_step(views, torch.full((8,), -1))
+    assert float(out["probe_loss"]) == 0.0 and torch.isfinite(out["loss"])
+    assert int(out["probe_count"]) == 0 and float(out["probe_acc"]) == 0.0
+    out["loss"].backward()
+    assert method.probe.weight.grad is None or float(method.probe.weight.grad.abs().sum()) == 0.0
+    # a -1 in a mixed batch changes nothing: the loss equals that of the labelled half alone
+    labels = torch.tensor([3, -1, 5, -1, 1, -1, 0, -1])
+    method.eval()                                        # fixed BN so both calls see the same features
+    with torch.no_grad():
+        feats = [method.backbone(v) for v in views]
+        expected = sum(torch.nn.functional.cross_entropy(method.probe(f[labels >= 0]), labels[labels >= 0])
+                       for f in feats) / 2
+        got = method.training_step(views, labels)["probe_loss"]
+    assert torch.isclose(got, expected, atol=1e-6)
+
+
+def test_probe_trains_on_detached_features():
+    method = build_method("simclr", **SMALL["simclr"])
+    views = _views(n=8, size=8)
+    feats = [method.backbone(v) for v in views]
+    method.zero_grad()
+    from models.methods.base import probe_outputs
+    probe_outputs(method.probe(feats[0].detach()), torch.arange(8))[0].backward()
+    assert all(p.grad is None for p in method.backbone.parameters())
+
+
+def test_moco_queue_is_a_buffer_and_updates():
+    torch.manual_seed(0)
+    method = build_method("mocov2plus", proj_hidden_dim=64, proj_output_dim=32, queue_size=24)
+    state = method.state_dict()
+    assert "queue" in state and "queue_ptr" in state and state["queue"].shape == (2, 32, 24)
+    assert "queue" in dict(method.named_buffers()) and "queue" not in dict(method.named_parameters())
+    before = method.queue.clone()
+    views = _views(n=16, size=8)
+    method.training_step(views, torch.zeros(16, dtype=torch.long))
+    assert int(method.queue_ptr) == 16
+    assert not torch.equal(method.queue[:, :, :16], before[:, :, :16])
+    assert torch.equal(method.queue[:, :, 16:], before[:, :, 16:])
+    assert torch.allclose(method.queue[:, :, :16].norm(dim=1), torch.ones(2, 16), atol=1e-5)
+    method.training_step(views, torch.zeros(16, dtype=torch.long))   # wraps around
+    assert int(method.queue_ptr) == (32 % 24)
+    assert not torch.equal(method.queue[:, :, :8], before[:, :, :8])
+
+
+def test_byol_momentum_schedule_and_ema():
+    assert momentum_tau(0, 100, 0.99, 1.0) == pytest.approx(0.99)
+    assert momentum_tau(50, 100, 0.99, 1.0) == pytest.approx(0.995)
+    assert momentum_tau(100, 100, 0.99, 1.0) == pytest.approx(1.0)
+    torch.manual_seed(0)
+    method = build_method("byol", **SMALL["byol"])
+    assert all(not p.requires_grad for p in method.momentum_backbone.parameters())
+    online = dict(method.backbone.named_parameters())
+    target = dict(method.momentum_backbone.named_parameters())
+    assert all(torch.equal(online[k], target[k]) for k in online)          # starts as a copy
+    opt = build_optimizer(method, batch_size=256)
+    out = method.training_step(_views(n=8, size=8), torch.zeros(8, dtype=torch.long))
+    out["loss"].backward()
+    opt.step()
+    w_online, w_before = online["conv1.weight"].detach().clone(), target["conv1.weight"].detach().clone()
+    assert not torch.equal(w_online, w_before)
+    method.on_train_step_end(0, 10)
+    expected = 0.99 * w_before + 0.01 * w_online                              # tau(0) = base_tau
+    assert torch.allclose(target["conv1.weight"], expected, atol=1e-7)
+    gap_before = (w_online - w_before).norm()
+    assert (w_online - target["conv1.weight"]).norm() < gap_before          # moved toward online
+    assert float(method.tau) == pytest.approx(momentum_tau(1, 10, 0.99, 1.0))
+    method.on_train_step_end(9, 10)
+    assert float(method.tau) == pytest.approx(1.0)
+    # targets are never in the optimizer's groups
+    ids = {id(p) for g in method.param_groups() for p in g["params"]}
+    assert not ids & {id(p) for p in method.momentum_backbone.parameters()}
+    assert not ids & {id(p) for p in method.momentum_projector.parameters()}
+
+
+def test_param_groups_cover_every_trainable_parameter_once():
+    method = build_method("byol", **SMALL["byol"])
+    groups = method.param_groups(exclude_bias_norm=True)
+    names = [g["name"] for g in groups]
+    assert names == ["ssl", "ssl_no_decay", "probe"]
+    ids = [id(p) for g in groups for p in g["params"]]
+    trainable = [p for p in method.parameters() if p.requires_grad]
+    assert len(ids) == len(set(ids)) == len(trainable)
+    assert all(p.ndim > 1 for p in groups[0]["params"]) and all(p.ndim <= 1 for p in groups[1]["params"])
+    assert groups[1]["weight_decay"] == 0.0 and groups[2]["weight_decay"] == 0.0
+    assert not groups[1]["lars"] and not groups[2]["lars"] and groups[2]["probe"]
+    assert [g["name"] for g in method.param_groups(exclude_bias_norm=False)] == ["ssl", "probe"]
+
+
+def test_forward_is_training_step():
+    torch.manual_seed(0)
+    method = build_method("barlow", **SMALL["barlow"]).eval()
+    views, labels = _views(n=8, size=8), torch.zeros(8, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(method(views, labels)["loss"], method.training_step(views, labels)["loss"])
+    with pytest.raises(ValueError, match="two views"):
+        method.training_step(views[:1], labels)
