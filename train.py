@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+import numpy as np
+import torch
 
 METHODS = ("simclr", "mocov2plus", "byol", "barlow")
 FAMILY = {"simclr": "symmetric", "mocov2plus": "symmetric", "byol": "asymmetric", "barlow": "asymmetric"}
@@ -151,9 +153,11 @@ def _type_name(tp) -> str:
 
 
 # Defaults of --demo for every option the user did not give: a few minutes on a 2-core CPU.
+# On a GPU the demo keeps 32x32 crops and runs longer; on a CPU it trains at 16x16 (a quarter of the FLOPs).
 DEMO_DEFAULTS = dict(method="simclr", batch_size=128, steps=300, warmup_steps=30, eval_every=0, log_every=10,
                      ckpt_every=100, knn_k=50, knn_train_limit=2000, eval_limit=1000, probe_epochs=30,
                      eval_batch_size=256, inflation="auto", aug="auto")
+DEMO_CPU_DEFAULTS = dict(batch_size=64, steps=100, warmup_steps=10, image_size=16, log_every=5, ckpt_every=50)
 # Settings that may differ from the checkpoint's when resuming (everything else must match).
 RESUME_MAY_CHANGE = ("steps", "epochs", "device", "num_threads", "compile", "eval_every", "log_every",
                      "ckpt_every", "keep_every", "progress", "resume", "out", "eval_limit", "knn_train_limit",
@@ -196,12 +200,11 @@ class Metrics:
         if self.file is not None:
             self.file.close()
             self.tb.close()
+            self.file = self.tb = None
 
 
 def save_checkpoint(path: Path, state: dict) -> Path:
     """torch.save to a temporary file in the same directory, fsync, then rename: never half-written."""
-    import torch
-
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -217,8 +220,6 @@ def save_checkpoint(path: Path, state: dict) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
     """Load a checkpoint file, or DIR/ckpt-last.pt for a run directory; a bad path is one clear line."""
-    import torch
-
     p = Path(path)
     if p.is_dir():
         p = p / CKPT_LAST
@@ -234,17 +235,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
 
 
 def rng_state() -> dict:
-    import numpy as np
-    import torch
-
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict) -> None:
-    import numpy as np
-    import torch
-
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -390,8 +385,6 @@ def _check_settings(s: Settings) -> None:
     if s.steps is not None and s.epochs is not None:
         raise click.UsageError("give --steps or --epochs, not both")
     if s.device == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             raise click.UsageError("--device cuda: no CUDA device is visible; use --device cpu or auto")
 
@@ -422,8 +415,6 @@ class Runtime:
 
 def setup_runtime(s: Settings) -> Runtime:
     """rank / world size from torchrun's environment; NCCL on GPU, gloo on CPU."""
-    import torch
-
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     use_cuda = s.device == "cuda" or (s.device == "auto" and torch.cuda.is_available())
@@ -446,8 +437,6 @@ def setup_runtime(s: Settings) -> Runtime:
 
 def autocast_context(rt: Runtime):
     """One autocast context for the loop (a null context in fp32) — precision costs the loop no branches."""
-    import torch
-
     if rt.precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if rt.precision == "bf16" else torch.float16
@@ -455,9 +444,6 @@ def autocast_context(rt: Runtime):
 
 
 def _seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -494,7 +480,6 @@ def extract(backbone, dirs, s: Settings, device: str, limit: int):
 
 def evaluate(method, plan: Plan, s: Settings, device: str, *, probe_epochs: int = 0, autocast=None) -> dict:
     """kNN accuracy (and the online probe's, and optionally an offline linear probe's) on the eval shards."""
-    import torch
     from models.evaluation import knn_accuracy, linear_probe
 
     was_training = method.training
@@ -538,14 +523,13 @@ def _num_classes(plan: Plan) -> int:
     from shards.manifest import Manifest
 
     counts = [len(Manifest.load(d).classes) for d in plan.train_labels + plan.eval_shards]
-    counts += [len(src.manifest.classes) for src in plan.mixture.sources]
+    if plan.mixture is not None:
+        counts += [len(src.manifest.classes) for src in plan.mixture.sources]
     return max([c for c in counts if c] or [10])
 
 
 def train(s: Settings, resume_ckpt: dict | None = None, resume_path: Path | None = None) -> dict:
     """Train (or continue) a run; returns the final metrics. Errors the user can fix are click errors."""
-    import numpy as np
-    import torch
     from loaders.pipeline import TrainLoader
     from models import build_optimizer, build_scheduler
     from tqdm import tqdm
@@ -650,6 +634,8 @@ def train(s: Settings, resume_ckpt: dict | None = None, resume_path: Path | None
     def check_finite(upto: int) -> None:
         if any_rank(bool(nonfinite.item())):
             where = f"the last good checkpoint {last_good} is kept" if last_good else "no checkpoint was written yet"
+            bar.close()
+            metrics.close()
             when = f"at step {upto}" if upto == last_checked + 1 else f"between steps {last_checked + 1} and {upto}"
             raise NonFiniteLoss(f"loss became NaN/inf {when}; stopped, "
                                 f"{where}; lower --lr or check the data")
@@ -765,7 +751,6 @@ def _format_final(result: dict, step: int) -> str:
 # ----------------------------------------------------------------------------------------------------
 def eval_checkpoint(s: Settings, given: set[str]) -> dict:
     """kNN and offline linear probe of a checkpoint's backbone on --eval-shards (default: the run's)."""
-    import torch
     from models import build_method
 
     if not s.checkpoint:
@@ -818,7 +803,10 @@ def demo_settings(s: Settings, given: set[str]) -> Settings:
     if not all((p / "manifest.json").is_file() for p in parts.values()):
         click.echo(f"building the demo mixture in {data} ...", err=True)
         make_demo(data)
-    changes = {k: v for k, v in DEMO_DEFAULTS.items() if k not in given}
+    defaults = dict(DEMO_DEFAULTS)
+    if s.device == "cpu" or not torch.cuda.is_available():
+        defaults.update(DEMO_CPU_DEFAULTS)
+    changes = {k: v for k, v in defaults.items() if k not in given}
     if "shards" not in given:
         changes["shards"] = (str(parts["real"]), str(parts["generated"]))
     if "eval_shards" not in given:
@@ -832,8 +820,6 @@ def demo_settings(s: Settings, given: set[str]) -> Settings:
 
 def random_init_baseline(s: Settings) -> dict:
     """The same evaluation on a randomly initialised backbone (same seed): what training has to beat."""
-    import torch
-
     plan = _eval_plan(s.eval_shards, s.train_labels)
     rt = setup_runtime(s)
     torch.manual_seed(s.seed)
@@ -903,14 +889,19 @@ def main(ctx: click.Context, **options) -> None:
     if s.out is None:
         s = dataclasses.replace(s, out=_default_out(s))
 
-    final = train(s, resume_ckpt, resume_path)
+    from shards.manifest import ShardError
+
+    try:
+        final = train(s, resume_ckpt, resume_path)
+    except ShardError as e:  # a damaged shard found mid-run, a loader state that does not fit, ...
+        raise click.ClickException(str(e)) from None
 
     if s.demo and final and int(os.environ.get("RANK", 0)) == 0:
         click.echo("measuring a randomly initialised backbone for comparison ...", err=True)
         base = random_init_baseline(s)
-        Metrics_ = Metrics(Path(s.out))
-        Metrics_.write("baseline_random_init", 0, **base)
-        Metrics_.close()
+        metrics = Metrics(Path(s.out))
+        metrics.write("baseline_random_init", 0, **base)
+        metrics.close()
         click.echo(f"{'backbone':<22}{'kNN':>8}{'linear probe':>14}")
         for name, r in (("random init", base), (f"trained ({s.steps} steps)", final)):
             click.echo(f"{name:<22}{r['knn_acc']:>8.2%}{r.get('linear_probe_acc', float('nan')):>14.2%}")

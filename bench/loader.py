@@ -23,7 +23,7 @@ import click
 import numpy as np
 import psutil
 
-from bench.common import print_table, write_results
+from bench.common import print_table, resolve_shards, write_results
 
 
 class PeakRSS:
@@ -215,7 +215,8 @@ def bench_plan() -> dict:
 @click.option("--backends", default="dali-cpu,dali-gpu,reference,webdataset", show_default=True)
 @click.option("--plan-only", is_flag=True, help="only time the 1.5M-sample epoch plan")
 @click.option("--no-save", is_flag=True, help="do not write bench/results/*.json")
-def main(shards, preset_name, batch_size, workers, samples, quick, backends, plan_only, no_save):
+@click.option("--out-dir", default=None, type=click.Path(file_okay=False), help="where the JSON goes (default bench/results)")
+def main(shards, preset_name, batch_size, workers, samples, quick, backends, plan_only, no_save, out_dir):
     """Two-view samples/s and peak RSS of each loading backend."""
     import torch
 
@@ -225,8 +226,7 @@ def main(shards, preset_name, batch_size, workers, samples, quick, backends, pla
 
     results = [bench_plan()]
     if not plan_only:
-        if not shards:
-            raise click.UsageError("--shards DIR[:WEIGHT] is required (CIFAR-10 train shards from `shards pack`)")
+        shards = resolve_shards(shards)  # the built-in demo mixture when none are given
         try:
             mixture = parse_shards_args(shards)
         except ShardError as e:
@@ -256,7 +256,7 @@ def main(shards, preset_name, batch_size, workers, samples, quick, backends, pla
     print(f"workers/threads per backend: {workers}, batch {batch_size}, preset {preset_name}, two views")
     print_table(results, ["backend", "samples", "samples_per_s", "peak_rss_mb", "vs_reference", "seconds"])
     if not no_save:
-        print("wrote", write_results("loader", settings, results))
+        print("wrote", write_results("loader", settings, results, out_dir))
 
 
 if __name__ == "__main__":

@@ -168,6 +168,8 @@ def chart_throughput(runs: list[Run], path: Path) -> Path | None:
     ax.invert_yaxis()
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:,.0f}", va="center", fontsize=7)
+    if max(values) > 100 * min(values):
+        ax.set_xscale("log")
     ax.set_xlabel("two-view samples / s")
     ax.set_title("Throughput per backend")
     return _save(fig, path)
@@ -211,7 +213,8 @@ def chart_scale(runs: list[Run], path: Path) -> Path | None:
             if tput:
                 axes[0][col].plot(*zip(*tput), "o-", label=f"{run.host} {rows[0]['backend']}")
             axes[1][col].plot(xs, [row.get("plan_s") for row in rows], "s-", label=f"{run.host} plan s")
-            mem = [(x, row["peak_rss_mb"]) for x, row in zip(xs, rows) if row.get("peak_rss_mb")]
+            mem = [(x, row.get("rss_tree_peak_mb") or row["peak_rss_mb"]) for x, row in zip(xs, rows)
+                   if row.get("rss_tree_peak_mb") or row.get("peak_rss_mb")]
             if mem:
                 twin = axes[1][col].twinx()
                 twin.plot(*zip(*mem), "^:", color="tab:purple", label="loader RSS MiB")

@@ -1,4 +1,4 @@
-"""Per-view augmentation as DALI operators, and the presets of the paper (see paper-notes.md).
+"""Per-view augmentation: parameters drawn on the host, applied by DALI operators; the paper's presets.
 
 One function, :func:`augment_view`, is used once per view; an asymmetric recipe (BYOL) is just two
 :class:`ViewAug` configs. The order of operations is the SimCLR / solo-learn one:
@@ -6,10 +6,23 @@ One function, :func:`augment_view`, is used once per view; an asymmetric recipe 
     RandomResizedCrop (bicubic) → ColorJitter (p) → Grayscale (p) → GaussianBlur (p)
     → Solarization (p) → HorizontalFlip (p) → Normalize (CHW or HWC float)
 
+Randomness lives on the host, not in DALI: :func:`sample_view_params` draws every per-sample
+parameter of a view (crop box, flags, jitter factors, hue, blur sigma) in numpy, vectorised over
+the batch, from :func:`augment_rng` — a counter-based Philox generator keyed by
+``(seed, epoch, rank, step)``. The loader feeds the arrays to DALI through its external source
+(:func:`dali_param_arrays`, in :func:`dali_param_names` order) as argument inputs and conditions;
+the DALI graph has no random op, so a view is a pure function of (seed, epoch, rank, step, image)
+and a resumed run reproduces the uninterrupted one exactly. Benchmarks and audits can call the
+sampler directly (pure numpy, no DALI).
+
 torchvision semantics where they matter:
 
-* RandomResizedCrop: area fraction uniform in ``crop_scale``, log-uniform aspect ratio in
-  ``crop_ratio``, 10 attempts then a centre crop (DALI's ``random_resized_crop`` does the same).
+* RandomResizedCrop: ``RandomResizedCrop.get_params`` — area fraction uniform in ``crop_scale``,
+  log-uniform aspect ratio in ``crop_ratio``, 10 attempts on the image's real H×W (from the
+  manifest), then a centre crop with the ratio clamped; the integer box ``[start, end)`` is
+  resampled to ``size×size`` by ``fn.resize`` (ROI, bicubic, antialiased). Sources whose manifest
+  has no ``image_size`` get boxes in relative units of an assumed square image (see
+  :func:`sample_view_params`).
 * ColorJitter: brightness, contrast and saturation factors uniform in ``[max(0, 1−x), 1+x]``,
   hue offset uniform in ``[−h, h]`` turns (``h·360`` degrees). Contrast blends with the image's
   mean grey level, like torchvision (not DALI's default mid-grey). torchvision applies the four in
@@ -19,13 +32,16 @@ torchvision semantics where they matter:
 * Gaussian blur: sigma uniform in ``blur_sigma``, kernel sized from sigma by DALI.
 * Solarization: pixels ``>= 128`` become ``255 − x``.
 
-Probabilities of exactly 0 or 1 are resolved when the pipeline is built (no per-sample branch);
-others use DALI conditionals (``enable_conditionals=True`` in the pipeline).
+Probabilities of exactly 0 or 1 are resolved when the pipeline is built (no per-sample branch, no
+flag fed); others use DALI conditionals (``enable_conditionals=True`` in the pipeline) on the
+fed boolean flags.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
+import numpy as np
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -146,66 +162,200 @@ def preset(name: str, **overrides) -> AugConfig:
 
 
 # ---------------------------------------------------------------------------------------------
+# Host-side parameter sampler (pure numpy, vectorised over the batch)
+# ---------------------------------------------------------------------------------------------
+
+#: Every key of :func:`sample_view_params`' result.
+PARAM_KEYS = ("crop_start", "crop_end", "flip", "jitter", "brightness", "contrast", "saturation", "hue", "gray",
+              "blur", "sigma", "solarize")
+_RRC_ATTEMPTS = 10
+# columns of the one (B, _NUM_UNIFORMS) block of uniforms drawn per view and batch
+_AREA, _RATIO = slice(0, _RRC_ATTEMPTS), slice(_RRC_ATTEMPTS, 2 * _RRC_ATTEMPTS)
+(_TOP, _LEFT, _FLIP, _JITTER, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _BLUR, _SIGMA,
+ _SOLAR) = range(2 * _RRC_ATTEMPTS, 2 * _RRC_ATTEMPTS + 12)
+_NUM_UNIFORMS = 2 * _RRC_ATTEMPTS + 12
+_AUG_STREAM = 0x41756741  # separates augmentation streams from any other use of the same seed
+
+
+def augment_rng(seed: int, epoch: int, rank: int, step: int) -> np.random.Generator:
+    """The counter-based generator of one training step's augmentation draws.
+
+    A Philox generator keyed by ``SeedSequence([stream, seed, epoch, rank, step])``: the draws of a
+    step depend on nothing else (not on earlier steps, threads or where a run was resumed).
+    """
+    entropy = [_AUG_STREAM] + [int(x) % 2**64 for x in (seed, epoch, rank, step)]
+    return np.random.Generator(np.random.Philox(np.random.SeedSequence(entropy)))
+
+
+def sample_view_params(rng: np.random.Generator, view: ViewAug, heights, widths) -> dict[str, np.ndarray]:
+    """Every random parameter of one view for a batch of ``B`` images, drawn on the host.
+
+    ``heights`` / ``widths``: (B,) image sizes in pixels, 0 where unknown. One ``rng.random((B, 32))``
+    block is drawn per call, whatever the view's probabilities, so the stream does not depend on them.
+    Returns a dict of (B,) arrays (``crop_start`` / ``crop_end``: (B, 2), ``(y, x)`` order):
+
+    * ``crop_start``, ``crop_end`` — torchvision's ``RandomResizedCrop.get_params``: area fraction
+      uniform in ``crop_scale``, log-uniform aspect ratio (w/h) in ``crop_ratio``, the first of 10
+      attempts whose rounded box fits, else the centre crop with the ratio clamped into range. The box is
+      ``[start, end)`` in whole pixels where the size is known; where it is unknown (0) it is computed
+      in relative units (0…1) of an assumed *square* image without rounding — the area fraction is then
+      exact, the aspect ratio is off by the image's own ``W/H``.
+    * ``flip``, ``jitter``, ``gray``, ``blur``, ``solarize`` — bool, true with the view's probability.
+    * ``brightness``, ``contrast``, ``saturation`` — factors uniform in ``[max(0, 1 − x), 1 + x]``;
+      ``hue`` — offset uniform in ``[−h, h]`` turns, in degrees; ``sigma`` — uniform in ``blur_sigma``.
+    """
+    h_img = np.asarray(heights, dtype=np.float64)
+    w_img = np.asarray(widths, dtype=np.float64)
+    n = len(h_img)
+    u = rng.random((n, _NUM_UNIFORMS))
+    known = h_img > 0
+    H = np.where(known, h_img, 1.0)[:, None]
+    W = np.where(known, w_img, 1.0)[:, None]
+    kn = known[:, None]
+    # RandomResizedCrop: 10 vectorised attempts per sample, keep the first that fits
+    lo, hi = view.crop_scale
+    target = H * W * (lo + (hi - lo) * u[:, _AREA])
+    log_lo, log_hi = np.log(view.crop_ratio[0]), np.log(view.crop_ratio[1])
+    aspect = np.exp(log_lo + (log_hi - log_lo) * u[:, _RATIO])
+    cw, ch = np.sqrt(target * aspect), np.sqrt(target / aspect)
+    cw, ch = np.where(kn, np.round(cw), cw), np.where(kn, np.round(ch), ch)  # round half to even, like Python
+    fits = (cw > 0) & (cw <= W) & (ch > 0) & (ch <= H)
+    first = fits.argmax(axis=1)
+    found = fits[np.arange(n), first]
+    cw, ch = cw[np.arange(n), first], ch[np.arange(n), first]
+    H, W = H[:, 0], W[:, 0]
+    # fallback: centre crop, ratio clamped into crop_ratio
+    ratio = W / H
+    r_lo, r_hi = view.crop_ratio
+    fw = np.where(ratio < r_lo, W, np.where(ratio > r_hi, H * r_hi, W))
+    fh = np.where(ratio < r_lo, W / r_lo, H)
+    fw, fh = np.where(known, np.round(fw), fw), np.where(known, np.round(fh), fh)
+    cw, ch = np.where(found, cw, fw), np.where(found, ch, fh)
+    top = np.where(known, np.floor(u[:, _TOP] * (H - ch + 1)), u[:, _TOP] * (H - ch))
+    left = np.where(known, np.floor(u[:, _LEFT] * (W - cw + 1)), u[:, _LEFT] * (W - cw))
+    top = np.where(found, top, np.where(known, (H - ch) // 2, (H - ch) / 2))
+    left = np.where(found, left, np.where(known, (W - cw) // 2, (W - cw) / 2))
+    out = {"crop_start": np.stack([top, left], axis=1), "crop_end": np.stack([top + ch, left + cw], axis=1)}
+
+    def factor(x: float, col: int) -> np.ndarray:
+        a, b = max(0.0, 1.0 - x), 1.0 + x
+        return a + (b - a) * u[:, col]
+
+    out.update(flip=u[:, _FLIP] < view.flip_p, jitter=u[:, _JITTER] < view.jitter_p,
+               brightness=factor(view.brightness, _BRIGHT), contrast=factor(view.contrast, _CONTRAST),
+               saturation=factor(view.saturation, _SAT), hue=(2.0 * u[:, _HUE] - 1.0) * (360.0 * view.hue),
+               gray=u[:, _GRAY] < view.gray_p, blur=u[:, _BLUR] < view.blur_p,
+               sigma=view.blur_sigma[0] + (view.blur_sigma[1] - view.blur_sigma[0]) * u[:, _SIGMA],
+               solarize=u[:, _SOLAR] < view.solarize_p)
+    return out
+
+
+def dali_param_names(view: ViewAug) -> tuple[str, ...]:
+    """The parameters the DALI graph of ``view`` consumes (p of 0 or 1 needs no flag; unused factors
+    are not fed)."""
+    names = ["crop_start", "crop_end"]
+    if 0 < view.flip_p < 1:
+        names.append("flip")
+    if _jitter_p(view) > 0:
+        names += ["jitter"] if _jitter_p(view) < 1 else []
+        names += [k for k in ("brightness", "contrast", "saturation", "hue") if getattr(view, k) > 0]
+    if 0 < view.gray_p < 1:
+        names.append("gray")
+    if view.blur_p > 0:
+        names += (["blur"] if view.blur_p < 1 else []) + ["sigma"]
+    if 0 < view.solarize_p < 1:
+        names.append("solarize")
+    return tuple(names)
+
+
+def dali_param_arrays(view: ViewAug, params: dict[str, np.ndarray], heights, widths,
+                      relative: bool) -> list[np.ndarray]:
+    """``params`` as the external-source batches :func:`augment_view` expects, in
+    :func:`dali_param_names` order: flags as bool (conditions), ``flip`` as int32 (``mirror``), the rest
+    float32; with ``relative`` the crop box is divided by the known image sizes (unknown ones already are)."""
+    out = []
+    for name in dali_param_names(view):
+        a = params[name]
+        if name in ("crop_start", "crop_end"):
+            if relative:
+                size = np.stack([np.asarray(heights, np.float64), np.asarray(widths, np.float64)], axis=1)
+                a = np.where(size > 0, a / np.where(size > 0, size, 1.0), a)
+            a = np.ascontiguousarray(a, dtype=np.float32)
+        elif name == "flip":
+            a = a.astype(np.int32)
+        elif a.dtype != np.bool_:
+            a = a.astype(np.float32)
+        out.append(a)
+    return out
+
+
+def _jitter_p(view: ViewAug) -> float:
+    """The jitter probability, 0 when every jitter strength is 0 (the op would do nothing)."""
+    return view.jitter_p if max(view.brightness, view.contrast, view.saturation, view.hue) > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
 # DALI graph (called inside a @pipeline_def with enable_conditionals=True)
 # ---------------------------------------------------------------------------------------------
 
 
-def augment_view(images, view: ViewAug, device: str = "cpu", layout: str = "CHW"):
+def augment_view(images, view: ViewAug, params: dict, device: str = "cpu", layout: str = "CHW",
+                 relative: bool = False):
     """One augmented view of a batch of decoded HWC uint8 RGB images (a DALI DataNode).
 
-    ``device`` is where the ops run ("cpu" or "gpu"; the images must already be there).
-    Returns normalised float32 in ``layout`` ("CHW" or "HWC").
+    ``params`` maps each name of :func:`dali_param_names` to a CPU DataNode (an external-source output
+    fed with :func:`dali_param_arrays`): no DALI random op is used, so the view is a pure function of
+    the images and the parameters. ``device`` is where the data ops run ("cpu" or "gpu"; the images must
+    already be there; parameters stay on the CPU as argument inputs and predicates). ``relative``: the
+    crop box is in relative units. Returns normalised float32 in ``layout`` ("CHW" or "HWC").
     """
     from nvidia.dali import fn, types
 
-    images = fn.random_resized_crop(images, device=device, size=(view.size, view.size),
-                                    random_area=list(view.crop_scale), random_aspect_ratio=list(view.crop_ratio),
-                                    interp_type=types.INTERP_CUBIC, antialias=True)
-    images = _maybe(images, view.jitter_p, lambda x: _color_jitter(x, view, device))
-    images = _maybe(images, view.gray_p, lambda x: _grayscale(x, device))
-    images = _maybe(images, view.blur_p, lambda x: fn.gaussian_blur(
-        x, device=device, sigma=fn.random.uniform(range=list(view.blur_sigma))))
-    images = _maybe(images, view.solarize_p, lambda x: _solarize(x, device))
-    mirror = fn.random.coin_flip(probability=view.flip_p) if 0 < view.flip_p < 1 else int(view.flip_p >= 1)
+    # RandomResizedCrop: resample the [start, end) box straight to size×size (one op, no copy of the crop)
+    images = fn.resize(images, device=device, size=(view.size, view.size), roi_start=params["crop_start"],
+                       roi_end=params["crop_end"], roi_relative=relative, interp_type=types.INTERP_CUBIC,
+                       antialias=True)
+    images = _maybe(images, _jitter_p(view), params.get("jitter"), lambda x: _color_jitter(x, view, params, device))
+    images = _maybe(images, view.gray_p, params.get("gray"), lambda x: _grayscale(x, device))
+    images = _maybe(images, view.blur_p, params.get("blur"),
+                    lambda x: fn.gaussian_blur(x, device=device, sigma=params["sigma"]))
+    images = _maybe(images, view.solarize_p, params.get("solarize"), lambda x: _solarize(x, device))
+    mirror = params["flip"] if 0 < view.flip_p < 1 else int(view.flip_p >= 1)
     return fn.crop_mirror_normalize(images, device=device, mirror=mirror, dtype=types.FLOAT, output_layout=layout,
                                     mean=[255.0 * m for m in view.mean], std=[255.0 * s for s in view.std])
 
 
-def _maybe(images, p: float, op):
-    """``op(images)`` with probability ``p`` per sample (a DALI conditional unless p is 0 or 1)."""
-    from nvidia.dali import fn
-
+def _maybe(images, p: float, flag, op):
+    """``op(images)`` where ``flag`` (a per-sample bool DataNode) is set; p of 0 or 1 needs no branch."""
     if p <= 0:
         return images
     if p >= 1:
         return op(images)
-    if fn.random.coin_flip(probability=p):
+    if flag:
         images = op(images)
     return images
 
 
-def _color_jitter(images, view: ViewAug, device: str):
+def _color_jitter(images, view: ViewAug, params: dict, device: str):
     from nvidia.dali import fn, types
 
-    if view.brightness > 0:
-        images = _blend(images, 0.0, _factor(view.brightness, device), device)  # torchvision: blend with black
+    if view.brightness > 0:  # torchvision: blend with black
+        images = _blend(images, 0.0, _on(params["brightness"], device), device)
     if view.contrast > 0:
         # torchvision blends with the image's mean grey level (a per-sample scalar), not mid-grey
         grey = fn.color_space_conversion(images, device=device, image_type=types.RGB, output_type=types.GRAY)
         centre = fn.reductions.mean(fn.cast(grey, dtype=types.FLOAT, device=device), device=device)
-        images = _blend(images, centre, _factor(view.contrast, device), device)
+        images = _blend(images, centre, _on(params["contrast"], device), device)
     if view.saturation > 0:
-        images = _blend(images, _grayscale(images, device), _factor(view.saturation, device), device)
+        images = _blend(images, _grayscale(images, device), _on(params["saturation"], device), device)
     if view.hue > 0:
-        images = fn.hsv(images, device=device, hue=fn.random.uniform(range=[-360.0 * view.hue, 360.0 * view.hue]))
+        images = fn.hsv(images, device=device, hue=params["hue"])  # argument input: stays on the CPU
     return images
 
 
-def _factor(x: float, device: str):
-    from nvidia.dali import fn
-
-    f = fn.random.uniform(range=[max(0.0, 1.0 - x), 1.0 + x])
-    return f.gpu() if device == "gpu" else f
+def _on(scalar, device: str):
+    """A per-sample CPU scalar as an operand of arithmetic on ``device`` data."""
+    return scalar.gpu() if device == "gpu" else scalar
 
 
 def _blend(images, other, factor, device: str):

@@ -18,14 +18,18 @@ always decoded on the CPU); raw pixels skip the decoder (reshape to the manifest
 mixture of raw and encoded sources takes both paths per sample through a DALI conditional, decoding
 on the CPU (then moving to the GPU) — correct everywhere, at the cost of nvJPEG.
 
-Augmentation draws come from DALI's RNG seeded by ``(seed, epoch, rank, start_step)``: a run is
-reproducible, and a resumed run gets exactly the samples the uninterrupted run would have had next
-(the augmentation draws of a resumed epoch differ from the uninterrupted ones).
+Augmentation draws are made on the host, not by DALI's RNG: for each step the feed draws every
+view's parameters (``loaders.augment.sample_view_params``, vectorised numpy) from a counter-based
+generator keyed by ``(seed, epoch, rank, step)`` and hands them to DALI as extra external-source
+outputs (CPU argument inputs and conditional predicates, also with a GPU pipeline). The DALI graph
+has no random op and a fixed seed, so a batch is a pure function of (seed, epoch, rank, step, data):
+a run is reproducible, and a resumed run (``epoch(e, start_step=k)`` or ``load_state_dict``) yields
+the batches — samples and augmentations — the uninterrupted run would have had next (bitwise on the
+CPU backend, where the tests check it).
 """
 from __future__ import annotations
 
 import collections
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +37,8 @@ import torch
 
 from shards.manifest import Manifest, ShardError
 
-from .augment import CIFAR_MEAN, CIFAR_STD, AugConfig, augment_view
+from .augment import (CIFAR_MEAN, CIFAR_STD, AugConfig, augment_rng, augment_view, dali_param_arrays,
+                      dali_param_names, sample_view_params)
 from .mixture import Mixture, Source
 from .reader import SourceReader
 from .sampler import EpochPlan, plan_epoch
@@ -77,11 +82,13 @@ class _Readers:
         self.stats = LoaderStats()
 
     def gather(self, source: np.ndarray, index: np.ndarray):
-        """External-source outputs for one batch (damaged samples raise or are dropped)."""
+        """External-source outputs for one batch and the positions kept (``None``: all); damaged samples
+        raise or are dropped."""
         n = len(index)
         data: list = [None] * n
         labels = np.empty(n, np.int64)
         bad = np.zeros(n, bool)
+        keep = None
         for s in np.unique(source):
             where = np.flatnonzero(source == s)
             d, lab, b = self.readers[s].read(index[where])
@@ -100,7 +107,7 @@ class _Readers:
         if self.has_raw:
             outs.append(np.array([self.readers[s].format == "raw" for s in source.tolist()], dtype=bool))
             outs.append(np.array([self.readers[s].raw_shape or (1, 1, 3) for s in source.tolist()], dtype=np.int64))
-        return outs
+        return outs, keep
 
     def _count_skipped(self, source, index) -> None:
         self.stats.corrupt += len(index)
@@ -122,10 +129,16 @@ class _Readers:
 
 
 class _Feed:
-    """Batch-mode external source over a slice of the plan; StopIteration after the last batch."""
+    """Batch-mode external source over a slice of the plan; StopIteration after the last batch.
 
-    def __init__(self, readers: _Readers, plan: EpochPlan, batch_size: int, start_step: int, steps: int):
-        self.readers, self.plan, self.batch_size = readers, plan, batch_size
+    ``params(step, source)``, when given, returns extra per-sample arrays for the planned batch of
+    ``step`` (the augmentation parameters); they are drawn for the whole planned batch and then reduced
+    to the samples kept, so a skipped sample never shifts the draws of the others.
+    """
+
+    def __init__(self, readers: _Readers, plan: EpochPlan, batch_size: int, start_step: int, steps: int,
+                 params=None):
+        self.readers, self.plan, self.batch_size, self.params = readers, plan, batch_size, params
         self.step, self.steps = start_step, steps
         self.fed: collections.deque[int] = collections.deque()  # steps handed to DALI, not yet delivered
 
@@ -134,8 +147,11 @@ class _Feed:
             b = self.plan.batch(self.step, self.batch_size)
             self.fed.append(self.step)
             self.step += 1
-            outs = self.readers.gather(b.source, b.index)
+            outs, keep = self.readers.gather(b.source, b.index)
             if len(outs[1]):
+                if self.params is not None:
+                    extra = self.params(self.step - 1, b.source)
+                    outs += extra if keep is None else [a[keep] for a in extra]
                 return outs
             self.fed.pop()  # every sample of this batch was skipped
         raise StopIteration
@@ -157,18 +173,22 @@ def _decode(enc, readers: _Readers, is_raw, raw_shape, device: str):
     return images.gpu() if device == "gpu" else images
 
 
-def _build(readers: _Readers, feed: _Feed, process, *, batch_size: int, device: str, num_threads: int, seed: int):
+def _build(readers: _Readers, feed: _Feed, process, *, batch_size: int, device: str, num_threads: int, seed: int,
+           num_params: int = 0):
+    """The pipeline: external source → decode → ``process(images, dali_device, params)`` (``params``: the
+    ``num_params`` extra CPU outputs of the feed) → (outputs of process…, labels, source, index)."""
     from nvidia.dali import fn, pipeline_def
 
     dali_device = "gpu" if device.startswith("cuda") else "cpu"
     device_id = torch.device(device).index or 0 if dali_device == "gpu" else None
+    fixed = 6 if readers.has_raw else 4
 
     @pipeline_def(enable_conditionals=True)
     def pipe():
-        outs = fn.external_source(source=feed, num_outputs=6 if readers.has_raw else 4, batch=True)
+        outs = fn.external_source(source=feed, num_outputs=fixed + num_params, batch=True)
         enc, labels, source, index = outs[:4]
         images = _decode(enc, readers, *(outs[4:6] if readers.has_raw else (None, None)), dali_device)
-        return (*process(images, dali_device), labels, source, index)
+        return (*process(images, dali_device, list(outs[fixed:])), labels, source, index)
 
     p = pipe(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
              prefetch_queue_depth=2, exec_dynamic=True)
@@ -210,11 +230,6 @@ def _run(pipe, readers: _Readers, feed: _Feed):
         yield outs
 
 
-def _seed(*parts) -> int:
-    h = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
-
-
 class TrainLoader:
     """Augmented multi-view batches of a weighted mixture, planned exactly per epoch.
 
@@ -237,6 +252,9 @@ class TrainLoader:
         active = [s for s in mixture.sources]
         self._readers = _Readers([(s.name, s, s.manifest, str(s.path)) for s in active], on_corrupt)
         self._position = (0, 0)
+        # image sizes per source for the crop sampler (0: unknown, crop in relative units of a square)
+        self._sizes = np.array([s.manifest.image_size or (0, 0) for s in active], dtype=np.int64).reshape(-1, 2)
+        self._relative = bool((self._sizes == 0).any())
         plan = self.plan(0)
         self.samples_per_epoch = len(plan)
         self.steps_per_epoch = plan.num_batches(self.batch_size, drop_last)
@@ -276,11 +294,11 @@ class TrainLoader:
         if start_step >= self.steps_per_epoch:  # a state saved after the last step: the next epoch starts
             epoch, start_step = epoch + 1, 0
         plan = self.plan(epoch)
-        feed = _Feed(self._readers, plan, self.batch_size, start_step, plan.num_batches(self.batch_size, self.drop_last))
-        layout = "HWC" if self.channels_last else "CHW"
-        pipe = _build(self._readers, feed, lambda im, dev: [augment_view(im, v, dev, layout) for v in self.aug.views],
-                      batch_size=self.batch_size, device=str(self.device), num_threads=self.num_threads,
-                      seed=_seed(self.seed, epoch, self.rank, start_step))
+        feed = _Feed(self._readers, plan, self.batch_size, start_step, plan.num_batches(self.batch_size, self.drop_last),
+                     params=lambda step, source: self.aug_params(epoch, step, source))
+        names = [dali_param_names(v) for v in self.aug.views]
+        pipe = _build(self._readers, feed, self._augment, batch_size=self.batch_size, device=str(self.device),
+                      num_threads=self.num_threads, seed=0, num_params=sum(map(len, names)))
         nviews = len(self.aug.views)
         step = start_step
         self._position = (epoch, step)
@@ -296,6 +314,25 @@ class TrainLoader:
                 yield Batch(views, labels, source, index)
         finally:
             del pipe
+
+    def aug_params(self, epoch: int, step: int, source: np.ndarray) -> list[np.ndarray]:
+        """The augmentation inputs of the planned batch ``step`` of ``epoch`` (``source``: its source ids):
+        every view's :func:`~loaders.augment.sample_view_params` from ``augment_rng(seed, epoch, rank,
+        step)``, view after view, as :func:`~loaders.augment.dali_param_arrays`."""
+        rng = augment_rng(self.seed, epoch, self.rank, step)
+        h, w = self._sizes[source, 0], self._sizes[source, 1]
+        out: list[np.ndarray] = []
+        for view in self.aug.views:
+            out += dali_param_arrays(view, sample_view_params(rng, view, h, w), h, w, self._relative)
+        return out
+
+    def _augment(self, images, device: str, params: list) -> list:
+        layout = "HWC" if self.channels_last else "CHW"
+        views, it = [], iter(params)
+        for view in self.aug.views:
+            nodes = {name: next(it) for name in dali_param_names(view)}
+            views.append(augment_view(images, view, nodes, device, layout, relative=self._relative))
+        return views
 
     def _view(self, t: torch.Tensor) -> torch.Tensor:
         if self.channels_last:  # DALI wrote NHWC; the permuted view is NCHW with channels-last strides
@@ -334,7 +371,7 @@ class EvalLoader:
     def __len__(self) -> int:
         return self._plan.num_batches(self.batch_size, drop_last=False)
 
-    def _process(self, images, device):
+    def _process(self, images, device, params):
         from nvidia.dali import fn, types
 
         if self._resize:

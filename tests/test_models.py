@@ -6,6 +6,16 @@ from models import METHODS, build_backbone, build_method, build_optimizer
 from models.methods import BYOL, BarlowTwins, MoCoV2Plus, SimCLR, momentum_tau
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on the shared 2-core machine two spinning threads per process are many times
+    slower as soon as another process competes for the cores.  Restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _views(n=16, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, size, size, generator=g)
@@ -81,19 +91,17 @@ SMALL = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", ["simclr", "byol", "barlow"])
 def test_loss_falls_on_a_fixed_batch(name):
     torch.manual_seed(0)
     method = build_method(name, **SMALL[name])
-    opt = build_optimizer(method, batch_size=256, lr=0.5 if method.cfg.optimizer == "lars" else 0.05)
+    opt = build_optimizer(method, batch_size=256, lr=0.5)
+    views = _views(size=8)
     labels = torch.arange(16) % 10
     labels[::4] = -1
     losses = []
     steps = 12
     for step in range(steps):
-        # MoCo's queue would fill with keys of a repeated batch (negatives equal to the positives), so it
-        # sees a new batch every step (queue of two batches); the others see one fixed batch.
-        views = _views(seed=step if name == "mocov2plus" else 0)
         out = method.training_step(views, labels)
         assert out["loss"].requires_grad and not out["ssl_loss"].requires_grad
         assert torch.isfinite(out["loss"])
@@ -105,6 +113,30 @@ def test_loss_falls_on_a_fixed_batch(name):
     assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
     assert int(out["probe_count"]) == 2 * 12                 # 12 labelled samples, two views
     assert 0.0 <= float(out["probe_acc"]) <= 1.0
+
+
+def test_moco_loss_falls():
+    # A repeated batch would fill the queue with its own keys (negatives equal to positives), so MoCo
+    # cycles through four batches with a queue of two; the queue is filled first so that the first loss
+    # is measured against real keys, not the random initial queue.  With 12 steps the keys must follow
+    # the encoder faster than the release's tau 0.99 (and tau 0 fails, as in the MoCo paper): tau 0.9.
+    torch.manual_seed(0)
+    method = build_method("mocov2plus", **SMALL["mocov2plus"], base_tau=0.9, final_tau=0.9)
+    opt = build_optimizer(method, batch_size=256, lr=0.01)
+    pool = [_views(size=8, seed=i) for i in range(4)]
+    labels = torch.zeros(16, dtype=torch.long)
+    with torch.no_grad():
+        for views in pool[2:]:
+            method.training_step(views, labels)
+    losses = []
+    for step in range(12):
+        out = method.training_step(pool[step % 4], labels)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        method.on_train_step_end(step, 12)
+        losses.append(float(out["ssl_loss"]))
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
 
 
 def test_probe_ignores_unlabelled_samples():

@@ -1,0 +1,224 @@
+"""Host-drawn augmentation parameters: exact resume, the crop box semantics and the sampler's statistics."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from loaders.augment import (CIFAR_MEAN, CIFAR_STD, PARAM_KEYS, AugConfig, ViewAug, augment_rng, augment_view,
+                             dali_param_arrays, dali_param_names, preset, sample_view_params)
+from loaders.mixture import parse_shards_args
+from loaders.pipeline import TrainLoader
+from tests.test_loaders import PLAIN, image, make_shards
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume-shards")
+    return {
+        "real": make_shards(root, "real", 30, fmt="jpg", shard_size=8),
+        "gen": make_shards(root, "gen", 45, kind="generated", fmt="png", shard_size=16, seed=1),
+        "raw": make_shards(root, "rawgen", 20, kind="generated", fmt="raw", seed=2),
+    }
+
+
+def same_batches(a, b):
+    assert len(a) == len(b) and len(a) > 0
+    for x, y in zip(a, b):
+        assert len(x.views) == len(y.views)
+        assert all(torch.equal(u, v) for u, v in zip(x.views, y.views))
+        assert torch.equal(x.labels, y.labels) and torch.equal(x.source, y.source) and torch.equal(x.index, y.index)
+
+
+# -- exact resume through DALI ---------------------------------------------------------------------
+@pytest.mark.parametrize("recipe", ["simclr", "byol"])
+def test_resumed_epoch_is_bitwise_the_uninterrupted_one(data, recipe):
+    m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1", f"{data['raw']}:1"])  # jpg + png + raw
+    aug = preset(recipe)
+    full = list(TrainLoader(m, aug, 12, seed=3, drop_last=False).epoch(0))
+    assert len(full) == 11  # 125 samples: 10 full batches and a partial one
+    for k in (1, 6, 10):
+        same_batches(full[k:], list(TrainLoader(m, aug, 12, seed=3, drop_last=False).epoch(0, start_step=k)))
+
+
+def test_resume_after_load_state_dict_in_a_fresh_loader(data):
+    m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1"])
+    aug = preset("simclr-adainf")
+    full = list(TrainLoader(m, aug, 10, seed=5).epoch(2))
+    a = TrainLoader(m, aug, 10, seed=5)
+    it = a.epoch(2)
+    head = [next(it) for _ in range(3)]
+    same_batches(head, full[:3])
+    state = json.loads(json.dumps(a.state_dict()))
+    b = TrainLoader(m, aug, 10, seed=5)
+    b.load_state_dict(state)
+    same_batches(list(b.epoch()), full[3:])
+
+
+def test_seed_and_step_change_the_draws(data):
+    m = parse_shards_args([f"{data['gen']}:1"])
+    aug = preset("simclr")
+    a = next(iter(TrainLoader(m, aug, 15, seed=0).epoch(0)))
+    b = next(iter(TrainLoader(m, aug, 15, seed=1).epoch(0)))
+    assert not torch.equal(a.views[0], b.views[0]) and not torch.equal(a.views[1], b.views[1])
+    loader = TrainLoader(m, aug, 15, seed=0)
+    src = np.zeros(15, np.int64)
+    p0, p0_again, p1 = (loader.aug_params(0, s, src) for s in (0, 0, 1))
+    assert all(np.array_equal(x, y) for x, y in zip(p0, p0_again))
+    assert not all(np.array_equal(x, y) for x, y in zip(p0, p1))
+    assert not np.array_equal(loader.aug_params(1, 0, src)[0], p0[0])  # the epoch is part of the key
+
+
+def test_each_view_draws_its_own_parameters(data):
+    m = parse_shards_args([f"{data['gen']}:1"])
+    b = next(iter(TrainLoader(m, AugConfig((ViewAug(**{**PLAIN.__dict__, "crop_scale": (0.1, 0.5)}),) * 2),
+                              15).epoch(0)))
+    assert not torch.equal(b.views[0], b.views[1])  # same recipe, different crops
+    rng = augment_rng(0, 0, 0, 0)
+    v1, v2 = preset("byol").views
+    n = 20_000
+    p1, p2 = sample_view_params(rng, v1, np.full(n, 32), np.full(n, 32)), sample_view_params(rng, v2, np.full(n, 32),
+                                                                                             np.full(n, 32))
+    assert p1["solarize"].mean() == 0.0 and abs(p2["solarize"].mean() - 0.2) < 0.02
+    assert not np.array_equal(p1["crop_start"], p2["crop_start"])
+
+
+# -- the crop box: [start, end) in pixels or relative ------------------------------------------------
+def run_views(images: np.ndarray, views, params_per_view, relative=False):
+    """Run augment_view on a fixed uint8 batch with given parameters (crop boxes in pixels, made relative by
+    dali_param_arrays when ``relative``); returns float32 NCHW numpy."""
+    from nvidia.dali import fn, pipeline_def
+
+    names = [dali_param_names(v) for v in views]
+    n = len(images)
+    arrays = [a for v, p in zip(views, params_per_view)
+              for a in dali_param_arrays(v, p, np.full(n, images.shape[1]), np.full(n, images.shape[2]), relative)]
+
+    batch = [images, *arrays]
+
+    def feed():  # defined outside the pipeline function (DALI's autograph would convert a lambda inside)
+        return batch
+
+    @pipeline_def(enable_conditionals=True, batch_size=n, num_threads=1, device_id=None)
+    def pipe():
+        outs = fn.external_source(source=feed, num_outputs=len(batch), batch=True)
+        decoded, it = fn.reshape(outs[0], layout="HWC"), iter(outs[1:])
+        return tuple(augment_view(decoded, v, {k: next(it) for k in ns}, "cpu", "CHW", relative)
+                     for v, ns in zip(views, names))
+
+    p = pipe()
+    p.build()
+    return [np.asarray(o.as_tensor()) for o in p.run()]
+
+
+def normalised(img: np.ndarray) -> np.ndarray:
+    mean, std = np.array(CIFAR_MEAN)[:, None, None], np.array(CIFAR_STD)[:, None, None]
+    return (img.transpose(2, 0, 1) / 255.0 - mean) / std
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_known_crop_box_yields_exactly_that_region(relative):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)  # noise: any shift or blur would show
+    boxes = np.array([[8, 4, 24, 20], [0, 0, 16, 16], [16, 16, 32, 32]], np.float64)  # y0, x0, y1, x1
+    view = ViewAug(**{**PLAIN.__dict__, "size": 16})
+    params = {"crop_start": boxes[:, :2], "crop_end": boxes[:, 2:]}
+    full = {"crop_start": np.zeros((3, 2)), "crop_end": np.full((3, 2), 32.0)}
+    [out] = run_views(imgs, [view], [params], relative)
+    assert out.shape == (3, 3, 16, 16)
+    for k, (y0, x0, y1, x1) in enumerate(boxes.astype(int)):
+        np.testing.assert_allclose(out[k], normalised(imgs[k, y0:y1, x0:x1]), atol=1e-5)
+    [whole] = run_views(imgs, [PLAIN], [full], relative)  # the box of min area 1.0 is the full image
+    for k in range(3):
+        np.testing.assert_allclose(whole[k], normalised(imgs[k]), atol=1e-5)
+
+
+def test_flags_drive_the_ops_per_sample():
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    view = ViewAug(**{**PLAIN.__dict__, "flip_p": 0.5, "solarize_p": 0.5, "gray_p": 0.5})
+    full = {"crop_start": np.zeros((4, 2)), "crop_end": np.full((4, 2), 32.0)}
+    flags = {"flip": np.array([1, 0, 0, 0], bool), "solarize": np.array([0, 1, 0, 0], bool),
+             "gray": np.array([0, 0, 1, 0], bool)}
+    [out] = run_views(imgs, [view], [{**full, **flags}])
+    np.testing.assert_allclose(out[0], normalised(imgs[0, :, ::-1]), atol=1e-5)
+    np.testing.assert_allclose(out[1], normalised(np.where(imgs[1] >= 128, 255 - imgs[1], imgs[1])), atol=1e-5)
+    g = out[2] * np.array(CIFAR_STD)[:, None, None] + np.array(CIFAR_MEAN)[:, None, None]  # back to [0, 1]
+    assert np.allclose(g[0], g[1], atol=1e-5) and np.allclose(g[1], g[2], atol=1e-5)  # three equal channels
+    np.testing.assert_allclose(out[3], normalised(imgs[3]), atol=1e-5)
+
+
+# -- the host-side sampler (pure numpy) ----------------------------------------------------------------
+def test_param_names_resolve_p0_and_p1_at_build_time():
+    assert dali_param_names(PLAIN) == ("crop_start", "crop_end")
+    v = preset("simclr").views[0]
+    assert dali_param_names(v) == ("crop_start", "crop_end", "flip", "jitter", "brightness", "contrast", "saturation",
+                                   "hue", "gray", "blur", "sigma")
+    always = ViewAug(flip_p=1.0, jitter_p=1.0, blur_p=1.0, gray_p=0.0, solarize_p=1.0, hue=0.0)
+    assert dali_param_names(always) == ("crop_start", "crop_end", "brightness", "contrast", "saturation", "sigma")
+
+
+@pytest.mark.parametrize("name", ["simclr", "simclr-adainf", "byol"])
+def test_sampler_statistics_match_the_preset(name):
+    n = 200_000
+    h = np.where(np.arange(n) % 2 == 0, 32, 24)  # square and non-square images
+    w = np.where(np.arange(n) % 2 == 0, 32, 40)
+    for view in preset(name).views:
+        p = sample_view_params(augment_rng(0, 1, 0, 7), view, h, w)
+        assert set(p) == set(PARAM_KEYS) and all(len(a) == n for a in p.values())
+        tol = 5 * np.sqrt(0.25 / n)
+        for flag, prob in (("flip", view.flip_p), ("jitter", view.jitter_p), ("gray", view.gray_p),
+                           ("blur", view.blur_p), ("solarize", view.solarize_p)):
+            assert p[flag].dtype == bool and abs(p[flag].mean() - prob) < tol, flag
+        for k in ("brightness", "contrast", "saturation"):
+            x = getattr(view, k)
+            lo, hi = max(0.0, 1 - x), 1 + x
+            assert lo <= p[k].min() and p[k].max() <= hi and abs(p[k].mean() - (lo + hi) / 2) < 0.01 * hi
+        assert np.abs(p["hue"]).max() <= 360 * view.hue and abs(p["hue"].mean()) < 360 * view.hue * 0.01
+        assert view.blur_sigma[0] <= p["sigma"].min() and p["sigma"].max() <= view.blur_sigma[1]
+        # integer boxes inside the image
+        s, e = p["crop_start"], p["crop_end"]
+        assert np.array_equal(s, np.round(s)) and np.array_equal(e, np.round(e))
+        assert (s >= 0).all() and (e[:, 0] <= h).all() and (e[:, 1] <= w).all() and (e > s).all()
+        ch, cw = e[:, 0] - s[:, 0], e[:, 1] - s[:, 1]
+        # area inside crop_scale × H×W and aspect inside crop_ratio, up to the rounding of h and w
+        area, slack = ch * cw / (h * w), (0.5 * (ch + cw) + 0.25) / (h * w)
+        assert (area >= view.crop_scale[0] - slack).all() and (area <= view.crop_scale[1] + slack).all()
+        r_lo, r_hi = view.crop_ratio
+        assert ((cw + 0.5) / (ch - 0.5) >= r_lo).all() and ((cw - 0.5) / (ch + 0.5) <= r_hi).all()
+
+
+def test_unknown_size_gives_relative_boxes_of_a_square():
+    n = 50_000
+    view = preset("simclr").views[0]
+    p = sample_view_params(augment_rng(1, 0, 0, 0), view, np.zeros(n), np.zeros(n))
+    s, e = p["crop_start"], p["crop_end"]
+    assert (s >= 0).all() and (e <= 1 + 1e-12).all()
+    ch, cw = e[:, 0] - s[:, 0], e[:, 1] - s[:, 1]
+    assert (ch * cw >= view.crop_scale[0] - 1e-9).all() and (ch * cw <= 1 + 1e-9).all()
+    assert (cw / ch >= view.crop_ratio[0] - 1e-9).all() and (cw / ch <= view.crop_ratio[1] + 1e-9).all()
+    # a mixed batch: the known rows are pixels, and dali_param_arrays makes everything relative
+    p = sample_view_params(augment_rng(1, 0, 0, 0), view, np.array([32, 0]), np.array([32, 0]))
+    start, end = dali_param_arrays(view, p, np.array([32, 0]), np.array([32, 0]), relative=True)[:2]
+    assert start.dtype == np.float32 and (end <= 1).all() and (start >= 0).all()
+    np.testing.assert_allclose(start[0], p["crop_start"][0] / 32, rtol=1e-6)
+
+
+def test_crops_follow_torchvision_distribution():
+    """The vectorised RandomResizedCrop against torchvision's own get_params on an elongated image, where
+    many attempts fail and the fallback matters."""
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(0)
+    img = torch.zeros(3, 12, 40)
+    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+    tv = np.array([RandomResizedCrop.get_params(img, scale, ratio) for _ in range(4000)], np.float64)  # i, j, h, w
+    n = 200_000
+    p = sample_view_params(augment_rng(0, 0, 0, 0), ViewAug(crop_scale=scale, crop_ratio=ratio),
+                           np.full(n, 12), np.full(n, 40))
+    ours = np.concatenate([p["crop_start"], p["crop_end"] - p["crop_start"]], axis=1)
+    for col in range(4):
+        assert abs(ours[:, col].mean() - tv[:, col].mean()) < 5 * tv[:, col].std() / np.sqrt(len(tv)) + 1e-9, col
+    fallback = (tv[:, 2] == 12) & (tv[:, 3] == 16)  # the centre crop with the ratio clamped to 4/3
+    ours_fallback = (ours[:, 2] == 12) & (ours[:, 3] == 16)
+    assert abs(ours_fallback.mean() - fallback.mean()) < 0.03

@@ -1,0 +1,31 @@
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.model import measure_model_ceiling
+from models import build_method
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on the shared 2-core machine two spinning threads per process are many times
+    slower as soon as another process competes for the cores.  Restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_measure_model_ceiling_reports_consistent_figures():
+    torch.manual_seed(0)
+    method = build_method("simclr", proj_hidden_dim=32, proj_output_dim=16)
+    with FlopCounterMode(display=False) as fwd:
+        method.backbone(torch.randn(4, 3, 8, 8))
+    row = measure_model_ceiling(method, batch_size=4, device="cpu", steps=1, warmup=0, image_size=8,
+                                peak_flops=1e12)
+    assert row["backend"] == "model-ceiling" and row["method"] == "simclr"
+    # two views, forward + backward (about 3x forward): well above one forward of one view
+    assert row["flops_per_step"] > 2 * 2 * fwd.get_total_flops()
+    assert row["samples_per_s"] == pytest.approx(4 * row["steps_per_s"])
+    assert row["mfu"] == pytest.approx(row["flops_per_step"] * row["steps_per_s"] / 1e12)
+    assert row["peak_rss_mb"] > 0
