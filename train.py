@@ -760,9 +760,12 @@ def eval_checkpoint(s: Settings, given: set[str]) -> dict:
     eval_shards = s.eval_shards if "eval_shards" in given else tuple(run.get("eval_shards", ()))
     labels = s.train_labels if "train_labels" in given else tuple(run.get("train_labels", ()))
     plan = _eval_plan(eval_shards, labels)
+    saved = Settings.from_dict(ckpt["settings"])
+    # evaluation knobs: the run's own (crop size, kNN k, limits ...) unless given on this command line
+    s = dataclasses.replace(saved, **{k: getattr(s, k) for k in given if k not in ("eval_only", "resume")},
+                            eval_only=True, resume=None)
     rt = setup_runtime(s)
     cfg = dict(run.get("method_config") or {})
-    saved = Settings.from_dict(ckpt["settings"])
     method = build_method(saved.method, **cfg) if cfg else _build_method(saved, _num_classes(plan))
     method.load_state_dict(ckpt["model"])
     method.to(rt.device)

@@ -14,3 +14,15 @@ def demo_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-shards")
     make_demo(root, n_real=300, n_generated=500, n_test=200, seed=0, shard_size=128, workers=1)
     return {name: root / name for name in ("real", "generated", "test")}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests run next to DALI's own threads on small CPU machines (CI has 2 cores): one intra-op thread for
+    torch avoids oversubscription, which made model tests many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -131,12 +131,10 @@ def test_sigint_saves_checkpoint_and_resume_continues_identically(straight, tmp_
     assert len(records(run_dir, "final")) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="loaders.pipeline reseeds DALI's augmentation RNG from (seed, epoch, rank, "
-                   "start_step): a resume inside an epoch sees the same samples but different augmentation draws")
 def test_resume_inside_an_epoch_matches_uninterrupted_run(straight, tmp_path):
     out, _ = straight
     resumed = tmp_path / "resumed-mid"
-    # ckpt-4 does not exist; the straight run keeps ckpt-last (every 2 steps): resume from a fresh run to step 4
+    # step 4 is inside epoch 1: the loader must replay the augmentation draws of the uninterrupted run
     first = tmp_path / "first"
     assert run(base_args(data_of(out), first, keep_every=4, ckpt_every=0)).exit_code == 0
     result = run(["--resume", str(first / "ckpt-4.pt"), "--out", str(resumed), "--no-progress"])
