@@ -18,11 +18,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m shards demo --out demo-data
-	$(PY) -m shards info demo-data/real demo-data/generated demo-data/test
+	$(PY) train.py --demo
 
 test: setup
 	$(PY) -m pytest tests
 
 clean:
-	rm -rf demo-data runs
+	rm -rf runs

@@ -72,7 +72,7 @@ class Settings:
     on_corrupt: str = _opt("error", "What the loader does with an undecodable sample.", choices=("error", "skip"))
     # model and optimisation
     method: str = _opt("simclr", "Contrastive method.", choices=METHODS)
-    backbone: str = _opt("resnet18", "Backbone (CIFAR stem for resnet18).", choices=("resnet18", "resnet50"))
+    backbone: str = _opt("resnet18", "Backbone (CIFAR stem for resnet18).", choices=("resnet18", "resnet50", "convnet"))
     steps: int | None = _opt(None, "Optimisation steps (default 100000 unless --epochs is given).")
     epochs: int | None = _opt(None, "Train for this many epochs of the mixture instead of --steps.")
     batch_size: int = _opt(512, "Global batch size (split evenly over the DDP ranks).")
