@@ -19,8 +19,9 @@ from .augment import PRESET_NAMES, AugConfig, preset
 from .mixture import Mixture
 from .policy import MODES, InflationDecision, decide, family_of, sources_from_mixture, PRESET_PREFIX
 
-AUG_CHOICES = ("default", "adainf", "auto", *PRESET_NAMES)
+AUG_CHOICES = ("auto", "default", "adainf", *PRESET_NAMES)
 INFLATION_CHOICES = MODES
+AUG_KNOBS = ("crop_min_scale", "jitter_strength", "jitter_p")  # the knobs the policy may set
 
 
 @dataclass(frozen=True)
@@ -31,23 +32,31 @@ class Recipe:
     aug_overrides: dict  # knobs applied on top of it
     decision: InflationDecision | None  # the policy's decision, when one was asked for
 
+    @property
+    def epoch_size(self) -> float:
+        return self.mixture.expected_epoch_size
+
     def to_dict(self) -> dict:
         return {"mixture": self.mixture.describe(), "aug_preset": self.aug_name,
                 "aug_overrides": dict(self.aug_overrides), "aug": self.aug.to_dict(),
                 "inflation": self.decision.to_dict() if self.decision else None}
 
     def describe(self) -> str:
-        lines = ["mixture: " + ", ".join(f"{s.name} ({s.kind}, {s.count:,}) x{s.weight:g}"
-                                         for s in self.mixture.sources),
-                 f"augmentation: {self.aug_name}" + (f" with {self.aug_overrides}" if self.aug_overrides else "")]
         if self.decision:
-            lines.append(self.decision.describe())
-        return "\n".join(lines)
+            return self.decision.describe()
+        return "\n".join(["mixture: " + ", ".join(f"{s.name} ({s.kind}, {s.count:,}) x{s.weight:g}"
+                                                  for s in self.mixture.sources),
+                          f"augmentation: {self.aug_name}" + (f" with {self.aug_overrides}" if self.aug_overrides else "")])
 
 
-def resolve_recipe(mixture: Mixture, *, aug: str = "default", inflation: str | None = None,
-                   method: str = "simclr", overrides: Mapping[str, Any] | None = None) -> Recipe:
-    """The run's mixture and augmentation; ValueError (one line) for an unknown choice."""
+def resolve_recipe(mixture: Mixture, *, aug: str = "auto", inflation: str | None = None,
+                   method: str = "simclr", overrides: Mapping[str, Any] | None = None, size: int | None = None) -> Recipe:
+    """The run's mixture and augmentation; ValueError (one line) for an unknown choice.
+
+    ``aug``: ``auto`` = the policy's choice (with ``inflation=None``: the ``auto`` policy's augmentation for
+    the mixture as given, weights untouched); ``default`` / ``adainf`` = the method family's preset; or a
+    preset name. ``overrides`` (``None`` values ignored) always win; ``size`` sets the output side.
+    """
     if aug not in AUG_CHOICES:
         raise ValueError(f"--aug {aug!r}: choose one of {', '.join(AUG_CHOICES)}")
     if inflation is not None and inflation not in MODES:
@@ -59,16 +68,13 @@ def resolve_recipe(mixture: Mixture, *, aug: str = "default", inflation: str | N
         decision = decide(sources_from_mixture(mixture), inflation, family, explicit)
         mixture = mixture.with_weights(decision.weights)
     elif aug == "auto":  # the policy's augmentation for the mixture exactly as given
-        infos = [dataclasses.replace(s, weight=w) for s, w in
-                 zip(sources_from_mixture(mixture), mixture.weights)]
+        infos = [dataclasses.replace(s, weight=w) for s, w in zip(sources_from_mixture(mixture), mixture.weights)]
         decision = decide(infos, "auto", family, explicit)
-    if aug in ("default", "adainf"):
-        name = PRESET_PREFIX[family] + ("-adainf" if aug == "adainf" else "")
-        if decision is not None and aug == "default":
-            name = decision.aug_preset
-    elif aug == "auto":
-        name = decision.aug_preset
+    if aug == "auto":
+        name, knobs = decision.aug_preset, dict(decision.aug_overrides)
     else:
-        name = aug
-    knobs = dict(decision.aug_overrides) if decision is not None and (aug in ("default", "auto")) else dict(explicit)
+        name = {"default": PRESET_PREFIX[family], "adainf": PRESET_PREFIX[family] + "-adainf"}.get(aug, aug)
+        knobs = dict(explicit)
+    if size is not None:
+        knobs["size"] = size
     return Recipe(mixture, preset(name, **knobs), name, knobs, decision)

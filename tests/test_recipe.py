@@ -27,7 +27,8 @@ def dirs(tmp_path_factory):
 
 
 def test_no_policy_keeps_weights_and_family_preset(dirs):
-    r = resolve_recipe(parse_shards_args([dirs["real"], dirs["gen"]]), aug="default", method="byol")
+    r = resolve_recipe(parse_shards_args([dirs["real"], dirs["gen"]]), aug="default", method="byol", size=8)
+    assert r.aug.size == 8
     assert r.mixture.weights == [1.0, 1.0] and r.aug_name == "byol" and r.decision is None
     assert r.aug.views[1].solarize_p == 0.2 and r.aug.views[0].solarize_p == 0.0
 
