@@ -337,19 +337,35 @@ def _maybe(images, p: float, flag, op):
 
 
 def _color_jitter(images, view: ViewAug, params: dict, device: str):
+    """Brightness and contrast in one ``brightness_contrast``, saturation and hue in one ``hsv``.
+
+    ``brightness_contrast`` computes ``b·(centre + c·(x − centre))``; with ``centre`` the image's mean
+    grey level this equals torchvision's brightness-then-contrast (contrast around the brightened
+    image's mean grey ``b·centre``), up to torchvision's intermediate clamp. Saturation scales S in HSV
+    (as solo-learn's DALI pipeline does) instead of torchvision's blend with the grey image.
+    """
     from nvidia.dali import fn, types
 
-    if view.brightness > 0:  # torchvision: blend with black
-        images = _blend(images, 0.0, _on(params["brightness"], device), device)
-    if view.contrast > 0:
-        # torchvision blends with the image's mean grey level (a per-sample scalar), not mid-grey
+    bc = {}
+    if view.brightness > 0:
+        bc["brightness"] = params["brightness"]
+    if view.contrast > 0 and device == "cpu":  # the centre must be a CPU argument input: computed there
+        grey = fn.color_space_conversion(images, device=device, image_type=types.RGB, output_type=types.GRAY)
+        bc["contrast"] = params["contrast"]
+        bc["contrast_center"] = fn.reductions.mean(grey, dtype=types.FLOAT, device=device)
+    if bc:
+        images = fn.brightness_contrast(images, device=device, dtype=types.UINT8, **bc)
+    if view.contrast > 0 and device != "cpu":  # on the GPU: blend with the brightened image's mean grey
         grey = fn.color_space_conversion(images, device=device, image_type=types.RGB, output_type=types.GRAY)
         centre = fn.reductions.mean(fn.cast(grey, dtype=types.FLOAT, device=device), device=device)
         images = _blend(images, centre, _on(params["contrast"], device), device)
+    hsv = {}
     if view.saturation > 0:
-        images = _blend(images, _grayscale(images, device), _on(params["saturation"], device), device)
+        hsv["saturation"] = params["saturation"]
     if view.hue > 0:
-        images = fn.hsv(images, device=device, hue=params["hue"])  # argument input: stays on the CPU
+        hsv["hue"] = params["hue"]
+    if hsv:
+        images = fn.hsv(images, device=device, dtype=types.UINT8, **hsv)
     return images
 
 

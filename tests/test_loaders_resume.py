@@ -19,6 +19,7 @@ def data(tmp_path_factory):
         "real": make_shards(root, "real", 30, fmt="jpg", shard_size=8),
         "gen": make_shards(root, "gen", 45, kind="generated", fmt="png", shard_size=16, seed=1),
         "raw": make_shards(root, "rawgen", 20, kind="generated", fmt="raw", seed=2),
+        "root": root,
     }
 
 
@@ -222,3 +223,25 @@ def test_crops_follow_torchvision_distribution():
     fallback = (tv[:, 2] == 12) & (tv[:, 3] == 16)  # the centre crop with the ratio clamped to 4/3
     ours_fallback = (ours[:, 2] == 12) & (ours[:, 3] == 16)
     assert abs(ours_fallback.mean() - fallback.mean()) < 0.03
+
+
+def test_brightness_contrast_follow_torchvision(data):
+    """Brightness then contrast around the image's mean grey, as torchvision's ColorJitter computes them:
+    out = clamp(b·(m + c·(x − m))), m the luma mean of x — checked per sample against the drawn factors."""
+    from loaders.augment import dali_param_names
+
+    src_dir = make_shards(data["root"], "bc", 12, kind="generated", fmt="raw", seed=5)
+    m = parse_shards_args([str(src_dir)])
+    view = ViewAug(**{**PLAIN.__dict__, "jitter_p": 1.0, "brightness": 0.6, "contrast": 0.6, "saturation": 0.0,
+                      "hue": 0.0})
+    loader = TrainLoader(m, AugConfig((view,)), 12, drop_last=False)
+    batch = next(iter(loader.epoch(0)))
+    params = dict(zip(dali_param_names(view), loader.aug_params(0, 0, batch.source.numpy())))
+    mean, std = torch.tensor(view.mean)[:, None, None], torch.tensor(view.std)[:, None, None]
+    for k, i in enumerate(batch.index.tolist()):
+        x = image(5 * 100003 + i).astype(np.float64)
+        luma = (x @ np.array([0.299, 0.587, 0.114])).mean()
+        b, c = float(params["brightness"][k]), float(params["contrast"][k])
+        want = np.clip(b * (luma + c * (x - luma)), 0, 255)
+        got = ((batch.views[0][k] * std + mean) * 255).permute(1, 2, 0).numpy()
+        assert np.abs(got - want).max() < 3.0, (k, b, c)
