@@ -230,3 +230,23 @@ def _device_sync(device: str):
 
         return torch.cuda.synchronize
     return lambda: None
+
+
+def run_in_workdir(prefix: str, shards, run, cfg):
+    """``run(resolve_shards(shards), cfg, workdir)`` in a fresh temporary folder, removed afterwards;
+    a ShardError becomes one click error line. Returns (rows, the resolved shards)."""
+    import shutil
+    import tempfile
+
+    import click
+
+    from shards.manifest import ShardError
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        shards = resolve_shards(shards)
+        return run(shards, cfg, work), shards
+    except ShardError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench.common import pick_device, print_table, resolve_shards, time_train_loader, write_results
+from bench.common import run_in_workdir, pick_device, print_table, resolve_shards, time_train_loader, write_results
 from shards.index import read_index
 from shards.manifest import FORMATS, Manifest, ShardError
 from shards.writer import ShardSetWriter
@@ -157,14 +157,7 @@ def main(shards, formats, limit, batch_size, batches, warmup, aug, device, jpeg_
         batches = 20 if batches is None else batches
     cfg = FormatsConfig(formats=fmts, limit=limit, batch_size=batch_size, batches=batches, warmup=warmup, aug=aug,
                         device=pick_device(device), seed=seed, jpeg_quality=jpeg_quality)
-    work = Path(tempfile.mkdtemp(prefix="bench-formats-"))
-    try:
-        shards = resolve_shards(shards)
-        rows = run(shards, cfg, work)
-    except ShardError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    rows, shards = run_in_workdir("bench-formats-", shards, run, cfg)
     print_table(rows, ["backend", "format", "images", "bytes_per_image", "samples_per_s", "rss_tree_peak_mb"])
     path = write_results("formats", {**asdict(cfg), "shards": shards[:1], "quick": quick}, rows, out_dir)
     click.echo(f"wrote {path}", err=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import mmap
 import shutil
 import sys
@@ -141,7 +142,14 @@ def settings_for(setting: Setting, mode: str, eval_shards: str, cfg: StudyConfig
         batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.device,
         image_size=cfg.image_size, num_threads=cfg.num_threads, eval_every=cfg.eval_every, knn_k=cfg.knn_k,
         knn_train_limit=cfg.knn_train_limit, eval_limit=cfg.eval_limit, probe_epochs=cfg.probe_epochs,
-        log_every=min(50, cfg.steps), ckpt_every=0, out=str(out), progress=False)
+        log_every=log_every(cfg), ckpt_every=0, out=str(out), progress=False)
+
+
+def log_every(cfg: StudyConfig) -> int:
+    """A log interval that divides the eval interval: train.py restarts its interval clock after an
+    evaluation but not its step / wait counters, so an evaluation between two log steps would inflate that
+    interval's samples/s and data-wait figures."""
+    return math.gcd(cfg.eval_every, 50) if cfg.eval_every else min(50, cfg.steps)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

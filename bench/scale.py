@@ -39,7 +39,7 @@ from pathlib import Path
 
 import click
 
-from bench.common import pick_device, print_table, resolve_shards, time_train_loader, write_results
+from bench.common import run_in_workdir, pick_device, print_table, resolve_shards, time_train_loader, write_results
 from shards.manifest import Manifest, ShardError, ShardInfo
 
 
@@ -253,14 +253,7 @@ def main(shards, sizes, ns, sources_size, batch_size, batches, warmup, aug, devi
                       sources_size=sources_size or (50_000 if quick else 500_000), batch_size=batch_size,
                       batches=batches, warmup=warmup, aug=aug, device=pick_device(device), seed=seed,
                       plan_only=plan_only, isolate=not no_isolate)
-    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    try:
-        shards = resolve_shards(shards)
-        rows = run(shards, cfg, work)
-    except ShardError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    rows, shards = run_in_workdir("bench-scale-", shards, run, cfg)
     print_table(rows, ["backend", "axis", "planned_samples", "sources", "plan_s", "plan_mb", "samples_per_s",
                        "rss_tree_peak_mb", "startup_s"])
     settings = {**asdict(cfg), "shards": shards, "quick": quick,

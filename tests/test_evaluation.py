@@ -8,16 +8,6 @@ from models import build_backbone
 from models.evaluation import extract_features, knn_accuracy, linear_probe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two spinning threads per process are many times
-    slower as soon as another process competes for the cores.  Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _clusters(n_per_class, num_classes=5, dim=32, spread=0.3, seed=0):
     """Gaussian clusters around random centres: (features, labels)."""
     g = torch.Generator().manual_seed(seed)

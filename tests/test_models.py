@@ -6,16 +6,6 @@ from models import METHODS, build_backbone, build_method, build_optimizer
 from models.methods import BYOL, BarlowTwins, MoCoV2Plus, SimCLR, momentum_tau
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two spinning threads per process are many times
-    slower as soon as another process competes for the cores.  Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _views(n=16, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, size, size, generator=g)

@@ -6,16 +6,6 @@ from bench.model import measure_model_ceiling
 from models import build_method
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two spinning threads per process are many times
-    slower as soon as another process competes for the cores.  Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_measure_model_ceiling_reports_consistent_figures():
     torch.manual_seed(0)
     method = build_method("simclr", proj_hidden_dim=32, proj_output_dim=16)
