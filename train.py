@@ -495,6 +495,20 @@ def _num_classes(plan: Plan) -> int:
     return max([c for c in counts if c] or [10])
 
 
+def train_step(model, method, optimizer, scheduler, scaler, autocast, views, labels, step: int, total: int) -> dict:
+    """One optimisation step (forward under autocast, scaled backward, optimizer, schedule, EMA); returns the
+    method's outputs. ``model`` is the method itself or its DDP / compiled wrapper. The benchmarks call this too."""
+    with autocast:
+        out = model(views, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out["loss"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    method.on_train_step_end(step, total)
+    return out
+
+
 def train(s: Settings, resume_ckpt: dict | None = None, resume_path: Path | None = None) -> dict:
     """Train (or continue) a run; returns the final metrics. Errors the user can fix are click errors."""
     from loaders.pipeline import TrainLoader
@@ -621,15 +635,8 @@ def train(s: Settings, resume_ckpt: dict | None = None, resume_path: Path | None
         while step < total_steps and not stopping:
             for batch in loader.epoch(epoch, start_step=in_epoch):
                 wait_time += time.perf_counter() - t_step_end
-                labels = batch.labels.to(rt.device, non_blocking=True)
-                with autocast:
-                    out = model(batch.views, labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(out["loss"]).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                method.on_train_step_end(step, total_steps)
+                out = train_step(model, method, optimizer, scheduler, scaler, autocast, batch.views,
+                                 batch.labels.to(rt.device, non_blocking=True), step, total_steps)
                 step += 1
                 loss = out["loss"].detach()
                 nonfinite |= ~torch.isfinite(loss)

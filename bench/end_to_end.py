@@ -65,15 +65,11 @@ class Trainer:
     step_count: int = 0
 
     def step(self, views, labels) -> None:
-        labels = labels.to(self.device, non_blocking=True)
-        with self.autocast:
-            out = self.method(views, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out["loss"]).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.method.on_train_step_end(self.step_count, self.total_steps)
+        import train
+
+        method = getattr(self.method, "_orig_mod", self.method)  # the module behind a torch.compile wrapper
+        train.train_step(self.method, method, self.optimizer, self.scheduler, self.scaler, self.autocast, views,
+                         labels.to(self.device, non_blocking=True), self.step_count, self.total_steps)
         self.step_count += 1
 
 

@@ -215,7 +215,7 @@ def run_one(setting: Setting, mode: str, eval_shards: str, cfg: StudyConfig, wor
     by_kind = {src["kind"]: src for src in resolved["mixture"]}
     decision = resolved["inflation"]
     return {
-        "backend": f"train-{mode}", "setting": setting.name, "mode": mode,
+        "backend": f"train-{mode}", "setting": setting.name, "variant": setting.name, "mode": mode,
         "weights": {"real": by_kind["real"]["weight"], "generated": by_kind["generated"]["weight"]},
         **chosen_augmentation(decision), "effective_size": decision["effective_size"],
         "epoch_size": resolved["epoch_size"], "epochs": round(cfg.steps / resolved["steps_per_epoch"], 3),
@@ -236,7 +236,8 @@ def run_baseline(setting: Setting, eval_shards: str, cfg: StudyConfig, work: Pat
     s = settings_for(setting, "none", eval_shards, cfg, work / f"{setting.name}-random-init")
     t0 = time.perf_counter()
     r = train.random_init_baseline(s)
-    return {"backend": "random-init", "setting": setting.name, "mode": "random-init", "weights": None,
+    return {"backend": "random-init", "setting": setting.name, "variant": setting.name, "mode": "random-init",
+            "weights": None,
             "steps": 0, "batch_size": None, "seed": cfg.seed, "samples_per_s": None,
             "wall_s": round(time.perf_counter() - t0, 1), "knn_acc": r["knn_acc"],
             "online_probe_acc": None, "linear_probe_acc": r.get("linear_probe_acc"),

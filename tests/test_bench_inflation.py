@@ -38,6 +38,7 @@ def test_study_on_demo_data(tiny_demo, tmp_path):
     assert doc["bench"] == "inflation" and doc["settings"]["steps"] == 4 and doc["settings"]["modes"] == ["none", "adainf"]
     rows = doc["results"]
     assert [(r["setting"], r["mode"]) for r in rows] == [("demo", "random-init"), ("demo", "none"), ("demo", "adainf")]
+    assert all(r["variant"] == "demo" for r in rows)  # bench.report's row label tells the settings apart
     base, none, adainf = rows
 
     # the policy, not the study, chose the weights and the augmentation
