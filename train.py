@@ -104,6 +104,8 @@ class Settings:
     demo: bool = _opt(False, "Build the demo mixture (if missing) and train on it with small defaults.")
     demo_data: str = _opt("runs/demo-data", "Where --demo builds / finds its shard sets.")
     progress: bool = _opt(True, "Show a tqdm progress bar.")
+    compare_random: bool = _opt(False, "After training, evaluate a randomly initialised backbone the same way "
+                                       "and print both (what training has to beat; on by default with --demo).")
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -159,7 +161,7 @@ DEMO_DEFAULTS = dict(method="simclr", batch_size=128, steps=300, warmup_steps=30
 # the randomly initialised backbone).
 DEMO_CPU_DEFAULTS = dict(backbone="convnet", batch_size=128, steps=500, warmup_steps=50, log_every=10, ckpt_every=100)
 # Settings that may differ from the checkpoint's when resuming (everything else must match).
-RESUME_MAY_CHANGE = ("steps", "epochs", "device", "num_threads", "compile", "eval_every", "log_every",
+RESUME_MAY_CHANGE = ("steps", "epochs", "device", "num_threads", "compile", "eval_every", "log_every", "compare_random",
                      "ckpt_every", "keep_every", "progress", "resume", "out", "eval_limit", "knn_train_limit",
                      "probe_epochs", "eval_batch_size", "on_corrupt")
 
@@ -873,7 +875,7 @@ def main(ctx: click.Context, **options) -> None:
     except ShardError as e:  # a damaged shard found mid-run, a loader state that does not fit, ...
         raise click.ClickException(str(e)) from None
 
-    if s.demo and final and int(os.environ.get("RANK", 0)) == 0:
+    if (s.demo or s.compare_random) and final and int(os.environ.get("RANK", 0)) == 0:
         click.echo("measuring a randomly initialised backbone for comparison ...", err=True)
         base = random_init_baseline(s)
         metrics = Metrics(Path(s.out))
