@@ -105,8 +105,9 @@ class _Readers:
             labels, source, index = labels[keep], source[keep], index[keep]
         outs = [data, labels, source.astype(np.int64), index.astype(np.int64)]
         if self.has_raw:
-            outs.append(np.array([self.readers[s].format == "raw" for s in source.tolist()], dtype=bool))
             outs.append(np.array([self.readers[s].raw_shape or (1, 1, 3) for s in source.tolist()], dtype=np.int64))
+        if self.has_raw and self.has_encoded:
+            outs.append(np.array([self.readers[s].format == "raw" for s in source.tolist()], dtype=bool))
         return outs, keep
 
     def _count_skipped(self, source, index) -> None:
@@ -157,7 +158,7 @@ class _Feed:
         raise StopIteration
 
 
-def _decode(enc, readers: _Readers, is_raw, raw_shape, device: str):
+def _decode(enc, readers: _Readers, raw_shape, is_raw, device: str):
     """Decoded HWC uint8 RGB images on ``device`` ("cpu" or "gpu")."""
     from nvidia.dali import fn, types
 
@@ -181,13 +182,14 @@ def _build(readers: _Readers, feed: _Feed, process, *, batch_size: int, device: 
 
     dali_device = "gpu" if device.startswith("cuda") else "cpu"
     device_id = torch.device(device).index or 0 if dali_device == "gpu" else None
-    fixed = 6 if readers.has_raw else 4
+    fixed = 4 + readers.has_raw + (readers.has_raw and readers.has_encoded)  # + raw shape, + is-raw flag
 
     @pipeline_def(enable_conditionals=True)
     def pipe():
         outs = fn.external_source(source=feed, num_outputs=fixed + num_params, batch=True)
         enc, labels, source, index = outs[:4]
-        images = _decode(enc, readers, *(outs[4:6] if readers.has_raw else (None, None)), dali_device)
+        extra = list(outs[4:fixed]) + [None] * (6 - fixed)
+        images = _decode(enc, readers, *extra, dali_device)
         return (*process(images, dali_device, list(outs[fixed:])), labels, source, index)
 
     p = pipe(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
