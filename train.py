@@ -426,25 +426,13 @@ def _log(rt: Runtime | None, msg: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 # Evaluation: online probe and kNN at intervals, offline linear probe at the end
 # ----------------------------------------------------------------------------------------------------
-def _limited(batches, limit: int):
-    """Yield (images, labels) batches until ``limit`` samples (0: no limit), cutting the last batch."""
-    seen = 0
-    for images, labels in batches:
-        if limit and seen + len(labels) > limit:
-            keep = limit - seen
-            if keep > 0:
-                yield images[:keep], labels[:keep]
-            return
-        seen += len(labels)
-        yield images, labels
-
-
 def extract(backbone, dirs, s: Settings, device: str, limit: int):
     from loaders.pipeline import EvalLoader
     from models.evaluation import extract_features
 
-    loader = EvalLoader(list(dirs), s.eval_batch_size, device, size=s.image_size, num_threads=s.num_threads)
-    return extract_features(backbone, _limited(loader, limit), device)
+    loader = EvalLoader(list(dirs), s.eval_batch_size, device, size=s.image_size, num_threads=s.num_threads,
+                        limit=limit)  # a fixed random subset: test sets are often packed in class order
+    return extract_features(backbone, loader, device)
 
 
 def evaluate(method, plan: Plan, s: Settings, device: str, *, probe_epochs: int = 0, autocast=None) -> dict:
@@ -672,13 +660,16 @@ def train(s: Settings, resume_ckpt: dict | None = None, resume_path: Path | None
                 ckpt_due = s.ckpt_every and step % s.ckpt_every == 0
                 keep_due = s.keep_every and step % s.keep_every == 0
                 if ckpt_due or keep_due or step == total_steps or stopping:
+                    t_ckpt = time.perf_counter()
                     check_finite(step)
                     last_checked = step
                     if keep_due:
                         checkpoint(f"ckpt-{step}.pt")
                     last_good = checkpoint(CKPT_LAST)
                     t_step_end = time.perf_counter()
+                    t_interval += t_step_end - t_ckpt  # nor is writing checkpoints
                 if (s.eval_every and step % s.eval_every == 0 and step < total_steps and plan.eval_shards):
+                    t_eval = time.perf_counter()
                     if rt.master:
                         result = evaluate(method, plan, s, rt.device, autocast=autocast)
                         metrics.write("eval", step, **result)
@@ -686,7 +677,8 @@ def train(s: Settings, resume_ckpt: dict | None = None, resume_path: Path | None
                                   f"{result['online_probe_acc']:.2%}", file=sys.stderr)
                     if rt.distributed:
                         torch.distributed.barrier()
-                    t_interval = t_step_end = time.perf_counter()
+                    t_step_end = time.perf_counter()
+                    t_interval += t_step_end - t_eval  # evaluation time is not training time
                 if step >= total_steps or stopping:
                     break
             else:  # the epoch's plan is exhausted

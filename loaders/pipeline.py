@@ -350,10 +350,12 @@ class EvalLoader:
 
     Decode, resize the shorter side to ``size`` and centre-crop when the images are not already
     ``size×size``, normalise with ``mean``/``std`` (CIFAR by default). Yields ``(images, labels)``.
+    ``limit`` (> 0) keeps a fixed random subset of that many samples (seeded, in shard order), so a
+    capped evaluation of a class-ordered test set still sees every class.
     """
 
     def __init__(self, dirs, batch_size: int, device: str = "cpu", size: int = 32, *, num_threads: int = 2,
-                 mean=CIFAR_MEAN, std=CIFAR_STD, on_corrupt: str = "error"):
+                 mean=CIFAR_MEAN, std=CIFAR_STD, on_corrupt: str = "error", limit: int = 0, seed: int = 0):
         from pathlib import Path
 
         dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
@@ -367,6 +369,9 @@ class EvalLoader:
         counts = [m.count for m in manifests]
         self._plan = EpochPlan(np.repeat(np.arange(len(counts), dtype=np.int32), counts),
                                np.concatenate([np.arange(c, dtype=np.int64) for c in counts]))
+        if 0 < limit < len(self._plan):
+            keep = np.sort(np.random.default_rng(seed).permutation(len(self._plan))[:limit])
+            self._plan = EpochPlan(self._plan.source[keep], self._plan.index[keep])
         self._resize = any(m.image_size != (self.size, self.size) for m in manifests)
         self.num_samples = len(self._plan)
 

@@ -340,3 +340,12 @@ def test_audit_json_counts_every_key(data):
     assert abs(frac["mean"] - 60 / 105) < 0.05 and frac["min"] >= (16 * 60 / 105 - 2) / 16 - 1e-9
     bad = CliRunner().invoke(main, ["audit", "--shards", f"{data['real']}:x"])
     assert bad.exit_code != 0 and "not a number" in bad.output and "Traceback" not in bad.output
+
+
+def test_eval_loader_limit_is_a_fixed_subset_across_classes(data):
+    full = [(x, y) for x, y in EvalLoader(data["test"], 5)]
+    labels = torch.cat([y for _, y in full])
+    sub = torch.cat([y for _, y in EvalLoader(data["test"], 5, limit=10)])
+    again = torch.cat([y for _, y in EvalLoader(data["test"], 5, limit=10)])
+    assert len(sub) == 10 and torch.equal(sub, again) and len(labels) == 23
+    assert len(set(sub.tolist())) > 2  # not just the first classes of a class-ordered set
