@@ -128,14 +128,14 @@ def measure_model_ceiling(method, batch_size: int, device: torch.device | str, s
 @click.option("--steps", default=30, show_default=True, type=click.IntRange(1))
 @click.option("--warmup", default=5, show_default=True, type=click.IntRange(0))
 @click.option("--image-size", default=32, show_default=True, type=click.IntRange(8))
-@click.option("--device", default=None, help="cuda | cpu (default: cuda when available)")
+@click.option("--device", default="auto", show_default=True, help="auto | cuda | cpu (auto: cuda when available)")
 @click.option("--quick", is_flag=True, help="tiny CPU-friendly run (batch 16, 3 steps, 1 warm-up)")
 @click.option("--out-dir", default=None, type=click.Path(file_okay=False), help="default bench/results")
 def main(method_name, backbone, batch_size, steps, warmup, image_size, device, quick, out_dir):
     """Training throughput of a method with no data loading (the model ceiling)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("no CUDA device on this machine; use --device cpu", param_hint="--device")
+    from bench.common import pick_device
+
+    device = torch.device(pick_device(device or "auto"))
     if quick:
         batch_size, steps, warmup = min(batch_size, 16), min(steps, 3), min(warmup, 1)
     try:
