@@ -25,13 +25,17 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "formats": ("bench.formats", "jpg vs png vs raw shards of the same images"),
     "pack": ("bench.pack", "packing speed of `shards pack`"),
 }
-REPORT = ("bench.report", "PNG charts and a Markdown table from the JSON files")
+# Commands outside `all`: the report, and the inflation study (it trains models, see bench/inflation.py).
+EXTRA: dict[str, tuple[str, str]] = {
+    "report": ("bench.report", "PNG charts and a Markdown table from the JSON files"),
+    "inflation": ("bench.inflation", "the AdaInf study: SimCLR under --inflation none/vanilla/adainf/auto (trains)"),
+}
 # Options `all` forwards to every benchmark that has them.
 SHARED = ("quick", "shards", "out_dir", "device")
 
 
 def load_command(name: str) -> click.Command:
-    module, _ = REPORT if name == "report" else BENCHMARKS[name]
+    module, _ = EXTRA[name] if name in EXTRA else BENCHMARKS[name]
     try:
         return importlib.import_module(module).main
     except (ImportError, AttributeError) as e:
@@ -42,12 +46,12 @@ class BenchGroup(click.Group):
     """Subcommands imported only when used, so one broken benchmark never hides the others."""
 
     def list_commands(self, ctx):
-        return [*BENCHMARKS, "report", "all", "list"]
+        return [*BENCHMARKS, *EXTRA, "all", "list"]
 
     def get_command(self, ctx, name):
         if name in ("all", "list"):
             return super().get_command(ctx, name)
-        if name in BENCHMARKS or name == "report":
+        if name in BENCHMARKS or name in EXTRA:
             return load_command(name)
         return None
 
@@ -63,7 +67,7 @@ def cli(ctx):
 @cli.command("list")
 def list_cmd():
     """List the benchmarks and whether each can be imported here."""
-    for name, (module, line) in [*BENCHMARKS.items(), ("report", REPORT)]:
+    for name, (module, line) in [*BENCHMARKS.items(), *EXTRA.items()]:
         try:
             importlib.import_module(module).main
             state = ""
