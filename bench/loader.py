@@ -21,27 +21,21 @@ import time
 
 import click
 import numpy as np
-import psutil
 
-from bench.common import print_table, resolve_shards, write_results
+from bench.common import RssSampler, print_table, resolve_shards, write_results
 
 
-class PeakRSS:
-    """Peak of (own RSS + children's RSS), sampled every 50 ms in a thread."""
+class PeakRSS(RssSampler):
+    """`RssSampler` sampled every 50 ms in a background thread (the loaders under test own the main one)."""
 
     def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
+        super().__init__()
+        self._stop = threading.Event()
         self._t = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self):
-        me = psutil.Process()
-        while not self._stop.is_set():
-            try:
-                rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
-            except psutil.Error:
-                rss = 0
-            self.peak = max(self.peak, rss)
-            time.sleep(0.05)
+        while not self._stop.wait(0.05):
+            self.sample()
 
     def __enter__(self):
         self._t.start()
@@ -50,10 +44,11 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
+        self.sample()
 
     @property
     def mb(self) -> float:
-        return round(self.peak / 2**20, 1)
+        return self.peak_mb
 
 
 def torchvision_transform(view):

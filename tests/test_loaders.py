@@ -48,15 +48,20 @@ def make_shards(root: Path, name: str, n: int, *, kind: str = "real", fmt: str =
 PLAIN = ViewAug(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shards")
+def small_mixture(root: Path) -> dict:
+    """jpg real (30), png generated (45), raw generated (20) and png test (23) shard sets under ``root``."""
     return {
+        "root": root,
         "real": make_shards(root, "real", 30, fmt="jpg", shard_size=8),
         "gen": make_shards(root, "gen", 45, kind="generated", fmt="png", shard_size=16, seed=1),
         "raw": make_shards(root, "rawgen", 20, kind="generated", fmt="raw", seed=2),
         "test": make_shards(root, "test", 23, fmt="png", split="test", shard_size=10, seed=3),
     }
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return small_mixture(tmp_path_factory.mktemp("shards"))
 
 
 def key_counts(loader, epoch=0, **kw):

@@ -9,18 +9,12 @@ from loaders.augment import (CIFAR_MEAN, CIFAR_STD, PARAM_KEYS, AugConfig, ViewA
                              dali_param_arrays, dali_param_names, preset, sample_view_params)
 from loaders.mixture import parse_shards_args
 from loaders.pipeline import TrainLoader
-from tests.test_loaders import PLAIN, image, make_shards
+from tests.test_loaders import PLAIN, image, make_shards, small_mixture
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume-shards")
-    return {
-        "real": make_shards(root, "real", 30, fmt="jpg", shard_size=8),
-        "gen": make_shards(root, "gen", 45, kind="generated", fmt="png", shard_size=16, seed=1),
-        "raw": make_shards(root, "rawgen", 20, kind="generated", fmt="raw", seed=2),
-        "root": root,
-    }
+    return small_mixture(tmp_path_factory.mktemp("resume-shards"))
 
 
 def same_batches(a, b):
