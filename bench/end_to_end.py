@@ -3,12 +3,10 @@
     python -m bench.end_to_end --quick                          # demo mixture, CPU or GPU
     python -m bench.end_to_end --shards shards/cifar10-train:10 --shards shards/edm:1 --batch-size 512 --steps 200
 
-The step is built as ``train.py`` builds it: ``train.Settings`` → ``train.plan_data`` (mixture, inflation
-policy, augmentation preset) → ``train.setup_runtime`` (device, bf16 autocast on GPU, TF32, cudnn
-benchmark) → ``models.build_method`` moved to the device in channels_last → ``models.build_optimizer`` /
-``build_scheduler`` → per step: autocast forward, ``zero_grad``, (scaled) backward, optimizer and
-scheduler step, ``on_train_step_end``. The loader is ``loaders.pipeline.TrainLoader`` with the same
-arguments as in ``train.py``.
+The run is built by the training engine that ``train.py`` uses (``models.engine``: ``Settings`` →
+``setup_runtime`` → ``plan_data`` → ``DataPlan.train_loader`` → ``Trainer``), and each step is
+``Trainer.step``: autocast forward, ``zero_grad``, (scaled) backward, optimizer and scheduler step,
+``on_train_step_end``.
 
 Two measurements in one process, same model, optimizer, batch size and step code:
 
@@ -51,69 +49,25 @@ class EndToEndConfig:
     seed: int = 0
 
 
-@dataclass
-class Trainer:
-    """What train.py builds before its loop, plus one step of that loop."""
-
-    method: object
-    optimizer: object
-    scheduler: object
-    scaler: object
-    autocast: object
-    device: str
-    total_steps: int
-    step_count: int = 0
-
-    def step(self, views, labels) -> None:
-        import train
-
-        method = getattr(self.method, "_orig_mod", self.method)  # the module behind a torch.compile wrapper
-        train.train_step(self.method, method, self.optimizer, self.scheduler, self.scaler, self.autocast, views,
-                         labels.to(self.device, non_blocking=True), self.step_count, self.total_steps)
-        self.step_count += 1
-
-
 def build(shards: list[str], cfg: EndToEndConfig):
-    """(trainer, loader, resolved settings) exactly as train.py constructs them."""
-    import torch
+    """(trainer, loader, resolved) from the training engine, exactly as train.py builds a run (the schedule is
+    the release's 100k steps: only its shape matters here)."""
+    from models.engine import Settings, Trainer, aug_family, build_method_for, plan_data, seed_everything, setup_runtime
 
-    import train
-    from loaders.pipeline import TrainLoader
-    from models import build_method, build_optimizer, build_scheduler
-
-    s = train.Settings(shards=tuple(shards), method=cfg.method, backbone=cfg.backbone, batch_size=cfg.batch_size,
-                       device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last,
-                       compile=cfg.compile, num_threads=cfg.num_threads, inflation=cfg.inflation, aug=cfg.aug,
-                       seed=cfg.seed, progress=False)
-    plan = train.plan_data(s)
-    rt = train.setup_runtime(s)
-    torch.manual_seed(s.seed)
-    channels_last = rt.is_cuda and s.channels_last
-    loader = TrainLoader(plan.mixture, plan.aug, s.batch_size, seed=s.seed, device="cuda" if rt.is_cuda else "cpu",
-                         num_threads=s.num_threads, channels_last=channels_last, drop_last=True)
-    classes = max([len(src.manifest.classes) for src in plan.mixture.sources] + [10])
-    method = build_method(s.method, num_classes=classes, backbone=s.backbone).to(rt.device)
-    if channels_last:
-        method.to(memory_format=torch.channels_last)
-    total = 100_000  # the paper's budget: only the schedules' shape depends on it
-    optimizer = build_optimizer(method, batch_size=s.batch_size)
-    scheduler = build_scheduler(optimizer, total, min(s.warmup_steps, total // 10))
-    scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
-    model = torch.compile(method) if s.compile else method
-    method.train()
-    trainer = Trainer(model, optimizer, scheduler, scaler, train.autocast_context(rt), rt.device, total)
-    resolved = {"device": rt.device, "precision": rt.precision, "channels_last": channels_last,
-                "epoch_size": plan.epoch_size, "steps_per_epoch": loader.steps_per_epoch,
-                "weights": [src.weight for src in plan.mixture.sources],
-                "sources": [str(src.path) for src in plan.mixture.sources], "aug": repr(plan.aug)}
+    s = Settings(shards=tuple(shards), method=cfg.method, backbone=cfg.backbone, batch_size=cfg.batch_size,
+                 device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
+                 num_threads=cfg.num_threads, inflation=cfg.inflation, aug=cfg.aug, seed=cfg.seed, progress=False)
+    rt = setup_runtime(s.device, s.precision)
+    data = plan_data(s, rt.world_size, aug_family(s.method))
+    loader = data.train_loader(s, rt)
+    seed_everything(s.seed)
+    trainer = Trainer(s, rt, loader, build_method_for(s, data.num_classes))
+    trainer.method.train()
+    resolved = {"device": rt.device, "precision": rt.precision, "channels_last": rt.is_cuda and s.channels_last,
+                "epoch_size": data.epoch_size, "steps_per_epoch": loader.steps_per_epoch,
+                "weights": [src.weight for src in data.mixture.sources],
+                "sources": [str(src.path) for src in data.mixture.sources], "aug": data.aug.to_dict()}
     return trainer, loader, resolved
-
-
-def batches_forever(loader):
-    epoch = 0
-    while True:
-        yield from loader.epoch(epoch)
-        epoch += 1
 
 
 class StepTimer:
@@ -149,7 +103,7 @@ class StepTimer:
         return min(busy / span, 1.0) if span > 0 else None
 
 
-def timed_steps(trainer: Trainer, batches, steps: int, warmup: int, device: str) -> dict:
+def timed_steps(trainer, batches, steps: int, warmup: int, device: str) -> dict:
     """Run warmup + steps training steps on ``batches`` (an iterator of loader Batches or a fixed batch)."""
     import torch
 
@@ -197,7 +151,7 @@ def resident(batch, device: str):
 
 def run(shards: list[str], cfg: EndToEndConfig) -> tuple[list[dict], dict]:
     trainer, loader, resolved = build(shards, cfg)
-    batches = batches_forever(loader)
+    batches = loader.batches()
     first = next(batches)
     common = {"method": cfg.method, "batch_size": cfg.batch_size, "precision": resolved["precision"],
               "device": resolved["device"]}

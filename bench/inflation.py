@@ -1,34 +1,35 @@
-"""The evidence: SimCLR under the four inflation settings with the same step budget, kNN and linear probe.
+"""The evidence: SimCLR under the four inflation modes, the same step budget, several seeds, mean ± std.
 
-    python -m bench.inflation --quick                               # built-in demo data, a few minutes on CPU
-    python -m bench.inflation --real shards/cifar10-train --generated shards/edm \\
-        --eval-shards shards/cifar10-test --scarce-real shards/cifar10-500pc --steps 20000 --batch-size 512
+    python -m bench.inflation --quick                               # built-in demo data, minutes on a CPU
+    python -m bench.inflation --real data/cifar10-train --generated data/edm --eval-shards data/cifar10-test \\
+        --scarce-real data/cifar10-500pc --seeds 0,1,2 --steps 20000 --batch-size 512 --device cuda
 
 For each *setting* (``full``: ``--real`` + ``--generated``; ``scarce``: ``--scarce-real`` + ``--generated``,
-when given) and each *mode* of ``--modes`` (``none``, ``vanilla``, ``adainf``, ``auto``; see
-``loaders.policy``), one ``train.train`` run with the shard sets given WITHOUT weights, so the inflation
-policy picks the weights and, with ``aug="auto"``, the augmentation. Everything else is the same for every
-run: method (SimCLR), backbone, steps, batch size, learning rate, warm-up and seed. Runs live in
-``--work-dir`` (default: a temporary folder, deleted at the end), never in the repository.
+when given), each *mode* of ``--modes`` (``none``, ``vanilla``, ``adainf``, ``auto``; see
+``loaders.policy``) and each seed of ``--seeds``, one run of ``train.py`` itself (a subprocess running the
+command a user runs, so the study measures the product, not a copy of it) with the shard sets given
+WITHOUT weights: the inflation policy picks the weights and the augmentation. Everything else is the same
+for every run: method, backbone, steps, batch size, learning rate, warm-up, evaluation. The seed changes
+the model's initialisation, the epoch plans and every augmentation draw. Runs live in ``--work-dir``
+(default: a temporary folder, deleted at the end), never in the repository.
 
-Per setting, a randomly initialised backbone (``train.random_init_baseline``, same seed) is evaluated the
-same way: what training has to beat. The kNN / linear-probe features of the labelled training images come
-from ``--train-labels`` (default: each setting's real set), capped by ``--knn-train-limit``; the same
-test images (``--eval-shards``, capped by ``--eval-limit``) score every run.
+Per setting and seed, the randomly initialised backbone is evaluated the same way (``--compare-random``
+of that setting's first run): what training has to beat. kNN / linear-probe training features come from
+``--train-labels`` (default: each setting's real set), capped by ``--knn-train-limit`` (a fixed random
+subset); the same test images (``--eval-shards``, capped by ``--eval-limit``) score every run.
 
-Writes ``bench/results/<host>-<date>-inflation.json`` (the common shape; one row per run with the weights
-and augmentation the policy chose, samples/s, data-wait fraction, final kNN / online-probe / offline
-linear-probe accuracy and the curve of evaluations over steps from the run's ``metrics.jsonl``),
-``inflation-<host>.png`` (kNN accuracy over steps, one panel per setting, one line per mode) and
-``inflation-<host>.md`` (the Markdown table that is also printed).
+Writes ``bench/results/<host>-<date>-inflation.json`` (the common shape: one row per run with what the
+policy chose, samples/s, final kNN / online-probe / offline linear-probe accuracy and the curve over steps;
+``summary`` rows with mean ± std per arm), ``inflation-<host>.png`` (final accuracies per arm with error
+bars, and kNN over steps) and ``inflation-<host>.md`` (the tables and which differences exceed the spread).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import mmap
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,15 +38,17 @@ from pathlib import Path
 
 import click
 
-from bench.common import RESULTS_DIR, demo_cache_dir, host_kind, pick_device, resolve_shards, write_results
+from bench.common import RESULTS_DIR, host_kind, pick_device, resolve_shards, write_results
 
 MODES = ("none", "vanilla", "adainf", "auto")
-DEFAULT_JITTER = 0.8  # the SimCLR preset's brightness = contrast = saturation; strength is a multiplier of it
+METRICS = ("knn_acc", "linear_probe_acc", "online_probe_acc")
+TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     modes: tuple[str, ...] = MODES
+    seeds: tuple[int, ...] = (0, 1, 2)
     method: str = "simclr"
     backbone: str = "resnet18"
     steps: int = 2000
@@ -59,55 +62,13 @@ class StudyConfig:
     probe_epochs: int = 100
     image_size: int = 32
     num_threads: int = 2
-    seed: int = 0
     device: str = "auto"
     baseline: bool = True
 
 
 # Smallest sizes that still show learning: the convnet at full resolution, a few hundred steps.
 QUICK = dict(backbone="convnet", steps=300, batch_size=128, warmup_steps=30, eval_every=100, knn_k=50,
-             knn_train_limit=2000, eval_limit=1000, probe_epochs=30)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------------
-def _labels_prefix(directory: str, n: int) -> set[int]:
-    """The class labels among the first ``n`` samples of a shard set, in shard order (``.cls`` members)."""
-    from shards.index import read_index
-    from shards.manifest import Manifest
-
-    m = Manifest.load(directory)
-    seen: set[int] = set()
-    left = n
-    for info in m.shards:
-        if left <= 0:
-            break
-        idx = read_index(Path(directory) / info.index)
-        take = min(left, len(idx))
-        with open(Path(directory) / info.file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            for off, size in zip(idx.offsets["cls"][:take], idx.sizes["cls"][:take]):
-                seen.add(int(mm[int(off):int(off) + int(size)]))
-        left -= take
-    return seen
-
-
-def check_limit(directory: str, limit: int, option: str) -> None:
-    """``train.py`` caps evaluation at the first ``limit`` images in shard order; a class-sorted set (as
-    CIFAR-10's test split is packed) would then be scored on a few classes only. Refuse that."""
-    from shards.manifest import Manifest
-
-    m = Manifest.load(directory)
-    if not limit or limit >= m.count or not m.labelled:
-        return
-    present = {int(k) for k, v in (m.label_counts or {}).items() if v and int(k) >= 0}
-    got = _labels_prefix(directory, limit)
-    if present and got != present:
-        missing = sorted(present - got)
-        raise click.UsageError(
-            f"{option} {limit}: the first {limit} images of {directory} hold only classes {sorted(got)} "
-            f"(the set is ordered by class; {len(missing)} classes would never be scored); "
-            f"use {option} 0 (all {m.count}) or a shuffled shard set")
+             knn_train_limit=2000, eval_limit=1000, probe_epochs=30, seeds=(0, 1))
 
 
 @dataclass(frozen=True)
@@ -130,31 +91,33 @@ def demo_data(demo_dir: str | None) -> tuple[str, str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# One run
+# One run: train.py in a subprocess
 # ---------------------------------------------------------------------------------------------------
-def settings_for(setting: Setting, mode: str, eval_shards: str, cfg: StudyConfig, out: Path):
-    import train
-
-    return train.Settings(
-        shards=(setting.real, setting.generated),  # no weights: the policy decides
-        eval_shards=(eval_shards,), train_labels=(setting.train_labels,),
-        inflation=mode, aug="auto", method=cfg.method, backbone=cfg.backbone, steps=cfg.steps,
-        batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.device,
-        image_size=cfg.image_size, num_threads=cfg.num_threads, eval_every=cfg.eval_every, knn_k=cfg.knn_k,
-        knn_train_limit=cfg.knn_train_limit, eval_limit=cfg.eval_limit, probe_epochs=cfg.probe_epochs,
-        log_every=log_every(cfg), ckpt_every=0, out=str(out), progress=False)
+def train_args(setting: Setting, mode: str, seed: int, eval_shards: str, cfg: StudyConfig, out: Path,
+               baseline: bool) -> list[str]:
+    """The train.py command line of one run: the shard sets without weights, so the policy decides."""
+    opts = dict(inflation=mode, aug="auto", method=cfg.method, backbone=cfg.backbone, steps=cfg.steps,
+                batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, seed=seed, device=cfg.device,
+                image_size=cfg.image_size, num_threads=cfg.num_threads, eval_every=cfg.eval_every, knn_k=cfg.knn_k,
+                knn_train_limit=cfg.knn_train_limit, eval_limit=cfg.eval_limit, probe_epochs=cfg.probe_epochs,
+                log_every=log_every(cfg), ckpt_every=0, out=str(out))
+    args = ["--shards", setting.real, "--shards", setting.generated, "--eval-shards", eval_shards,
+            "--train-labels", setting.train_labels, "--no-progress"] + (["--compare-random"] if baseline else [])
+    for k, v in opts.items():
+        if v is not None:
+            args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
 
 
 def log_every(cfg: StudyConfig) -> int:
-    """A log interval that divides the eval interval: train.py restarts its interval clock after an
-    evaluation but not its step / wait counters, so an evaluation between two log steps would inflate that
-    interval's samples/s and data-wait figures."""
+    """A log interval that divides the eval interval, so no interval's samples/s straddles an evaluation."""
     return math.gcd(cfg.eval_every, 50) if cfg.eval_every else min(50, cfg.steps)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    from models.engine import read_records
+
+    return read_records(run_dir)
 
 
 def throughput(records: list[dict], batch_size: int) -> tuple[float | None, float | None]:
@@ -188,116 +151,175 @@ def curve(records: list[dict]) -> list[dict]:
     return points
 
 
-def chosen_augmentation(decision: dict) -> dict:
-    """crop min area, jitter strength (multiplier) and probability the run used, from the policy decision."""
-    from loaders.policy import PRESET_KNOBS
-
-    knobs = {**PRESET_KNOBS[decision["aug_preset"]], **decision.get("aug_overrides", {})}
-    return {"aug_preset": decision["aug_preset"], "crop_min_scale": knobs["crop_min_scale"],
-            "jitter_strength": knobs["jitter_strength"], "jitter_p": knobs["jitter_p"]}
+def chosen_augmentation(resolved: dict) -> dict:
+    """What the run's first view used: crop min area, jitter (b, c, s, h) and its probability."""
+    v = resolved["augmentation"]["views"][0]
+    return {"aug_preset": resolved["inflation"]["aug_preset"], "crop_min_scale": v["crop_scale"][0],
+            "jitter": [v["brightness"], v["contrast"], v["saturation"], v["hue"]], "jitter_p": v["jitter_p"]}
 
 
-def run_one(setting: Setting, mode: str, eval_shards: str, cfg: StudyConfig, work: Path) -> dict:
+def run_one(setting: Setting, mode: str, seed: int, eval_shards: str, cfg: StudyConfig, work: Path,
+            baseline: bool) -> list[dict]:
+    """Train one arm with one seed; its row (and the random-init row when ``baseline``)."""
     import yaml
 
-    import train
-
-    run_dir = work / f"{setting.name}-{mode}"
+    run_dir = work / f"{setting.name}-{mode}-seed{seed}"
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    s = settings_for(setting, mode, eval_shards, cfg, run_dir)
     t0 = time.perf_counter()
-    final = train.train(s)
+    proc = subprocess.run([sys.executable, str(TRAIN_PY), *train_args(setting, mode, seed, eval_shards, cfg, run_dir,
+                                                                       baseline)],
+                          cwd=TRAIN_PY.parent, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise click.ClickException(f"{setting.name}/{mode}/seed {seed}: train.py failed ({last})")
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())["resolved"]
     records = read_metrics(run_dir)
+    final = next(r for r in records if r["kind"] == "final")
     sps, wait = throughput(records, cfg.batch_size)
     by_kind = {src["kind"]: src for src in resolved["mixture"]}
     decision = resolved["inflation"]
-    return {
-        "backend": f"train-{mode}", "setting": setting.name, "variant": setting.name, "mode": mode,
-        "weights": {"real": by_kind["real"]["weight"], "generated": by_kind["generated"]["weight"]},
-        **chosen_augmentation(decision), "effective_size": decision["effective_size"],
+    rows = [{
+        "backend": f"train-{mode}", "setting": setting.name, "variant": f"{setting.name}-seed{seed}", "mode": mode,
+        "seed": seed, "weights": {"real": by_kind["real"]["weight"], "generated": by_kind["generated"]["weight"]},
+        **chosen_augmentation(resolved), "effective_size": decision["effective_size"],
         "epoch_size": resolved["epoch_size"], "epochs": round(cfg.steps / resolved["steps_per_epoch"], 3),
         "real": setting.real, "generated": setting.generated, "fid": by_kind["generated"].get("fid"),
-        "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed, "lr": resolved["lr"],
+        "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": resolved["lr"],
         "device": resolved["device"], "precision": resolved["precision"],
         "samples_per_s": sps, "data_wait_fraction": wait, "wall_s": round(wall, 1),
-        "knn_acc": final["knn_acc"], "online_probe_acc": final["online_probe_acc"],
-        "linear_probe_acc": final.get("linear_probe_acc"), "eval_samples": final["eval_samples"],
-        "knn_train_samples": final["knn_train_samples"], "curve": curve(records),
-        "reasons": decision["reasons"],
-    }
-
-
-def run_baseline(setting: Setting, eval_shards: str, cfg: StudyConfig, work: Path) -> dict:
-    import train
-
-    s = settings_for(setting, "none", eval_shards, cfg, work / f"{setting.name}-random-init")
-    t0 = time.perf_counter()
-    r = train.random_init_baseline(s)
-    return {"backend": "random-init", "setting": setting.name, "variant": setting.name, "mode": "random-init",
-            "weights": None,
-            "steps": 0, "batch_size": None, "seed": cfg.seed, "samples_per_s": None,
-            "wall_s": round(time.perf_counter() - t0, 1), "knn_acc": r["knn_acc"],
-            "online_probe_acc": None, "linear_probe_acc": r.get("linear_probe_acc"),
-            "eval_samples": r["eval_samples"], "knn_train_samples": r["knn_train_samples"],
-            "curve": [{"step": 0, "knn_acc": r["knn_acc"]}]}
+        **{k: final.get(k) for k in METRICS}, "eval_samples": final["eval_samples"],
+        "knn_train_samples": final["knn_train_samples"], "curve": curve(records), "reasons": decision["reasons"],
+    }]
+    base = next((r for r in records if r["kind"] == "baseline_random_init"), None)
+    if base is not None:
+        rows.insert(0, {"backend": "random-init", "setting": setting.name, "variant": f"{setting.name}-seed{seed}",
+                        "mode": "random-init", "seed": seed, "weights": None, "steps": 0, "batch_size": None,
+                        "samples_per_s": None, "knn_acc": base["knn_acc"], "online_probe_acc": None,
+                        "linear_probe_acc": base.get("linear_probe_acc"), "eval_samples": base["eval_samples"],
+                        "knn_train_samples": base["knn_train_samples"],
+                        "curve": [{"step": 0, "knn_acc": base["knn_acc"]}]})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------
-# Output: table and chart
+# Aggregation: mean ± std per arm, and which differences exceed the seed-to-seed spread
 # ---------------------------------------------------------------------------------------------------
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
-def markdown_table(rows: list[dict]) -> str:
-    head = ("| setting | mode | weights real:gen | crop min | jitter (strength, p) | steps | kNN % | "
-            "linear probe % | online probe % | samples/s | data wait |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+def summarize(rows: list[dict]) -> list[dict]:
+    """One ``summary`` row per (setting, mode): mean and sample standard deviation over seeds per metric."""
+    arms: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
+        arms.setdefault((r["setting"], r["mode"]), []).append(r)
+    out = []
+    for (setting, mode), runs in arms.items():
+        row = {"backend": "summary", "setting": setting, "mode": mode, "variant": f"{setting}-{mode}",
+               "seeds": [r["seed"] for r in runs], "n": len(runs)}
+        for key in ("weights", "crop_min_scale", "jitter", "jitter_p", "steps"):
+            if key in runs[0]:
+                row[key] = runs[0][key]
+        for m in METRICS:
+            values = [r[m] for r in runs if r.get(m) is not None]
+            if values:
+                mean = sum(values) / len(values)
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+                row[m] = {"mean": round(mean, 5), "std": round(std, 5), "values": values}
+        sps = [r["samples_per_s"] for r in runs if r.get("samples_per_s")]
+        row["samples_per_s"] = round(sum(sps) / len(sps), 1) if sps else None
+        out.append(row)
+    return out
+
+
+def compare(summary: list[dict], metric: str = "linear_probe_acc") -> list[dict]:
+    """Every pair of trained modes within a setting: the difference of means, and whether it exceeds the
+    spread, i.e. |Δ| > std₁ + std₂ (the seed-to-seed standard deviations added: a plain, conservative
+    reading for 3 seeds, not a significance test)."""
+    out = []
+    for setting in dict.fromkeys(r["setting"] for r in summary):
+        arms = [r for r in summary if r["setting"] == setting and r["mode"] != "random-init" and metric in r]
+        for i, a in enumerate(arms):
+            for b in arms[i + 1:]:
+                delta = a[metric]["mean"] - b[metric]["mean"]
+                spread = a[metric]["std"] + b[metric]["std"]
+                out.append({"setting": setting, "metric": metric, "a": a["mode"], "b": b["mode"],
+                            "delta": round(delta, 5), "spread": round(spread, 5), "exceeds": abs(delta) > spread})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output: tables and chart
+# ---------------------------------------------------------------------------------------------------
+def _pm(stat: dict | None) -> str:
+    return "-" if not stat else f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+
+def markdown_table(summary: list[dict]) -> str:
+    head = ("| setting | mode | weights real:gen | crop min | jitter (b, c, s, h), p | seeds | kNN % | "
+            "linear probe % | online probe % | samples/s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in summary:
         w = r.get("weights")
         weights = "-" if not w else f"{w['real']:g}:{w['generated']:g}"
         crop = "-" if r.get("crop_min_scale") is None else f"{r['crop_min_scale']:g}"
-        jitter = ("-" if r.get("jitter_p") is None
-                  else f"{r['jitter_strength']:g}, {r['jitter_p']:g}")
+        jitter = "-" if r.get("jitter") is None else f"({', '.join(f'{x:g}' for x in r['jitter'])}), {r['jitter_p']:g}"
         sps = "-" if r.get("samples_per_s") is None else f"{r['samples_per_s']:,.0f}"
-        wait = "-" if r.get("data_wait_fraction") is None else f"{r['data_wait_fraction']:.0%}"
-        lines.append(f"| {r['setting']} | {r['mode']} | {weights} | {crop} | {jitter} | {r['steps']} | "
-                     f"{_pct(r['knn_acc'])} | {_pct(r.get('linear_probe_acc'))} | {_pct(r.get('online_probe_acc'))} "
-                     f"| {sps} | {wait} |")
+        lines.append(f"| {r['setting']} | {r['mode']} | {weights} | {crop} | {jitter} | {r['n']} | "
+                     f"{_pm(r.get('knn_acc'))} | {_pm(r.get('linear_probe_acc'))} | {_pm(r.get('online_probe_acc'))} "
+                     f"| {sps} |")
     return "\n".join(lines) + "\n"
 
 
-def draw_chart(rows: list[dict], path: Path, title: str) -> Path:
-    """kNN accuracy over steps: one panel per setting, one line per mode, random init as a dashed line."""
+def comparison_lines(pairs: list[dict]) -> str:
+    lines = []
+    for p in pairs:
+        verdict = "exceeds" if p["exceeds"] else "within"
+        lines.append(f"- {p['setting']}: {p['a']} − {p['b']} = {100 * p['delta']:+.2f} points of "
+                     f"{p['metric'].replace('_acc', '')} ({verdict} the spread {100 * p['spread']:.2f})")
+    return "\n".join(lines) + "\n"
+
+
+def draw_chart(rows: list[dict], summary: list[dict], path: Path, title: str) -> Path:
+    """Per setting: final linear-probe and kNN accuracy per mode (mean, error bar = std over seeds, dots =
+    seeds) and kNN over steps (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = list(dict.fromkeys(r["setting"] for r in rows))
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.2), squeeze=False, sharey=True)
-    for ax, name in zip(axes[0], settings):
-        for r in (r for r in rows if r["setting"] == name):
-            if r["mode"] == "random-init":
-                ax.axhline(100 * r["knn_acc"], color="grey", ls="--", lw=1, label="random init")
-                continue
-            pts = [(p["step"], 100 * p["knn_acc"]) for p in r["curve"]]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=r["mode"])
-        ax.set_title(name)
-        ax.set_xlabel("step")
+    settings = list(dict.fromkeys(r["setting"] for r in summary))
+    fig, axes = plt.subplots(2, len(settings), figsize=(5.5 * len(settings), 8), squeeze=False)
+    for col, name in enumerate(settings):
+        arms = [r for r in summary if r["setting"] == name]
+        ax = axes[0][col]
+        for k, (metric, colour) in enumerate((("linear_probe_acc", "C0"), ("knn_acc", "C1"))):
+            xs = [i + (k - 0.5) * 0.3 for i, a in enumerate(arms) if metric in a]
+            stats = [a[metric] for a in arms if metric in a]
+            ax.errorbar(xs, [100 * s["mean"] for s in stats], yerr=[100 * s["std"] for s in stats], fmt="o",
+                        color=colour, capsize=4, label=metric.replace("_acc", "").replace("_", " "))
+            for x, s in zip(xs, stats):
+                ax.plot([x] * len(s["values"]), [100 * v for v in s["values"]], ".", color=colour, alpha=0.4)
+        ax.set_xticks(range(len(arms)), [a["mode"] for a in arms])
+        ax.set_title(f"{name}: final accuracy (mean ± std over seeds)")
+        ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("kNN accuracy (%)")
+        ax = axes[1][col]
+        for mode in dict.fromkeys(r["mode"] for r in rows if r["setting"] == name and r["mode"] != "random-init"):
+            runs = [r for r in rows if r["setting"] == name and r["mode"] == mode]
+            steps = sorted({p["step"] for r in runs for p in r["curve"]})
+            means = [100 * sum(p["knn_acc"] for r in runs for p in r["curve"] if p["step"] == st) /
+                     max(1, sum(1 for r in runs for p in r["curve"] if p["step"] == st)) for st in steps]
+            ax.plot(steps, means, marker="o", ms=3, label=mode)
+        ax.set_xlabel("step")
+        ax.set_ylabel("kNN accuracy (%), mean over seeds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=100)
         tmp.replace(path)
     finally:
         plt.close(fig)
@@ -308,13 +330,16 @@ def draw_chart(rows: list[dict], path: Path, title: str) -> Path:
 # ---------------------------------------------------------------------------------------------------
 # Command
 # ---------------------------------------------------------------------------------------------------
-def _modes(value: str) -> tuple[str, ...]:
-    modes = tuple(m.strip() for m in value.split(",") if m.strip())
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise click.BadParameter(f"{', '.join(bad) or 'nothing'}: choose from {', '.join(MODES)}",
-                                 param_hint="--modes")
-    return tuple(dict.fromkeys(modes))
+def _csv(value: str, cast, name: str, allowed=None) -> tuple:
+    try:
+        items = tuple(dict.fromkeys(cast(v.strip()) for v in value.split(",") if v.strip()))
+    except ValueError:
+        items = ()
+    bad = [m for m in items if allowed and m not in allowed]
+    if bad or not items:
+        raise click.BadParameter(f"{value!r}: give a comma-separated list" +
+                                 (f" of {', '.join(allowed)}" if allowed else ""), param_hint=name)
+    return items
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -327,6 +352,8 @@ def _modes(value: str) -> tuple[str, ...]:
               help="Labelled set giving kNN / probe training features for every setting "
                    "(default: each setting's real set).")
 @click.option("--modes", default=",".join(MODES), show_default=True, help="Comma-separated inflation modes.")
+@click.option("--seeds", default=None, help="Comma-separated seeds, one run per seed and arm [0,1,2; --quick 0,1].")
+@click.option("--method", default="simclr", show_default=True, help="The contrastive method of every run.")
 @click.option("--backbone", type=click.Choice(["resnet18", "convnet"]), default=None,
               help="Backbone (default resnet18; convnet with --quick).")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Steps per run, the same for every run.")
@@ -339,28 +366,28 @@ def _modes(value: str) -> tuple[str, ...]:
 @click.option("--probe-epochs", type=click.IntRange(0), default=None, help="Offline linear-probe epochs.")
 @click.option("--image-size", type=click.IntRange(8), default=32, show_default=True)
 @click.option("--num-threads", type=click.IntRange(1), default=2, show_default=True, help="DALI CPU threads.")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 @click.option("--no-baseline", is_flag=True, help="Skip the random-init baseline rows.")
-@click.option("--quick", is_flag=True, help="CPU-sized: convnet, 300 steps of 128, small evaluation caps.")
+@click.option("--quick", is_flag=True, help="CPU-sized: convnet, 300 steps of 128, two seeds, small evaluation caps.")
 @click.option("--demo-dir", type=click.Path(file_okay=False), default=None,
               help="Where the demo data is built / found when no --real is given.")
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None,
               help="Keep the run directories here (default: a temporary folder, deleted at the end).")
-@click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON, PNG and table go.")
-def main(real, generated, eval_shards, scarce_real, train_labels, modes, backbone, steps, batch_size, warmup_steps,
-         lr, eval_every, knn_train_limit, eval_limit, probe_epochs, image_size, num_threads, seed, device,
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON, PNG and tables go.")
+def main(real, generated, eval_shards, scarce_real, train_labels, modes, seeds, method, backbone, steps, batch_size,
+         warmup_steps, lr, eval_every, knn_train_limit, eval_limit, probe_epochs, image_size, num_threads, device,
          no_baseline, quick, demo_dir, work_dir, out_dir):
-    """SimCLR under none / vanilla / adainf / auto inflation, same step budget: kNN and linear-probe accuracy."""
-    from shards.manifest import Manifest, ShardError
+    """The AdaInf study: none / vanilla / adainf / auto inflation, same budget, several seeds: mean ± std."""
+    from shards.errors import UserError
+    from shards.manifest import Manifest
 
     given = dict(backbone=backbone, steps=steps, batch_size=batch_size, warmup_steps=warmup_steps,
                  eval_every=eval_every, knn_train_limit=knn_train_limit, eval_limit=eval_limit,
-                 probe_epochs=probe_epochs)
+                 probe_epochs=probe_epochs, seeds=_csv(seeds, int, "--seeds") if seeds else None)
     base = dict(QUICK) if quick else {}
     base.update({k: v for k, v in given.items() if v is not None})
-    cfg = StudyConfig(modes=_modes(modes), lr=lr, image_size=image_size, num_threads=num_threads, seed=seed,
-                      device=pick_device(device), baseline=not no_baseline, **base)
+    cfg = StudyConfig(modes=_csv(modes, str, "--modes", MODES), method=method, lr=lr, image_size=image_size,
+                      num_threads=num_threads, device=pick_device(device), baseline=not no_baseline, **base)
     if cfg.warmup_steps > cfg.steps // 10:
         cfg = dataclasses.replace(cfg, warmup_steps=cfg.steps // 10)  # train.py's own cap, stated in settings
 
@@ -382,50 +409,50 @@ def main(real, generated, eval_shards, scarce_real, train_labels, modes, backbon
                              ("--train-labels", train_labels, "real")):
             if d and kinds[d].kind != want:
                 raise click.UsageError(f"{opt} {d}: a {kinds[d].kind} shard set; give a {want} one")
-        check_limit(eval_shards, cfg.eval_limit, "--eval-limit")
-        settings = [Setting(full_name, real, generated, train_labels or real)]
-        if scarce_real:
-            settings.append(Setting("scarce", scarce_real, generated, train_labels or scarce_real))
-        for st in settings:
-            check_limit(st.train_labels, cfg.knn_train_limit, "--knn-train-limit")
-    except ShardError as e:
+    except UserError as e:
         raise click.ClickException(str(e)) from None
+    settings = [Setting(full_name, real, generated, train_labels or real)]
+    if scarce_real:
+        settings.append(Setting("scarce", scarce_real, generated, train_labels or scarce_real))
 
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="bench-inflation-"))
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     try:
         for st in settings:
-            if cfg.baseline:
-                click.echo(f"== {st.name}: random-init baseline ==", err=True)
-                rows.append(run_baseline(st, eval_shards, cfg, work))
-            for mode in cfg.modes:
-                click.echo(f"== {st.name}: {mode} ({cfg.steps} steps of {cfg.batch_size}) ==", err=True)
-                try:
-                    row = run_one(st, mode, eval_shards, cfg, work)
-                except ShardError as e:
-                    raise click.ClickException(str(e)) from None
-                click.echo(f"   kNN {_pct(row['knn_acc'])} %, linear probe {_pct(row['linear_probe_acc'])} %, "
-                           f"{row['samples_per_s']} samples/s, {row['wall_s']} s", err=True)
-                rows.append(row)
+            for seed in cfg.seeds:
+                for i, mode in enumerate(cfg.modes):
+                    click.echo(f"== {st.name}: {mode}, seed {seed} ({cfg.steps} steps of {cfg.batch_size}) ==",
+                               err=True)
+                    new = run_one(st, mode, seed, eval_shards, cfg, work, baseline=cfg.baseline and i == 0)
+                    r = new[-1]
+                    click.echo(f"   kNN {100 * r['knn_acc']:.2f} %, linear probe {100 * r['linear_probe_acc']:.2f} %, "
+                               f"{r['samples_per_s']} samples/s, {r['wall_s']} s", err=True)
+                    rows += new
     finally:
         if not work_dir:
             shutil.rmtree(work, ignore_errors=True)
 
-    study = {**dataclasses.asdict(cfg), "modes": list(cfg.modes), "eval_shards": eval_shards,
-             "settings": [dataclasses.asdict(st) for st in settings],
-             "command": "python -m bench.inflation " + " ".join(sys.argv[1:])}
-    path = write_results("inflation", study, rows, out_dir)
+    summary = summarize(rows)
+    pairs = compare(summary, "linear_probe_acc") + compare(summary, "knn_acc")
+    study = {**dataclasses.asdict(cfg), "modes": list(cfg.modes), "seeds": list(cfg.seeds),
+             "eval_shards": eval_shards, "settings": [dataclasses.asdict(st) for st in settings],
+             "comparisons": pairs, "command": "python -m bench.inflation " + " ".join(sys.argv[1:])}
+    path = write_results("inflation", study, rows + summary, out_dir)
     out = Path(out_dir) if out_dir else RESULTS_DIR
     host = host_kind()
-    title = (f"SimCLR/{cfg.backbone}, {cfg.steps} steps of {cfg.batch_size}, seed {cfg.seed}, {host}; "
-             f"kNN (k={cfg.knn_k}) on {rows[-1]['eval_samples']} test images")
-    chart = draw_chart(rows, out / f"inflation-{host}.png", title)
-    table = markdown_table(rows)
+    title = (f"{cfg.method}/{cfg.backbone}, {cfg.steps} steps of {cfg.batch_size}, seeds "
+             f"{','.join(map(str, cfg.seeds))}, {host}; evaluated on {rows[-1]['eval_samples']} test images")
+    chart = draw_chart(rows, summary, out / f"inflation-{host}.png", title)
+    table = markdown_table(summary)
     from shards.manifest import atomic_write_text
 
-    md = atomic_write_text(out / f"inflation-{host}.md", f"{title}\n\n{table}\nCommand: `{study['command']}`\n")
+    md = atomic_write_text(out / f"inflation-{host}.md",
+                           f"{title}\n\n{table}\nDifferences of means against the seed-to-seed spread "
+                           f"(std₁ + std₂):\n\n{comparison_lines(pairs)}\nJSON: `{path.name}`\n\n"
+                           f"Command: `{study['command']}`\n")
     click.echo(table)
+    click.echo(comparison_lines(pairs))
     click.echo(f"wrote {path}, {chart} and {md}", err=True)
 
 

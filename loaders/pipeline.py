@@ -50,6 +50,8 @@ class Batch:
     labels: torch.Tensor  # int64 (B,), -1 for generated / unlabelled
     source: torch.Tensor  # int64 (B,), index into mixture.sources
     index: torch.Tensor  # int64 (B,), sample index within its source
+    epoch: int = 0  # the epoch this batch belongs to
+    step: int = 0  # its index within that epoch
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -313,9 +315,18 @@ class TrainLoader:
                 self._position = (epoch, step)
                 self.stats.batches += 1
                 self.stats.samples += len(labels)
-                yield Batch(views, labels, source, index)
+                yield Batch(views, labels, source, index, epoch, step - 1)
         finally:
             del pipe
+
+    def batches(self):
+        """Endless batches from the current position (``load_state_dict``, default epoch 0 step 0), across
+        epochs; each carries its ``epoch`` and in-epoch ``step``, and ``state_dict()`` is always the position
+        of the next batch to deliver."""
+        while True:
+            yield from self.epoch()
+            if self._position[1] >= self.steps_per_epoch:
+                self._position = (self._position[0] + 1, 0)
 
     def aug_params(self, epoch: int, step: int, source: np.ndarray) -> list[np.ndarray]:
         """The augmentation inputs of the planned batch ``step`` of ``epoch`` (``source``: its source ids):
@@ -377,6 +388,10 @@ class EvalLoader:
 
     def __len__(self) -> int:
         return self._plan.num_batches(self.batch_size, drop_last=False)
+
+    @property
+    def stats(self) -> LoaderStats:
+        return self._readers.stats
 
     def _process(self, images, device, params):
         from nvidia.dali import fn, types

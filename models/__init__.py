@@ -1,6 +1,7 @@
-"""Backbones, heads, losses, contrastive methods, optimizers and evaluation.
+"""Backbones, heads, losses, contrastive methods, optimizers and evaluation; ``models.engine`` trains them.
 
-Models never choose a device, a precision, compilation or DDP: ``train.py`` does.
+Backbones, heads, losses and methods never choose a device, a precision, compilation or DDP: the training
+engine (``models.engine``, the only part of ``models`` that knows ``loaders``) does.
 
     method = build_method("simclr", num_classes=10, backbone="resnet18", temperature=0.5)
     opt = build_optimizer(method, batch_size=512)          # lr, optimizer and wd from method.cfg
@@ -9,16 +10,10 @@ Models never choose a device, a precision, compilation or DDP: ``train.py`` does
 from __future__ import annotations
 
 from models.backbone import BACKBONES, build_backbone
-from models.methods import BYOL, BarlowTwins, Method, MoCoV2Plus, SimCLR
+from models.methods import METHODS, Method
 from models.methods.base import make_config
 from models.optim import LARS, build_optimizer, build_scheduler, warmup_cosine
 
-METHODS: dict[str, type[Method]] = {
-    "simclr": SimCLR,
-    "mocov2plus": MoCoV2Plus,
-    "byol": BYOL,
-    "barlow": BarlowTwins,
-}
 ALIASES = {"moco": "mocov2plus", "mocov2": "mocov2plus", "barlow_twins": "barlow", "barlowtwins": "barlow"}
 
 

@@ -21,14 +21,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ShardError, UserError  # noqa: F401  (ShardError is imported from here too)
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 KINDS = ("real", "generated")
 FORMATS = ("jpg", "png", "raw")
-
-
-class ShardError(Exception):
-    """A problem with shards or their input, worded as one line for the user (what and how to fix)."""
 
 
 @dataclass(frozen=True)

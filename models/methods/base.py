@@ -66,7 +66,8 @@ class Method(nn.Module):
     """Backbone + online linear probe.  Subclasses set ``Config`` and implement ``ssl_loss``."""
 
     Config = MethodConfig
-    name = "base"
+    name = "base"  # the --method name (registered in models/methods/__init__.py)
+    aug_family: str = ""  # every method names its augmentation family (loaders.augment): baseline and AdaInf presets
 
     def __init__(self, cfg: MethodConfig):
         super().__init__()

@@ -36,6 +36,7 @@ class MoCoV2PlusConfig(MomentumConfig):
 class MoCoV2Plus(MomentumMethod):
     Config = MoCoV2PlusConfig
     name = "mocov2plus"
+    aug_family = "symmetric_weak"  # its augmentation presets (loaders.augment), as the release's config
 
     def __init__(self, cfg: MoCoV2PlusConfig):
         super().__init__(cfg)

@@ -28,6 +28,7 @@ class SimCLRConfig(MethodConfig):
 class SimCLR(Method):
     Config = SimCLRConfig
     name = "simclr"
+    aug_family = "symmetric"  # its augmentation presets (loaders.augment), as the release's config
 
     def __init__(self, cfg: SimCLRConfig):
         super().__init__(cfg)

@@ -1,0 +1,266 @@
+"""The training loop: ``Trainer.step`` is one optimisation step, ``Trainer.fit`` a whole run.
+
+``Trainer`` owns what a step needs — the method (and its compiled / DDP wrapper), optimizer, learning-rate
+schedule, GradScaler and autocast context — and the loader that feeds it. ``fit`` adds what a run needs
+around the steps: log records at ``--log-every``, checkpoints at ``--ckpt-every`` (and on SIGINT /
+SIGTERM), evaluations at ``--eval-every``, a stop on a non-finite loss that keeps the last good checkpoint.
+The epoch and in-epoch position come only from the loader (each batch carries them; its state is the
+position of the next batch), so a resumed run logs the same epochs as the uninterrupted one.
+
+Host synchronisation happens only at log, checkpoint and evaluation steps (``.item()`` there only).
+"""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from models.engine.checkpoint import CKPT_LAST, save_checkpoint
+from models.engine.metrics import Metrics, Progress
+from models.engine.runtime import rng_state, set_rng_state
+from models.optim import build_optimizer, build_scheduler
+from shards.errors import UserError
+
+DEFAULT_STEPS = 100_000  # the release's budget for every CIFAR setting (scripts/pretrain/cifar/*.yaml)
+
+
+class NonFiniteLoss(UserError):
+    exit_code = 3
+
+
+class Interrupted(UserError):
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopFlag:
+    """SIGINT / SIGTERM set a flag the loop checks at the next step; a second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def schedule(s, steps_per_epoch: int) -> tuple[int, int]:
+    """(total steps, warm-up steps): ``--epochs`` of the loader's epochs or ``--steps``; warm-up at most a tenth."""
+    total = s.epochs * steps_per_epoch if s.epochs else (s.steps or DEFAULT_STEPS)
+    return total, min(s.warmup_steps, total // 10)
+
+
+def resolved_run(s, rt, steps_per_epoch: int, method_cfg) -> dict:
+    """The run-level facts the settings resolve to (config.yaml's and every checkpoint's ``resolved``)."""
+    import dataclasses
+
+    total, warmup = schedule(s, steps_per_epoch)
+    return {"device": rt.device, "precision": rt.precision, "world_size": rt.world_size, "total_steps": total,
+            "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup,
+            "per_rank_batch_size": s.batch_size // rt.world_size, "lr": method_cfg.lr * s.batch_size / 256,
+            "lr_per_256": method_cfg.lr, "optimizer": method_cfg.optimizer, "weight_decay": method_cfg.weight_decay,
+            "method_config": dataclasses.asdict(method_cfg)}
+
+
+class Trainer:
+    def __init__(self, s, rt, loader, method):
+        self.s, self.rt, self.loader = s, rt, loader
+        self.total_steps, self.warmup_steps = schedule(s, loader.steps_per_epoch)
+        self.method = method.to(rt.device)
+        if rt.is_cuda and s.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.method, batch_size=s.batch_size)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
+        self.scaler = rt.grad_scaler()
+        self.autocast = rt.autocast()
+        self.model = torch.compile(self.method) if s.compile else self.method  # forward(views, labels) = a step
+        if rt.distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[rt.local_rank] if rt.is_cuda else None)
+        self.step_count = 0  # optimizer steps taken
+
+    # -- one step ------------------------------------------------------------------------------------
+    def step(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict:
+        """Forward under autocast, scaled backward, optimizer, schedule, the method's EMA; the method's outputs."""
+        with self.autocast:
+            out = self.model(views, labels.to(self.rt.device, non_blocking=True))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.method.on_train_step_end(self.step_count, self.total_steps)
+        self.step_count += 1
+        return out
+
+    # -- state -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything but the settings and RNG (``fit`` adds them): model, optimizer, schedule, loader."""
+        return {"step": self.step_count, "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "loader": self.loader.state_dict()}
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.method.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.loader.load_state_dict(ckpt["loader"])
+        rng = ckpt.get("rng")
+        if rng:
+            set_rng_state(rng[self.rt.rank] if len(rng) == self.rt.world_size else rng[0])
+        self.step_count = int(ckpt["step"])
+
+    # -- the run ---------------------------------------------------------------------------------------
+    def fit(self, run=None, evaluator=None, resolved: dict | None = None, last_good: Path | None = None) -> dict:
+        """Train until ``total_steps`` (from the current state); returns the final evaluation (or {}).
+
+        ``run``: the ``RunDir`` (rank 0 writes records and checkpoints into it; None: nothing is written).
+        ``evaluator``: an ``Evaluator`` for ``--eval-every`` and the end. ``resolved`` goes into checkpoints.
+        """
+        loop = _Loop(self, run, evaluator, resolved or {}, last_good)
+        return loop.run()
+
+
+class _Loop:
+    """The state of one ``fit`` call: intervals, the non-finite flag, the last good checkpoint."""
+
+    def __init__(self, trainer: Trainer, run, evaluator, resolved: dict, last_good: Path | None):
+        self.t, self.run_dir, self.evaluator, self.resolved = trainer, run, evaluator, resolved
+        self.s, self.rt = trainer.s, trainer.rt
+        self.metrics = run.metrics if run is not None else Metrics(None)
+        self.progress = Progress(trainer.total_steps, trainer.step_count, enabled=self.rt.master,
+                                 bar=self.s.progress)
+        self.last_good, self.last_checked = last_good, trainer.step_count
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.rt.device)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.interval_steps, self.wait, self.epoch = 0, 0.0, 0
+        self.skipped_reported = trainer.loader.stats.corrupt
+
+    def run(self) -> dict:
+        t, s = self.t, self.s
+        t.method.train()
+        stopping = False
+        try:
+            with StopFlag() as stop:
+                self.t_interval = self.t_step_end = time.perf_counter()
+                batches = t.loader.batches() if t.step_count < t.total_steps else iter(())
+                for batch in batches:
+                    self.wait += time.perf_counter() - self.t_step_end
+                    self.epoch = batch.epoch
+                    out = t.step(batch.views, batch.labels)
+                    self.accumulate(out)
+                    self.progress.update(1)
+                    step = t.step_count
+                    if not self.rt.distributed:  # in DDP the ranks agree on a stop at a log step, never alone
+                        stopping = bool(stop.signum)
+                    self.t_step_end = time.perf_counter()
+                    if step % s.log_every == 0 or step == t.total_steps:
+                        self.log(step)
+                        if self.rt.distributed:
+                            stopping = self.rt.any_rank(bool(stop.signum))
+                    keep_due = s.keep_every and step % s.keep_every == 0
+                    if (s.ckpt_every and step % s.ckpt_every == 0) or keep_due or step == t.total_steps or stopping:
+                        self.paused(self.checkpoint, step, keep_due)
+                    if self.evaluator and s.eval_every and step % s.eval_every == 0 and step < t.total_steps:
+                        self.paused(self.evaluate, step)
+                    if step >= t.total_steps or stopping:
+                        break
+            if stopping:
+                name = signal.Signals(stop.signum or signal.SIGTERM).name
+                raise Interrupted(f"{name} at step {t.step_count}: checkpoint saved to {self.last_good}; continue "
+                                  f"with `python train.py --resume {self.run_dir.path if self.run_dir else '<run dir>'}`", stop.signum or signal.SIGTERM)
+            self.progress.close()
+            final = {}
+            if self.evaluator and self.rt.master:
+                final = self.evaluator(t.method, probe_epochs=s.probe_epochs)
+                final.update(self.skipped())
+                self.metrics.write("final", t.step_count, **final)
+            self.rt.barrier()
+            return final
+        finally:
+            self.progress.close()
+
+    # -- pieces ----------------------------------------------------------------------------------------
+    def accumulate(self, out: dict) -> None:
+        loss = out["loss"].detach()
+        self.nonfinite |= ~torch.isfinite(loss)
+        for k, v in out.items():
+            if torch.is_tensor(v) and v.ndim == 0 and k not in ("probe_correct", "probe_count"):
+                v = v.detach().float()
+                self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.interval_steps += 1
+
+    def paused(self, fn, *args) -> None:
+        """Run ``fn`` with its time excluded from the interval's samples/s and data-wait figures."""
+        t0 = time.perf_counter()
+        fn(*args)
+        self.t_step_end = time.perf_counter()
+        self.t_interval += self.t_step_end - t0
+
+    def check_finite(self, upto: int) -> None:
+        if self.rt.any_rank(bool(self.nonfinite.item())):
+            where = (f"the last good checkpoint {self.last_good} is kept" if self.last_good
+                     else "no checkpoint was written yet")
+            when = f"at step {upto}" if upto == self.last_checked + 1 else \
+                f"between steps {self.last_checked + 1} and {upto}"
+            raise NonFiniteLoss(f"loss became NaN/inf {when}; stopped, {where}; lower --lr or check the data")
+        self.last_checked = upto
+
+    def skipped(self) -> dict:
+        stats = self.t.loader.stats
+        return {"corrupt_skipped": stats.corrupt, "corrupt_keys": list(stats.corrupt_keys[:10])} if stats.corrupt else {}
+
+    def log(self, step: int) -> None:
+        self.rt.synchronize()
+        self.check_finite(step)
+        now = time.perf_counter()
+        elapsed = max(now - self.t_interval, 1e-9)
+        record = {k: v.item() / self.interval_steps for k, v in self.sums.items()}
+        record.update(epoch=self.epoch, lr=self.t.optimizer.param_groups[0]["lr"],
+                      samples_per_s=self.interval_steps * self.s.batch_size / elapsed, data_wait=self.wait / elapsed)
+        record.update(self.skipped())
+        if self.rt.master:
+            self.metrics.write("train", step, **record)
+            self.progress.log(step, record)
+            corrupt = self.t.loader.stats.corrupt
+            if corrupt > self.skipped_reported:
+                self.progress.write(f"step {step}: {corrupt} corrupt sample(s) skipped so far (--on-corrupt skip), "
+                                    f"first: {', '.join(self.t.loader.stats.corrupt_keys[:3])}")
+                self.skipped_reported = corrupt
+        self.sums, self.interval_steps, self.wait = {}, 0, 0.0
+        self.t_interval = self.t_step_end = time.perf_counter()
+
+    def checkpoint(self, step: int, keep: bool) -> None:
+        self.check_finite(step)
+        rngs = [rng_state()]
+        if self.rt.distributed:
+            rngs = [None] * self.rt.world_size
+            torch.distributed.all_gather_object(rngs, rng_state())
+        if self.rt.master and self.run_dir is not None:
+            state = {"settings": self.s.to_dict(), "resolved": self.resolved, **self.t.state_dict(), "rng": rngs}
+            if keep:
+                save_checkpoint(self.run_dir.path / f"ckpt-{step}.pt", state)
+            self.last_good = save_checkpoint(self.run_dir.path / CKPT_LAST, state)
+
+    def evaluate(self, step: int) -> None:
+        if self.rt.master:
+            result = self.evaluator(self.t.method)
+            self.metrics.write("eval", step, **result)
+            self.progress.write(f"step {step}: kNN {result['knn_acc']:.2%}, online probe "
+                                f"{result['online_probe_acc']:.2%}")
+        self.rt.barrier()
