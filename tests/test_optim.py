@@ -67,7 +67,9 @@ def test_build_optimizer_scales_lr_and_sets_probe_group():
     assert by_name["ssl"]["weight_decay"] == pytest.approx(1e-4)
     assert by_name["ssl_no_decay"]["weight_decay"] == 0.0
     assert by_name["probe"]["lr"] == pytest.approx(0.1) and by_name["probe"]["weight_decay"] == 0.0
-    assert not by_name["probe"]["lars"] and opt.defaults["eta"] == 0.02
+    assert by_name["probe"]["lars"] and opt.defaults["eta"] == 0.02  # adapted as the release's LARS does
+    plain = build_optimizer(build_method("simclr", proj_hidden_dim=64, proj_output_dim=32, probe_lars=False), batch_size=512)
+    assert not {g["name"]: g for g in plain.param_groups}["probe"]["lars"]
     moco = build_method("moco", proj_hidden_dim=64, proj_output_dim=32, queue_size=64)
     sgd = build_optimizer(moco, batch_size=512)
     assert type(sgd) is torch.optim.SGD
@@ -114,3 +116,23 @@ def test_scheduler_applies_to_every_group_and_resumes():
     assert [g["lr"] for g in opt2.param_groups] == pytest.approx([g["lr"] for g in opt.param_groups])
     assert base[0] != base[-1]                                 # the probe group keeps its own lr
     assert math.isfinite(opt.param_groups[0]["lr"])
+
+
+def test_probe_weight_is_lars_adapted_like_the_release_and_its_bias_is_not():
+    """solo-learn's LARS (the release's): d = eta*|w|/(|g| + wd*|w|) clipped at lr, times (g + wd*w), for every
+    parameter that is not 1-D, the classifier's weight (weight decay 0) included."""
+    torch.manual_seed(0)
+    method = build_method("simclr", proj_hidden_dim=16, proj_output_dim=8, backbone="convnet")
+    opt = build_optimizer(method, batch_size=256)
+    group = next(g for g in opt.param_groups if g["name"] == "probe")
+    w, b = method.probe.weight, method.probe.bias
+    for p in method.parameters():
+        p.grad = None
+    w.grad, b.grad = torch.randn_like(w) * 10, torch.randn_like(b)
+    w0, b0, gw, gb = w.detach().clone(), b.detach().clone(), w.grad.clone(), b.grad.clone()
+    opt.step()
+    lr, eta = group["lr"], group["eta"]
+    trust = min(eta * w0.norm() / (gw.norm() + 1e-8) / lr, 1.0)
+    assert torch.allclose(w, w0 - lr * trust * gw, atol=1e-7)
+    assert trust < 1.0  # the adaptation changed the step
+    assert torch.allclose(b, b0 - lr * gb, atol=1e-7)

@@ -234,6 +234,7 @@ def test_torchrun_two_gloo_processes(data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["resolved"]["world_size"] == 2 and cfg["resolved"]["per_rank_batch_size"] == 8
+    assert cfg["settings"]["sync_batchnorm"]  # the release shares BatchNorm statistics across ranks
     assert cfg["resolved"]["steps_per_epoch"] == 3  # 48 samples / 2 ranks = 24 per rank = 3 batches of 8
     assert [r["step"] for r in records(out)] == [1, 2]
     ckpt = torch.load(out / "ckpt-last.pt", map_location="cpu", weights_only=False)

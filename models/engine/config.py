@@ -64,6 +64,8 @@ class Settings:
                           choices=("auto", "bf16", "fp16", "fp32"))
     compile: bool = _opt(False, "torch.compile the training step.")
     channels_last: bool = _opt(True, "channels_last memory format on GPU.")
+    sync_batchnorm: bool = _opt(True, "Share BatchNorm statistics across DDP ranks (the release's "
+                                      "sync_batchnorm: True); --no-sync-batchnorm keeps them per rank.")
     # evaluation
     eval_every: int = _opt(5000, "Steps between kNN / online-probe evaluations on --eval-shards (0: end only).")
     knn_k: int = _opt(200, "Neighbours for the kNN monitor.")

@@ -21,6 +21,7 @@ from models.engine.checkpoint import CKPT_LAST, save_checkpoint
 from models.engine.metrics import Metrics, Progress
 from models.engine.runtime import rng_state, set_rng_state
 from models.optim import build_optimizer, build_scheduler
+from models.syncbn import convert_sync_batchnorm
 from shards.errors import UserError
 
 DEFAULT_STEPS = 100_000  # the release's budget for every CIFAR setting (scripts/pretrain/cifar/*.yaml)
@@ -81,6 +82,8 @@ class Trainer:
         self.s, self.rt, self.loader = s, rt, loader
         self.total_steps, self.warmup_steps = schedule(s, loader.steps_per_epoch)
         self.method = method.to(rt.device)
+        if rt.distributed and s.sync_batchnorm:  # as the release (sync_batchnorm: True)
+            self.method = convert_sync_batchnorm(self.method, cuda=rt.is_cuda)
         if rt.is_cuda and s.channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.method, batch_size=s.batch_size)

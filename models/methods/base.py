@@ -26,7 +26,11 @@ class MethodConfig:
     num_classes: int = 10
     optimizer: str = "lars"          # "lars" | "sgd"
     lr: float = 0.2                  # base lr per 256 samples
-    probe_lr: float = 0.05           # online probe lr per 256 samples (no weight decay, never LARS-adapted)
+    probe_lr: float = 0.05           # online probe lr per 256 samples (no weight decay)
+    # The release's LARS adapts every parameter that is not 1-D, the online classifier's weight included
+    # (solo-learn/solo/utils/lars.py in PKU-ML/adainf; its bias is 1-D and is not): False makes the probe
+    # plain SGD (this project's earlier choice, opt-in).
+    probe_lars: bool = True
     weight_decay: float = 1e-4
     momentum: float = 0.9            # SGD/LARS momentum
     lars_eta: float = 0.02           # LARS trust coefficient
@@ -124,7 +128,8 @@ class Method(nn.Module):
 
         ``ssl``: weights (weight decay, LARS-adapted); ``ssl_no_decay``: biases and norm parameters
         (ndim <= 1; no weight decay, not LARS-adapted) when ``exclude_bias_norm``; ``probe``: the online
-        probe (``probe: True`` so the optimizer gives it the probe lr; no weight decay, not LARS-adapted).
+        probe (``probe: True`` so the optimizer gives it the probe lr; no weight decay; under LARS its weight
+        is adapted like the release's when ``cfg.probe_lars``, its bias never).
         Targets of momentum methods (requires_grad False) are not included.
         """
         if exclude_bias_norm is None:
@@ -140,5 +145,5 @@ class Method(nn.Module):
             groups.append({"name": "ssl_no_decay", "params": no_decay, "weight_decay": 0.0, "lars": False,
                            "probe": False})
         groups.append({"name": "probe", "params": list(self.probe.parameters()), "weight_decay": 0.0,
-                       "lars": False, "probe": True})
+                       "lars": bool(self.cfg.probe_lars), "probe": True})
         return groups
