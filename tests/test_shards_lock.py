@@ -10,11 +10,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
+from click.testing import CliRunner
 
+from shards.cli import main
 from shards.lock import LOCK_NAME, LockHeld, OutputLock
-from shards.manifest import ShardError
+from shards.manifest import Manifest, ShardError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,3 +117,22 @@ def test_empty_lock_file_of_a_creator_that_died_is_stale(tmp_path):
     (tmp_path / LOCK_NAME).write_text("")
     with OutputLock(tmp_path, "new") as lock:
         assert lock.holder()["pid"] == os.getpid()
+
+
+def test_pack_refuses_while_another_writer_holds_the_folder(tmp_path):
+    """Two packs into one --out: the second refuses in one line naming the first's pid and the folder,
+    writes nothing, and the first's set is intact."""
+    np.save(tmp_path / "a.npy", np.zeros((5, 4, 4, 3), np.uint8))
+    out = tmp_path / "o"
+    p = _holder_process(out)
+    try:
+        r = CliRunner().invoke(main, ["pack", str(tmp_path / "a.npy"), "--out", str(out), "-q"])
+        assert r.exit_code == 1 and "Traceback" not in r.output
+        line = r.output.strip()
+        assert len(line.splitlines()) == 1 and f"pid {p.pid}" in line and str(out) in line
+        assert sorted(os.listdir(out)) == [LOCK_NAME]
+    finally:
+        p.communicate("go\n")
+    r = CliRunner().invoke(main, ["pack", str(tmp_path / "a.npy"), "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    assert Manifest.load(out).count == 5 and not (out / LOCK_NAME).exists()
