@@ -31,6 +31,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import sys
 import time
 from collections import Counter, deque
@@ -315,9 +316,8 @@ def _encoded(source: Source, order: np.ndarray, ecfg: EncodeConfig, cfg: PackCon
             yield b, encode_batch(b.kind, b.payload, ecfg)
         return
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
-    # forked workers would inherit the lock's flock: one outliving a killed pack would keep --out locked
-    init = (_close_fd, (lock_fd,)) if lock_fd is not None and ctx.get_start_method() == "fork" else (None, ())
-    with ctx.Pool(workers, initializer=init[0], initargs=init[1]) as pool:
+    lock_fd = lock_fd if ctx.get_start_method() == "fork" else None
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(lock_fd,)) as pool:
         pending: deque = deque()
         for b in batches:
             pending.append((b, pool.apply_async(encode_batch, (b.kind, b.payload, ecfg))))
@@ -329,11 +329,17 @@ def _encoded(source: Source, order: np.ndarray, ecfg: EncodeConfig, cfg: PackCon
             yield b0, r0.get()
 
 
-def _close_fd(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+def _worker_init(lock_fd: int | None) -> None:
+    """In each forked encoding worker: SIGTERM back to its default (the pool stops its workers with
+    SIGTERM; the CLI's handler, inherited by the fork, would turn that into a KeyboardInterrupt inside
+    the worker and hang the pool's shutdown), and close the inherited lock fd (its flock belongs to the
+    open file: a worker outliving a killed pack would keep --out locked)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if lock_fd is not None:
+        try:
+            os.close(lock_fd)
+        except OSError:
+            pass
 
 
 # -- the output folder ------------------------------------------------------------------------------

@@ -279,3 +279,27 @@ def test_lock_file_is_gone_after_success_and_failure(arrays, tmp_path):
     assert not (out / LOCK_NAME).exists()
     code, _ = run("pack", arrays[0], "--out", out, "-q")  # refused: exists
     assert code == 1 and not (out / LOCK_NAME).exists()
+
+
+def test_sigterm_during_a_parallel_pack_cleans_up_without_tracebacks(tmp_path):
+    """SIGTERM unwinds the CLI like Ctrl-C: exit 130, nothing left in --out. The pool's forked workers
+    must not inherit that handler (the pool stops them with SIGTERM; a worker raising KeyboardInterrupt
+    printed tracebacks and could hang the pool's shutdown)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).integers(0, 256, (40_000, 16, 16, 3), dtype=np.uint8))
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, "-m", "shards", "pack", str(tmp_path / "a.npy"), "--out", str(out),
+                          "--format", "png", "--workers", "2", "--shard-size", "1000", "-q"],
+                         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(out.glob(".pack-*/.*.tar.*.tmp")) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)  # until the workers are encoding and the first tar is being written
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    assert not out.exists()
