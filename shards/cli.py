@@ -46,7 +46,7 @@ def main():
 @click.option("--name", default="", help="Source name (tar prefix, manifest name). Default: the --out folder's name.")
 @click.option("--split", default="train", show_default=True, help="Split recorded in the manifest; also picks CIFAR train/test batches.")
 @click.option("--subdir", default="", help="Folder inside SRC (or inside the archive) to pack, e.g. cifar10/train.")
-@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True, help="Force ImageFolder (labels from folders) or flat (unlabelled).")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True, help="Force ImageFolder (labels from folders), flat (unlabelled) or webdataset (KEY.jpg + KEY.cls labels).")
 @click.option("--format", "fmt", type=click.Choice(PACK_FORMATS), default="auto", show_default=True,
               help="auto never loses information: JPEG or PNG inputs pass through unchanged (a JPEG/PNG mix is "
                    "stored as PNG), arrays become raw pixels (≤ 64×64) or PNG. jpg re-encodes non-JPEG inputs "

@@ -468,7 +468,7 @@ def _finish_or_undo(tmp: Path, out: Path) -> str:
     return what
 
 
-def _pending_files(out: Path) -> set[str]:
+def pending_install_files(out: Path) -> set[str]:
     """File names that journals of unfinished installs mention (new or old): not strays."""
     names: set[str] = set()
     for j in out.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}/{JOURNAL}"):

@@ -31,9 +31,9 @@ def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = Tr
     problems: list[str] = []
     # files an unfinished install mentions (a pack running now, or one that was killed: the next
     # pack finishes or undoes it) are accounted for, not strays
-    from .pack import _pending_files
+    from .pack import pending_install_files
 
-    listed = m.files | {MANIFEST_NAME} | _pending_files(directory)
+    listed = m.files | {MANIFEST_NAME} | pending_install_files(directory)
     for p in sorted(directory.iterdir()):
         if p.is_file() and p.suffix in (".tar", ".idx") and p.name not in listed:
             problems.append(f"{p}: not listed in {MANIFEST_NAME}; remove it or re-pack")
