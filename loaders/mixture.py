@@ -12,6 +12,8 @@ Two spellings:
 
 Kind, counts, format and FID come from each directory's ``manifest.json``. Weight ``w`` means every
 sample of that source appears ``w`` times per epoch (see ``loaders.sampler``); weight 0 excludes it.
+A mixture whose epoch could not be planned in the memory available (``DIR:1e6``) or overflows
+(``DIR:1e308``) is refused when it is read, naming the source (``loaders.sampler.check_epoch_size``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shards.manifest import Manifest, ShardError
+
+from .sampler import check_epoch_size
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,8 @@ class Mixture:
         weights = list(weights)
         if len(weights) != len(self.sources):
             raise ShardError(f"{len(weights)} weights for {len(self.sources)} sources")
-        return Mixture(tuple(Source(s.name, s.path, s.manifest, _check_weight(w, str(s.path)), s.weight_given)
-                             for s, w in zip(self.sources, weights)))
+        return _checked(Mixture(tuple(Source(s.name, s.path, s.manifest, _check_weight(w, str(s.path)), s.weight_given)
+                                      for s, w in zip(self.sources, weights))))
 
     def describe(self) -> list[dict]:
         return [{"name": s.name, "path": str(s.path), "kind": s.kind, "format": s.manifest.format, "count": s.count,
@@ -91,7 +95,13 @@ def parse_shards_args(args) -> Mixture:
                          "(mix.yaml: name: ...) or use different shard sets")
     if not any(s.weight > 0 and s.count > 0 for s in sources):
         raise ShardError("every source has weight 0; give at least one source a positive weight")
-    return Mixture(tuple(sources))
+    return _checked(Mixture(tuple(sources)))
+
+
+def _checked(m: Mixture) -> Mixture:
+    """Refuse (one line, naming the source) a mixture whose epoch overflows or cannot be planned in memory."""
+    check_epoch_size(m.counts, m.weights, [f"source {s.name!r} ({s.path})" for s in m.sources])
+    return m
 
 
 def _split_arg(arg: str) -> tuple[str, float | None, None]:
@@ -109,6 +119,8 @@ def _split_arg(arg: str) -> tuple[str, float | None, None]:
 
 
 def _check_weight(w, where: str) -> float:
+    if isinstance(w, bool):  # float(True) is 1.0: a YAML `weight: true` is a mistake, not a weight
+        raise ShardError(f"{where}: weight {w!r} is not a number; use a number >= 0 (e.g. 10, 1, 0.5)")
     try:
         w = float(w)
     except (TypeError, ValueError):
@@ -139,9 +151,16 @@ def _read_yaml(path: Path) -> list[tuple[str, float | None, str | None]]:
         unknown = set(item) - {"path", "weight", "name"}
         if unknown:
             raise ShardError(f"{path}: entry {i + 1} has unknown key {sorted(unknown)[0]!r}; use path, weight, name")
-        p = Path(str(item["path"])).expanduser()
+        for key in ("path", "name"):
+            if (key == "path" or item.get(key) is not None) and not isinstance(item[key], str):
+                raise ShardError(f"{path}: entry {i + 1} has {key} {item[key]!r} ({type(item[key]).__name__}); "
+                                 f"write it as a string, quoted if it looks like a number: {key}: \"{item[key]}\"")
+        weight = item.get("weight")
+        if "weight" in item and not (isinstance(weight, (int, float)) and not isinstance(weight, bool)):
+            raise ShardError(f"{path}: entry {i + 1} has weight {weight!r}; write a number >= 0 (e.g. weight: 10)")
+        p = Path(item["path"]).expanduser()
         if not p.is_absolute():
             p = path.parent / p
-        w = _check_weight(item["weight"], f"{path}: entry {i + 1}") if "weight" in item else None
-        entries.append((str(p), w, str(item["name"]) if item.get("name") is not None else None))
+        w = _check_weight(weight, f"{path}: entry {i + 1}") if "weight" in item else None
+        entries.append((str(p), w, item.get("name")))
     return entries

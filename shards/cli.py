@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 
 import click
 
-from .manifest import FORMATS, ShardError
+from .manifest import FORMATS, PACK_FORMATS, ShardError
 from .sources import LAYOUTS
 
 
@@ -44,9 +46,12 @@ def main():
 @click.option("--name", default="", help="Source name (tar prefix, manifest name). Default: the --out folder's name.")
 @click.option("--split", default="train", show_default=True, help="Split recorded in the manifest; also picks CIFAR train/test batches.")
 @click.option("--subdir", default="", help="Folder inside SRC (or inside the archive) to pack, e.g. cifar10/train.")
-@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True, help="Force ImageFolder (labels from folders) or flat (unlabelled).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jpg", show_default=True, help="raw = uint8 HWC pixels, no decode cost.")
-@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True, help="Force ImageFolder (labels from folders), flat (unlabelled) or webdataset (KEY.jpg + KEY.cls labels).")
+@click.option("--format", "fmt", type=click.Choice(PACK_FORMATS), default="auto", show_default=True,
+              help="auto never loses information: JPEG or PNG inputs pass through unchanged (a JPEG/PNG mix is "
+                   "stored as PNG), arrays become raw pixels (≤ 64×64) or PNG. jpg re-encodes non-JPEG inputs "
+                   "lossily (a warning says so); raw = uint8 HWC pixels, no decode cost.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality, when JPEG-encoding.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=10000, show_default=True, help="Samples per tar.")
 @click.option("--shuffle-seed", type=int, default=None, help="Pack in a seeded shuffled order (well-mixed shards); --limit/--per-class then take a random subset.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Pack at most N images.")
@@ -55,7 +60,7 @@ def main():
 @click.option("--fid", type=float, default=None, help="FID of a generated set, stored for the weighting policy.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Encoding processes (0 = one per core).")
 @click.option("--strict", is_flag=True, help="Fail on any unreadable / empty / non-image input instead of skipping it.")
-@click.option("--overwrite", is_flag=True, help="Replace a shard set already in --out (only once the new one is complete).")
+@click.option("--overwrite", is_flag=True, help="Replace the shard set in --out (its manifest's files only, once the new set is complete).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_clean_errors
 def pack(src, out, kind, name, split, subdir, layout, fmt, quality, shard_size, shuffle_seed, limit, per_class,
@@ -66,9 +71,29 @@ def pack(src, out, kind, name, split, subdir, layout, fmt, quality, shard_size, 
     cfg = PackConfig(out=out, name=name, kind=kind, split=split, format=fmt, quality=quality, shard_size=shard_size,
                      shuffle_seed=shuffle_seed, limit=limit, per_class=per_class, keep_labels=keep_labels, fid=fid,
                      workers=workers, strict=strict, overwrite=overwrite, progress=not quiet, command=_command_line())
-    result = run_pack(src, cfg, subdir=subdir, layout=layout)
+    with _sigterm_interrupts():
+        result = run_pack(src, cfg, subdir=subdir, layout=layout)
     click.echo(result.summary())
     click.echo(f"output:  {out}")
+    for w in result.warnings:
+        click.echo(w, err=True)
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so pack removes its temporary folder."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        before = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @main.command()

@@ -11,6 +11,20 @@ in a tar has three members sharing its ``__key__``:
 
 Keys are unique within a shard set (zero-padded position in the source's
 enumeration order, so a shuffled pack keeps stable keys).
+
+File names come from the manifest, never from a pattern: ``shards pack --overwrite`` writes the new
+set under names that do not clash with the old one's (``NAME-00000.tar`` and ``NAME-g1-00000.tar``
+alternate), so the folder holds a complete set at every instant.
+
+``encoding`` records how the images got their bytes (manifests written before it existed have
+``None``)::
+
+    {"format": "png",                      # the set's format (as ``format``)
+     "source_formats": {"png": 50000},     # inputs by their own format ("jpeg", "png", ..., "array")
+     "passthrough": 50000,                 # stored byte for byte as they came
+     "reencoded": 0,                       # decoded and stored again (e.g. JPEG inputs of a mixed set as PNG)
+     "lossy_reencoded": 0,                 # of all samples, those whose pixels changed (a JPEG encode)
+     "quality": null}                      # JPEG quality when anything was JPEG-encoded
 """
 from __future__ import annotations
 
@@ -26,7 +40,8 @@ from .errors import ShardError, UserError  # noqa: F401  (ShardError is imported
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 KINDS = ("real", "generated")
-FORMATS = ("jpg", "png", "raw")
+FORMATS = ("jpg", "png", "raw")  # what a shard set holds
+PACK_FORMATS = ("auto",) + FORMATS  # what `shards pack --format` accepts (auto: see shards.pack.resolve_format)
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,14 @@ class Manifest:
     command: str = ""
     created: str = ""
     version: int = MANIFEST_VERSION
+    encoding: dict | None = None  # see the module docstring; None in manifests older than the field
+
+    @property
+    def lossless(self) -> bool | None:
+        """True when no image was lossily encoded on the way in; None when the manifest does not say."""
+        if self.encoding is None:
+            return None
+        return int(self.encoding.get("lossy_reencoded", 0)) == 0
 
     @property
     def labelled(self) -> bool:
@@ -86,6 +109,7 @@ class Manifest:
                 command=str(d.get("command", "")),
                 created=str(d.get("created", "")),
                 version=int(d.get("version", MANIFEST_VERSION)),
+                encoding=_encoding(d.get("encoding")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ShardError(f"{where}: malformed manifest ({e!r}); re-create it with `python -m shards pack`") from None
@@ -93,9 +117,18 @@ class Manifest:
             raise ShardError(f"{where}: kind {m.kind!r} is not one of {KINDS}; re-pack with --kind real|generated")
         if m.format not in FORMATS:
             raise ShardError(f"{where}: format {m.format!r} is not one of {FORMATS}")
+        for f in sorted(m.files):
+            parts = Path(f).parts
+            if not parts or Path(f).is_absolute() or ".." in parts:
+                raise ShardError(f"{where}: shard file {f!r} lies outside the shard folder; re-create the manifest with `python -m shards pack`")
         if sum(s.count for s in m.shards) != m.count:
             raise ShardError(f"{where}: shard counts add up to {sum(s.count for s in m.shards)}, manifest says {m.count}")
         return m
+
+    @property
+    def files(self) -> set[str]:
+        """Every file name the manifest owns (tars and indexes), relative to its directory."""
+        return {s.file for s in self.shards} | {s.index for s in self.shards}
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Manifest":
@@ -115,6 +148,27 @@ class Manifest:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write DIR/manifest.json atomically (temporary file, then rename)."""
         return atomic_write_text(Path(directory) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _encoding(e) -> dict | None:
+    if e is None:
+        return None
+    if not isinstance(e, dict):
+        raise TypeError(f"encoding is {type(e).__name__}, want an object")
+    return dict(e)
+
+
+def check_name(name: str, where: str = "--name") -> str:
+    """A shard set's name is a plain file-name stem: its tars are ``NAME-00000.tar`` beside the
+    manifest, so a ``/``, a leading ``.`` (``..``, hidden files) or a control character would put
+    files elsewhere or hide them."""
+    if not isinstance(name, str) or not name:
+        raise ShardError(f"{where} is empty; give a plain name such as cifar10-train")
+    bad = next((c for c in name if c in "/\\" or ord(c) < 32 or c == "\x7f"), None)
+    if bad is not None or name.startswith(".") or len(name.encode()) > 200:
+        why = f"contains {bad!r}" if bad is not None else ("starts with '.'" if name.startswith(".") else "is too long")
+        raise ShardError(f"{where} {name!r} {why}; a name must be a plain file-name stem such as cifar10-train")
+    return name
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -10,9 +10,10 @@ order the packer asks for. A batch carries one of three payloads, whichever is c
 * ``bytes``: file contents already read (tar archives, read by streaming in the main process).
 
 Detected layouts: an ImageFolder tree (``<class>/**/<image>``), a flat folder of unlabelled images
-(nested numbered subfolders allowed), CIFAR-10/100 python pickles, ``.npz``/``.npy`` arrays
-(AdaInf release format: key ``image`` N×H×W×3 uint8, optional ``label``), and a ``.tar``/``.tar.gz``
-holding any of these, read without extracting it to disk.
+(nested numbered subfolders allowed), webdataset-style samples (``KEY.jpg`` beside ``KEY.cls``, the
+label; e.g. shards written by this package or by webdataset's ``TarWriter``), CIFAR-10/100 python
+pickles, ``.npz``/``.npy`` arrays (AdaInf release format: key ``image`` N×H×W×3 uint8, optional
+``label``), and a ``.tar``/``.tar.gz`` holding any of these, read without extracting it to disk.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import pickle
 import re
 import tarfile
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
@@ -34,7 +36,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 ARRAY_EXTS = (".npz", ".npy")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 SPLIT_DIRS = frozenset({"train", "test", "val", "valid", "validation"})
-LAYOUTS = ("auto", "imagefolder", "flat")
+LAYOUTS = ("auto", "imagefolder", "flat", "webdataset")
 _CIFAR_TRAIN = re.compile(r"^(data_batch_\d+|train)$")
 _CIFAR_TEST = re.compile(r"^(test_batch|test)$")
 _CIFAR_META = ("batches.meta", "meta")
@@ -66,6 +68,22 @@ class Source:
     def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
         raise NotImplementedError
 
+    def input_formats(self, order: np.ndarray) -> Counter:
+        """How many of the samples at ``order`` are in each format, judged by file name before
+        anything is read (``"jpeg"``, ``"png"``, ...; ``"array"`` for pixels without an encoding)."""
+        return Counter({"array": len(order)})
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """(H, W) when every sample has that size and it is known without decoding."""
+        return None
+
+
+def format_of_name(name: str) -> str:
+    """The image format a file name claims (``"jpeg"`` for .jpg/.jpeg)."""
+    ext = PurePosixPath(name).suffix.lower().lstrip(".")
+    return "jpeg" if ext in ("jpg", "jpeg") else ext
+
 
 # -- arrays ----------------------------------------------------------------------------------------
 
@@ -77,6 +95,10 @@ class ArraySource(Source):
 
     def origin(self, pos: int) -> str:
         return f"{self.origin_prefix}[{pos}]"
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        return int(self.images.shape[1]), int(self.images.shape[2])
 
     def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
         for start in range(0, len(order), batch_size):
@@ -220,8 +242,60 @@ class Tree:
     layout: str  # "imagefolder" | "flat"
 
 
-def classify_tree(paths: Sequence[str], layout: str, where: str, subdir_hint: str = "") -> Tree:
-    """Decide ImageFolder vs flat from relative posix paths (already in enumeration order)."""
+def _wds_key(path: str) -> tuple[str, str]:
+    """webdataset's grouping: the key is the path up to the first dot of the file name."""
+    folder, _, base = path.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext
+
+
+def webdataset_tree(paths: Sequence[str], cls: dict[str, bytes], where: str, required: bool = False) -> Tree | None:
+    """Samples grouped as webdataset groups them (``KEY.jpg`` + ``KEY.cls`` + ...), labels from the
+    ``.cls`` members (ASCII integers, -1 = unlabelled); None when no image has a ``.cls`` beside it.
+    ``cls`` maps each ``.cls`` path to its bytes. The other members of a sample (``.json``, ``.txt``)
+    are part of it, not skipped inputs."""
+    keyed = [(p, *_wds_key(p)) for p in paths]
+    labels_at = {k: cls[p] for p, k, ext in keyed if ext.lower() == "cls" and p in cls}
+    image_keys = {k for p, k, _ in keyed if p.lower().endswith(IMAGE_EXTS)}
+    if not image_keys & set(labels_at):
+        if required:
+            raise ShardError(f"{where}: no image has a KEY.cls label beside it; use --layout imagefolder or flat")
+        return None
+    files, labels, skipped = [], [], []
+    for p, k, ext in keyed:
+        if not p.lower().endswith(IMAGE_EXTS):
+            if k not in image_keys:
+                skipped.append({"path": p, "reason": f"not an image file ({PurePosixPath(p).suffix or 'no extension'})"})
+            continue
+        if k not in labels_at:
+            skipped.append({"path": p, "reason": f"no {PurePosixPath(k).name}.cls label beside it"})
+            continue
+        text = labels_at[k].strip()
+        try:
+            label = int(text)
+        except ValueError:
+            label = None
+        if label is None or label < -1:
+            skipped.append({"path": p, "reason": f"its label {PurePosixPath(k).name}.cls is {text[:20]!r}, not an integer >= -1"})
+            continue
+        files.append(p)
+        labels.append(label)
+    if not files:
+        raise ShardError(f"{where}: no webdataset sample has both an image and a valid .cls label "
+                         f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
+    labels = np.asarray(labels, dtype=np.int64)
+    classes = tuple(str(i) for i in range(int(labels.max()) + 1)) if (labels >= 0).any() else ()
+    return Tree(files, labels, classes, skipped, "webdataset")
+
+
+def classify_tree(paths: Sequence[str], layout: str, where: str, subdir_hint: str = "",
+                  cls: dict[str, bytes] | None = None) -> Tree:
+    """Decide webdataset-style vs ImageFolder vs flat from relative posix paths (already in
+    enumeration order); ``cls``: the bytes of the ``.cls`` files among them, when read."""
+    if layout in ("auto", "webdataset"):
+        tree = webdataset_tree(paths, cls or {}, where, required=layout == "webdataset")
+        if tree is not None:
+            return tree
     images, skipped = [], []
     for p in paths:
         (images if p.lower().endswith(IMAGE_EXTS) else skipped).append(p)
@@ -259,6 +333,10 @@ def classify_tree(paths: Sequence[str], layout: str, where: str, subdir_hint: st
 
 
 def _describe_tree(tree: Tree, where: str) -> str:
+    if tree.layout == "webdataset":
+        labelled = int((tree.labels >= 0).sum())
+        return (f"webdataset-style samples {where} ({len(tree.files)} images, {labelled} labelled by their .cls"
+                f"{f', {len(tree.classes)} classes' if tree.classes else ''})")
     if tree.layout == "imagefolder":
         return f"ImageFolder tree {where} ({len(tree.files)} images, {len(tree.classes)} classes)"
     return f"flat folder of unlabelled images {where} ({len(tree.files)} images)"
@@ -271,6 +349,9 @@ class FolderSource(Source):
 
     def origin(self, pos: int) -> str:
         return self.files[pos]
+
+    def input_formats(self, order: np.ndarray) -> Counter:
+        return Counter(format_of_name(self.files[int(i)]) for i in order)
 
     def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
         for start in range(0, len(order), batch_size):
@@ -287,6 +368,9 @@ class TarSource(Source):
 
     def origin(self, pos: int) -> str:
         return self.members[pos]
+
+    def input_formats(self, order: np.ndarray) -> Counter:
+        return Counter(format_of_name(self.members[int(i)]) for i in order)
 
     def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
         order = np.asarray(order)
@@ -366,7 +450,7 @@ def _list_tar(archive: Path, subdir: str, where: str, stop_after: int | None = N
                 names.append(m.name)
                 offsets.append((m.offset_data, m.size))
                 base = PurePosixPath(rel).name
-                if base.endswith(ARRAY_EXTS) or _is_cifar_name(base):
+                if base.endswith(ARRAY_EXTS) or _is_cifar_name(base) or (base.endswith(".cls") and m.size <= 64):
                     f = tf.extractfile(m)
                     blobs[rel] = f.read() if f is not None else b""
                 elif base.lower().endswith(IMAGE_EXTS):
@@ -424,8 +508,17 @@ def open_source(src: str | os.PathLike, *, subdir: str = "", split: str = "train
         if len(arrays) > 1:
             raise ShardError(f"{root}: holds {len(arrays)} array files ({', '.join(arrays[:3])}…); pass one file as SRC")
         return open_array_file(root / arrays[0])
-    tree = classify_tree(paths, layout, str(root), subdir_hint=str(subdir))
+    cls = {p: _read_small(root / p) for p in paths if p.endswith(".cls")} if layout in ("auto", "webdataset") else {}
+    tree = classify_tree(paths, layout, str(root), subdir_hint=str(subdir), cls=cls)
     return FolderSource(_describe_tree(tree, str(root)), tree.labels, tree.classes, tree.skipped, root=root, files=tree.files)
+
+
+def _read_small(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(64)
+    except OSError:
+        return b""  # reported as a bad label by webdataset_tree
 
 
 def _walk(root: Path) -> list[str]:
@@ -463,7 +556,8 @@ def _open_tar(archive: Path, subdir: str, split: str, layout: str, stop_after: i
         if len(arrays) > 1:
             raise ShardError(f"{where}: holds {len(arrays)} array files; pick one with --subdir")
         return open_array_file(Path(arrays[0]), data=blobs[arrays[0]], where=f"{archive}:{prefix}{arrays[0]}")
-    tree = classify_tree(rel, layout, where, subdir_hint=subdir.strip("/"))
+    cls = {r: b for r, b in blobs.items() if r.endswith(".cls")}
+    tree = classify_tree(rel, layout, where, subdir_hint=subdir.strip("/"), cls=cls)
     keep = {r: i for i, r in enumerate(rel)}
     idx = [keep[f] for f in tree.files]
     skipped = [{"path": prefix + s["path"], "reason": s["reason"]} for s in tree.skipped]

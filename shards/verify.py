@@ -29,7 +29,11 @@ def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = Tr
     except ShardError as e:
         return [str(e)]
     problems: list[str] = []
-    listed = {s.file for s in m.shards} | {s.index for s in m.shards} | {MANIFEST_NAME}
+    # files an unfinished install mentions (a pack running now, or one that was killed: the next
+    # pack finishes or undoes it) are accounted for, not strays
+    from .pack import pending_install_files
+
+    listed = m.files | {MANIFEST_NAME} | pending_install_files(directory)
     for p in sorted(directory.iterdir()):
         if p.is_file() and p.suffix in (".tar", ".idx") and p.name not in listed:
             problems.append(f"{p}: not listed in {MANIFEST_NAME}; remove it or re-pack")
@@ -62,16 +66,17 @@ def verify_shard(directory: str, s: ShardInfo, m: Manifest, decode: bool = True)
     problems = []
     data = path.read_bytes()
     if len(data) != s.bytes:
-        problems.append(f"{path}: {len(data)} bytes, manifest says {s.bytes} (truncated or changed)")
+        problems.append(f"{path}: {len(data)} bytes, manifest says {s.bytes} (truncated or changed); re-pack the set")
     elif hashlib.sha256(data).hexdigest() != s.sha256:
-        problems.append(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+        problems.append(f"{path}: sha256 differs from the manifest (file changed or corrupt); re-pack the set")
+    tar_intact = not problems
     if not data:
         return problems + [f"{path}: empty file, not a tar"], 0, Counter()
     try:
         samples = _read_tar(data)
     except (tarfile.TarError, ValueError, EOFError) as e:
         return problems + [f"{path}: broken tar ({e})"], 0, Counter()
-    problems += _check_index(idx_path, samples)
+    problems += _check_index(idx_path, samples, path if tar_intact else None)
     labels: Counter = Counter()
     n_classes = len(m.classes)
     for key, members in samples:
@@ -128,21 +133,25 @@ def _read_tar(data: bytes) -> list[tuple[str, list[tuple[str, int, int]]]]:
     return samples
 
 
-def _check_index(idx_path: Path, samples) -> list[str]:
+def _check_index(idx_path: Path, samples, intact_tar: Path | None) -> list[str]:
+    """Problems of the index against the tar. ``intact_tar``: the tar, when it matches the manifest's
+    size and sha256; only then is the index the stale part, and rebuilding it (``wds2idx``) the fix.
+    When the tar itself changed, the index disagreeing is a symptom: re-packing is the fix."""
+    fix = f"the tar matches its sha256, so the index is stale; re-create it with `wds2idx` ({intact_tar.name})" if intact_tar else \
+        "the tar does not match the manifest either (see above); re-pack the set"
     try:
         idx = read_index(idx_path)
     except ShardError as e:
-        return [str(e)]
+        return [f"{str(e).split('; ')[0]}; {fix}"]
     if len(idx) != len(samples):
-        return [f"{idx_path}: index lists {len(idx)} samples, tar holds {len(samples)}; re-create it with `wds2idx`"]
+        return [f"{idx_path}: index lists {len(idx)} samples, tar holds {len(samples)}; {fix}"]
     for i, (key, members) in enumerate(samples):
         if idx.keys[i] != key:
-            return [f"{idx_path}: sample {i} is {idx.keys[i]!r} in the index, {key!r} in the tar; re-create it with `wds2idx`"]
+            return [f"{idx_path}: sample {i} is {str(idx.keys[i])!r} in the index, {key!r} in the tar; {fix}"]
         for ext, off, size in members:
             if ext not in idx.offsets or idx.offsets[ext][i] != off or idx.sizes[ext][i] != size:
                 got = (int(idx.offsets[ext][i]), int(idx.sizes[ext][i])) if ext in idx.offsets else None
-                return [f"{idx_path}: {key}.{ext} at (offset, size) {got} in the index, {(off, size)} in the tar; "
-                        "re-create it with `wds2idx`"]
+                return [f"{idx_path}: {key}.{ext} at (offset, size) {got} in the index, {(off, size)} in the tar; {fix}"]
     return []
 
 
@@ -162,7 +171,22 @@ def _check_image(blob: bytes, m: Manifest) -> str | None:
 
 # -- info ------------------------------------------------------------------------------------------
 
-INFO_COLUMNS = ["name", "kind", "split", "count", "shards", "format", "size", "classes", "bytes", "fid", "skipped", "path"]
+INFO_COLUMNS = ["name", "kind", "split", "count", "shards", "format", "encoding", "size", "classes", "bytes", "fid",
+                "skipped", "path"]
+
+
+def describe_encoding(m: Manifest) -> str | None:
+    """One word for ``shards info``: ``passthrough`` (every image as it came), ``lossless`` (some stored in
+    a new encoding with exactly their pixels), ``lossy:N`` (N images JPEG-encoded by pack), None (the
+    manifest predates the record)."""
+    e = m.encoding
+    if e is None:
+        return None
+    if e.get("lossy_reencoded"):
+        return f"lossy:{e['lossy_reencoded']}"
+    if e.get("passthrough") == m.count:
+        return "passthrough"
+    return "lossless"
 
 
 def info_rows(dirs) -> list[dict]:
@@ -171,7 +195,7 @@ def info_rows(dirs) -> list[dict]:
         m = Manifest.load(d)
         rows.append({
             "name": m.name, "kind": m.kind, "split": m.split, "count": m.count, "shards": len(m.shards),
-            "format": m.format, "size": "×".join(map(str, m.image_size)) if m.image_size else "mixed",
+            "format": m.format, "encoding": describe_encoding(m), "size": "×".join(map(str, m.image_size)) if m.image_size else "mixed",
             "classes": len(m.classes), "bytes": _human(sum(s.bytes for s in m.shards)),
             "fid": None if m.fid is None else f"{m.fid:g}", "skipped": len(m.skipped), "path": str(d),
         })

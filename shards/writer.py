@@ -1,8 +1,8 @@
 """Write a shard set: USTAR tars in webdataset layout, a DALI index per tar, and the manifest.
 
-Nothing is half-written: each tar and index is written under a temporary name and renamed
-when complete; the manifest is written last, so a directory without ``manifest.json`` is
-never mistaken for a finished shard set.
+Nothing is half-written: each tar and index is written under a temporary name (with the writer's
+pid and a random token, so two writers never share one) and renamed when complete; the manifest is
+written last, so a directory without ``manifest.json`` is never mistaken for a finished shard set.
 """
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .index import format_index
-from .manifest import FORMATS, KINDS, Manifest, ShardError, ShardInfo, atomic_write_text
+from .manifest import FORMATS, KINDS, Manifest, ShardError, ShardInfo, atomic_write_text, check_name
 
 TAR_BLOCK = 512
 
@@ -53,7 +54,11 @@ class _HashingWriter(io.RawIOBase):
 
 
 class ShardSetWriter:
-    """Streams samples into ``OUT/NAME-00000.tar …`` with ``shard_size`` samples per tar.
+    """Streams samples into ``OUT/STEM-00000.tar …`` with ``shard_size`` samples per tar.
+
+    ``stem`` (default: ``name``) names the files only; ``shards.pack`` picks one that does not clash
+    with a set already in the folder. ``encoding`` (a dict, see ``shards.manifest``) is recorded in
+    the manifest as given; set it (like ``skipped``) any time before ``close()``.
 
     Use as a context manager; ``add()`` one encoded sample at a time; ``close()`` (or leaving the
     ``with`` block normally) finalises the last tar and writes the manifest, returning it. Leaving the
@@ -73,7 +78,11 @@ class ShardSetWriter:
         fid: float | None = None,
         command: str = "",
         skipped: tuple[dict, ...] = (),
+        stem: str | None = None,
+        encoding: dict | None = None,
     ):
+        check_name(name)
+        stem = check_name(stem, "file stem") if stem is not None else name
         if kind not in KINDS:
             raise ShardError(f"--kind {kind!r}: use one of {', '.join(KINDS)}")
         if format not in FORMATS:
@@ -85,10 +94,13 @@ class ShardSetWriter:
         self.name, self.kind, self.format, self.split = name, kind, format, split
         self.shard_size, self.classes, self.fid, self.command = shard_size, tuple(classes), fid, command
         self.skipped = list(skipped)
+        self.stem, self.encoding = stem, encoding
+        self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._shard: _OpenShard | None = None
         self._done: list[ShardInfo] = []
         self._final_paths: list[tuple[Path, Path]] = []  # (tmp, final) renamed at close
         self._tmp_files: list[Path] = []  # everything written so far under a temporary name
+        self._installed: list[Path] = []  # final names renamed by a close() not yet complete
         self._labels: Counter = Counter()
         self._sizes: set[tuple[int, int]] = set()
         self._count = 0
@@ -125,8 +137,8 @@ class ShardSetWriter:
 
     def _open_shard(self) -> None:
         i = len(self._done)
-        file, index = f"{self.name}-{i:05d}.tar", f"{self.name}-{i:05d}.idx"
-        tmp = self.out / f".{file}.tmp"
+        file, index = f"{self.stem}-{i:05d}.tar", f"{self.stem}-{i:05d}.idx"
+        tmp = self.out / f".{file}.{self._token}.tmp"
         self._tmp_files.append(tmp)
         fh = open(tmp, "wb")
         hasher = hashlib.sha256()
@@ -143,9 +155,12 @@ class ShardSetWriter:
         os.fsync(sh.fh.fileno())
         nbytes = sh.fh.tell()
         sh.fh.close()
-        idx_tmp = self.out / f".{sh.index}.tmp"
+        idx_tmp = self.out / f".{sh.index}.{self._token}.tmp"
         self._tmp_files.append(idx_tmp)
-        idx_tmp.write_text(format_index(sh.members))
+        with open(idx_tmp, "w") as f:
+            f.write(format_index(sh.members))
+            f.flush()
+            os.fsync(f.fileno())
         self._final_paths += [(sh.tmp_path, self.out / sh.file), (idx_tmp, self.out / sh.index)]
         self._done.append(ShardInfo(sh.file, sh.index, len(sh.members), sh.hasher.hexdigest(), nbytes))
         self._shard = None
@@ -154,36 +169,50 @@ class ShardSetWriter:
     def close(self) -> Manifest:
         if self._closed:
             raise ShardError("ShardSetWriter closed twice")
+        try:
+            return self._close()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _close(self) -> Manifest:
         self._finish_shard()
         self._closed = True
         if self._count == 0:
-            self.abort()
             raise ShardError(f"{self.name}: no samples to write; check the source path and --limit/--per-class")
-        for tmp, final in self._final_paths:
-            os.replace(tmp, final)
         sizes = self._sizes
         image_size = next(iter(sizes)) if len(sizes) == 1 and (-1, -1) not in sizes else None
         if self.format == "raw" and image_size is None:
             raise ShardError(f"{self.name}: raw format needs every image to have one size; use --format jpg or png")
+        for tmp, final in self._final_paths:
+            os.replace(tmp, final)
+            self._installed.append(final)
         manifest = Manifest(
             name=self.name, kind=self.kind, split=self.split, format=self.format, image_size=image_size,
             classes=self.classes, count=self._count, shards=tuple(self._done), fid=self.fid,
             label_counts=dict(sorted(self._labels.items(), key=lambda kv: int(kv[0]))),
-            skipped=tuple(self.skipped), command=self.command,
+            skipped=tuple(self.skipped), command=self.command, encoding=self.encoding,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
         manifest.save(self.out)
+        self._installed = []
         return manifest
 
     def abort(self) -> None:
-        """Remove everything this writer wrote (temporary files only: nothing final exists yet)."""
+        """Remove everything this writer wrote: temporary files, and final files of a ``close()``
+        that failed before its manifest was written (a disk filling up at the last moment)."""
         if self._shard is not None:
-            self._shard.fh.close()
+            try:
+                self._shard.fh.close()
+            except OSError:
+                pass  # the disk is full: the file goes anyway
             self._shard = None
-        for tmp in self._tmp_files:
-            if tmp.exists():
-                tmp.unlink()
-        self._final_paths, self._tmp_files = [], []
+        for p in self._tmp_files + self._installed:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+        self._final_paths, self._tmp_files, self._installed = [], [], []
         self._closed = True
 
     def __enter__(self) -> "ShardSetWriter":

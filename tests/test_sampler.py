@@ -104,3 +104,38 @@ def test_bad_weights():
         plan_epoch([10], [-1], 0, 0)
     with pytest.raises(ShardError):
         plan_epoch([10, 5], [0, 0], 0, 0)
+
+
+def test_overflowing_weight_is_one_line_not_a_crash():
+    with pytest.raises(ShardError, match=r"source 1: weight 1e\+308 × 700 samples overflows") as e:
+        plan_epoch([50, 700], [10, 1e308], 0, 0)
+    assert "\n" not in str(e.value)
+
+
+def test_epoch_beyond_memory_is_refused_before_allocating(monkeypatch):
+    """plan_epoch refuses what could never fit (half the machine's total memory at ~48 B per planned
+    sample), naming the source when names are given."""
+    import loaders.sampler as sampler
+
+    monkeypatch.setattr(sampler, "_memory", lambda which: 2**30)  # a 1 GiB machine: 11,184,810 samples
+    with pytest.raises(ShardError) as e:
+        plan_epoch([50_000, 1000], [1e6, 1], 0, 0, names=["cifar10", "edm"])
+    msg = str(e.value)
+    assert msg.startswith("cifar10: weight 1e+06 × 50,000 samples makes an epoch of 50,000,001,000 samples")
+    assert "at most 11,184,810 can be planned" in msg
+    assert len(plan_epoch([50_000, 1000], [200, 1], 0, 0)) == 10_001_000  # just under the limit: planned
+
+
+def test_plan_memory_per_sample_is_what_the_bound_assumes():
+    """The bound's 48 B per planned sample is plan_epoch's real peak (tracemalloc sees numpy's buffers)."""
+    import tracemalloc
+
+    from loaders.sampler import PLAN_BYTES_PER_SAMPLE
+
+    tracemalloc.start()
+    try:
+        plan = plan_epoch([20_000, 300_000], [10, 1], 0, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0.8 * PLAN_BYTES_PER_SAMPLE <= peak / len(plan) <= PLAN_BYTES_PER_SAMPLE

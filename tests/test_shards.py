@@ -121,9 +121,9 @@ def test_imagefolder_labels_skips_and_passthrough(imagefolder, tmp_path):
     got = {s["meta"]["origin"]: s for s in samples(tmp_path / "o")}
     assert {k: v["label"] for k, v in got.items()} == {
         "ant/c.bmp": 0, "ant/d.webp": 0, "bee/e.jpeg": 1, "bee/f.png": 1, "cat/a.jpg": 2, "cat/deep/er/b.png": 2}
-    # JPEG inputs pass through byte for byte, the rest are encoded
+    # JPEG inputs pass through byte for byte, the rest are encoded (lossily: --format jpg was asked for)
     assert got["cat/a.jpg"]["image"] == (imagefolder / "cat" / "a.jpg").read_bytes()
-    assert "2 passthrough" in out and "4 encoded" in out
+    assert "2 passthrough" in out and "4 lossy JPEG q95" in out
     assert all(s["meta"] == {"source": "o", "kind": "real", "origin": s["meta"]["origin"]} for s in got.values())
     assert verify_dir(tmp_path / "o") == []
 
@@ -288,7 +288,8 @@ def test_refuses_existing_then_overwrites_atomically(tmp_path, monkeypatch):
     monkeypatch.setattr(packmod, "encode_batch", real)
     code, out = run("pack", tmp_path / "a.npy", "--out", tmp_path / "o", "--overwrite", "--limit", "5", "--format", "png", "-q")
     assert code == 0, out
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["manifest.json", "o-00000.idx", "o-00000.tar"]
+    # the new set's files never clash with the old set's: NAME-… and NAME-g1-… alternate
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["manifest.json", "o-g1-00000.idx", "o-g1-00000.tar"]
     assert Manifest.load(tmp_path / "o").count == 5 and verify_dir(tmp_path / "o") == []
 
 
@@ -346,7 +347,7 @@ def test_info_table_and_verify_ok(small_set, tmp_path):
     for col in ("name", "kind", "count", "shards", "format", "classes", "bytes", "fid"):
         assert col in header
     assert row1.split()[:6] == ["s", "real", "train", "12", "3", "png"]
-    assert row2.split()[:6] == ["g", "generated", "train", "3", "1", "jpg"] and "3.1" in row2
+    assert row2.split()[:6] == ["g", "generated", "train", "3", "1", "raw"] and "3.1" in row2  # auto: 6×6 arrays
     code, out = run("verify", small_set, tmp_path / "g")
     assert code == 0 and out.count("OK") == 2
     code, out = run("info", tmp_path / "nope")

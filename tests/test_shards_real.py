@@ -30,6 +30,7 @@ def test_cifar10_both_splits_from_one_archive(tmp_path):
         assert "ImageFolder tree" in out and "200 passthrough" in out
         m = Manifest.load(tmp_path / split)
         assert m.count == 200 and m.classes == CIFAR_CLASSES and m.image_size == (32, 32) and m.format == "jpg"
+        assert m.encoding["source_formats"] == {"jpeg": 200} and m.lossless
         assert m.split == split and [s.count for s in m.shards] == [64, 64, 64, 8] and m.skipped == ()
     assert Manifest.load(tmp_path / "train").label_counts == {str(c): 20 for c in range(10)}
     # without --shuffle-seed and --per-class the test split is the archive's first 200: all airplanes
@@ -41,12 +42,14 @@ def test_cifar10_both_splits_from_one_archive(tmp_path):
 
 
 def test_edm_generated_slice_stops_early(tmp_path):
-    code, out = run("pack", EDM, "--out", tmp_path / "edm", "--kind", "generated", "--format", "png", "--limit", "200",
+    # no --format: the README's command must keep the generated PNGs PNG (pass-through, nothing lossy)
+    code, out = run("pack", EDM, "--out", tmp_path / "edm", "--kind", "generated", "--limit", "200",
                     "--fid", "1.97", "--shard-size", "100", "-q")
     assert code == 0, out
     assert "flat folder of unlabelled images" in out and "listing stopped after the first 200" in out
     m = Manifest.load(tmp_path / "edm")
     assert m.count == 200 and m.kind == "generated" and m.label_counts == {"-1": 200} and m.fid == 1.97
+    assert m.format == "png" and m.encoding["passthrough"] == 200 and m.encoding["lossy_reencoded"] == 0
     # PNG to png passes the bytes through: the first sample is the archive's first image, unchanged
     with tarfile.open(EDM, "r|gz") as tf:
         first = next(t for t in tf if t.isfile())
