@@ -8,7 +8,6 @@ from one seed, and is packed by the same ``shards.pack`` path users run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +17,6 @@ from .sources import ArraySource
 
 CLASSES = ("disk", "square", "triangle", "ring", "plus", "x", "diamond", "hstripes", "vstripes", "checker")
 SIZES = {"small": (300, 500, 200), "default": (2000, 4000, 1000)}  # (real, generated, test)
-
-
-@dataclass(frozen=True)
-class DemoSpec:
-    n_real: int = 2000
-    n_generated: int = 4000
-    n_test: int = 1000
-    image_size: int = 32
-    seed: int = 0
-    format: str = "png"
-    shard_size: int = 1000
 
 
 def render(labels: np.ndarray, rng: np.random.Generator, size: int = 32) -> np.ndarray:

@@ -388,3 +388,16 @@ def test_policy_refusal_is_one_line(data, tmp_path):
     result = CliRunner().invoke(train.main, args + ["--shards", str(data["generated"]), "--inflation", "none"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "needs a real source" in result.output
+
+
+def test_second_writer_of_a_run_directory_refuses(data, tmp_path):
+    from shards.lock import OutputLock
+
+    out = tmp_path / "busy"
+    with OutputLock(out, "train.py", command="python train.py --out busy"):  # another run writing there
+        result = CliRunner().invoke(train.main, base_args(data, out, steps=1))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert str(os.getpid()) in result.output and "train.py" in result.output
+    assert not (out / "config.yaml").exists() and not (out / ".lock").exists()
+    assert run(base_args(data, out, steps=1)).exit_code == 0  # once released, the run goes ahead
+    assert not (out / ".lock").exists()

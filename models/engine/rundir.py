@@ -1,7 +1,10 @@
 """The run directory: ``config.yaml``, ``metrics.jsonl``, ``tb/``, ``ckpt-last.pt`` — one writer, no clobbering.
 
 Like git refusing to overwrite a repository, a new run never starts inside a directory that already
-holds a run: it refuses with one line naming ``--resume DIR`` or a new ``--out``. Only rank 0 writes.
+holds a run: it refuses with one line naming ``--resume DIR`` or a new ``--out``. Like a database, a run
+holds an exclusive lock on its directory (``shards.lock.OutputLock``) while it writes there, so a second
+``train.py`` with the same ``--out`` (or a resume of a run still going) refuses instead of interleaving
+records and checkpoints. Only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 from models.engine.checkpoint import CKPT_LAST
 from models.engine.metrics import Metrics
 from shards.errors import ConfigError
+from shards.lock import OutputLock
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", CKPT_LAST)
 
@@ -37,6 +41,7 @@ class RunDir:
         self.path = Path(path)
         self.master = master
         self.metrics = Metrics(None)
+        self.lock = None
         if not master:
             return
         check_out(self.path, continues)
@@ -47,7 +52,12 @@ class RunDir:
             probe.unlink()
         except OSError as e:
             raise ConfigError(f"--out {self.path}: cannot write there ({_why(e)}); choose another --out") from None
-        self.metrics = Metrics(self.path, keep_until_step=resume_step)
+        self.lock = OutputLock(self.path, "train.py").acquire()  # LockHeld (one line) when another run writes here
+        try:
+            self.metrics = Metrics(self.path, keep_until_step=resume_step)
+        except BaseException:
+            self.lock.release()
+            raise
 
     def write_config(self, doc: dict) -> None:
         if not self.master:
@@ -60,6 +70,9 @@ class RunDir:
 
     def close(self) -> None:
         self.metrics.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def _why(e: OSError) -> str:
