@@ -124,8 +124,8 @@ class _Readers:
         self.verdict = cat(lambda r: r.verdict)
         self.labels = cat(lambda r: r.labels)
         self.sizes = cat(lambda r: r.sizes)
-        self.is_raw = cat(lambda r: np.full(len(r), r.format == "raw"))
-        self.hw = cat(lambda r: np.tile(np.array(r.manifest.image_size or (0, 0), np.int32), (len(r), 1)))
+        self._src_raw = np.array([r.format == "raw" for r in self.readers])
+        self._src_hw = np.array([r.manifest.image_size or (0, 0) for r in self.readers], np.int32).reshape(-1, 2)
         self.region = None
         offsets = cat(lambda r: r.offsets)
         if contiguous and not (offsets % BLOCK).any():
@@ -160,9 +160,9 @@ class _Readers:
         keep = np.flatnonzero(~bad)
         return g[keep], keep, error
 
-    def encode(self, g: np.ndarray) -> list[np.ndarray]:
-        """The external-source data of samples ``g``: ``[images]`` in "raw" mode, else ``[blocks, meta]``
-        (rows of whole tar blocks, int32 per-sample [length, is_raw, H, W, 3])."""
+    def encode(self, g: np.ndarray, source: np.ndarray) -> list[np.ndarray]:
+        """The external-source data of samples ``g`` (of sources ``source``): ``[images]`` in "raw" mode,
+        else ``[blocks, meta]`` (rows of whole tar blocks, int32 per-sample [length, is_raw, H, W, 3])."""
         n, size = len(g), self.sizes[g]
         if self.region is not None:
             k = int(self._nblk[g].max())
@@ -179,7 +179,7 @@ class _Readers:
             data = data[:, :hw3] if data.shape[1] != hw3 else data
             return [np.ascontiguousarray(data).reshape(n, *self.raw_shape)]
         meta = np.empty((n, 5), np.int32)
-        meta[:, 0], meta[:, 1], meta[:, 2:4], meta[:, 4] = size, self.is_raw[g], self.hw[g], 3
+        meta[:, 0], meta[:, 1], meta[:, 2:4], meta[:, 4] = size, self._src_raw[source], self._src_hw[source], 3
         return [data, meta]
 
     def _count_skipped(self, source, index) -> None:
@@ -237,12 +237,13 @@ class _Feed:
             pending = pending or error
             if not len(g):
                 continue  # every sample of this batch was skipped (or damaged)
-            outs = self.readers.encode(g)
             if self.params is not None:
                 p = self.params(epoch, step, source)
-                outs.append(p if keep is None else p[keep])
             if keep is not None:
                 source, index = source[keep], index[keep]
+            outs = self.readers.encode(g, source)
+            if self.params is not None:
+                outs.append(p if keep is None else p[keep])
             self.fed.append(_Fed(epoch, step, steps, source, index, self.readers.labels[g], pending))
             return outs
         if pending:
@@ -308,7 +309,8 @@ class _Delivery:
 
     ``make`` runs where ``pipe.run()`` runs (the prefetch thread): CPU outputs are copied into host
     tensors — pinned (PyTorch's caching host allocator keeps a block until its copy is done) when the
-    model is on CUDA, then copied to the GPU on a side stream; GPU outputs are copied on the side stream.
+    model is on CUDA, then copied to the GPU on a side stream; GPU outputs are copied on the side stream,
+    and that thread waits for those copies (device to device, microseconds) before DALI's buffers go.
     An event marks the copies; ``take`` runs on the consumer's thread and makes its current stream wait
     on that event (without blocking the host) and marks the tensors as used there for the caching
     allocator. So a batch's copy overlaps the GPU work already queued for the previous step.
@@ -318,15 +320,11 @@ class _Delivery:
         self.device, self.loader_device = device, loader_device
         self.gpu = device if device.type == "cuda" else torch.device("cuda", 0) if loader_device == "gpu" else None
         self.side = torch.cuda.Stream(self.gpu) if self.gpu is not None else None
-        self._last: torch.cuda.Event | None = None
 
     def make(self, outs: list, host: list[np.ndarray], convert=lambda t: t) -> tuple[list, list, object]:
         """(``convert`` of each dense output, host arrays as tensors, event or None) on the model's device."""
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        if self._last is not None:  # DALI may reuse the buffers of the previous outputs at the next run
-            self._last.synchronize()
-            self._last = None
         if self.side is None:  # CPU pipeline, CPU model
             dense = []
             for o in outs:
@@ -348,8 +346,8 @@ class _Delivery:
                 dense.append(convert(out))
             small = [torch.from_numpy(a).pin_memory().to(self.gpu, non_blocking=True) for a in host]
             event = self.side.record_event()
-        if self.loader_device == "gpu":
-            self._last = event
+        if self.loader_device == "gpu":  # DALI may reuse its output buffers once they are released: copy first
+            event.synchronize()
         if self.device.type != "cuda":  # a GPU pipeline feeding a CPU model
             event.synchronize()
             return [t.cpu() for t in dense], [t.cpu() for t in small], None

@@ -345,8 +345,9 @@ def _check_chunk(tar: str, fmt: str, offsets: np.ndarray, sizes: np.ndarray) -> 
 
 def check_members(jobs: list[tuple[str, np.ndarray, np.ndarray]], fmt: str, workers: int | None = None,
                   chunk: int = 4096) -> list[np.ndarray]:
-    """Verdicts for ``jobs`` = [(tar path, data offsets, sizes)], in worker processes (spawned, so safe
-    next to CUDA and DALI threads) when there are many samples and more than one core."""
+    """Verdicts for ``jobs`` = [(tar path, data offsets, sizes)], in worker processes when there are many
+    samples and more than one core (forked where possible, as ``shards verify`` does: the workers touch
+    only numpy, PIL and the mapped tars, never CUDA or DALI; spawned elsewhere)."""
     pieces = [(j, a) for j, (_, off, _) in enumerate(jobs) for a in range(0, len(off), chunk)]
     total = sum(len(off) for _, off, _ in jobs)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -358,7 +359,8 @@ def check_members(jobs: list[tuple[str, np.ndarray, np.ndarray]], fmt: str, work
             import concurrent.futures as cf
             import multiprocessing as mp
 
-            with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
                 results = list(pool.map(_check_chunk, *zip(*args)))
         except (OSError, RuntimeError, AssertionError, ImportError):  # e.g. inside a daemonic process
             results = None

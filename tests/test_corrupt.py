@@ -134,3 +134,16 @@ def test_skip_mode_runs_on_without_them_and_counts_them(rotten_set):
     assert len(out["seen"]) == 2 * 3 * (64 - len(bad))  # two epochs, weight 3, every good sample
     stats = out["stats"]
     assert stats["corrupt"] == 2 * 3 * len(bad) and set(stats["corrupt_keys"]) == bad
+
+
+def test_worker_processes_give_the_same_verdicts(rotten_set):
+    from loaders.reader import check_members
+
+    m = Manifest.load(rotten_set)
+    r = SourceReader(rotten_set, m, cache=False)
+    jobs = [(str(rotten_set / s.file), r.offsets[r.shard_of == k], r.sizes[r.shard_of == k])
+            for k, s in enumerate(m.shards)]
+    inline = check_members(jobs, "jpg", workers=1)
+    pooled = check_members(jobs, "jpg", workers=2, chunk=8)
+    assert all(np.array_equal(a, b) for a, b in zip(inline, pooled))
+    assert np.array_equal(np.concatenate(inline), r.verdict)

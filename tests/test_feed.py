@@ -137,7 +137,7 @@ def test_one_take_and_the_per_sample_copy_gather_the_same_bytes(data):
     index = np.array([rng.integers(0, [30, 45, 20][s]) for s in source])
     g, keep, error = fast.select(source, index)
     assert keep is None and error is None
-    (a, meta), (b, meta_b) = fast.encode(g), slow.encode(g)
+    (a, meta), (b, meta_b) = fast.encode(g, source), slow.encode(g, source)
     assert np.array_equal(meta, meta_b)
     for j, (s, i) in enumerate(zip(source, index)):
         n = meta[j, 0]
@@ -149,7 +149,7 @@ def test_one_take_and_the_per_sample_copy_gather_the_same_bytes(data):
 def test_raw_batches_arrive_as_one_hwc_array(data):
     r = _Readers([("w", None, Manifest.load(data["raw"]), str(data["raw"]))], "error")
     assert r.mode == "raw"
-    [images] = r.encode(np.array([3, 0, 19]))
+    [images] = r.encode(np.array([3, 0, 19]), np.zeros(3, np.int64))
     from tests.test_loaders import image
 
     assert images.shape == (3, 32, 32, 3) and images.flags.c_contiguous
