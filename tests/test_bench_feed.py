@@ -22,7 +22,7 @@ def test_feed_benchmark_rows(demo_shards, tmp_path):
         assert row["timed_batches"] >= 5 and row["samples_per_s"] > 0 and row["ms_per_batch"] > 0
         assert row["off_training_thread"] is True and row["training_thread_ms_per_batch"] >= 0
     b = rows["epoch-boundary"]
-    assert b["gap_ms"] > 0 and b["gap_ratio"] == round(b["gap_ms"] / b["median_interval_ms"], 3)
+    assert b["gap_ms"] > 0 and abs(b["gap_ratio"] - b["gap_ms"] / b["median_interval_ms"]) < 0.01 * b["gap_ratio"] + 0.01
     assert rows["open-large"]["samples"] == 3000 and rows["open-large"]["warm_open_s"] >= 0
     assert rows["open-demo-real"]["samples"] == 300 and rows["open-demo-real"]["validation_s"] > 0
     assert (tmp_path / "work" / "converted" / "demo-real" / "raw" / "manifest.json").is_file()

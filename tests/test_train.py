@@ -82,7 +82,7 @@ def test_run_writes_config_metrics_checkpoint_and_events(straight):
     assert "final accuracy at step 6" in result.output
     ckpt = torch.load(out / "ckpt-last.pt", map_location="cpu", weights_only=False)
     assert ckpt["step"] == 6 and ckpt["settings"]["batch_size"] == 16
-    assert ckpt["loader"]["epoch"] == 1 and ckpt["loader"]["step"] == 3
+    assert (ckpt["loader"]["epoch"], ckpt["loader"]["step"]) == (2, 0)  # the next batch: epoch 2 starts
     assert torch.load(out / "ckpt-3.pt", map_location="cpu", weights_only=False)["step"] == 3
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert not list(out.glob(".*.tmp"))
