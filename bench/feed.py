@@ -10,7 +10,8 @@ converted (once, with ``bench.formats.convert``) into each of ``--formats`` (raw
 * ``feed-<format>`` rows — the host feed alone, i.e. what the external source computes per batch: the
   batch gathered from the memory-mapped tars, the validity of its samples and every augmentation
   parameter drawn (``loaders.pipeline._Feed``, no DALI): ``samples_per_s``, ``ms_per_batch`` over at
-  least ``--batches`` batches and ``--min-seconds`` seconds after ``--warmup``. The feed runs in the
+  least ``--batches`` batches and ``--min-seconds`` seconds after ``--warmup`` (means, and medians
+  ``..._p50``, which a shared machine's stalls do not move). The feed runs in the
   loader's prefetch thread, off the training thread, so the row also gives what the training thread
   spends per step on data with the real loader (``training_thread_ms_per_batch``: CPU time of the
   consuming thread in ``next()``, over ``--loader-batches`` batches; ``..._inline`` with
@@ -87,37 +88,38 @@ def timed_calls(fn, warmup: int, min_calls: int, min_seconds: float) -> list[flo
 
 
 def time_feed(loader, cfg: FeedConfig) -> dict:
-    """The host feed of ``loader`` alone (gather, validity, parameters), epoch after epoch from (0, 0)."""
-    from loaders.pipeline import _Feed
+    """The host feed of ``loader`` alone (gather, validity, parameters), epoch after epoch from (0, 0), with the
+    next epoch planned in a background thread as the loader does."""
+    from loaders.pipeline import _Feed, _Plans
 
-    plans = {}
+    plans = _Plans(loader.plan)
 
     def batch_of(e, k):
-        if e not in plans:
-            plans.clear()
-            plans[e] = loader.plan(e)
-        b = plans[e].batch(k, loader.batch_size)
+        b = plans.get(e, ahead=True).batch(k, loader.batch_size)
         return b.source, b.index, loader.steps_per_epoch
 
     def positions():
         e = 0
         while True:
-            for k in range(loader.steps_per_epoch):
+            for k in range(loader._steps(plans.get(e, ahead=True))):
                 yield e, k
             e += 1
 
     feed = _Feed(loader._readers, positions(), batch_of, params=loader._packed_params)
-    for e in range(2):  # plan outside the timed calls (the loader plans in a background thread)
-        loader.plan(e)
 
     def one():
         feed()
         feed.fed.popleft()
 
-    secs = timed_calls(one, cfg.warmup, cfg.batches, cfg.min_seconds)
+    try:
+        secs = timed_calls(one, cfg.warmup, cfg.batches, cfg.min_seconds)
+    finally:
+        plans.close()
     total = sum(secs)
+    p50 = statistics.median(secs)
     return {"samples_per_s": round(len(secs) * loader.batch_size / total, 1), "ms_per_batch": round(1e3 * total / len(secs), 4),
-            "ms_per_batch_p50": round(1e3 * statistics.median(secs), 4), "timed_batches": len(secs),
+            "samples_per_s_p50": round(loader.batch_size / p50, 1), "ms_per_batch_p50": round(1e3 * p50, 4),
+            "ms_per_batch_p90": round(1e3 * statistics.quantiles(secs, n=10)[-1], 4), "timed_batches": len(secs),
             "seconds": round(total, 3)}
 
 
@@ -413,7 +415,8 @@ def main(shards, formats, batch_size, aug, batches, min_seconds, warmup, loader_
                      baseline_src=baseline_src, work_dir=work_dir)
     rows, shards = run_in_workdir("bench-feed-", shards, run, cfg)
     print_table([r for r in rows if "ms_per_batch" in r or "training_thread_ms_per_batch" in r],
-                ["backend", "samples_per_s", "ms_per_batch", "timed_batches", "seconds", "training_thread_ms_per_batch",
+                ["backend", "samples_per_s", "ms_per_batch", "ms_per_batch_p50", "timed_batches", "seconds",
+                 "training_thread_ms_per_batch",
                  "training_thread_ms_per_batch_inline", "loader_samples_per_s"])
     print_table([r for r in rows if r["backend"] == "epoch-boundary"],
                 ["backend", "gap_ms", "median_interval_ms", "gap_ratio", "rebuild_gap_ms", "rebuild_gap_ratio"])
