@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "end-to-end": ("bench.end_to_end", "the real train step fed by the loader: samples/s, ratio to the ceiling, data wait"),
     "scale": ("bench.scale", "planning and loader vs epoch size (50k/500k/1.5M) and number of sources"),
     "formats": ("bench.formats", "jpg vs png vs raw shards of the same images"),
+    "feed": ("bench.feed", "host feed per batch on one core, the training thread's share, epoch boundary, set opening"),
     "pack": ("bench.pack", "packing speed of `shards pack`"),
 }
 # Commands outside `all`: the report, and the inflation study (it trains models, see bench/inflation.py).

@@ -239,7 +239,7 @@ def test_determinism_and_resume(data):
     d.load_state_dict(json.loads(json.dumps(state)))
     resumed = [d.keys_for(b) for b in d.epoch()]
     assert resumed == [k for k, _ in run1][4:]
-    assert d.state_dict()["step"] == a.steps_per_epoch
+    assert (d.state_dict()["epoch"], d.state_dict()["step"]) == (2, 0)  # after an epoch's last batch: the next one
     # a state saved at the end of an epoch resumes at the next epoch's start
     e = TrainLoader(m, aug, 10, seed=7)
     e.load_state_dict(d.state_dict())

@@ -1,0 +1,149 @@
+"""Rotten images never crash the process: they are caught once per set, on the host, before DALI sees them.
+
+The realistic bit rot is a JPEG whose body is flipped (bytes 4 … end−40) while its SOI/EOI markers survive:
+it passes a signature check and used to take DALI's decoder down with SIGSEGV. The loader runs in a
+subprocess here, so a segfault fails the test instead of killing pytest.
+"""
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loaders.reader import BAD_STRUCTURE, OK, SourceReader, check_bytes
+from shards.manifest import Manifest
+from shards.writer import ShardSetWriter
+from tests.test_loaders import encode, image
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+
+def cifar_jpegs(n: int) -> list[bytes]:
+    """The first ``n`` real CIFAR-10 JPEGs of the shared archive, or JPEGs made here when it is absent."""
+    if CIFAR.is_file():
+        out = []
+        with tarfile.open(CIFAR) as t:
+            for m in t:
+                if m.name.endswith(".jpg"):
+                    out.append(t.extractfile(m).read())
+                    if len(out) == n:
+                        return out
+    return [encode(image(i), "jpg") for i in range(n)]
+
+
+def rot(jpeg: bytes) -> bytes:
+    """Bytes 4 … end−40 flipped: the markers at both ends intact, the body rotten."""
+    b = bytearray(jpeg)
+    for i in range(4, len(b) - 40):
+        b[i] ^= 0xFF
+    return bytes(b)
+
+
+def with_gap(jpeg: bytes) -> bytes:
+    """Four zero bytes between the first two header segments: libjpeg (PIL) skips them, nvImageCodec's parser
+    (DALI) rejects them."""
+    seg = 4 + ((jpeg[4] << 8) | jpeg[5])  # end of the segment after SOI
+    return jpeg[:seg] + b"\0\0\0\0" + jpeg[seg:]
+
+
+def write_set(out: Path, blobs: list[bytes]) -> Path:
+    with ShardSetWriter(out, out.name, kind="real", format="jpg", shard_size=16, classes=tuple("abcdefghij")) as w:
+        for i, blob in enumerate(blobs):
+            w.add(f"{i:06d}", blob, i % 10, origin=str(i), size=(32, 32))
+    return out
+
+
+ROTTEN = (3, 17, 18, 40, 61)
+
+
+@pytest.fixture(scope="module")
+def rotten_set(tmp_path_factory):
+    blobs = cifar_jpegs(64)
+    for i in ROTTEN:
+        blobs[i] = rot(blobs[i])
+    blobs[50] = with_gap(blobs[50])
+    return write_set(tmp_path_factory.mktemp("rotten") / "rotten", blobs)
+
+
+def test_the_checks_catch_what_dali_rejects():
+    good = cifar_jpegs(1)[0]
+    assert check_bytes(good, "jpg") == OK
+    assert check_bytes(rot(good), "jpg") != OK
+    gap = with_gap(good)
+    with Image.open(io.BytesIO(gap)) as im:  # PIL alone accepts it ...
+        im.load()
+    assert check_bytes(gap, "jpg") == BAD_STRUCTURE  # ... the marker walk does not
+    png = bytearray(encode(image(1), "png"))
+    assert check_bytes(bytes(png), "png") == OK
+    png[60] ^= 0x01  # one bit of the compressed data: the chunk CRC no longer matches
+    assert check_bytes(bytes(png), "png") == BAD_STRUCTURE
+
+
+def test_verdicts_are_decided_at_open(rotten_set):
+    r = SourceReader(rotten_set, Manifest.load(rotten_set))
+    assert sorted(np.flatnonzero(r.verdict != OK).tolist()) == sorted([*ROTTEN, 50])
+
+
+RUN = """
+import json, sys
+from loaders.augment import preset
+from loaders.mixture import parse_shards_args
+from loaders.pipeline import TrainLoader
+from shards.manifest import ShardError
+src, mode = sys.argv[1], sys.argv[2]
+loader = TrainLoader(parse_shards_args([src + ":3"]), preset("simclr"), 16, on_corrupt=mode, num_threads=2,
+                     drop_last=False)
+seen = []
+try:
+    for epoch in range(2):
+        for b in loader.epoch(epoch):
+            seen += loader.keys_for(b)
+    print(json.dumps({"ok": True, "seen": seen, "stats": loader.stats.to_dict()}))
+except ShardError as e:
+    print(json.dumps({"ok": False, "error": str(e), "seen": seen}))
+"""
+
+
+def run_loader(src: Path, mode: str) -> dict:
+    r = subprocess.run([sys.executable, "-c", RUN, str(src), mode], capture_output=True, text=True, cwd=ROOT,
+                       timeout=600)
+    assert r.returncode == 0, f"the loader process died (return code {r.returncode}): {r.stderr[-2000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_error_mode_names_the_shard_and_sample_in_one_line(rotten_set):
+    out = run_loader(rotten_set, "error")
+    assert not out["ok"]
+    msg = out["error"]
+    assert "\n" not in msg and "rotten-0000" in msg and ".tar: sample 0000" in msg and "on_corrupt='skip'" in msg
+    key = msg.split("sample ")[1].split()[0]
+    assert int(key) in (*ROTTEN, 50)
+
+
+def test_skip_mode_runs_on_without_them_and_counts_them(rotten_set):
+    out = run_loader(rotten_set, "skip")
+    assert out["ok"]
+    bad = {f"rotten/{i:06d}" for i in (*ROTTEN, 50)}
+    assert not bad & set(out["seen"])
+    assert len(out["seen"]) == 2 * 3 * (64 - len(bad))  # two epochs, weight 3, every good sample
+    stats = out["stats"]
+    assert stats["corrupt"] == 2 * 3 * len(bad) and set(stats["corrupt_keys"]) == bad
+
+
+def test_worker_processes_give_the_same_verdicts(rotten_set):
+    from loaders.reader import check_members
+
+    m = Manifest.load(rotten_set)
+    r = SourceReader(rotten_set, m, cache=False)
+    jobs = [(str(rotten_set / s.file), r.offsets[r.shard_of == k], r.sizes[r.shard_of == k])
+            for k, s in enumerate(m.shards)]
+    inline = check_members(jobs, "jpg", workers=1)
+    pooled = check_members(jobs, "jpg", workers=2, chunk=8)
+    assert all(np.array_equal(a, b) for a, b in zip(inline, pooled))
+    assert np.array_equal(np.concatenate(inline), r.verdict)

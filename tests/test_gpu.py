@@ -1,0 +1,151 @@
+"""The GPU pipeline against the tested CPU pipeline: every random parameter is drawn on the host, so for the same
+batch the two must agree op by op within interpolation tolerance; exactness and resume hold on the GPU too.
+
+Skipped without CUDA (``@pytest.mark.gpu``; ``pytest -m gpu`` runs only these).
+"""
+import collections
+
+import numpy as np
+import pytest
+import torch
+
+from loaders.augment import (AugConfig, ViewAug, augment_rng, augment_view, dali_param_arrays, dali_param_names,
+                             preset, sample_view_params)
+from loaders.mixture import parse_shards_args
+from loaders.pipeline import EvalLoader, TrainLoader
+from tests.test_loaders import PLAIN, small_mixture
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+LEVEL = 1 / 255 / 0.2435  # one grey level in normalised units (the smallest CIFAR std)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return small_mixture(tmp_path_factory.mktemp("gpu-shards"))
+
+
+def run_view(images: np.ndarray, view: ViewAug, params: dict, device: str) -> np.ndarray:
+    """``augment_view`` on a fixed uint8 batch with given parameters, on "cpu" or "gpu"; float32 NCHW numpy."""
+    from nvidia.dali import fn, pipeline_def
+
+    n = len(images)
+    names = dali_param_names(view)
+    arrays = dali_param_arrays(view, params, np.full(n, images.shape[1]), np.full(n, images.shape[2]), False)
+    batch = [images, *arrays]
+
+    def feed():
+        return batch
+
+    @pipeline_def(enable_conditionals=True, batch_size=n, num_threads=1, device_id=0 if device == "gpu" else None)
+    def pipe():
+        outs = fn.external_source(source=feed, num_outputs=len(batch), batch=True)
+        decoded = fn.reshape(outs[0], layout="HWC")
+        decoded = decoded.gpu() if device == "gpu" else decoded
+        return augment_view(decoded, view, dict(zip(names, outs[1:])), device, "CHW")
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    out = out.as_cpu() if device == "gpu" else out
+    return np.asarray(out.as_tensor())
+
+
+def textured(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    smooth = rng.integers(0, 256, (n, 8, 8, 3)).astype(np.float64)
+    up = np.kron(smooth, np.ones((1, 4, 4, 1)))  # blocks, so interpolation differences stay small but visible
+    return np.clip(up + rng.normal(0, 8, up.shape), 0, 255).astype(np.uint8)
+
+
+OPS = {
+    "crop-resize": dict(crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3)),
+    "flip": dict(flip_p=0.5),
+    "jitter": dict(jitter_p=1.0, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2),
+    "gray": dict(gray_p=0.5),
+    "blur": dict(blur_p=0.5),
+    "solarize": dict(solarize_p=0.5),
+    "normalise": dict(),
+}
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_each_op_on_the_gpu_matches_the_cpu(op):
+    n = 64
+    images = textured(n)
+    view = ViewAug(**{**PLAIN.__dict__, **OPS[op]})
+    params = sample_view_params(augment_rng(0, 0, 0, 7), view, np.full(n, 32), np.full(n, 32))
+    cpu, gpu = run_view(images, view, params, "cpu"), run_view(images, view, params, "gpu")
+    assert cpu.shape == gpu.shape == (n, 3, 32, 32)
+    diff = np.abs(cpu - gpu)
+    assert diff.mean() < 0.5 * LEVEL, (op, diff.mean() / LEVEL)
+    assert diff.max() < (4 if op in ("crop-resize", "jitter", "blur") else 1.01) * LEVEL, (op, diff.max() / LEVEL)
+
+
+def batches(loader, n):
+    it = loader.batches()
+    out = [next(it) for _ in range(n)]
+    it.close()
+    return out
+
+
+@pytest.mark.parametrize("shards", [("real", "gen", "raw"), ("real",)])
+def test_gpu_and_cpu_loaders_give_the_same_batches(data, shards):
+    """Mixed sources decode on the CPU then move; JPEG alone goes through nvJPEG (decoder differences allowed)."""
+    m = parse_shards_args([f"{data[k]}:1" for k in shards])
+    aug = preset("simclr")
+    gpu = batches(TrainLoader(m, aug, 16, seed=4, device="cuda", loader_device="gpu"), 4)
+    cpu = batches(TrainLoader(m, aug, 16, seed=4, device="cuda", loader_device="cpu"), 4)
+    for g, c in zip(gpu, cpu):
+        assert (g.epoch, g.step) == (c.epoch, c.step)
+        assert torch.equal(g.labels, c.labels) and torch.equal(g.source, c.source) and torch.equal(g.index, c.index)
+        for u, v in zip(g.views, c.views):
+            assert u.device.type == "cuda" and v.device.type == "cuda" and u.shape == v.shape
+            d = (u - v).abs()
+            assert d.mean().item() < 1.5 * LEVEL and torch.quantile(d.flatten().float(), 0.99).item() < 12 * LEVEL
+
+
+def test_cpu_pipeline_copies_to_the_gpu_bitwise(data):
+    m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1"])
+    aug = preset("byol")
+    on_gpu = batches(TrainLoader(m, aug, 12, seed=1, device="cuda", loader_device="cpu", dtype=torch.bfloat16,
+                                 channels_last=True), 5)
+    on_cpu = batches(TrainLoader(m, aug, 12, seed=1, device="cpu", dtype=torch.bfloat16, channels_last=True), 5)
+    for g, c in zip(on_gpu, on_cpu):
+        assert g.labels.device.type == "cuda" and torch.equal(g.index.cpu(), c.index)
+        for u, v in zip(g.views, c.views):
+            assert u.device.type == "cuda" and u.dtype == torch.bfloat16
+            assert u.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(u.cpu(), v)
+
+
+def test_exact_multiplicities_on_the_gpu(data):
+    m = parse_shards_args([f"{data['real']}:3", f"{data['gen']}:1", f"{data['raw']}:2"])
+    loader = TrainLoader(m, preset("simclr"), 16, device="cuda", loader_device="gpu", drop_last=False)
+    counts = collections.Counter()
+    for b in loader.epoch(0):
+        counts.update(loader.keys_for(b))
+    assert sum(counts.values()) == loader.samples_per_epoch == 90 + 45 + 40
+    assert all(counts[f"real/{i:06d}"] == 3 for i in range(30)) and all(counts[f"gen/{i:06d}"] == 1 for i in range(45))
+    assert all(counts[f"rawgen/{i:06d}"] == 2 for i in range(20))
+
+
+@pytest.mark.parametrize("state", [(0, 4), (1, 0), (0, 10)])
+def test_resume_on_the_gpu_is_bitwise(data, state):
+    m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1", f"{data['raw']}:1"])
+    aug = preset("simclr")
+    full = batches(TrainLoader(m, aug, 12, seed=5, device="cuda", loader_device="gpu"), 16)
+    loader = TrainLoader(m, aug, 12, seed=5, device="cuda", loader_device="gpu")
+    loader.load_state_dict({"epoch": state[0], "step": state[1]})
+    start = state[0] * 10 + state[1]
+    for a, b in zip(batches(loader, 16 - start), full[start:]):
+        assert (a.epoch, a.step) == (b.epoch, b.step) and torch.equal(a.index, b.index)
+        assert all(torch.equal(u, v) for u, v in zip(a.views, b.views))
+
+
+def test_gpu_eval_loader_matches_the_cpu_one(data):
+    gpu = [(x, y) for x, y in EvalLoader(data["test"], 8, device="cuda", loader_device="gpu")]
+    cpu = [(x, y) for x, y in EvalLoader(data["test"], 8, device="cpu")]
+    assert len(gpu) == len(cpu) == 3
+    for (xg, yg), (xc, yc) in zip(gpu, cpu):
+        assert torch.equal(yg.cpu(), yc) and (xg.cpu() - xc).abs().max().item() < 1.01 * LEVEL
