@@ -481,6 +481,15 @@ _FLOOR_SHIFT = 0.5 - 2.0**-12
 _GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
+def _floor_u8(y, device: str, scale: float = 1.0):
+    """``floor(clamp(scale·y, 0, 255))`` as uint8 (HWC): ``brightness_contrast`` computes ``scale·y − shift``
+    and saturates, in one pass about 4x cheaper on the CPU than ``fn.cast`` from float."""
+    from nvidia.dali import fn, types
+
+    return fn.brightness_contrast(y, brightness=scale, contrast_center=0.0, brightness_shift=-_FLOOR_SHIFT / 255.0,
+                                  dtype=types.UINT8, device=device)
+
+
 def _adjust(x, op: int, factors, device: str):
     """torchvision's ``adjust_brightness`` / ``adjust_contrast`` / ``adjust_saturation`` / ``adjust_hue`` on
     uint8 HWC images. The first three are its ``_blend``: ``f·x + (1 − f)·other`` (other = 0, the mean of
@@ -494,13 +503,13 @@ def _adjust(x, op: int, factors, device: str):
     if JITTER_OPS[op] == "brightness":
         return fn.brightness_contrast(x, brightness=f, brightness_shift=-_FLOOR_SHIFT / 255.0, dtype=types.UINT8,
                                       device=device)
-    fx = fn.brightness_contrast(x, brightness=f, dtype=types.FLOAT, device=device)
+    fx = fn.brightness_contrast(x, brightness=f, contrast_center=0.0, dtype=types.FLOAT, device=device)
     grey = _grey(x, 1, device)
     if JITTER_OPS[op] == "contrast":
-        other = fn.reductions.mean(grey, dtype=types.FLOAT, device=device) * (1.0 - f) - _FLOOR_SHIFT
+        other = fn.reductions.mean(grey, dtype=types.FLOAT, device=device) * (1.0 - f)
     else:
-        other = grey * (1.0 - f) - _FLOOR_SHIFT
-    return fn.cast(fx + other, dtype=types.UINT8, device=device)
+        other = grey * (1.0 - f)
+    return _floor_u8(fx + other, device)
 
 
 def _grey(x, channels: int, device: str):
@@ -530,14 +539,12 @@ def _adjust_hue(x, hue, device: str):
     num = num + (maxc == g) * (((b - r) + crange * 2.0) - num)
     num = num + (maxc == r) * ((g - b) - num)
     h6 = num / (crange + (crange == 0.0))  # 6·H in [-1, 5]
-    scale = 255.999 / 255.0
-    top, span = maxc * scale - _FLOOR_SHIFT, crange * scale
     out = []
     for centre in (3.0, 5.0, 1.0):  # R, G, B
         d = math.abs(h6 - (centre - hue * 6.0))  # in [0, 9): the shift moves the centre, not the hue
         d = math.min(d, math.abs(6.0 - d))  # circular distance
-        out.append(fn.cast(top - span * math.clamp(2.0 - d, 0.0, 1.0), dtype=types.UINT8, device=device))
-    return fn.cat(*out, axis=2, device=device)
+        out.append(maxc - crange * math.clamp(2.0 - d, 0.0, 1.0))
+    return _floor_u8(fn.cat(*out, axis=2, device=device), device, scale=255.999 / 255.0)  # to_dtype's 255.999
 
 
 def _grayscale(images, device: str):
