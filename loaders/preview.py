@@ -142,6 +142,9 @@ def preview(recipe, out: str | Path, *, n: int = 8, seed: int = 0, scale: int = 
     try:
         with os.fdopen(fd, "wb") as f:
             img.save(f, format="PNG", optimize=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary only
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -311,6 +311,7 @@ def test_preview_draws_real_and_generated_rows(mix, tmp_path):
     # two groups of three columns (as stored, view 1, view 2), three rows of cells, header and title above
     assert img.shape[1] == 2 * 8 + 2 * (3 * cell + 2 * gap) + 20
     assert img.shape[0] > 3 * cell + 2 * gap and not list(tmp_path.glob(".grid.png.*"))  # no temporary left
+    assert out.stat().st_mode & 0o044  # readable by others, as any file the user writes (umask permitting)
     bottom = img[-8 - cell:-8]
     left, right = bottom[:, 8:8 + cell], bottom[:, 8 + 3 * cell + 2 * gap + 20:8 + 4 * cell + 2 * gap + 20]
     assert left.std() > 10 and right.std() > 10  # a real and a generated image in the last row, not blank
@@ -321,3 +322,26 @@ def test_preview_draws_real_and_generated_rows(mix, tmp_path):
     assert stored.shape == v1.shape == (2, 32, 32, 3) and not np.array_equal(stored, v1)
     bad = CliRunner().invoke(main, ["preview", "--shards", str(mix["real"]), "--out", str(tmp_path / "no" / "x.png")])
     assert bad.exit_code != 0 and "does not exist" in bad.output and "Traceback" not in bad.output
+
+
+def test_jitter_slots_put_each_adjustment_before_or_after_hue_in_drawn_order():
+    from loaders.augment import _jitter_layout
+
+    view = ViewAug(jitter_p=1.0, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
+    b, c, s, h = range(4)
+    order = np.array([[h, b, c, s], [b, c, s, h], [c, h, s, b], [s, b, h, c]], np.int32)
+    params = {"jitter_order": order, "brightness": np.full(4, 1.1), "contrast": np.full(4, 1.2),
+              "saturation": np.full(4, 1.3), "hue": np.full(4, 0.05)}
+    lay = _jitter_layout(view, params)
+    # slots 0-2 before hue, 3-5 after; an unused slot is brightness with factor 1 (identity)
+    assert lay["jitter_order"].tolist() == [[b, b, b, b, c, s], [b, c, s, b, b, b], [c, b, b, s, b, b],
+                                            [s, b, b, c, b, b]]
+    f = np.float32
+    assert lay["jitter_factors"].tolist() == [[1, 1, 1, f(1.1), f(1.2), f(1.3), f(0.05)],
+                                              [f(1.1), f(1.2), f(1.3), 1, 1, 1, f(0.05)],
+                                              [f(1.2), 1, 1, f(1.3), f(1.1), 1, f(0.05)],
+                                              [f(1.3), f(1.1), 1, f(1.2), 1, 1, f(0.05)]]
+    # without brightness the identity slot is the next adjustment (contrast, factor 1)
+    lay = _jitter_layout(dataclasses.replace(view, brightness=0.0), params)
+    assert lay["jitter_order"][0].tolist() == [c, c, c, s] and lay["jitter_factors"][0].tolist() == [1, 1, f(1.2),
+                                                                                                  f(1.3), f(0.05)]
