@@ -1,4 +1,5 @@
-"""``python -m loaders audit --shards … [--epochs N] [--batch-size B] [--seed S] [--json]``."""
+"""``python -m loaders audit --shards … [--family F] [--inflation MODE] [--epochs N] [--json]`` and
+``python -m loaders preview --shards … --out grid.png [--family F] [--inflation MODE] [--n 8]``."""
 from __future__ import annotations
 
 import json
@@ -9,28 +10,48 @@ from shards.manifest import ShardError
 
 from .audit import format_report, run_audit
 from .mixture import parse_shards_args
-from .recipe import AUG_CHOICES, INFLATION_CHOICES, resolve_recipe
+from .policy import DEFAULT_MODE
+from .recipe import AUG_CHOICES, FAMILY_CHOICES, INFLATION_CHOICES, resolve_recipe
 
 
 @click.group()
 def main():
-    """Plan and audit training mixtures."""
+    """Plan, audit and preview training mixtures."""
+
+
+def recipe_options(f):
+    """The options that choose a recipe, shared by audit and preview (as train.py names them)."""
+    options = [
+        click.option("--shards", "shards", multiple=True, required=True, help="DIR[:WEIGHT] (repeatable) or mix.yaml"),
+        click.option("--family", type=click.Choice(FAMILY_CHOICES), default="symmetric", show_default=True,
+                     help="augmentation family of the method: symmetric (SimCLR), symmetric_weak (MoCo v2+), "
+                          "asymmetric (BYOL, Barlow Twins)"),
+        click.option("--inflation", type=click.Choice(INFLATION_CHOICES), default=DEFAULT_MODE, show_default=True,
+                     help="AdaInf policy: adainf (the release's recipe), none, vanilla, or auto (this project's "
+                          "extrapolation); weights you wrote still win"),
+        click.option("--aug", "--preset", "aug", default="auto", show_default=True, type=click.Choice(AUG_CHOICES),
+                     help="auto (the policy's preset), baseline / adainf (the family's presets), or a preset"),
+        click.option("--crop-min-scale", type=float, default=None, help="override the RandomResizedCrop minimum area"),
+        click.option("--jitter-strength", type=float, default=None,
+                     help="override the colour-jitter strength (x preset)"),
+        click.option("--jitter-p", type=float, default=None, help="override the colour-jitter probability"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p):
+    return resolve_recipe(parse_shards_args(shards), family=family, inflation=inflation, aug=aug,
+                          overrides={"crop_min_scale": crop_min_scale, "jitter_strength": jitter_strength,
+                                     "jitter_p": jitter_p})
 
 
 @main.command()
-@click.option("--shards", "shards", multiple=True, required=True, help="DIR[:WEIGHT] (repeatable) or mix.yaml")
+@recipe_options
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--method", default="simclr", show_default=True,
-              help="the method whose augmentation family applies (simclr/mocov2plus symmetric, byol/barlow asymmetric)")
-@click.option("--aug", "--preset", "aug", default="default", show_default=True, type=click.Choice(AUG_CHOICES),
-              help="augmentation preset, or default/adainf (the method's family), or auto (chosen from the mixture)")
-@click.option("--inflation", type=click.Choice(INFLATION_CHOICES), default=None,
-              help="apply the AdaInf policy: none | vanilla | adainf | auto (weights you wrote still win)")
-@click.option("--crop-min-scale", type=float, default=None, help="override the RandomResizedCrop minimum area")
-@click.option("--jitter-strength", type=float, default=None, help="override the colour-jitter strength (x preset)")
-@click.option("--jitter-p", type=float, default=None, help="override the colour-jitter probability")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]")
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--drop-last/--keep-last", default=False, show_default=True,
@@ -38,15 +59,13 @@ def main():
 @click.option("--on-corrupt", type=click.Choice(["error", "skip"]), default="error", show_default=True)
 @click.option("--plan-only", is_flag=True, help="show the policy's choices and the plan; do not run the pipeline")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-def audit(shards, epochs, batch_size, seed, method, aug, inflation, crop_min_scale, jitter_strength, jitter_p,
+def audit(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, epochs, batch_size, seed,
           device, threads, drop_last, on_corrupt, plan_only, as_json):
     """Run the real pipeline over whole epochs and report what it delivers."""
     from tqdm import tqdm
 
     try:
-        recipe = resolve_recipe(parse_shards_args(shards), aug=aug, inflation=inflation, method=method,
-                                overrides={"crop_min_scale": crop_min_scale, "jitter_strength": jitter_strength,
-                                           "jitter_p": jitter_p})
+        recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
         if plan_only:
             report = {"recipe": recipe.to_dict(), "epochs": []}
         else:
@@ -63,6 +82,27 @@ def audit(shards, epochs, batch_size, seed, method, aug, inflation, crop_min_sca
         click.echo(recipe.describe())
         if not plan_only:
             click.echo(format_report(report))
+
+
+@main.command()
+@recipe_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the PNG to write")
+@click.option("--n", "n", default=8, show_default=True, type=click.IntRange(1, 64), help="samples per kind")
+@click.option("--seed", default=0, show_default=True, type=int, help="which samples and which augmentations")
+@click.option("--scale", default=3, show_default=True, type=click.IntRange(1, 8), help="pixels per image pixel")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
+def preview(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, out, n, seed, scale, threads):
+    """Draw real and generated samples as stored and as their augmented views under the recipe (CPU)."""
+    from .preview import preview as draw
+
+    try:
+        recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
+        info = draw(recipe, out, n=n, seed=seed, scale=scale, num_threads=threads)
+    except (ShardError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    rows = ", ".join(f"{k} {v}" for k, v in info["rows"].items())
+    click.echo(f"wrote {info['path']} ({info['size'][0]}x{info['size'][1]} px; samples: {rows}; "
+               f"preset {recipe.aug_name})")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,24 @@
 """The AdaInf inflation policy: how much weight real data gets, and how strong augmentation is.
 
 The paper's contribution ("Do Generated Data Always Help Contrastive Learning?", ICLR 2024) is a rule,
-not a number: give real data more weight than generated data (more so when the generated data is
-worse), and weaken augmentation as the inflated data set grows. `decide()` turns a mixture into
-concrete numbers and says why, in one of four modes:
+not a number: give real data more weight than generated data, and weaken augmentation as the inflated
+data set grows. `decide()` turns a mixture into concrete numbers and says why. The augmentation comes
+from the method's *family* (``loaders.augment.FAMILIES``: ``symmetric`` for SimCLR, ``symmetric_weak``
+for MoCo v2+, ``asymmetric`` for BYOL and Barlow Twins), which pairs a baseline preset with an AdaInf
+preset, both the release's files (``loaders.augment.PRESETS``). Four modes:
 
-* ``none``    - real data only: generated weights 0, real weight 1, the family's default preset.
-* ``vanilla`` - every source weight 1 ("vanilla inflation"), default preset.
-* ``adainf``  - the release's recipe: real weight 10, generated 1, the ``*-adainf`` preset.
-* ``auto``    - the rule below, chosen from the mixture itself.
+* ``adainf``  (the default) - the release's recipe (PKU-ML/adainf README): real data replicated 10x
+  (``data.dup=10``), the generated set once, the family's AdaInf preset (``augmentations=
+  symmetric_adainf.yaml`` / ``asymmetric_adainf.yaml``). With no generated source of positive weight
+  in the mixture there is nothing to inflate: the release's no-inflation recipe, every weight 1 and the
+  family's baseline preset, and the reasons say so.
+* ``none``    - real data only (the README's "no inflation"): generated weights 0, real weight 1, the
+  family's baseline preset.
+* ``vanilla`` - every source weight 1 (the README's "vanilla inflation", ``data.dup=1``), the family's
+  baseline preset.
+* ``auto``    - this project's extrapolation beyond the paper, opt-in: the rule below, chosen from the
+  mixture itself. Nothing in the paper or the release sets weights from FID or interpolates
+  augmentation in the data size; use it to explore, not to reproduce.
 
 Real weight (auto). The release replicates real data 10x next to generated sets of FID 1.94-1.96.
 Worse generators deserve less trust, so the weight grows with FID:
@@ -21,14 +31,14 @@ generated source (or none with a positive weight) nothing is reweighted: real we
 
 Augmentation (auto). The effective size is the number of *distinct* images in sources of positive
 weight, real + generated, as on the x-axis of the paper's Figure 4 (CIFAR-10 50k, + 0.1M generated
-= 150k, + 1M = 1.05M); replication does not add images. The RandomResizedCrop minimum area is
-piecewise-linear in log(size) through Figure 4's optima (25k, 0.02), (50k, 0.08), (150k, 0.20),
-(1.05M, 0.30), clamped outside. Colour jitter (strength = multiplier of the family's default
-(b, c, s, h); probability) goes, linearly in log(size), from the default (1.0, 0.8) at <= 50k to the
-AdaInf preset at >= 150k: symmetric (0.5, 0.4), asymmetric (1.0, 0.4) - the release's BYOL/Barlow
-AdaInf preset keeps the jitter strength, so auto does not set it for that family. The end point is
-150k because that is where Figure 4's crop optimum equals the preset's 0.2, so auto reproduces the
-release's preset exactly there; no measurement supports weakening jitter further.
+= 150k, + 1M = 1.05M); replication does not add images. Starting from the family's baseline preset,
+the RandomResizedCrop minimum area is piecewise-linear in log(size) through Figure 4's optima (25k,
+0.02), (50k, 0.08), (150k, 0.20), (1.05M, 0.30), clamped outside; colour jitter (strength = multiplier
+of the baseline preset's (b, c, s, h); probability) goes, linearly in log(size), from the baseline
+preset at <= 50k to the family's AdaInf preset at >= 150k (both end points read from the presets;
+where the two presets' jitter values are equal, as for the asymmetric family, only the probability
+moves). At 150k, where Figure 4's crop optimum equals the AdaInf presets' 0.2, auto reproduces the
+AdaInf preset exactly; no measurement supports weakening jitter further.
 
 Explicit settings always win: a per-source weight the user gave, and any augmentation knob in
 ``explicit``; the reasons name each override and what the policy would have picked.
@@ -36,27 +46,31 @@ Explicit settings always win: a per-source weight the user gave, and any augment
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .augment import PRESETS, family_presets, jitter_strength
+
 MODES = ("none", "vanilla", "adainf", "auto")
-FAMILIES = ("symmetric", "asymmetric")
-METHOD_FAMILY = {"simclr": "symmetric", "moco": "symmetric", "mocov2plus": "symmetric", "byol": "asymmetric",
-                 "barlow": "asymmetric", "barlow_twins": "asymmetric"}
-PRESET_PREFIX = {"symmetric": "simclr", "asymmetric": "byol"}
-# The knobs the policy sets, as in the paper notes' preset table (jitter strength is a multiplier).
-PRESET_KNOBS = {
-    "simclr": {"crop_min_scale": 0.08, "jitter_strength": 1.0, "jitter_p": 0.8},
-    "simclr-adainf": {"crop_min_scale": 0.2, "jitter_strength": 0.5, "jitter_p": 0.4},
-    "byol": {"crop_min_scale": 0.08, "jitter_strength": 1.0, "jitter_p": 0.8},
-    "byol-adainf": {"crop_min_scale": 0.2, "jitter_strength": 1.0, "jitter_p": 0.4},
-}
+DEFAULT_MODE = "adainf"
+# PKU-ML/adainf README, "Pretrain SimCLR with Adaptive Inflation": data.dup=10 (main_pretrain.py concatenates
+# the real set dup times and the generated set once)
 ADAINF_REAL_WEIGHT = 10.0
 FID_REF, WEIGHT_MIN, WEIGHT_MAX = 2.0, 10.0, 50.0
-CROP_ANCHORS = ((25_000, 0.02), (50_000, 0.08), (150_000, 0.20), (1_050_000, 0.30))
-JITTER_SIZES = (50_000, 150_000)  # default at or below the first, AdaInf preset at or above the second
+CROP_ANCHORS = ((25_000, 0.02), (50_000, 0.08), (150_000, 0.20), (1_050_000, 0.30))  # the paper's Figure 4
+JITTER_SIZES = (50_000, 150_000)  # baseline preset at or below the first, AdaInf preset at or above the second
+KNOBS = ("crop_min_scale", "jitter_strength", "jitter_p")  # what the policy sets on top of a preset
+
+
+def preset_knobs(preset: str, family: str) -> dict[str, float]:
+    """The policy's knobs of a preset, read from ``loaders.augment.PRESETS``: RandomResizedCrop minimum area,
+    jitter strength as a multiple of the family's baseline preset, jitter probability."""
+    views = PRESETS[preset]
+    return {"crop_min_scale": views[0].crop_scale[0],
+            "jitter_strength": jitter_strength(views, PRESETS[family_presets(family)[0]]),
+            "jitter_p": views[0].jitter_p}
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,8 @@ class InflationDecision:
     aug_overrides: dict[str, Any]  # preset(aug_preset, **aug_overrides) is the augmentation to use
     reasons: tuple[str, ...]
     effective_size: int  # distinct images in sources of positive weight
+    # the run's crop_min_scale, jitter_strength (x the family's baseline preset) and jitter_p, overrides included
+    knobs: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -98,6 +114,7 @@ class InflationDecision:
             "weights": dict(zip(self.sources, self.weights)),
             "aug_preset": self.aug_preset,
             "aug_overrides": dict(self.aug_overrides),
+            "knobs": dict(self.knobs),
             "effective_size": self.effective_size,
             "reasons": list(self.reasons),
         }
@@ -109,15 +126,13 @@ class InflationDecision:
         lines = [f"inflation {self.mode} ({self.family} augmentation family)",
                  f"  weights: {weights}",
                  f"  effective size: {self.effective_size:,} distinct images",
-                 f"  augmentation: {self.aug_preset}{knobs}", "  why:"]
+                 f"  augmentation: {self.aug_preset}{knobs}"]
+        if self.knobs:
+            lines.append(f"  knobs: crop_min_scale {self.knobs['crop_min_scale']:g}, jitter_strength "
+                         f"{self.knobs['jitter_strength']:g} (x the {self.family} baseline preset), "
+                         f"jitter_p {self.knobs['jitter_p']:g}")
+        lines.append("  why:")
         return "\n".join(lines + [f"    - {r}" for r in self.reasons])
-
-
-def family_of(method: str) -> str:
-    """Augmentation family of a method name (simclr/moco symmetric, byol/barlow asymmetric)."""
-    if method not in METHOD_FAMILY:
-        raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHOD_FAMILY)}")
-    return METHOD_FAMILY[method]
 
 
 def real_weight_for_fid(fid: float) -> float:
@@ -136,8 +151,8 @@ def crop_min_scale_for_size(size: int) -> float:
 
 
 def jitter_for_size(size: int, family: str) -> tuple[float, float]:
-    """(strength, probability) from the default at <= 50k to the family's AdaInf preset at >= 150k."""
-    lo, hi = PRESET_KNOBS[PRESET_PREFIX[family]], PRESET_KNOBS[PRESET_PREFIX[family] + "-adainf"]
+    """(strength, probability) from the family's baseline preset at <= 50k to its AdaInf preset at >= 150k."""
+    lo, hi = (preset_knobs(p, family) for p in family_presets(family))
     return tuple(_interp_log(size, JITTER_SIZES, [lo[k], hi[k]]) for k in ("jitter_strength", "jitter_p"))
 
 
@@ -163,29 +178,36 @@ def _auto_real_weight(generated: list[SourceInfo], reasons: list[str]) -> float:
     return w
 
 
-def decide(sources: Sequence[SourceInfo], mode: str, family: str = "symmetric",
+def decide(sources: Sequence[SourceInfo], mode: str = DEFAULT_MODE, *, family: str,
            explicit: Mapping[str, Any] | None = None) -> InflationDecision:
-    """Weights and augmentation for ``sources`` under ``mode``; explicit weights and knobs win."""
+    """Weights and augmentation for ``sources`` under ``mode`` for an augmentation ``family``
+    (a ``loaders.augment.FAMILIES`` name); explicit weights and knobs win."""
     if mode not in MODES:
         raise ValueError(f"unknown inflation mode {mode!r}: expected one of {', '.join(MODES)}")
-    if family not in FAMILIES:
-        raise ValueError(f"unknown augmentation family {family!r}: expected one of {', '.join(FAMILIES)}")
+    baseline, adainf = family_presets(family)
     if not sources:
         raise ValueError("the mixture has no sources: give at least one shard set")
     if mode != "vanilla" and not any(s.kind == "real" for s in sources):
         raise ValueError(f"--inflation {mode} needs a real source, but every source is generated: "
                          "add the real shard set or use --inflation vanilla")
     reasons: list[str] = []
-    policy = {"none": {"real": 1.0, "generated": 0.0}, "vanilla": {"real": 1.0, "generated": 1.0},
-              "adainf": {"real": ADAINF_REAL_WEIGHT, "generated": 1.0}}.get(mode)
+    generated = [s for s in sources if s.kind == "generated" and s.weight != 0 and s.count > 0]
+    preset = baseline
     if mode == "none":
-        reasons.append("real data only: generated weights 0")
+        policy = {"real": 1.0, "generated": 0.0}
+        reasons.append(f"no inflation (the release's baseline): real data only, generated weights 0, preset {baseline}")
     elif mode == "vanilla":
-        reasons.append("vanilla inflation: every source weight 1")
+        policy = {"real": 1.0, "generated": 1.0}
+        reasons.append(f"vanilla inflation (the release's data.dup=1): every source weight 1, preset {baseline}")
+    elif mode == "adainf" and generated:
+        policy, preset = {"real": ADAINF_REAL_WEIGHT, "generated": 1.0}, adainf
+        reasons.append(f"AdaInf, the release's recipe: real weight {ADAINF_REAL_WEIGHT:g} (data.dup=10), generated "
+                       f"weight 1, preset {adainf}")
     elif mode == "adainf":
-        reasons.append(f"the release's recipe: real weight {ADAINF_REAL_WEIGHT:g}, generated weight 1")
+        policy = {"real": 1.0, "generated": 1.0}
+        reasons.append(f"AdaInf with no generated source of positive weight: nothing to inflate, so the release's "
+                       f"no-inflation recipe: every weight 1, preset {baseline}")
     else:
-        generated = [s for s in sources if s.kind == "generated" and s.weight != 0]
         policy = {"real": _auto_real_weight(generated, reasons), "generated": 1.0}
     weights = []
     for s in sources:
@@ -198,30 +220,33 @@ def decide(sources: Sequence[SourceInfo], mode: str, family: str = "symmetric",
         raise ValueError("every source has weight 0: give at least one source a positive weight")
     size = sum(s.count for s, w in zip(sources, weights) if w > 0)
 
-    preset = PRESET_PREFIX[family] + ("-adainf" if mode == "adainf" else "")
     chosen: dict[str, Any] = {}
     if mode == "auto":
         chosen["crop_min_scale"] = crop_min_scale_for_size(size)
         strength, p = jitter_for_size(size, family)
-        if family == "symmetric":
+        if preset_knobs(adainf, family)["jitter_strength"] != 1.0:
             chosen["jitter_strength"] = strength
         chosen["jitter_p"] = p
         knobs = ", ".join(f"{k} {v:g}" for k, v in chosen.items())
-        reasons.append(f"{knobs}: effective size {size:,} distinct images (real + generated); crop "
-                       "interpolates Figure 4's optima (25k 0.02, 50k 0.08, 150k 0.2, 1.05M 0.3) in "
-                       "log(size), jitter goes from the default at 50k to the AdaInf preset at 150k")
-    else:
-        reasons.append(f"augmentation preset {preset}")
+        reasons.append(f"auto (this project's extrapolation, not the paper's): preset {baseline} with {knobs}: "
+                       f"effective size {size:,} distinct images (real + generated); crop interpolates Figure 4's "
+                       "optima (25k 0.02, 50k 0.08, 150k 0.2, 1.05M 0.3) in log(size), jitter goes from "
+                       f"{baseline} at 50k to {adainf} at 150k")
+    policy_knobs = {**preset_knobs(preset, family), "jitter_strength": 1.0, **chosen}  # in override units
     for key, value in (explicit or {}).items():
         if value is None:
             continue
-        would = chosen.get(key, PRESET_KNOBS[preset].get(key))
+        would = policy_knobs.get(key)
         reasons.append(f"{key} {value} given explicitly" + ("" if would is None else
                        f" (policy {mode} would use {would:g})"))
         chosen[key] = value
+    knobs = preset_knobs(preset, family)
+    knobs["crop_min_scale"] = chosen.get("crop_min_scale", knobs["crop_min_scale"])
+    knobs["jitter_p"] = chosen.get("jitter_p", knobs["jitter_p"])
+    knobs["jitter_strength"] = round(knobs["jitter_strength"] * chosen.get("jitter_strength", 1.0), 9)
     return InflationDecision(mode=mode, family=family, sources=tuple(s.name for s in sources),
                              weights=tuple(weights), aug_preset=preset, aug_overrides=chosen,
-                             reasons=tuple(reasons), effective_size=size)
+                             reasons=tuple(reasons), effective_size=size, knobs=knobs)
 
 
 def sources_from_mixture(mixture: Any) -> list[SourceInfo]:

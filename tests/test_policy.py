@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from loaders.policy import (CROP_ANCHORS, InflationDecision, SourceInfo, crop_min_scale_for_size, decide,
-                            family_of, jitter_for_size, real_weight_for_fid, sources_from_mixture)
+from loaders.policy import (CROP_ANCHORS, DEFAULT_MODE, InflationDecision, SourceInfo, crop_min_scale_for_size,
+                            decide, jitter_for_size, preset_knobs, real_weight_for_fid, sources_from_mixture)
 
 
 def cifar(count=50_000, weight=None):
@@ -20,42 +20,66 @@ def gen(count=1_000_000, fid=1.96, name="edm", weight=None):
 # ---- modes ------------------------------------------------------------------------------------------
 
 def test_none_keeps_real_only():
-    d = decide([cifar(), gen()], "none")
+    d = decide([cifar(), gen()], "none", family="symmetric")
     assert d.weights == (1.0, 0.0)
-    assert d.aug_preset == "simclr" and d.aug_overrides == {}
+    assert d.aug_preset == "symmetric" and d.aug_overrides == {}
     assert d.effective_size == 50_000
 
 
 def test_vanilla_weights_everything_once():
     d = decide([cifar(), gen()], "vanilla", family="asymmetric")
     assert d.weights == (1.0, 1.0)
-    assert d.aug_preset == "byol" and d.aug_overrides == {}
+    assert d.aug_preset == "asymmetric" and d.aug_overrides == {}
     assert d.effective_size == 1_050_000
 
 
 def test_vanilla_allows_generated_only():
-    assert decide([gen()], "vanilla").weights == (1.0,)
+    assert decide([gen()], "vanilla", family="symmetric").weights == (1.0,)
 
 
-@pytest.mark.parametrize("family,preset", [("symmetric", "simclr-adainf"), ("asymmetric", "byol-adainf")])
-def test_adainf_is_the_release_recipe(family, preset):
-    d = decide([cifar(), gen()], "adainf", family=family)
+@pytest.mark.parametrize("family,preset", [("symmetric", "symmetric_adainf"), ("symmetric_weak", "symmetric_adainf"),
+                                           ("asymmetric", "asymmetric_adainf")])
+def test_adainf_is_the_release_recipe_and_the_default(family, preset):
+    d = decide([cifar(), gen()], family=family)
+    assert DEFAULT_MODE == "adainf" and d.mode == "adainf"
     assert d.weights == (10.0, 1.0)
     assert d.aug_preset == preset and d.aug_overrides == {}
+    assert d.knobs == preset_knobs(preset, family)
+
+
+@pytest.mark.parametrize("family", ["symmetric", "symmetric_weak", "asymmetric"])
+def test_adainf_without_generated_data_is_the_no_inflation_recipe(family):
+    for sources in ([cifar()], [cifar(), gen(weight=0)], [cifar(weight=3), gen(count=0)]):
+        d = decide(sources, "adainf", family=family)
+        assert d.aug_preset == family and d.weights[0] == (3.0 if sources[0].weight else 1.0)
+        assert any("no generated source of positive weight" in r and "no-inflation recipe" in r for r in d.reasons)
+
+
+def test_none_and_vanilla_use_the_family_baseline():
+    assert decide([cifar(), gen()], "none", family="symmetric_weak").aug_preset == "symmetric_weak"
+    assert decide([cifar(), gen()], "vanilla", family="symmetric_weak").aug_preset == "symmetric_weak"
+
+
+def test_preset_knobs_are_read_from_the_presets():
+    assert preset_knobs("symmetric_adainf", "symmetric") == {"crop_min_scale": 0.2, "jitter_strength": 0.5,
+                                                             "jitter_p": 0.4}
+    assert preset_knobs("symmetric_adainf", "symmetric_weak")["jitter_strength"] == 1.0
+    assert preset_knobs("asymmetric_adainf", "asymmetric") == {"crop_min_scale": 0.2, "jitter_strength": 1.0,
+                                                               "jitter_p": 0.4}
 
 
 def test_auto_on_cifar10_plus_1m_edm():
-    d = decide([cifar(), gen()], "auto")
+    d = decide([cifar(), gen()], "auto", family="symmetric")
     assert d.weights == (10.0, 1.0)
     assert d.effective_size == 1_050_000
-    assert d.aug_preset == "simclr"
+    assert d.aug_preset == "symmetric"
     assert d.aug_overrides == {"crop_min_scale": 0.3, "jitter_strength": 0.5, "jitter_p": 0.4}
     assert any("'edm' has FID 1.96" in r and r.startswith("real weight 10") for r in d.reasons)
     assert any("effective size 1,050,000" in r for r in d.reasons)
 
 
 def test_auto_on_equal_halves_is_between_anchors():
-    d = decide([cifar(), gen(count=50_000)], "auto")
+    d = decide([cifar(), gen(count=50_000)], "auto", family="symmetric")
     assert d.effective_size == 100_000
     assert 0.08 < d.aug_overrides["crop_min_scale"] < 0.2
     assert 0.5 < d.aug_overrides["jitter_strength"] < 1.0
@@ -63,7 +87,7 @@ def test_auto_on_equal_halves_is_between_anchors():
 
 
 def test_auto_on_data_scarce_cifar_raises_real_weight():
-    d = decide([cifar(count=5_000), gen(count=500_000, fid=18.27, name="subset5k")], "auto")
+    d = decide([cifar(count=5_000), gen(count=500_000, fid=18.27, name="subset5k")], "auto", family="symmetric")
     assert d.weights == (30.0, 1.0)  # 10*sqrt(18.27/2) = 30.2, rounded
     assert d.effective_size == 505_000
     assert 0.2 < d.aug_overrides["crop_min_scale"] < 0.3
@@ -71,17 +95,17 @@ def test_auto_on_data_scarce_cifar_raises_real_weight():
 
 def test_auto_asymmetric_leaves_jitter_strength_alone():
     d = decide([cifar(), gen()], "auto", family="asymmetric")
-    assert d.aug_preset == "byol"
+    assert d.aug_preset == "asymmetric"
     assert d.aug_overrides == {"crop_min_scale": 0.3, "jitter_p": 0.4}
 
 
 def test_auto_at_150k_reproduces_the_adainf_preset():
-    d = decide([cifar(), gen(count=100_000)], "auto")
+    d = decide([cifar(), gen(count=100_000)], "auto", family="symmetric")
     assert d.aug_overrides == {"crop_min_scale": 0.2, "jitter_strength": 0.5, "jitter_p": 0.4}
 
 
 def test_auto_without_generated_does_not_reweight():
-    d = decide([cifar()], "auto")
+    d = decide([cifar()], "auto", family="symmetric")
     assert d.weights == (1.0,)
     assert d.aug_overrides["crop_min_scale"] == 0.08
     assert d.aug_overrides["jitter_strength"] == 1.0 and d.aug_overrides["jitter_p"] == 0.8
@@ -89,20 +113,20 @@ def test_auto_without_generated_does_not_reweight():
 
 
 def test_auto_without_fid_falls_back_to_10_and_says_so():
-    d = decide([cifar(), gen(fid=None)], "auto")
+    d = decide([cifar(), gen(fid=None)], "auto", family="symmetric")
     assert d.weights == (10.0, 1.0)
     assert any("no FID in the manifest of 'edm'" in r and "falling back" in r for r in d.reasons)
 
 
 def test_auto_uses_count_weighted_fid_and_names_missing_fid():
     sources = [cifar(), gen(count=100_000, fid=18.27, name="bad"), gen(count=100_000, fid=None, name="nofid")]
-    d = decide(sources, "auto")
+    d = decide(sources, "auto", family="symmetric")
     assert d.weights[0] == real_weight_for_fid((18.27 + 2.0) / 2)
     assert any("count-weighted mean FID" in r and "'nofid'" in r for r in d.reasons)
 
 
 def test_auto_ignores_generated_sources_switched_off():
-    d = decide([cifar(), gen(fid=40.0, weight=0)], "auto")
+    d = decide([cifar(), gen(fid=40.0, weight=0)], "auto", family="symmetric")
     assert d.weights == (1.0, 0.0)
     assert d.effective_size == 50_000
 
@@ -141,7 +165,7 @@ def test_weight_monotone_in_fid_and_bounded():
 
 
 def test_decide_weight_monotone_in_fid():
-    weights = [decide([cifar(), gen(fid=f)], "auto").weights[0] for f in np.linspace(0, 100, 201)]
+    weights = [decide([cifar(), gen(fid=f)], "auto", family="symmetric").weights[0] for f in np.linspace(0, 100, 201)]
     assert np.all(np.diff(weights) >= 0) and weights[-1] > weights[0]
 
 
@@ -149,32 +173,33 @@ def test_decide_weight_monotone_in_fid():
 
 def test_explicit_weights_win_in_every_mode():
     for mode in ("none", "vanilla", "adainf", "auto"):
-        d = decide([cifar(weight=3), gen(weight=2)], mode)
+        d = decide([cifar(weight=3), gen(weight=2)], mode, family="symmetric")
         assert d.weights == (3.0, 2.0)
-    d = decide([cifar(weight=3), gen()], "adainf")
+    d = decide([cifar(weight=3), gen()], "adainf", family="symmetric")
     assert d.weights == (3.0, 1.0)
     assert any("weight 3 for 'cifar10' given explicitly (policy adainf would use 10)" in r for r in d.reasons)
 
 
 def test_explicit_weight_equal_to_policy_is_not_called_an_override():
-    d = decide([cifar(weight=10), gen()], "adainf")
+    d = decide([cifar(weight=10), gen()], "adainf", family="symmetric")
     assert not any("explicitly" in r for r in d.reasons)
 
 
 def test_explicit_augmentation_knobs_win_and_are_named():
-    d = decide([cifar(), gen()], "auto", explicit={"crop_min_scale": 0.5, "jitter_p": None, "blur_p": 0.0})
+    d = decide([cifar(), gen()], "auto", explicit={"crop_min_scale": 0.5, "jitter_p": None, "blur_p": 0.0}, family="symmetric")
     assert d.aug_overrides == {"crop_min_scale": 0.5, "jitter_strength": 0.5, "jitter_p": 0.4, "blur_p": 0.0}
     assert any("crop_min_scale 0.5 given explicitly (policy auto would use 0.3)" in r for r in d.reasons)
     assert any("blur_p 0.0 given explicitly" == r for r in d.reasons)
-    d = decide([cifar(), gen()], "adainf", explicit={"jitter_strength": 1.0})
-    assert d.aug_preset == "simclr-adainf" and d.aug_overrides == {"jitter_strength": 1.0}
-    assert any("(policy adainf would use 0.5)" in r for r in d.reasons)
+    d = decide([cifar(), gen()], "adainf", explicit={"jitter_strength": 2.0}, family="symmetric")
+    assert d.aug_preset == "symmetric_adainf" and d.aug_overrides == {"jitter_strength": 2.0}
+    assert any("jitter_strength 2.0 given explicitly (policy adainf would use 1)" in r for r in d.reasons)
+    assert d.knobs == {"crop_min_scale": 0.2, "jitter_strength": 1.0, "jitter_p": 0.4}  # 2 x the preset's 0.5
 
 
 # ---- output ------------------------------------------------------------------------------------------
 
 def test_to_dict_is_json_and_describe_states_values_and_reasons():
-    d = decide([cifar(), gen()], "auto")
+    d = decide([cifar(), gen()], "auto", family="symmetric")
     assert isinstance(d, InflationDecision)
     data = json.loads(json.dumps(d.to_dict()))
     assert data["weights"] == {"cifar10": 10.0, "edm": 1.0}
@@ -192,32 +217,32 @@ def test_sources_from_mixture_reads_manifests():
     assert sources_from_mixture(mixture) == [SourceInfo("g", "generated", 7, 2.5, None)]
 
 
-def test_family_of_methods():
-    assert family_of("simclr") == family_of("moco") == "symmetric"
-    assert family_of("byol") == family_of("barlow") == "asymmetric"
-    with pytest.raises(ValueError, match="unknown method 'vicreg'"):
-        family_of("vicreg")
-
-
 def test_module_is_pure_python():
     import ast
     import loaders.policy as policy
     tree = ast.parse(open(policy.__file__).read())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= {"__future__", "math", "dataclasses", "typing", "numpy"}
+    assert imported <= {"__future__", "math", "dataclasses", "typing", "numpy", "augment"}  # .augment: the presets
+    from pathlib import Path
+
+    from loaders import augment
+    tree = ast.parse(Path(augment.__file__).read_text())
+    top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert top <= {"__future__", "dataclasses", "numpy"}  # DALI only inside the graph functions
 
 
 # ---- errors ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call,message", [
-    (lambda: decide([cifar()], "lots"), "unknown inflation mode 'lots'"),
+    (lambda: decide([cifar()], "lots", family="symmetric"), "unknown inflation mode 'lots'"),
     (lambda: decide([cifar()], "auto", family="weird"), "unknown augmentation family"),
-    (lambda: decide([], "auto"), "no sources"),
-    (lambda: decide([gen()], "none"), "needs a real source"),
-    (lambda: decide([gen()], "adainf"), "needs a real source"),
-    (lambda: decide([gen()], "auto"), "needs a real source"),
-    (lambda: decide([cifar(weight=0)], "vanilla"), "every source has weight 0"),
+    (lambda: decide([], "auto", family="symmetric"), "no sources"),
+    (lambda: decide([gen()], "none", family="symmetric"), "needs a real source"),
+    (lambda: decide([gen()], "adainf", family="symmetric"), "needs a real source"),
+    (lambda: decide([gen()], "auto", family="symmetric"), "needs a real source"),
+    (lambda: decide([cifar(weight=0)], "vanilla", family="symmetric"), "every source has weight 0"),
     (lambda: cifar(weight=-1), "weight -1 must be a finite number >= 0"),
     (lambda: gen(fid=float("nan")), "fid nan"),
     (lambda: SourceInfo("x", "fake", 1), "kind 'fake'"),

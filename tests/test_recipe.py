@@ -26,48 +26,59 @@ def dirs(tmp_path_factory):
     return {"real": _pack(t / "real", "real", "real", 20), "gen": _pack(t / "gen", "gen", "generated", 40, fid=8.0)}
 
 
-def test_no_policy_keeps_weights_and_family_preset(dirs):
-    r = resolve_recipe(parse_shards_args([dirs["real"], dirs["gen"]]), aug="default", method="byol", size=8)
+def test_baseline_aug_with_adainf_weights(dirs):
+    r = resolve_recipe(parse_shards_args([dirs["real"], dirs["gen"]]), family="asymmetric", aug="baseline", size=8)
     assert r.aug.size == 8
-    assert r.mixture.weights == [1.0, 1.0] and r.aug_name == "byol" and r.decision is None
+    assert r.mixture.weights == [10.0, 1.0] and r.aug_name == "asymmetric" and r.decision.mode == "adainf"
     assert r.aug.views[1].solarize_p == 0.2 and r.aug.views[0].solarize_p == 0.0
 
 
-def test_adainf_sets_unwritten_weights_and_weak_preset(dirs):
-    r = resolve_recipe(parse_shards_args([dirs["real"], dirs["gen"]]), inflation="adainf")
-    assert r.mixture.weights == [10.0, 1.0] and r.aug_name == "simclr-adainf"
+def test_default_is_adainf_and_written_weights_win(dirs):
+    r = resolve_recipe(parse_shards_args([dirs["real"], dirs["gen"]]), family="symmetric")
+    assert r.mixture.weights == [10.0, 1.0] and r.aug_name == "symmetric_adainf"
     assert r.aug.views[0].crop_scale[0] == 0.2 and r.aug.views[0].jitter_p == 0.4
+    assert resolve_recipe(parse_shards_args([dirs["real"], dirs["gen"]]), family="symmetric",
+                          inflation=None).aug_name == "symmetric_adainf"
     # a weight the user wrote wins over the policy, and the reasons say so
-    r = resolve_recipe(parse_shards_args([f"{dirs['real']}:3", dirs["gen"]]), inflation="adainf")
+    r = resolve_recipe(parse_shards_args([f"{dirs['real']}:3", dirs["gen"]]), family="symmetric")
     assert r.mixture.weights == [3.0, 1.0] and any("given explicitly" in x for x in r.decision.reasons)
 
 
 def test_auto_uses_fid_and_size_and_explicit_knobs_win(dirs):
-    r = resolve_recipe(parse_shards_args([dirs["real"], dirs["gen"]]), inflation="auto",
+    r = resolve_recipe(parse_shards_args([dirs["real"], dirs["gen"]]), family="symmetric", inflation="auto",
                        overrides={"jitter_p": 0.7, "crop_min_scale": None})
     assert r.mixture.weights == [20.0, 1.0]  # FID 8 → 10·sqrt(8/2) = 20
     assert r.aug.views[0].jitter_p == 0.7
     assert r.aug.views[0].crop_scale[0] == pytest.approx(0.02)  # 60 distinct images: below the smallest anchor
-    # --aug auto picks augmentation only; weights stay as given
-    r = resolve_recipe(parse_shards_args([f"{dirs['real']}:2", dirs["gen"]]), aug="auto")
-    assert r.mixture.weights == [2.0, 1.0] and r.decision is not None
 
 
-def test_explicit_preset_beats_policy_preset(dirs):
-    r = resolve_recipe(parse_shards_args([dirs["real"], dirs["gen"]]), inflation="adainf", aug="simclr")
-    assert r.mixture.weights == [10.0, 1.0] and r.aug_name == "simclr" and r.aug.views[0].crop_scale[0] == 0.08
+def test_explicit_preset_and_aliases_beat_policy_preset(dirs):
+    r = resolve_recipe(parse_shards_args([dirs["real"], dirs["gen"]]), family="symmetric", aug="symmetric")
+    assert r.mixture.weights == [10.0, 1.0] and r.aug_name == "symmetric" and r.aug.views[0].crop_scale[0] == 0.08
+    assert "chosen with --aug: symmetric" in r.describe()
+    old = resolve_recipe(parse_shards_args([dirs["real"], dirs["gen"]]), family="symmetric", aug="byol-adainf")
+    assert old.aug_name == "asymmetric_adainf" and old.aug == resolve_recipe(
+        parse_shards_args([dirs["real"], dirs["gen"]]), family="asymmetric").aug
     with pytest.raises(ValueError, match="--aug"):
-        resolve_recipe(parse_shards_args([dirs["real"]]), aug="strong")
+        resolve_recipe(parse_shards_args([dirs["real"]]), family="symmetric", aug="strong")
+    with pytest.raises(ValueError, match="unknown augmentation family 'byol'"):
+        resolve_recipe(parse_shards_args([dirs["real"]]), family="byol")
 
 
 def test_audit_shows_policy_choice(dirs):
     from loaders.__main__ import main
 
     res = CliRunner().invoke(main, ["audit", "--shards", dirs["real"], "--shards", dirs["gen"], "--inflation", "none",
-                                    "--batch-size", "4", "--json"])
+                                    "--batch-size", "4", "--json", "--family", "symmetric_weak"])
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     assert rep["recipe"]["inflation"]["weights"] == {"real": 1.0, "gen": 0.0}
+    assert rep["recipe"]["aug_preset"] == "symmetric_weak"
     assert rep["epochs"][0]["per_source"] == {"real": 20, "gen": 0}
+    # no flags: the release's AdaInf recipe
+    res = CliRunner().invoke(main, ["audit", "--shards", dirs["real"], "--shards", dirs["gen"], "--plan-only", "--json"])
+    rep = json.loads(res.stdout)
+    assert rep["recipe"]["inflation"]["weights"] == {"real": 10.0, "gen": 1.0}
+    assert rep["recipe"]["aug_preset"] == "symmetric_adainf" and rep["recipe"]["inflation"]["mode"] == "adainf"
     res = CliRunner().invoke(main, ["audit", "--shards", dirs["gen"], "--inflation", "adainf", "--plan-only"])
     assert res.exit_code != 0 and "needs a real source" in res.output and "Traceback" not in res.output
