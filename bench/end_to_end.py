@@ -44,9 +44,10 @@ class EndToEndConfig:
     channels_last: bool = True
     compile: bool = False
     num_threads: int = 2
-    inflation: str = "auto"
+    inflation: str = "adainf"
     aug: str = "auto"
     seed: int = 0
+    loader_device: str = "auto"
 
 
 def build(shards: list[str], cfg: EndToEndConfig):
@@ -56,7 +57,8 @@ def build(shards: list[str], cfg: EndToEndConfig):
 
     s = Settings(shards=tuple(shards), method=cfg.method, backbone=cfg.backbone, batch_size=cfg.batch_size,
                  device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
-                 num_threads=cfg.num_threads, inflation=cfg.inflation, aug=cfg.aug, seed=cfg.seed, progress=False)
+                 num_threads=cfg.num_threads, inflation=cfg.inflation, aug=cfg.aug, seed=cfg.seed, progress=False,
+                 loader_device=cfg.loader_device)
     rt = setup_runtime(s.device, s.precision)
     data = plan_data(s, rt.world_size, aug_family(s.method))
     loader = data.train_loader(s, rt)
@@ -181,7 +183,7 @@ def run(shards: list[str], cfg: EndToEndConfig) -> tuple[list[dict], dict]:
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the step, as train.py --compile.")
 @click.option("--num-threads", type=int, default=2, show_default=True, help="DALI CPU threads.")
-@click.option("--inflation", default="auto", show_default=True, help="As train.py --inflation.")
+@click.option("--inflation", default="adainf", show_default=True, help="As train.py --inflation.")
 @click.option("--aug", default="auto", show_default=True, help="As train.py --aug.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Few steps: minutes on a CPU.")

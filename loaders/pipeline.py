@@ -646,8 +646,9 @@ class TrainLoader:
             out += dali_param_arrays(view, sample_view_params(rng, view, h, w), h, w, self._relative)
         return out
 
-    def _param_layout(self) -> list[list[tuple[str, int, int, str]]]:
-        """Per view, (name, first column, width, dtype) of each parameter in the packed array."""
+    def _param_layout(self) -> list[list[tuple[str, int, int, str, bool]]]:
+        """Per view, (name, first column, width, dtype, per-sample vector?) of each parameter in the packed
+        array (a (B, 1) parameter stays a 1-element vector, a (B,) one becomes a scalar)."""
         arrays = iter(self.aug_params(0, 0, np.zeros(1, np.int64)))
         layout, col = [], 0
         for view in self.aug.views:
@@ -655,7 +656,7 @@ class TrainLoader:
             for name in dali_param_names(view):
                 a = next(arrays)
                 width = int(np.prod(a.shape[1:]))
-                entries.append((name, col, width, a.dtype.name))
+                entries.append((name, col, width, a.dtype.name, a.ndim > 1))
                 col += width
             layout.append(entries)
         self._num_params = col
@@ -680,8 +681,8 @@ class TrainLoader:
         views = []
         for view, entries in zip(self.aug.views, self._layout):
             nodes = {}
-            for name, col, width, dtype in entries:
-                node = packed[col] if width == 1 else packed[col:col + width]
+            for name, col, width, dtype, vector in entries:
+                node = packed[col:col + width] if vector else packed[col]
                 nodes[name] = fn.cast(node, dtype=casts[dtype]) if dtype in casts else node
             views.append(augment_view(images, view, nodes, device, layout, relative=self._relative))
         return views

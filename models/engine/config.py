@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from loaders.policy import MODES as INFLATION_MODES
+from loaders.policy import DEFAULT_MODE, MODES as INFLATION_MODES
 from loaders.recipe import AUG_CHOICES
 from models.backbone import BACKBONES
 from models.methods import METHODS
@@ -35,15 +35,21 @@ class Settings:
     eval_shards: tuple[str, ...] = _opt((), "Labelled test shard set(s) for kNN / linear-probe accuracy; repeat.")
     train_labels: tuple[str, ...] = _opt((), "Labelled real shard set(s) giving kNN / linear-probe training "
                                              "features (no augmentation). Default: the labelled real --shards.")
-    inflation: str = _opt("auto", "How to weight generated data (loaders.policy): none, vanilla, adainf or auto.",
+    inflation: str = _opt(DEFAULT_MODE, "How to weight generated data and weaken augmentation (loaders.policy): "
+                                        "adainf = the release's recipe (real x10, the method's AdaInf preset; "
+                                        "the no-inflation recipe when no generated set is given), none, vanilla, "
+                                        "or auto (this project's extrapolation beyond the paper).",
                           choices=INFLATION_MODES)
-    aug: str = _opt("auto", "Augmentation preset, 'default' / 'adainf' for the method's family, or 'auto' "
-                            "(the inflation policy's choice).", choices=AUG_CHOICES)
+    aug: str = _opt("auto", "Augmentation: 'auto' (the inflation policy's choice), 'baseline' / 'adainf' (the "
+                            "method's family presets) or a preset name.", choices=AUG_CHOICES)
     crop_min_scale: float | None = _opt(None, "RandomResizedCrop minimum area (overrides the policy/preset).")
     jitter_strength: float | None = _opt(None, "Colour-jitter strength multiplier (overrides the policy/preset).")
     jitter_p: float | None = _opt(None, "Colour-jitter probability (overrides the policy/preset).")
     image_size: int = _opt(32, "Side of the training crops and evaluation images (shard images are resized).")
     num_threads: int = _opt(2, "DALI CPU threads per process.")
+    loader_device: str = _opt("auto", "Where the DALI pipeline runs: gpu (mixed decoder, GPU ops), cpu (CPU "
+                                      "threads, batches copied to the GPU), auto (gpu when the model is on a GPU).",
+                              choices=("auto", "cpu", "gpu"))
     on_corrupt: str = _opt("error", "What the loaders do with an undecodable sample (training and evaluation).",
                            choices=("error", "skip"))
     # model and optimisation
@@ -170,7 +176,7 @@ DEMO_DEFAULTS = dict(method="simclr", batch_size=128, steps=300, warmup_steps=30
 # On a CPU a ResNet-18 cannot learn in minutes: the demo trains the small convnet backbone instead.
 DEMO_CPU_DEFAULTS = dict(backbone="convnet", batch_size=128, steps=500, warmup_steps=50, log_every=10, ckpt_every=100)
 # Settings that may differ from the checkpoint's when resuming (everything else must match).
-RESUME_MAY_CHANGE = ("steps", "epochs", "device", "num_threads", "compile", "eval_every", "log_every", "compare_random",
+RESUME_MAY_CHANGE = ("steps", "epochs", "device", "loader_device", "num_threads", "compile", "eval_every", "log_every", "compare_random",
                      "ckpt_every", "keep_every", "progress", "resume", "out", "eval_limit", "knn_train_limit",
                      "probe_epochs", "eval_batch_size", "on_corrupt", "allow_data_change")
 

@@ -49,17 +49,17 @@ class DataPlan:
     def train_loader(self, s, rt):
         from loaders.pipeline import TrainLoader
 
-        return TrainLoader(self.mixture, self.aug, s.batch_size // rt.world_size, seed=s.seed,
-                           device="cuda" if rt.is_cuda else "cpu", rank=rt.rank, world_size=rt.world_size,
-                           num_threads=s.num_threads, channels_last=rt.is_cuda and s.channels_last,
-                           drop_last=True, on_corrupt=s.on_corrupt)
+        return TrainLoader(self.mixture, self.aug, s.batch_size // rt.world_size, seed=s.seed, device=rt.device,
+                           rank=rt.rank, world_size=rt.world_size, num_threads=s.num_threads,
+                           channels_last=rt.is_cuda and s.channels_last, drop_last=True, on_corrupt=s.on_corrupt,
+                           loader_device=s.loader_device)
 
     def eval_loader(self, dirs, s, rt, limit: int):
         from loaders.pipeline import EvalLoader
 
         # a fixed random subset when capped: test sets are often packed in class order
-        return EvalLoader(list(dirs), s.eval_batch_size, "cuda" if rt.is_cuda else "cpu", size=s.image_size,
-                          num_threads=s.num_threads, limit=limit, on_corrupt=s.on_corrupt)
+        return EvalLoader(list(dirs), s.eval_batch_size, rt.device, size=s.image_size, num_threads=s.num_threads,
+                          limit=limit, on_corrupt=s.on_corrupt, loader_device=s.loader_device)
 
 
 def manifest_digest(m: Manifest) -> str:
@@ -70,8 +70,9 @@ def manifest_digest(m: Manifest) -> str:
     return h.hexdigest()[:16]
 
 
-def plan_data(s, world_size: int = 1, aug_family: str | None = None) -> DataPlan:
-    """Resolve and check the run's data (ShardError / ConfigError, one line, before any work starts)."""
+def plan_data(s, world_size: int, aug_family: str) -> DataPlan:
+    """Resolve and check the run's data (ShardError / ConfigError, one line, before any work starts);
+    ``aug_family``: the method's augmentation family (its no-inflation and AdaInf presets)."""
     if not s.shards:
         raise ConfigError("no training data: give --shards DIR[:WEIGHT] (repeatable) or --demo")
     mixture = parse_shards_args(list(s.shards))
@@ -85,7 +86,7 @@ def plan_data(s, world_size: int = 1, aug_family: str | None = None) -> DataPlan
         raise ConfigError("evaluation needs labelled training features: give --train-labels DIR "
                           "(a labelled real shard set)")
     try:
-        recipe = resolve_recipe(mixture, aug=s.aug, inflation=s.inflation, method=s.method,
+        recipe = resolve_recipe(mixture, family=aug_family, aug=s.aug, inflation=s.inflation,
                                 overrides={k: getattr(s, k) for k in AUG_KNOBS}, size=s.image_size)
     except ValueError as e:  # a mixture the policy cannot serve, a knob out of range: one line
         raise ConfigError(str(e)) from None
