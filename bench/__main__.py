@@ -95,11 +95,11 @@ def all_cmd(quick, shards, out_dir, device, only, skip, fail_fast):
     if unknown:
         raise click.BadParameter(f"{', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}", param_hint="--only/--skip")
     from bench.common import resolve_shards
-    from shards.manifest import ShardError
+    from shards.errors import UserError
 
     try:  # one data set for every benchmark: the user's, or the demo mixture built once
         shards = resolve_shards(shards)
-    except ShardError as e:
+    except UserError as e:
         raise click.ClickException(str(e)) from None
     given = {"quick": quick, "shards": shards, "out_dir": out_dir, "device": device}
     failed = []

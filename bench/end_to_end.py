@@ -203,13 +203,13 @@ def main(shards, method, backbone, batch_size, steps, warmup, device, precision,
                          steps=steps, warmup=warmup, device=device.split(":")[0], precision=precision,
                          channels_last=channels_last, compile=compile_, num_threads=num_threads,
                          inflation=inflation, aug=aug, seed=seed)
-    from shards.manifest import ShardError
+    from shards.errors import UserError
 
     try:
         shards = resolve_shards(shards)
         with contextlib.redirect_stdout(sys.stderr):  # train.py's log lines stay off the table
             rows, resolved = run(shards, cfg)
-    except (ShardError, ValueError) as e:
+    except UserError as e:
         raise click.ClickException(str(e)) from None
     print_table(rows, ["backend", "device", "precision", "batch_size", "samples_per_s", "steps_per_s",
                        "data_wait_fraction", "ratio_to_ceiling", "peak_rss_mb"])

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from shards.manifest import ShardError
+from shards.errors import UserError
 
 from .audit import format_report, run_audit
 from .mixture import parse_shards_args
@@ -74,7 +74,7 @@ def audit(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitte
                                    device=device, num_threads=threads, drop_last=drop_last, on_corrupt=on_corrupt,
                                    progress=bar.update)
             report["recipe"] = recipe.to_dict()
-    except (ShardError, ValueError) as e:
+    except UserError as e:
         raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(report))
@@ -98,7 +98,7 @@ def preview(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
     try:
         recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
         info = draw(recipe, out, n=n, seed=seed, scale=scale, num_threads=threads)
-    except (ShardError, ValueError) as e:
+    except UserError as e:
         raise click.ClickException(str(e)) from None
     rows = ", ".join(f"{k} {v}" for k, v in info["rows"].items())
     click.echo(f"wrote {info['path']} ({info['size'][0]}x{info['size'][1]} px; samples: {rows}; "

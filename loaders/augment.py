@@ -63,6 +63,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+from shards.errors import ConfigError
 
 # The release's normalisation for CIFAR-10: MEANS_N_STD["cifar10"] in build_transform_pipeline,
 # solo-learn/solo/data/pretrain_dataloader.py (PKU-ML/adainf).
@@ -105,20 +106,20 @@ class ViewAug:
         for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"augmentation {name}={v}: a probability must lie in [0, 1]")
+                raise ConfigError(f"augmentation {name}={v}: a probability must lie in [0, 1]")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"augmentation crop_scale={self.crop_scale}: need 0 < min <= max <= 1")
+            raise ConfigError(f"augmentation crop_scale={self.crop_scale}: need 0 < min <= max <= 1")
         if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ValueError(f"augmentation crop_ratio={self.crop_ratio}: need 0 < min <= max")
+            raise ConfigError(f"augmentation crop_ratio={self.crop_ratio}: need 0 < min <= max")
         if self.size < 1:
-            raise ValueError(f"augmentation size={self.size}: must be >= 1")
+            raise ConfigError(f"augmentation size={self.size}: must be >= 1")
         if min(self.brightness, self.contrast, self.saturation) < 0 or not 0 <= self.hue <= 0.5:
-            raise ValueError("augmentation jitter: brightness/contrast/saturation >= 0 and 0 <= hue <= 0.5")
+            raise ConfigError("augmentation jitter: brightness/contrast/saturation >= 0 and 0 <= hue <= 0.5")
         if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ValueError(f"augmentation blur_sigma={self.blur_sigma}: need 0 < min <= max")
+            raise ConfigError(f"augmentation blur_sigma={self.blur_sigma}: need 0 < min <= max")
         if not 0 <= self.solarize_threshold <= 256:
-            raise ValueError(f"augmentation solarize_threshold={self.solarize_threshold}: need 0..256")
+            raise ConfigError(f"augmentation solarize_threshold={self.solarize_threshold}: need 0..256")
 
     @property
     def jitter_ops(self) -> tuple[str, ...]:
@@ -197,7 +198,7 @@ _SHORTCUTS = ("crop_min_scale", "jitter_strength")
 def family_presets(family: str) -> tuple[str, str]:
     """``(baseline preset, AdaInf preset)`` of an augmentation family; ValueError (one line) if unknown."""
     if family not in FAMILIES:
-        raise ValueError(f"unknown augmentation family {family!r}: expected one of {', '.join(FAMILY_NAMES)}")
+        raise ConfigError(f"unknown augmentation family {family!r}: expected one of {', '.join(FAMILY_NAMES)}")
     return FAMILIES[family]
 
 
@@ -205,7 +206,7 @@ def canonical_preset(name: str) -> str:
     """The release name of a preset (resolving this project's old aliases); ValueError if unknown."""
     name = PRESET_ALIASES.get(name, name)
     if name not in PRESETS:
-        raise ValueError(f"augmentation preset {name!r}: choose one of {', '.join(PRESET_NAMES)} "
+        raise ConfigError(f"augmentation preset {name!r}: choose one of {', '.join(PRESET_NAMES)} "
                          f"(or the aliases {', '.join(PRESET_ALIASES)})")
     return name
 
@@ -222,14 +223,14 @@ def preset(name: str, **overrides) -> AugConfig:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     num_views = int(overrides.pop("num_views", len(base_views)))
     if num_views < 1:
-        raise ValueError(f"num_views={num_views}: need at least one view")
+        raise ConfigError(f"num_views={num_views}: need at least one view")
     base = [{f: getattr(base_views[min(i, len(base_views) - 1)], f) for f in _FIELDS} for i in range(num_views)]
     per_view: dict[int, dict] = {}
     for key, value in overrides.items():
         if key.startswith("view") and "_" in key and key[4:key.index("_")].isdigit():
             i, field = int(key[4:key.index("_")]) - 1, key[key.index("_") + 1:]
             if not 0 <= i < num_views:
-                raise ValueError(f"augmentation override {key}: there are only {num_views} views")
+                raise ConfigError(f"augmentation override {key}: there are only {num_views} views")
             per_view.setdefault(i, {})[field] = value
         else:
             for i in range(num_views):
@@ -239,7 +240,7 @@ def preset(name: str, **overrides) -> AugConfig:
         ov = per_view.get(i, {})
         unknown = set(ov) - _FIELDS - set(_SHORTCUTS)
         if unknown:
-            raise ValueError(f"augmentation override {sorted(unknown)[0]!r} is unknown; known: "
+            raise ConfigError(f"augmentation override {sorted(unknown)[0]!r} is unknown; known: "
                              f"{', '.join(sorted(_FIELDS | set(_SHORTCUTS)))}")
         if "jitter_strength" in ov:
             s = float(ov["jitter_strength"])
@@ -260,7 +261,7 @@ def jitter_strength(views, reference) -> float:
               if getattr(r, k) > 0}
     zeros_match = all((getattr(v, k) > 0) == (getattr(r, k) > 0) for v, r in zip(views, reference) for k in JITTER_OPS)
     if len(ratios) != 1 or not zeros_match:
-        raise ValueError("the two recipes' colour jitters are not proportional")
+        raise ConfigError("the two recipes' colour jitters are not proportional")
     return ratios.pop()
 
 

@@ -51,6 +51,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from shards.errors import ConfigError
+
 from .augment import PRESETS, family_presets, jitter_strength
 
 MODES = ("none", "vanilla", "adainf", "auto")
@@ -85,13 +87,13 @@ class SourceInfo:
 
     def __post_init__(self):
         if self.kind not in ("real", "generated"):
-            raise ValueError(f"source {self.name!r}: kind {self.kind!r} is not 'real' or 'generated'")
+            raise ConfigError(f"source {self.name!r}: kind {self.kind!r} is not 'real' or 'generated'")
         if self.count < 0:
-            raise ValueError(f"source {self.name!r}: count {self.count} is negative")
+            raise ConfigError(f"source {self.name!r}: count {self.count} is negative")
         if self.fid is not None and not (math.isfinite(self.fid) and self.fid >= 0):
-            raise ValueError(f"source {self.name!r}: fid {self.fid} must be a finite number >= 0")
+            raise ConfigError(f"source {self.name!r}: fid {self.fid} must be a finite number >= 0")
         if self.weight is not None and not (math.isfinite(self.weight) and self.weight >= 0):
-            raise ValueError(f"source {self.name!r}: weight {self.weight} must be a finite number >= 0")
+            raise ConfigError(f"source {self.name!r}: weight {self.weight} must be a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -183,12 +185,12 @@ def decide(sources: Sequence[SourceInfo], mode: str = DEFAULT_MODE, *, family: s
     """Weights and augmentation for ``sources`` under ``mode`` for an augmentation ``family``
     (a ``loaders.augment.FAMILIES`` name); explicit weights and knobs win."""
     if mode not in MODES:
-        raise ValueError(f"unknown inflation mode {mode!r}: expected one of {', '.join(MODES)}")
+        raise ConfigError(f"unknown inflation mode {mode!r}: expected one of {', '.join(MODES)}")
     baseline, adainf = family_presets(family)
     if not sources:
-        raise ValueError("the mixture has no sources: give at least one shard set")
+        raise ConfigError("the mixture has no sources: give at least one shard set")
     if mode != "vanilla" and not any(s.kind == "real" for s in sources):
-        raise ValueError(f"--inflation {mode} needs a real source, but every source is generated: "
+        raise ConfigError(f"--inflation {mode} needs a real source, but every source is generated: "
                          "add the real shard set or use --inflation vanilla")
     reasons: list[str] = []
     generated = [s for s in sources if s.kind == "generated" and s.weight != 0 and s.count > 0]
@@ -217,7 +219,7 @@ def decide(sources: Sequence[SourceInfo], mode: str = DEFAULT_MODE, *, family: s
                            f"(policy {mode} would use {w:g})")
         weights.append(float(w if s.weight is None else s.weight))
     if not any(weights):
-        raise ValueError("every source has weight 0: give at least one source a positive weight")
+        raise ConfigError("every source has weight 0: give at least one source a positive weight")
     size = sum(s.count for s, w in zip(sources, weights) if w > 0)
 
     chosen: dict[str, Any] = {}

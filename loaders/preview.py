@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shards.errors import ConfigError
+
 from .augment import AugConfig, ViewAug
 from .mixture import Mixture
 
@@ -77,7 +79,7 @@ def render_grid(groups: list[tuple[str, list[np.ndarray]]], title_lines: list[st
 
     groups = [(h, arrays) for h, arrays in groups if arrays]
     if not groups:
-        raise ValueError("nothing to draw: the mixture has no sample")
+        raise ConfigError("nothing to draw: the mixture has no sample")
     cell = groups[0][1][0].shape[1] * scale
     rows = max(len(arrays[0]) for _, arrays in groups)
     font, small = _font(14), _font(12)
@@ -120,7 +122,7 @@ def preview(recipe, out: str | Path, *, n: int = 8, seed: int = 0, scale: int = 
     returns ``{"path", "size": (w, h), "rows": {kind: samples}}``."""
     out = Path(out)
     if not out.parent.is_dir():
-        raise ValueError(f"--out {out}: folder {out.parent} does not exist; create it or pick another path")
+        raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it or pick another path")
     groups, rows = [], {}
     for kind in KINDS:
         arrays = sample_views(recipe.mixture, recipe.aug, kind, n=n, seed=seed, num_threads=num_threads)

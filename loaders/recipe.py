@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from shards.errors import ConfigError
+
 from .augment import (
     FAMILY_NAMES,
     PRESET_ALIASES,
@@ -79,10 +81,10 @@ def resolve_recipe(mixture: Mixture, *, family: str, inflation: str | None = DEF
     the output side.
     """
     if aug not in AUG_CHOICES:
-        raise ValueError(f"--aug {aug!r}: choose one of {', '.join(AUG_CHOICES)}")
+        raise ConfigError(f"--aug {aug!r}: choose one of {', '.join(AUG_CHOICES)}")
     inflation = DEFAULT_MODE if inflation is None else inflation
     if inflation not in MODES:
-        raise ValueError(f"--inflation {inflation!r}: choose one of {', '.join(MODES)}")
+        raise ConfigError(f"--inflation {inflation!r}: choose one of {', '.join(MODES)}")
     baseline, adainf = family_presets(family)
     explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
     decision = decide(sources_from_mixture(mixture), inflation, family=family, explicit=explicit)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from .manifest import FORMATS, PACK_FORMATS, ShardError
+from .errors import UserError
+from .manifest import FORMATS, PACK_FORMATS
 from .sources import LAYOUTS
 
 
@@ -19,13 +20,13 @@ def _command_line() -> str:
 
 
 def _clean_errors(fn):
-    """ShardError (bad input) becomes one line on stderr and exit status 1, never a traceback."""
+    """A UserError (bad input) becomes one line on stderr and exit status 1, never a traceback."""
 
     @wraps(fn)
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ShardError as e:
+        except UserError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             click.echo("interrupted; the output folder was left as it was", err=True)

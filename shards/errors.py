@@ -16,5 +16,6 @@ class ShardError(UserError):
     """A problem with shards or their input: what, where, and how to fix it."""
 
 
-class ConfigError(UserError):
-    """Settings that cannot work together, a missing device, a run directory that must not be touched."""
+class ConfigError(UserError, ValueError):
+    """Settings that cannot work together, a missing device, a run directory that must not be touched.
+    Also a ValueError: a bad value given to a library function is one, whoever gave it."""
