@@ -65,9 +65,9 @@ class Recipe:
 
     def describe(self) -> str:
         text = self.decision.describe()
-        if self.aug_name != self.decision.aug_preset or self.aug_overrides != self.decision.aug_overrides:
-            text += f"\n  augmentation chosen with --aug: {self.aug_name}" + (
-                f" with {self.aug_overrides}" if self.aug_overrides else "")
+        knobs = {k: v for k, v in self.aug_overrides.items() if k != "size"}  # the crop size is no choice of --aug
+        if self.aug_name != self.decision.aug_preset or knobs != self.decision.aug_overrides:
+            text += f"\n  augmentation chosen with --aug: {self.aug_name}" + (f" with {knobs}" if knobs else "")
         return text
 
 
