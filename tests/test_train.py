@@ -4,7 +4,6 @@ An epoch of ``real:1 + generated:1`` is 48 samples = 3 steps of 16, so steps 3 a
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,13 +23,13 @@ from shards.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from shards.demo import make_demo
+DEMO = (24, 24, 40)  # demo_sets(n_real, n_generated, n_test): shards of 16, seed 0
 
-    root = tmp_path_factory.mktemp("train-data")
-    make_demo(root, n_real=24, n_generated=24, n_test=40, seed=0, shard_size=16)
-    return {name: root / name for name in ("real", "generated", "test")}
+
+@pytest.fixture(scope="module")
+def data(demo_sets):
+    """The tiny demo shared read-only by the session (tests/conftest.py); damaging tests use ``demo_copy``."""
+    return demo_sets(*DEMO)
 
 
 def base_args(data, out, steps=6, **extra):
@@ -330,17 +329,17 @@ def test_resume_tolerates_a_torn_metrics_line(straight, tmp_path):
     assert [r["step"] for r in records(run_dir)] == list(range(1, 10))
 
 
-def test_resume_refuses_changed_data_unless_allowed(straight, tmp_path):
+def test_resume_refuses_changed_data_unless_allowed(straight, tmp_path, demo_copy):
     from shards.demo import make_demo
 
     out, _ = straight
     d = data_of(out)
-    copy = tmp_path / "data"
-    make_demo(copy, n_real=24, n_generated=24, n_test=40, seed=0, shard_size=16)
+    copy = demo_copy(*DEMO)
     run_dir = tmp_path / "run"
-    args = base_args({**d, "generated": copy / "generated"}, run_dir, steps=4, keep_every=2)
+    args = base_args({**d, "generated": copy["generated"]}, run_dir, steps=4, keep_every=2)
     assert run(args).exit_code == 0
-    make_demo(copy, n_real=24, n_generated=16, n_test=40, seed=1, shard_size=16, overwrite=True)  # re-packed
+    make_demo(copy["real"].parent, n_real=24, n_generated=16, n_test=40, seed=1, shard_size=16,
+              overwrite=True)  # re-packed
     result = CliRunner().invoke(train.main, ["--resume", str(run_dir / "ckpt-2.pt"), "--out", str(tmp_path / "r2")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "the data changed since the checkpoint" in result.output and "count 24 at the checkpoint, 16 now" in result.output
@@ -350,25 +349,9 @@ def test_resume_refuses_changed_data_unless_allowed(straight, tmp_path):
     assert "the epoch plan differs from the checkpoint's" in result.output
 
 
-def _zero_sample(directory: Path, shard: int = 0, sample: int = 1) -> str:
-    """Overwrite the first bytes of one image in place (the tar and its index stay consistent); its key."""
-    from shards.index import read_index
-    from shards.manifest import Manifest
-
-    m = Manifest.load(directory)
-    idx = read_index(directory / m.shards[shard].index)
-    with open(directory / m.shards[shard].file, "r+b") as f:
-        f.seek(int(idx.offsets[m.format][sample]))
-        f.write(b"\0" * 16)
-    return str(idx.keys[sample])
-
-
-def test_skipped_corrupt_samples_are_counted_and_reported(tmp_path):
-    from shards.demo import make_demo
-
-    make_demo(tmp_path / "d", n_real=24, n_generated=24, n_test=40, seed=0, shard_size=16)
-    d = {name: tmp_path / "d" / name for name in ("real", "generated", "test")}
-    key = _zero_sample(d["generated"])
+def test_skipped_corrupt_samples_are_counted_and_reported(tmp_path, demo_copy, corrupt_sample):
+    d = demo_copy(*DEMO)
+    _, key = corrupt_sample(d["generated"], 0, 1)
     out = tmp_path / "skip"
     result = run(base_args(d, out, steps=3, on_corrupt="skip"))
     assert result.exit_code == 0, result.output
