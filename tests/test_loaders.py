@@ -241,21 +241,30 @@ def test_truncated_shard_is_named(tmp_path, plain_view, shard_factory):
 
 
 # -- evaluation loader --------------------------------------------------------------------------
-def test_eval_loader_every_sample_once(data):
+def test_eval_loader_every_sample_once(data, sample_image):
     ev = EvalLoader([data["test"]], 8)
     assert len(ev) == 3
     labels, n = [], 0
     for x, y in ev:
         assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
+        for k in range(len(y)):  # sample n + k, in shard order, exactly as stored (PNG: lossless)
+            assert torch.allclose(x[k], normalised(sample_image(n + k, seed=3)), atol=1e-4), n + k
         labels += y.tolist()
         n += len(y)
     assert n == 23 and labels == [i % 10 for i in range(23)]
 
 
-def test_eval_loader_resizes(tmp_path, shard_factory):
+def test_eval_loader_resizes(tmp_path, shard_factory, sample_image):
+    """48×48 images of 4×4 colour blocks (12 px each) resized to 32: blocks of 8 px whose centres keep the
+    block's colour (a crop or a wrong scale would move them)."""
     src = shard_factory(tmp_path, "big", 5, fmt="png", size=48, split="test")
     x, y = next(iter(EvalLoader(src, 5, size=32)))
-    assert x.shape == (5, 3, 32, 32)
+    assert x.shape == (5, 3, 32, 32) and y.tolist() == [0, 1, 2, 3, 4]
+    for i in range(5):
+        blocks = normalised(sample_image(i, size=4))  # the 4×4 block colours
+        for r in (3, 4):
+            for c in (3, 4):
+                assert torch.allclose(x[i, :, r::8, c::8], blocks, atol=2e-2), (i, r, c)
 
 
 # -- audit CLI ------------------------------------------------------------------------------------
@@ -279,10 +288,19 @@ def test_audit_json_counts_every_key(data):
     assert bad.exit_code != 0 and "not a number" in bad.output and "Traceback" not in bad.output
 
 
-def test_eval_loader_limit_is_a_fixed_subset_across_classes(data):
-    full = [(x, y) for x, y in EvalLoader(data["test"], 5)]
-    labels = torch.cat([y for _, y in full])
-    sub = torch.cat([y for _, y in EvalLoader(data["test"], 5, limit=10)])
-    again = torch.cat([y for _, y in EvalLoader(data["test"], 5, limit=10)])
-    assert len(sub) == 10 and torch.equal(sub, again) and len(labels) == 23
-    assert len(set(sub.tolist())) > 2  # not just the first classes of a class-ordered set
+def test_eval_loader_limit_is_a_fixed_subset_across_classes(tmp_path, shard_factory):
+    """A class-ordered test set (4 samples per class, classes 0…9 in turn): the first 10 samples would hold
+    classes 0-2 only; the limited loader keeps a fixed subset spread over the classes, in shard order, each
+    image the one the full loader gives at that position."""
+    src = shard_factory(tmp_path, "ordered", 40, fmt="png", split="test", shard_size=16, labels=[i // 4 for i in range(40)])
+    full_x, full_y = (torch.cat(t) for t in zip(*EvalLoader(src, 16)))
+    sub_x, sub_y = (torch.cat(t) for t in zip(*EvalLoader(src, 4, limit=10)))
+    again_x, again_y = (torch.cat(t) for t in zip(*EvalLoader(src, 4, limit=10)))
+    assert len(full_y) == 40 and len(sub_y) == 10
+    assert torch.equal(sub_x, again_x) and torch.equal(sub_y, again_y)  # fixed
+    pos = [int(torch.flatten(((full_x - img).abs().amax(dim=(1, 2, 3)) < 1e-5).nonzero())[0]) for img in sub_x]
+    assert pos == sorted(set(pos))  # distinct samples, in shard order
+    assert torch.equal(sub_y, full_y[pos])
+    assert len(set(sub_y.tolist())) >= 5 and pos != list(range(10))
+    other = torch.cat([x for x, _ in EvalLoader(src, 4, limit=10, seed=1)])
+    assert len(other) == 10 and not torch.equal(other, sub_x)  # the seed picks the subset

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 import train
+from loaders.pipeline import TrainLoader
 from models.engine import Settings, read_records
 from models.methods.simclr import SimCLR
 from shards.errors import ConfigError
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 DEMO = (24, 24, 40)  # demo_sets(n_real, n_generated, n_test): shards of 16, seed 0
+FEED_DELAY_S = 0.2  # the straight run's loader holds every batch back this long
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +54,28 @@ def records(out, kind="train"):
     return read_records(out, kind)
 
 
+def _delayed(batches):
+    """``TrainLoader.batches`` whose every batch arrives ``FEED_DELAY_S`` late: a slow data feed."""
+    def slow(self):
+        it = batches(self)
+        try:
+            for b in it:
+                time.sleep(FEED_DELAY_S)
+                yield b
+        finally:
+            it.close()
+
+    return slow
+
+
 @pytest.fixture(scope="module")
 def straight(data, tmp_path_factory):
-    """9 uninterrupted steps (3 epochs), keeping ckpt-3.pt and ckpt-6.pt (epoch ends), an eval at step 4."""
+    """9 uninterrupted steps (3 epochs), keeping ckpt-3.pt and ckpt-6.pt (epoch ends), an eval at step 4; the
+    loader is slowed down by ``FEED_DELAY_S`` per batch (timing only: batches and losses are unchanged)."""
     out = tmp_path_factory.mktemp("runs") / "straight"
-    result = run(base_args(data, out, steps=9, keep_every=3, eval_every=4, ckpt_every=2))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TrainLoader, "batches", _delayed(TrainLoader.batches))
+        result = run(base_args(data, out, steps=9, keep_every=3, eval_every=4, ckpt_every=2))
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -72,7 +92,11 @@ def test_run_writes_config_metrics_checkpoint_and_events(straight):
     assert [r["epoch"] for r in train_recs] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     for r in train_recs:
         assert all(k in r for k in ("loss", "ssl_loss", "probe_loss", "probe_acc", "lr", "samples_per_s", "data_wait"))
-        assert 0 <= r["data_wait"] <= 1 and r["samples_per_s"] > 0
+        assert r["loss"] == pytest.approx(r["ssl_loss"] + r["probe_loss"], rel=1e-6)  # the probe trains too
+        # one step per record: data_wait × (16 samples / samples_per_s) is the seconds spent waiting for the
+        # batch, which hold the feed's delay, and cannot exceed the step's time
+        waited = r["data_wait"] * 16 / r["samples_per_s"]
+        assert waited >= FEED_DELAY_S * 0.999 and r["data_wait"] <= 1, r
     assert train_recs[-1]["lr"] == pytest.approx(0.0)  # cosine to 0 at the last step
     evals = records(out, "eval")
     assert [ev["step"] for ev in evals] == [4, 8]
@@ -86,7 +110,13 @@ def test_run_writes_config_metrics_checkpoint_and_events(straight):
     assert ckpt["step"] == 9 and ckpt["settings"]["batch_size"] == 16
     assert (ckpt["loader"]["epoch"], ckpt["loader"]["step"]) == (3, 0)  # the next batch: epoch 3 starts
     assert torch.load(out / "ckpt-3.pt", map_location="cpu", weights_only=False)["step"] == 3
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(out / "tb"))
+    tb.Reload()
+    assert {e.step: e.value for e in tb.Scalars("train/loss")} == pytest.approx(
+        {r["step"]: r["loss"] for r in train_recs}, rel=1e-6)  # TensorBoard holds the same curve (float32)
+    assert [e.step for e in tb.Scalars("eval/knn_acc")] == [4, 8]
     assert not list(out.glob(".*.tmp"))
 
 
