@@ -216,7 +216,7 @@ def test_each_adjustment_matches_torchvision(cifar_images, op):
         p = draws(view, len(cifar_images))
         got = run_jitter(cifar_images, view, p).astype(int)
         diff = np.abs(got - run_torchvision(cifar_images, view, p).astype(int))
-        assert diff.mean() <= 1.0  # the requirement
+        # the requirement is a mean within 1 level; the graph does far better
         assert diff.mean() < 0.01 and diff.max() <= 1, (op, strength, diff.mean(), diff.max())
 
 
@@ -227,7 +227,7 @@ def test_whole_jitter_in_random_order_matches_torchvision(cifar_images):
     got = run_jitter(cifar_images, view, p).astype(int)
     diff = np.abs(got - run_torchvision(cifar_images, view, p).astype(int))
     # a level lost to rounding early in the chain can be amplified by later factors (up to 1.8 each): rare
-    assert diff.mean() <= 1.0 and diff.mean() < 0.02, diff.mean()
+    assert diff.mean() < 0.02, diff.mean()  # (the requirement: within 1 level on average)
     assert (diff > 1).mean() < 1e-3 and diff.max() <= 6, ((diff > 1).mean(), diff.max())
     # the order is really applied: one fixed order for all is far off
     fixed = np.abs(got - run_torchvision(cifar_images, view, p, order=(0, 1, 2, 3)).astype(int))
@@ -295,7 +295,7 @@ def test_gpu_jitter_equals_cpu(cifar_images):
 
 
 # ---- preview -------------------------------------------------------------------------------------------------
-def test_preview_draws_real_and_generated_rows(mix, tmp_path):
+def test_preview_draws_real_and_generated_rows(mix, tmp_path, read_samples):
     from click.testing import CliRunner
     from PIL import Image
 
@@ -310,11 +310,22 @@ def test_preview_draws_real_and_generated_rows(mix, tmp_path):
     cell, gap = 32 * 2, 4
     # two groups of three columns (as stored, view 1, view 2), three rows of cells, header and title above
     assert img.shape[1] == 2 * 8 + 2 * (3 * cell + 2 * gap) + 20
-    assert img.shape[0] > 3 * cell + 2 * gap and not list(tmp_path.glob(".grid.png.*"))  # no temporary left
+    assert not list(tmp_path.glob(".grid.png.*"))  # no temporary left
     assert out.stat().st_mode & 0o044  # readable by others, as any file the user writes (umask permitting)
-    bottom = img[-8 - cell:-8]
-    left, right = bottom[:, 8:8 + cell], bottom[:, 8 + 3 * cell + 2 * gap + 20:8 + 4 * cell + 2 * gap + 20]
-    assert left.std() > 10 and right.std() > 10  # a real and a generated image in the last row, not blank
+    # the "as stored" cells (rows counted from the bottom, ×2 nearest) are images of their own kind's set,
+    # unchanged (±1 level: normalised and back), three different ones each
+    for kind, x in (("real", 8), ("generated", 8 + 3 * cell + 2 * gap + 20)):
+        stored = np.stack([np.asarray(Image.open(io.BytesIO(s["image"])).convert("RGB"))
+                           for s in read_samples(mix[kind])]).astype(int)
+        shown = []
+        for r in range(3):
+            y = img.shape[0] - 8 - cell - (2 - r) * (cell + gap)
+            tile = img[y:y + cell, x:x + cell].astype(int)
+            assert np.array_equal(tile[::2, ::2], tile[1::2, 1::2])  # scaled ×2, nearest
+            match = np.flatnonzero(np.abs(stored - tile[::2, ::2]).max(axis=(1, 2, 3)) <= 1)
+            assert len(match) >= 1, (kind, r)
+            shown.append(int(match[0]))
+        assert len(set(shown)) == 3, (kind, shown)
     from loaders.preview import sample_views
 
     r = resolve_recipe(parse_shards_args([str(mix["real"])]), family="symmetric", inflation="none")

@@ -18,23 +18,23 @@ from PIL import Image
 from loaders.reader import BAD_STRUCTURE, OK, SourceReader, check_bytes
 from shards.manifest import Manifest
 from shards.writer import ShardSetWriter
-from tests.test_loaders import encode, image
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 
-def cifar_jpegs(n: int) -> list[bytes]:
-    """The first ``n`` real CIFAR-10 JPEGs of the shared archive, or JPEGs made here when it is absent."""
+@pytest.fixture(scope="module")
+def cifar_jpegs(sample_image, encode_image) -> list[bytes]:
+    """The first 64 real CIFAR-10 JPEGs of the shared archive, or JPEGs made here when it is absent."""
+    out = []
     if CIFAR.is_file():
-        out = []
         with tarfile.open(CIFAR) as t:
             for m in t:
                 if m.name.endswith(".jpg"):
                     out.append(t.extractfile(m).read())
-                    if len(out) == n:
+                    if len(out) == 64:
                         return out
-    return [encode(image(i), "jpg") for i in range(n)]
+    return [encode_image(sample_image(i), "jpg") for i in range(64)]
 
 
 def rot(jpeg: bytes) -> bytes:
@@ -63,23 +63,23 @@ ROTTEN = (3, 17, 18, 40, 61)
 
 
 @pytest.fixture(scope="module")
-def rotten_set(tmp_path_factory):
-    blobs = cifar_jpegs(64)
+def rotten_set(tmp_path_factory, cifar_jpegs):
+    blobs = list(cifar_jpegs)
     for i in ROTTEN:
         blobs[i] = rot(blobs[i])
     blobs[50] = with_gap(blobs[50])
     return write_set(tmp_path_factory.mktemp("rotten") / "rotten", blobs)
 
 
-def test_the_checks_catch_what_dali_rejects():
-    good = cifar_jpegs(1)[0]
+def test_the_checks_catch_what_dali_rejects(cifar_jpegs, sample_image, encode_image):
+    good = cifar_jpegs[0]
     assert check_bytes(good, "jpg") == OK
     assert check_bytes(rot(good), "jpg") != OK
     gap = with_gap(good)
     with Image.open(io.BytesIO(gap)) as im:  # PIL alone accepts it ...
         im.load()
     assert check_bytes(gap, "jpg") == BAD_STRUCTURE  # ... the marker walk does not
-    png = bytearray(encode(image(1), "png"))
+    png = bytearray(encode_image(sample_image(1), "png"))
     assert check_bytes(bytes(png), "png") == OK
     png[60] ^= 0x01  # one bit of the compressed data: the chunk CRC no longer matches
     assert check_bytes(bytes(png), "png") == BAD_STRUCTURE

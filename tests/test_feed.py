@@ -15,20 +15,12 @@ from loaders.pipeline import TrainLoader, _Readers
 from loaders.reader import SourceReader
 from shards.index import cache_paths, read_index
 from shards.manifest import Manifest, ShardError
-from tests.test_loaders import PLAIN, make_shards, small_mixture
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return small_mixture(tmp_path_factory.mktemp("feed-shards"))
-
-
-def same(a, b):
-    assert len(a) == len(b) and len(a) > 0
-    for x, y in zip(a, b):
-        assert (x.epoch, x.step) == (y.epoch, y.step)
-        assert all(torch.equal(u, v) for u, v in zip(x.views, y.views))
-        assert torch.equal(x.labels, y.labels) and torch.equal(x.source, y.source) and torch.equal(x.index, y.index)
+def data(small_shards):
+    """The session's small mixture (tests/conftest.py): jpg real 30, png gen 45, raw rawgen 20, png test 23."""
+    return small_shards
 
 
 def take(it, n):
@@ -40,7 +32,7 @@ def mixture(data):
 
 
 # -- one pipeline, across epochs -------------------------------------------------------------------
-def test_batches_run_across_epochs_through_one_pipeline(data, monkeypatch):
+def test_batches_run_across_epochs_through_one_pipeline(data, monkeypatch, same_batches):
     m, aug = mixture(data), preset("simclr")
     per_epoch = [list(TrainLoader(m, aug, 12, seed=3).epoch(e)) for e in range(3)]
     steps = TrainLoader(m, aug, 12, seed=3).steps_per_epoch
@@ -51,7 +43,7 @@ def test_batches_run_across_epochs_through_one_pipeline(data, monkeypatch):
     loader = TrainLoader(m, aug, 12, seed=3)
     it = loader.batches()
     got = take(it, 3 * steps)
-    same(got, sum(per_epoch, []))
+    same_batches(got, sum(per_epoch, []))
     assert [(b.epoch, b.step) for b in got[steps - 1:steps + 1]] == [(0, steps - 1), (1, 0)]
     assert len(builds) == 1  # no rebuild at the epoch boundaries
     assert loader.stats.batches == 3 * steps and loader.stats.samples == 3 * steps * 12
@@ -72,7 +64,7 @@ def test_state_is_what_was_delivered_not_prefetched(data):
 
 
 @pytest.mark.parametrize("state", [(0, 3), (0, 9), (1, 0), (0, 10), (1, 9)])
-def test_resume_from_any_position_is_bitwise_the_uninterrupted_run(data, state):
+def test_resume_from_any_position_is_bitwise_the_uninterrupted_run(data, state, same_batches):
     """(0, 9) is an epoch's last batch, (1, 0) the next one's first, (0, 10) an old-style end-of-epoch state."""
     m, aug = mixture(data), preset("byol")
     it = TrainLoader(m, aug, 12, seed=5).batches()
@@ -82,11 +74,11 @@ def test_resume_from_any_position_is_bitwise_the_uninterrupted_run(data, state):
     loader.load_state_dict(json.loads(json.dumps({"epoch": state[0], "step": state[1], "seed": 5, "batch_size": 12})))
     start = state[0] * 10 + state[1]
     it = loader.batches()
-    same(take(it, 25 - start), full[start:])
+    same_batches(take(it, 25 - start), full[start:])
     it.close()
 
 
-def test_interrupted_at_the_boundary_then_resumed(data):
+def test_interrupted_at_the_boundary_then_resumed(data, same_batches):
     """Stop right after an epoch's last batch (state (1, 0)), save, resume in a fresh loader."""
     m, aug = mixture(data), preset("simclr-adainf")
     it = TrainLoader(m, aug, 12, seed=1).batches()
@@ -101,24 +93,22 @@ def test_interrupted_at_the_boundary_then_resumed(data):
     b = TrainLoader(m, aug, 12, seed=1)
     b.load_state_dict(state)
     it = b.batches()
-    same(take(it, 4), full[10:])
+    same_batches(take(it, 4), full[10:])
     it.close()
 
 
-def test_prefetch_thread_and_calling_thread_give_the_same_batches(data):
+def test_prefetch_thread_and_calling_thread_give_the_same_batches(data, same_batches):
     m, aug = mixture(data), preset("simclr")
     a = list(TrainLoader(m, aug, 12, seed=2, prefetch_batches=0, drop_last=False).epoch(1))
     b = list(TrainLoader(m, aug, 12, seed=2, prefetch_batches=4, drop_last=False).epoch(1))
-    same(a, b)
+    same_batches(a, b)
     assert len(a) == 11 and len(a[-1]) == 125 - 120  # the partial last batch
 
 
-def test_an_error_in_the_feed_reaches_the_consumer_in_order(tmp_path):
-    src = make_shards(tmp_path, "bad", 40, fmt="png", shard_size=10, seed=4)
-    from tests.test_loaders import corrupt_one
-
-    corrupt_one(src, 2, 3)
-    loader = TrainLoader(parse_shards_args([str(src)]), AugConfig((PLAIN,)), 8, prefetch_batches=2)
+def test_an_error_in_the_feed_reaches_the_consumer_in_order(tmp_path, plain_view, shard_factory, corrupt_sample):
+    src = shard_factory(tmp_path, "bad", 40, fmt="png", shard_size=10, seed=4)
+    corrupt_sample(src, 2, 3)
+    loader = TrainLoader(parse_shards_args([str(src)]), AugConfig((plain_view,)), 8, prefetch_batches=2)
     bad = int(np.flatnonzero(loader.plan(0).index == 23)[0]) // 8  # the batch holding sample 23 (shard 2, #3)
     it = loader.batches()
     for k in range(bad):
@@ -146,14 +136,12 @@ def test_one_take_and_the_per_sample_copy_gather_the_same_bytes(data):
         assert meta[j, 1] == (s == 2) and tuple(meta[j, 2:]) == (32, 32, 3)
 
 
-def test_raw_batches_arrive_as_one_hwc_array(data):
+def test_raw_batches_arrive_as_one_hwc_array(data, sample_image):
     r = _Readers([("w", None, Manifest.load(data["raw"]), str(data["raw"]))], "error")
     assert r.mode == "raw"
     [images] = r.encode(np.array([3, 0, 19]), np.zeros(3, np.int64))
-    from tests.test_loaders import image
-
     assert images.shape == (3, 32, 32, 3) and images.flags.c_contiguous
-    assert all(np.array_equal(images[j], image(2 * 100003 + i)) for j, i in enumerate([3, 0, 19]))
+    assert all(np.array_equal(images[j], sample_image(i, seed=2)) for j, i in enumerate([3, 0, 19]))
 
 
 def test_labels_are_parsed_once_per_set(data):
@@ -163,23 +151,25 @@ def test_labels_are_parsed_once_per_set(data):
     assert (g.labels == -1).all() and (g.verdict == 0).all()
 
 
-def test_raw_sets_of_different_sizes_mix(tmp_path):
-    a = make_shards(tmp_path, "a", 12, fmt="raw", size=32)
-    b = make_shards(tmp_path, "b", 12, fmt="raw", size=48, kind="generated", seed=1)
-    loader = TrainLoader(parse_shards_args([str(a), str(b)]), AugConfig((PLAIN,)), 8, drop_last=False)
+def test_raw_sets_of_different_sizes_mix(tmp_path, plain_view, shard_factory):
+    a = shard_factory(tmp_path, "a", 12, fmt="raw", size=32)
+    b = shard_factory(tmp_path, "b", 12, fmt="raw", size=48, kind="generated", seed=1)
+    loader = TrainLoader(parse_shards_args([str(a), str(b)]), AugConfig((plain_view,)), 8, drop_last=False)
     assert loader._readers.mode == "mixed"
     batches = list(loader.epoch(0))
     assert sum(len(x) for x in batches) == 24 and all(x.views[0].shape[1:] == (3, 32, 32) for x in batches)
 
 
 # -- the index cache ------------------------------------------------------------------------------------
-def fresh_set(tmp_path, name="c", n=30, fmt="jpg"):
-    return make_shards(tmp_path, name, n, fmt=fmt, shard_size=10, seed=7)
+@pytest.fixture
+def fresh_set(tmp_path, shard_factory):
+    """A new jpg set of 30 samples (shards of 10, seed 7) in this test's tmp_path: no index cache yet."""
+    return shard_factory(tmp_path, "c", 30, fmt="jpg", shard_size=10, seed=7)
 
 
-def test_a_second_open_reads_the_cache(tmp_path, monkeypatch):
+def test_a_second_open_reads_the_cache(tmp_path, monkeypatch, fresh_set):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
-    src = fresh_set(tmp_path)
+    src = fresh_set
     m = Manifest.load(src)
     first = SourceReader(src, m)
     assert all(cache_paths(src / s.index)[0].is_file() for s in m.shards)
@@ -192,9 +182,9 @@ def test_a_second_open_reads_the_cache(tmp_path, monkeypatch):
         assert np.array_equal(getattr(first, k), getattr(second, k)), k
 
 
-def test_a_changed_tar_or_index_is_parsed_again(tmp_path, monkeypatch):
+def test_a_changed_tar_or_index_is_parsed_again(tmp_path, monkeypatch, fresh_set):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
-    src = fresh_set(tmp_path)
+    src = fresh_set
     m = Manifest.load(src)
     SourceReader(src, m)
     tar = src / m.shards[1].file
@@ -209,23 +199,23 @@ def test_a_changed_tar_or_index_is_parsed_again(tmp_path, monkeypatch):
     assert parsed == [m.shards[1].index]
 
 
-def test_a_broken_cache_is_a_miss(tmp_path, monkeypatch):
+def test_a_broken_cache_is_a_miss(tmp_path, monkeypatch, fresh_set):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
-    src = fresh_set(tmp_path)
+    src = fresh_set
     m = Manifest.load(src)
     want = SourceReader(src, m).labels
     cache_paths(src / m.shards[0].index)[0].write_bytes(b"not a zip")
     assert np.array_equal(SourceReader(src, m).labels, want)
 
 
-def test_a_read_only_shard_folder_uses_the_user_cache_or_none(tmp_path, monkeypatch):
+def test_a_read_only_shard_folder_uses_the_user_cache_or_none(tmp_path, monkeypatch, fresh_set):
     """Read-only places are simulated (the tests may run as root, which ignores permissions)."""
     import errno
     import tempfile
 
     import shards.index as index
 
-    src = fresh_set(tmp_path)
+    src = fresh_set
     m = Manifest.load(src)
     user = tmp_path / "user-cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(user))
@@ -250,9 +240,9 @@ def test_a_read_only_shard_folder_uses_the_user_cache_or_none(tmp_path, monkeypa
     assert not any(cache_paths(src / s.index)[1].exists() for s in m.shards)
 
 
-def test_cache_writes_are_atomic_under_unique_names(tmp_path, monkeypatch):
+def test_cache_writes_are_atomic_under_unique_names(tmp_path, monkeypatch, fresh_set):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
-    src = fresh_set(tmp_path)
+    src = fresh_set
     m = Manifest.load(src)
     SourceReader(src, m)
     SourceReader(src, m, cache=True)
@@ -264,10 +254,10 @@ def test_cache_writes_are_atomic_under_unique_names(tmp_path, monkeypatch):
 
 
 # -- index parsing and its messages -----------------------------------------------------------------------
-def test_fast_and_line_by_line_parsers_agree(tmp_path):
+def test_fast_and_line_by_line_parsers_agree(fresh_set):
     from shards.index import _parse_lines, _parse_uniform
 
-    src = fresh_set(tmp_path)
+    src = fresh_set
     idx = src / Manifest.load(src).shards[0].index
     text = idx.read_text()
     body = text.partition("\n")[2]
@@ -283,13 +273,13 @@ def test_fast_and_line_by_line_parsers_agree(tmp_path):
     assert again.keys.tolist() == slow.keys.tolist() and np.array_equal(again.offsets["jpg"], slow.offsets["jpg"])
 
 
-def test_index_advice_only_when_the_index_is_stale(tmp_path, monkeypatch):
+def test_index_advice_only_when_the_index_is_stale(tmp_path, monkeypatch, fresh_set):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
-    src = fresh_set(tmp_path)
+    src = fresh_set
     m = Manifest.load(src)
     idx = src / m.shards[0].index
     lines = idx.read_text().splitlines()
-    idx.write_text("\n".join([f"v1.2 9", *lines[1:10]]) + "\n")  # the index lost a sample, the tar did not
+    idx.write_text("\n".join(["v1.2 9", *lines[1:10]]) + "\n")  # the index lost a sample, the tar did not
     with pytest.raises(ShardError, match="index is stale.*wds2idx") as e:
         SourceReader(src, m, cache=False)
     assert "\n" not in str(e.value)
@@ -323,14 +313,14 @@ def test_index_advice_only_when_the_index_is_stale(tmp_path, monkeypatch):
 
 
 # -- where the pipeline runs --------------------------------------------------------------------------
-def test_loader_device_choices(data):
+def test_loader_device_choices(data, plain_view):
     m = parse_shards_args([str(data["gen"])])
-    assert TrainLoader(m, AugConfig((PLAIN,)), 8).loader_device == "cpu"  # auto on a CPU model
+    assert TrainLoader(m, AugConfig((plain_view,)), 8).loader_device == "cpu"  # auto on a CPU model
     with pytest.raises(ValueError, match="loader_device"):
-        TrainLoader(m, AugConfig((PLAIN,)), 8, loader_device="tpu")
+        TrainLoader(m, AugConfig((plain_view,)), 8, loader_device="tpu")
     if not torch.cuda.is_available():
         with pytest.raises(ShardError, match="loader_device='cpu'"):
-            TrainLoader(m, AugConfig((PLAIN,)), 8, loader_device="gpu")
+            TrainLoader(m, AugConfig((plain_view,)), 8, loader_device="gpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the start-up failure of a GPU pipeline without a GPU")

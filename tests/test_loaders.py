@@ -1,67 +1,26 @@
 """Mixture parsing, presets and the DALI loaders on the CPU backend, on tiny shards in tmp_path."""
 import collections
-import io
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from loaders.augment import CIFAR_MEAN, CIFAR_STD, ViewAug, AugConfig, preset
+from loaders.augment import CIFAR_MEAN, CIFAR_STD, AugConfig, ViewAug, preset
 from loaders.mixture import parse_shards_args
 from loaders.pipeline import EvalLoader, TrainLoader
 from shards.manifest import Manifest, ShardError
-from shards.writer import ShardSetWriter
-
-
-# -- tiny shard sets built with the real writer ---------------------------------------------------
-
-def image(i: int, size: int = 32) -> np.ndarray:
-    """A deterministic, textured HWC uint8 image for sample ``i``."""
-    rng = np.random.default_rng(i)
-    base = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    img = np.kron(base, np.ones((size // 4, size // 4, 1), dtype=np.uint8))
-    return np.ascontiguousarray(img)
-
-
-def encode(img: np.ndarray, fmt: str) -> bytes:
-    if fmt == "raw":
-        return img.tobytes()
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format={"jpg": "JPEG", "png": "PNG"}[fmt], **({"quality": 95} if fmt == "jpg" else {}))
-    return buf.getvalue()
-
-
-def make_shards(root: Path, name: str, n: int, *, kind: str = "real", fmt: str = "png", shard_size: int = 16,
-                size: int = 32, split: str = "train", seed: int = 0) -> Path:
-    out = Path(root) / name
-    classes = tuple(f"c{k}" for k in range(10)) if kind == "real" else ()
-    with ShardSetWriter(out, name, kind=kind, format=fmt, split=split, shard_size=shard_size, classes=classes) as w:
-        for i in range(n):
-            label = i % 10 if kind == "real" else -1
-            w.add(f"{i:06d}", encode(image(seed * 100003 + i, size), fmt), label, origin=str(i), size=(size, size))
-    return out
-
-
-PLAIN = ViewAug(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0)
-
-
-def small_mixture(root: Path) -> dict:
-    """jpg real (30), png generated (45), raw generated (20) and png test (23) shard sets under ``root``."""
-    return {
-        "root": root,
-        "real": make_shards(root, "real", 30, fmt="jpg", shard_size=8),
-        "gen": make_shards(root, "gen", 45, kind="generated", fmt="png", shard_size=16, seed=1),
-        "raw": make_shards(root, "rawgen", 20, kind="generated", fmt="raw", seed=2),
-        "test": make_shards(root, "test", 23, fmt="png", split="test", shard_size=10, seed=3),
-    }
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return small_mixture(tmp_path_factory.mktemp("shards"))
+def data(small_shards):
+    """The session's small mixture (tests/conftest.py): jpg real 30, png gen 45, raw rawgen 20, png test 23."""
+    return small_shards
+
+
+def normalised(img) -> torch.Tensor:
+    """An HWC uint8 image as the loaders deliver it: CHW float, CIFAR-normalised."""
+    mean, std = torch.tensor(CIFAR_MEAN).view(3, 1, 1), torch.tensor(CIFAR_STD).view(3, 1, 1)
+    return (torch.from_numpy(img).permute(2, 0, 1).float() / 255 - mean) / std
 
 
 def key_counts(loader, epoch=0, **kw):
@@ -127,9 +86,9 @@ def test_exact_multiplicities_through_dali(data):
     assert loader.stats.samples == 135
 
 
-def test_fractional_multiplicities_through_dali(data):
+def test_fractional_multiplicities_through_dali(data, plain_view):
     m = parse_shards_args([f"{data['real']}:1.5", f"{data['gen']}:0.4"])
-    loader = TrainLoader(m, AugConfig((PLAIN,)), 10, drop_last=False)
+    loader = TrainLoader(m, AugConfig((plain_view,)), 10, drop_last=False)
     c = key_counts(loader, epoch=1)
     real = [c[f"real/{i:06d}"] for i in range(30)]
     gen = [c[f"gen/{i:06d}"] for i in range(45)]
@@ -158,9 +117,9 @@ def test_views_shapes_dtypes_ranges_and_mixing(data):
     assert n == loader.steps_per_epoch
 
 
-def test_labels_match_the_shards(data):
+def test_labels_match_the_shards(data, plain_view):
     m = parse_shards_args([f"{data['real']}:1"])
-    loader = TrainLoader(m, AugConfig((PLAIN,)), 10)
+    loader = TrainLoader(m, AugConfig((plain_view,)), 10)
     for b in loader.epoch(0):
         assert (b.labels == b.index % 10).all()  # helper labels sample i with i % 10
 
@@ -178,27 +137,24 @@ def test_bf16_channels_last_and_tensor_ownership(data):
     assert not torch.equal(batches[0].views[0], batches[1].views[0])
 
 
-def test_full_area_crop_gives_the_full_image(data):
+def test_full_area_crop_gives_the_full_image(data, plain_view, sample_image):
     m = parse_shards_args([f"{data['gen']}:1"])
-    loader = TrainLoader(m, AugConfig((PLAIN,)), 5)
-    mean = torch.tensor(CIFAR_MEAN).view(3, 1, 1)
-    std = torch.tensor(CIFAR_STD).view(3, 1, 1)
+    loader = TrainLoader(m, AugConfig((plain_view,)), 5)
     b = next(iter(loader.epoch(0)))
     for k, i in enumerate(b.index.tolist()):
-        want = (torch.from_numpy(image(100003 + i)).permute(2, 0, 1).float() / 255 - mean) / std
-        assert torch.allclose(b.views[0][k], want, atol=2e-2)
+        assert torch.allclose(b.views[0][k], normalised(sample_image(i, seed=1)), atol=2e-2)
 
 
-def test_augmentation_strength_changes_outputs(data):
+def test_augmentation_strength_changes_outputs(data, plain_view):
     m = parse_shards_args([f"{data['gen']}:1"])
 
     def distance(aug):
         loader = TrainLoader(m, aug, 45, seed=0)
         b = next(iter(loader.epoch(0)))
-        clean = next(iter(TrainLoader(m, AugConfig((PLAIN,)), 45, seed=0).epoch(0))).views[0]
+        clean = next(iter(TrainLoader(m, AugConfig((plain_view,)), 45, seed=0).epoch(0))).views[0]
         return (b.views[0] - clean).abs().mean().item()
 
-    plain, weak, strong = distance(AugConfig((PLAIN,))), distance(preset("symmetric_adainf", num_views=1)), \
+    plain, weak, strong = distance(AugConfig((plain_view,))), distance(preset("symmetric_adainf", num_views=1)), \
         distance(preset("symmetric", num_views=1))
     assert plain == 0.0
     assert strong > weak > 0.05
@@ -206,7 +162,7 @@ def test_augmentation_strength_changes_outputs(data):
     jitters = [{"jitter_p": 1.0, k: v} for k, v in (("brightness", 0.8), ("contrast", 0.8), ("saturation", 0.8),
                                                     ("hue", 0.2))]
     for kw in ({"gray_p": 1.0}, {"solarize_p": 1.0}, {"blur_p": 1.0}, {"flip_p": 1.0}, *jitters):
-        assert distance(AugConfig((ViewAug(**{**PLAIN.__dict__, **kw}),))) > 0.01, kw
+        assert distance(AugConfig((ViewAug(**{**plain_view.__dict__, **kw}),))) > 0.01, kw
 
 
 def test_determinism_and_resume(data):
@@ -238,82 +194,77 @@ def test_determinism_and_resume(data):
         TrainLoader(m, aug, 5, seed=7).load_state_dict(state)
 
 
-def test_ranks_disjoint_and_complete(data):
+def test_ranks_disjoint_and_complete(data, plain_view):
     m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1"])  # 105 samples
     per_rank = []
     for r in range(3):
-        loader = TrainLoader(m, AugConfig((PLAIN,)), 7, rank=r, world_size=3, drop_last=False)
+        loader = TrainLoader(m, AugConfig((plain_view,)), 7, rank=r, world_size=3, drop_last=False)
         per_rank.append([(s, i) for b in loader.epoch(0) for s, i in zip(b.source.tolist(), b.index.tolist())])
     assert [len(p) for p in per_rank] == [35, 35, 35]
-    plan = TrainLoader(m, AugConfig((PLAIN,)), 7).plan(0)
+    plan = TrainLoader(m, AugConfig((plain_view,)), 7).plan(0)
     assert sum(per_rank, []) == list(zip(plan.source.tolist(), plan.index.tolist()))
 
 
-def test_raw_and_encoded_sources_mix(data):
+def test_raw_and_encoded_sources_mix(data, plain_view, sample_image):
     m = parse_shards_args([f"{data['raw']}:1", f"{data['gen']}:1"])
-    loader = TrainLoader(m, AugConfig((PLAIN,)), 13, drop_last=False)
-    mean = torch.tensor(CIFAR_MEAN).view(3, 1, 1)
-    std = torch.tensor(CIFAR_STD).view(3, 1, 1)
+    loader = TrainLoader(m, AugConfig((plain_view,)), 13, drop_last=False)
     seen = 0
     for b in loader.epoch(0):
         for k, (s, i) in enumerate(zip(b.source.tolist(), b.index.tolist())):
-            want = (torch.from_numpy(image((2 if s == 0 else 1) * 100003 + i)).permute(2, 0, 1).float() / 255 - mean) / std
+            want = normalised(sample_image(i, seed=2 if s == 0 else 1))
             assert torch.allclose(b.views[0][k], want, atol=2e-2)
             seen += 1
     assert seen == 65
 
 
-def corrupt_one(src, shard: int, sample: int):
-    m = Manifest.load(src)
-    from shards.index import read_index
-
-    idx = read_index(src / m.shards[shard].index)
-    off = int(idx.offsets[m.format][sample])
-    with open(src / m.shards[shard].file, "r+b") as f:
-        f.seek(off)
-        f.write(b"\0" * 16)
-    return m.shards[shard].file, idx.keys[sample]
-
-
-def test_corrupt_sample_error_or_skip(data, tmp_path):
-    src = make_shards(tmp_path, "bad", 40, fmt="png", shard_size=10, seed=4)
-    file, key = corrupt_one(src, 2, 3)
+def test_corrupt_sample_error_or_skip(tmp_path, plain_view, shard_factory, corrupt_sample):
+    src = shard_factory(tmp_path, "bad", 40, fmt="png", shard_size=10, seed=4)
+    file, key = corrupt_sample(src, 2, 3)
     m = parse_shards_args([f"{src}:2"])
-    loader = TrainLoader(m, AugConfig((PLAIN,)), 8)
+    loader = TrainLoader(m, AugConfig((plain_view,)), 8)
     with pytest.raises(ShardError, match=file) as e:
         key_counts(loader)
     assert key in str(e.value) and "skip" in str(e.value)
-    loader = TrainLoader(m, AugConfig((PLAIN,)), 8, on_corrupt="skip", drop_last=False)
+    loader = TrainLoader(m, AugConfig((plain_view,)), 8, on_corrupt="skip", drop_last=False)
     c = key_counts(loader)
     assert c[f"bad/{key}"] == 0 and sum(c.values()) == 78
     assert loader.stats.corrupt == 2 and loader.stats.corrupt_keys == [f"bad/{key}"] * 2
 
 
-def test_truncated_shard_is_named(data, tmp_path):
-    src = make_shards(tmp_path, "trunc", 30, fmt="jpg", shard_size=10, seed=5)
+def test_truncated_shard_is_named(tmp_path, plain_view, shard_factory):
+    src = shard_factory(tmp_path, "trunc", 30, fmt="jpg", shard_size=10, seed=5)
     tar = src / Manifest.load(src).shards[1].file
     tar.write_bytes(tar.read_bytes()[:4000])
-    loader = TrainLoader(parse_shards_args([str(src)]), AugConfig((PLAIN,)), 6)
+    loader = TrainLoader(parse_shards_args([str(src)]), AugConfig((plain_view,)), 6)
     with pytest.raises(ShardError, match="trunc-00001.tar"):
         key_counts(loader)
 
 
 # -- evaluation loader --------------------------------------------------------------------------
-def test_eval_loader_every_sample_once(data):
+def test_eval_loader_every_sample_once(data, sample_image):
     ev = EvalLoader([data["test"]], 8)
     assert len(ev) == 3
     labels, n = [], 0
     for x, y in ev:
         assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
+        for k in range(len(y)):  # sample n + k, in shard order, exactly as stored (PNG: lossless)
+            assert torch.allclose(x[k], normalised(sample_image(n + k, seed=3)), atol=1e-4), n + k
         labels += y.tolist()
         n += len(y)
     assert n == 23 and labels == [i % 10 for i in range(23)]
 
 
-def test_eval_loader_resizes(tmp_path):
-    src = make_shards(tmp_path, "big", 5, fmt="png", size=48, split="test")
+def test_eval_loader_resizes(tmp_path, shard_factory, sample_image):
+    """48×48 images of 4×4 colour blocks (12 px each) resized to 32: blocks of 8 px whose centres keep the
+    block's colour (a crop or a wrong scale would move them)."""
+    src = shard_factory(tmp_path, "big", 5, fmt="png", size=48, split="test")
     x, y = next(iter(EvalLoader(src, 5, size=32)))
-    assert x.shape == (5, 3, 32, 32)
+    assert x.shape == (5, 3, 32, 32) and y.tolist() == [0, 1, 2, 3, 4]
+    for i in range(5):
+        blocks = normalised(sample_image(i, size=4))  # the 4×4 block colours
+        for r in (3, 4):
+            for c in (3, 4):
+                assert torch.allclose(x[i, :, r::8, c::8], blocks, atol=2e-2), (i, r, c)
 
 
 # -- audit CLI ------------------------------------------------------------------------------------
@@ -337,10 +288,19 @@ def test_audit_json_counts_every_key(data):
     assert bad.exit_code != 0 and "not a number" in bad.output and "Traceback" not in bad.output
 
 
-def test_eval_loader_limit_is_a_fixed_subset_across_classes(data):
-    full = [(x, y) for x, y in EvalLoader(data["test"], 5)]
-    labels = torch.cat([y for _, y in full])
-    sub = torch.cat([y for _, y in EvalLoader(data["test"], 5, limit=10)])
-    again = torch.cat([y for _, y in EvalLoader(data["test"], 5, limit=10)])
-    assert len(sub) == 10 and torch.equal(sub, again) and len(labels) == 23
-    assert len(set(sub.tolist())) > 2  # not just the first classes of a class-ordered set
+def test_eval_loader_limit_is_a_fixed_subset_across_classes(tmp_path, shard_factory):
+    """A class-ordered test set (4 samples per class, classes 0…9 in turn): the first 10 samples would hold
+    classes 0-2 only; the limited loader keeps a fixed subset spread over the classes, in shard order, each
+    image the one the full loader gives at that position."""
+    src = shard_factory(tmp_path, "ordered", 40, fmt="png", split="test", shard_size=16, labels=[i // 4 for i in range(40)])
+    full_x, full_y = (torch.cat(t) for t in zip(*EvalLoader(src, 16)))
+    sub_x, sub_y = (torch.cat(t) for t in zip(*EvalLoader(src, 4, limit=10)))
+    again_x, again_y = (torch.cat(t) for t in zip(*EvalLoader(src, 4, limit=10)))
+    assert len(full_y) == 40 and len(sub_y) == 10
+    assert torch.equal(sub_x, again_x) and torch.equal(sub_y, again_y)  # fixed
+    pos = [int(torch.flatten(((full_x - img).abs().amax(dim=(1, 2, 3)) < 1e-5).nonzero())[0]) for img in sub_x]
+    assert pos == sorted(set(pos))  # distinct samples, in shard order
+    assert torch.equal(sub_y, full_y[pos])
+    assert len(set(sub_y.tolist())) >= 5 and pos != list(range(10))
+    other = torch.cat([x for x, _ in EvalLoader(src, 4, limit=10, seed=1)])
+    assert len(other) == 10 and not torch.equal(other, sub_x)  # the seed picks the subset

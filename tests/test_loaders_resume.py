@@ -12,7 +12,6 @@ from loaders.augment import (
     AugConfig,
     ViewAug,
     augment_rng,
-    augment_view,
     dali_param_arrays,
     dali_param_names,
     preset,
@@ -20,25 +19,17 @@ from loaders.augment import (
 )
 from loaders.mixture import parse_shards_args
 from loaders.pipeline import TrainLoader
-from tests.test_loaders import PLAIN, small_mixture
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return small_mixture(tmp_path_factory.mktemp("resume-shards"))
-
-
-def same_batches(a, b):
-    assert len(a) == len(b) and len(a) > 0
-    for x, y in zip(a, b):
-        assert len(x.views) == len(y.views)
-        assert all(torch.equal(u, v) for u, v in zip(x.views, y.views))
-        assert torch.equal(x.labels, y.labels) and torch.equal(x.source, y.source) and torch.equal(x.index, y.index)
+def data(small_shards):
+    """The session's small mixture (tests/conftest.py): jpg real 30, png gen 45, raw rawgen 20, png test 23."""
+    return small_shards
 
 
 # -- exact resume through DALI ---------------------------------------------------------------------
 @pytest.mark.parametrize("recipe", ["simclr", "byol"])
-def test_resumed_epoch_is_bitwise_the_uninterrupted_one(data, recipe):
+def test_resumed_epoch_is_bitwise_the_uninterrupted_one(data, recipe, same_batches):
     m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1", f"{data['raw']}:1"])  # jpg + png + raw
     aug = preset(recipe)
     full = list(TrainLoader(m, aug, 12, seed=3, drop_last=False).epoch(0))
@@ -47,7 +38,7 @@ def test_resumed_epoch_is_bitwise_the_uninterrupted_one(data, recipe):
         same_batches(full[k:], list(TrainLoader(m, aug, 12, seed=3, drop_last=False).epoch(0, start_step=k)))
 
 
-def test_resume_after_load_state_dict_in_a_fresh_loader(data):
+def test_resume_after_load_state_dict_in_a_fresh_loader(data, same_batches):
     m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1"])
     aug = preset("simclr-adainf")
     full = list(TrainLoader(m, aug, 10, seed=5).epoch(2))
@@ -75,9 +66,9 @@ def test_seed_and_step_change_the_draws(data):
     assert not np.array_equal(loader.aug_params(1, 0, src)[0], p0[0])  # the epoch is part of the key
 
 
-def test_each_view_draws_its_own_parameters(data):
+def test_each_view_draws_its_own_parameters(data, plain_view):
     m = parse_shards_args([f"{data['gen']}:1"])
-    b = next(iter(TrainLoader(m, AugConfig((ViewAug(**{**PLAIN.__dict__, "crop_scale": (0.1, 0.5)}),) * 2),
+    b = next(iter(TrainLoader(m, AugConfig((ViewAug(**{**plain_view.__dict__, "crop_scale": (0.1, 0.5)}),) * 2),
                               15).epoch(0)))
     assert not torch.equal(b.views[0], b.views[1])  # same recipe, different crops
     rng = augment_rng(0, 0, 0, 0)
@@ -90,63 +81,36 @@ def test_each_view_draws_its_own_parameters(data):
 
 
 # -- the crop box: [start, end) in pixels or relative ------------------------------------------------
-def run_views(images: np.ndarray, views, params_per_view, relative=False):
-    """Run augment_view on a fixed uint8 batch with given parameters (crop boxes in pixels, made relative by
-    dali_param_arrays when ``relative``); returns float32 NCHW numpy."""
-    from nvidia.dali import fn, pipeline_def
-
-    names = [dali_param_names(v) for v in views]
-    n = len(images)
-    arrays = [a for v, p in zip(views, params_per_view)
-              for a in dali_param_arrays(v, p, np.full(n, images.shape[1]), np.full(n, images.shape[2]), relative)]
-
-    batch = [images, *arrays]
-
-    def feed():  # defined outside the pipeline function (DALI's autograph would convert a lambda inside)
-        return batch
-
-    @pipeline_def(enable_conditionals=True, batch_size=n, num_threads=1, device_id=None)
-    def pipe():
-        outs = fn.external_source(source=feed, num_outputs=len(batch), batch=True)
-        decoded, it = fn.reshape(outs[0], layout="HWC"), iter(outs[1:])
-        return tuple(augment_view(decoded, v, {k: next(it) for k in ns}, "cpu", "CHW", relative)
-                     for v, ns in zip(views, names))
-
-    p = pipe()
-    p.build()
-    return [np.asarray(o.as_tensor()) for o in p.run()]
-
-
 def normalised(img: np.ndarray) -> np.ndarray:
     mean, std = np.array(CIFAR_MEAN)[:, None, None], np.array(CIFAR_STD)[:, None, None]
     return (img.transpose(2, 0, 1) / 255.0 - mean) / std
 
 
 @pytest.mark.parametrize("relative", [False, True])
-def test_a_known_crop_box_yields_exactly_that_region(relative):
+def test_a_known_crop_box_yields_exactly_that_region(relative, plain_view, run_augment):
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)  # noise: any shift or blur would show
     boxes = np.array([[8, 4, 24, 20], [0, 0, 16, 16], [16, 16, 32, 32]], np.float64)  # y0, x0, y1, x1
-    view = ViewAug(**{**PLAIN.__dict__, "size": 16})
+    view = ViewAug(**{**plain_view.__dict__, "size": 16})
     params = {"crop_start": boxes[:, :2], "crop_end": boxes[:, 2:]}
     full = {"crop_start": np.zeros((3, 2)), "crop_end": np.full((3, 2), 32.0)}
-    [out] = run_views(imgs, [view], [params], relative)
+    [out] = run_augment(imgs, [view], [params], relative=relative)
     assert out.shape == (3, 3, 16, 16)
     for k, (y0, x0, y1, x1) in enumerate(boxes.astype(int)):
         np.testing.assert_allclose(out[k], normalised(imgs[k, y0:y1, x0:x1]), atol=1e-5)
-    [whole] = run_views(imgs, [PLAIN], [full], relative)  # the box of min area 1.0 is the full image
+    [whole] = run_augment(imgs, [plain_view], [full], relative=relative)  # the box of min area 1.0 is the full image
     for k in range(3):
         np.testing.assert_allclose(whole[k], normalised(imgs[k]), atol=1e-5)
 
 
-def test_flags_drive_the_ops_per_sample():
+def test_flags_drive_the_ops_per_sample(plain_view, run_augment):
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    view = ViewAug(**{**PLAIN.__dict__, "flip_p": 0.5, "solarize_p": 0.5, "gray_p": 0.5})
+    view = ViewAug(**{**plain_view.__dict__, "flip_p": 0.5, "solarize_p": 0.5, "gray_p": 0.5})
     full = {"crop_start": np.zeros((4, 2)), "crop_end": np.full((4, 2), 32.0)}
     flags = {"flip": np.array([1, 0, 0, 0], bool), "solarize": np.array([0, 1, 0, 0], bool),
              "gray": np.array([0, 0, 1, 0], bool)}
-    [out] = run_views(imgs, [view], [{**full, **flags}])
+    [out] = run_augment(imgs, [view], [{**full, **flags}])
     np.testing.assert_allclose(out[0], normalised(imgs[0, :, ::-1]), atol=1e-5)
     np.testing.assert_allclose(out[1], normalised(np.where(imgs[1] >= 128, 255 - imgs[1], imgs[1])), atol=1e-5)
     g = out[2] * np.array(CIFAR_STD)[:, None, None] + np.array(CIFAR_MEAN)[:, None, None]  # back to [0, 1]
@@ -155,8 +119,8 @@ def test_flags_drive_the_ops_per_sample():
 
 
 # -- the host-side sampler (pure numpy) ----------------------------------------------------------------
-def test_param_names_resolve_p0_and_p1_at_build_time():
-    assert dali_param_names(PLAIN) == ("crop_start", "crop_end")
+def test_param_names_resolve_p0_and_p1_at_build_time(plain_view):
+    assert dali_param_names(plain_view) == ("crop_start", "crop_end")
     v = preset("symmetric").views[0]
     assert dali_param_names(v) == ("crop_start", "crop_end", "flip", "jitter", "jitter_factors", "jitter_order", "gray",
                                    "blur", "sigma")

@@ -20,9 +20,21 @@ def test_nt_xent_matches_hand_computed_value():
         expected += -math.log(math.exp(sim[i, partner[i]]) / denom)
     expected /= 4
     assert math.isclose(float(nt_xent(z1, z2, t)), expected, rel_tol=1e-6)
-    # explicitly: row a0 = -log(e^{1.2} / (e^0 + e^{1.2} + e^{1.6}))
-    row0 = -math.log(math.exp(1.2) / (1 + math.exp(1.2) + math.exp(1.6)))
-    assert row0 > 0 and abs(row0 - (-(1.2) + math.log(1 + math.exp(1.2) + math.exp(1.6)))) < 1e-12
+    # by symmetry two rows are -log(e^1.2 / (e^0 + e^1.2 + e^1.6)), the other two (b·b = 0.96 -> 1.92)
+    # -log(e^1.2 / (e^1.2 + e^1.6 + e^1.92)): their mean, as a number
+    assert math.isclose(float(nt_xent(z1, z2, t)), 1.2707138, rel_tol=1e-6)
+
+
+def test_nt_xent_is_cross_entropy_over_the_other_embeddings():
+    """An independent reference on a larger batch (any partner indexing or masking slip shows): for each of the
+    2N normalised embeddings, cross-entropy of its partner among the 2N-1 others."""
+    torch.manual_seed(0)
+    n, t = 6, 0.3
+    z1, z2 = torch.randn(n, 5), torch.randn(n, 5) * 4  # unnormalised: nt_xent normalises
+    e = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = (e @ e.T / t).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+    assert torch.isclose(nt_xent(z1, z2, t), F.cross_entropy(logits, partner), rtol=1e-5)
 
 
 def test_nt_xent_is_scale_invariant_and_minimal_for_aligned_views():

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 import torch.nn as nn
@@ -115,7 +113,6 @@ def test_scheduler_applies_to_every_group_and_resumes():
     sched.step()
     assert [g["lr"] for g in opt2.param_groups] == pytest.approx([g["lr"] for g in opt.param_groups])
     assert base[0] != base[-1]                                 # the probe group keeps its own lr
-    assert math.isfinite(opt.param_groups[0]["lr"])
 
 
 def test_probe_weight_is_lars_adapted_like_the_release_and_its_bias_is_not():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import subprocess
 import sys
@@ -31,28 +30,6 @@ def run(*args):
     """Run the CLI in-process; returns (exit code, output)."""
     r = CliRunner().invoke(main, [str(a) for a in args])
     return r.exit_code, r.output
-
-
-def samples(directory) -> list[dict]:
-    """Every sample of a shard set, in shard order: key, label, meta, image bytes."""
-    m = Manifest.load(directory)
-    out = []
-    for s in m.shards:
-        with tarfile.open(Path(directory) / s.file) as tf:
-            cur = {}
-            for info in tf:
-                key, ext = info.name.split(".", 1)
-                if cur.get("key") != key:
-                    cur = {"key": key}
-                    out.append(cur)
-                data = tf.extractfile(info).read()
-                if ext == "cls":
-                    cur["label"] = int(data)
-                elif ext == "json":
-                    cur["meta"] = json.loads(data)
-                else:
-                    cur["ext"], cur["image"] = ext, data
-    return out
 
 
 def img(seed, size=(8, 10)):
@@ -108,7 +85,7 @@ def test_index_equals_dalis_wds2idx(tmp_path):
 
 # -- sources ---------------------------------------------------------------------------------------
 
-def test_imagefolder_labels_skips_and_passthrough(imagefolder, tmp_path):
+def test_imagefolder_labels_skips_and_passthrough(imagefolder, tmp_path, read_samples):
     code, out = run("pack", imagefolder, "--out", tmp_path / "o", "--format", "jpg", "--workers", "1", "-q")
     assert code == 0, out
     assert "ImageFolder tree" in out and "skipped: 3" in out
@@ -118,7 +95,7 @@ def test_imagefolder_labels_skips_and_passthrough(imagefolder, tmp_path):
     reasons = {Path(s["path"]).name: s["reason"] for s in m.skipped}
     assert set(reasons) == {"zero.jpg", "junk.png", "notes.txt"}
     assert "empty" in reasons["zero.jpg"] and "decodable" in reasons["junk.png"] and "not an image" in reasons["notes.txt"]
-    got = {s["meta"]["origin"]: s for s in samples(tmp_path / "o")}
+    got = {s["meta"]["origin"]: s for s in read_samples(tmp_path / "o")}
     assert {k: v["label"] for k, v in got.items()} == {
         "ant/c.bmp": 0, "ant/d.webp": 0, "bee/e.jpeg": 1, "bee/f.png": 1, "cat/a.jpg": 2, "cat/deep/er/b.png": 2}
     # JPEG inputs pass through byte for byte, the rest are encoded (lossily: --format jpg was asked for)
@@ -135,7 +112,7 @@ def test_strict_refuses_bad_files_and_writes_nothing(imagefolder, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_png_to_png_lossless_and_flat_numbered(tmp_path):
+def test_png_to_png_lossless_and_flat_numbered(tmp_path, read_samples):
     src = tmp_path / "gen"
     arrs = {}
     for i in range(5):
@@ -146,19 +123,19 @@ def test_png_to_png_lossless_and_flat_numbered(tmp_path):
     assert "flat folder" in out and "5 passthrough" in out
     m = Manifest.load(tmp_path / "o")
     assert m.kind == "generated" and m.classes == () and m.label_counts == {"-1": 5} and m.fid == 2.5
-    for s in samples(tmp_path / "o"):
+    for s in read_samples(tmp_path / "o"):
         assert s["label"] == -1
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(s["image"]))), arrs[s["meta"]["origin"]])
 
 
-def test_npz_raw_shuffle_limit_per_class(tmp_path):
+def test_npz_raw_shuffle_limit_per_class(tmp_path, read_samples):
     arr = np.stack([img(i, (4, 4)) for i in range(60)])
     lab = np.arange(60) % 3
     np.savez(tmp_path / "a.npz", image=arr, label=lab)
     cfg = PackConfig(out=tmp_path / "o", name="x", format="raw", shard_size=7, shuffle_seed=3, per_class=5, progress=False)
     r = pack(tmp_path / "a.npz", cfg)
     assert "memory-mapped" in r.detected  # np.savez is uncompressed: no copy of the array
-    got = samples(tmp_path / "o")
+    got = read_samples(tmp_path / "o")
     assert len(got) == 15 and r.manifest.label_counts == {"0": 5, "1": 5, "2": 5}
     keys = [int(s["key"]) for s in got]
     assert keys != sorted(keys) and len(set(keys)) == 15  # shuffled, unique
@@ -171,11 +148,11 @@ def test_npz_raw_shuffle_limit_per_class(tmp_path):
                                              per_class=5, progress=False))
     assert [s.sha256 for s in r2.manifest.shards] == [s.sha256 for s in r.manifest.shards]
     pack(tmp_path / "a.npz", PackConfig(out=tmp_path / "o3", format="raw", limit=10, kind="generated", progress=False))
-    got3 = samples(tmp_path / "o3")
+    got3 = read_samples(tmp_path / "o3")
     assert [int(s["key"]) for s in got3] == list(range(10)) and {s["label"] for s in got3} == {-1}
     pack(tmp_path / "a.npz", PackConfig(out=tmp_path / "o4", format="raw", limit=10, kind="generated",
                                         keep_labels=True, progress=False))
-    assert [s["label"] for s in samples(tmp_path / "o4")] == list(lab[:10])
+    assert [s["label"] for s in read_samples(tmp_path / "o4")] == list(lab[:10])
 
 
 def test_parallel_equals_serial(tmp_path):
@@ -199,12 +176,12 @@ def _cifar_files(root: Path, n_classes=10):
     (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(n_classes)]}))
 
 
-def test_cifar_pickles_folder_and_tar(tmp_path):
+def test_cifar_pickles_folder_and_tar(tmp_path, read_samples):
     _cifar_files(tmp_path / "cifar-10-batches-py")
     r = pack(tmp_path / "cifar-10-batches-py", PackConfig(out=tmp_path / "tr", format="png", progress=False))
     assert "CIFAR-10" in r.detected and r.manifest.count == 40 and r.manifest.classes[:2] == ("c0", "c1")
     d = pickle.loads((tmp_path / "cifar-10-batches-py" / "data_batch_2").read_bytes())
-    s = [x for x in samples(tmp_path / "tr") if x["key"] == "000025"][0]
+    s = [x for x in read_samples(tmp_path / "tr") if x["key"] == "000025"][0]
     want = d[b"data"][5].reshape(3, 32, 32).transpose(1, 2, 0)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(s["image"]))), want) and s["label"] == 5
     with tarfile.open(tmp_path / "c.tar.gz", "w:gz") as tf:
@@ -213,7 +190,7 @@ def test_cifar_pickles_folder_and_tar(tmp_path):
     assert r.manifest.count == 10 and r.manifest.split == "test" and r.manifest.image_size == (32, 32)
 
 
-def test_tar_of_imagefolder_with_splits(tmp_path):
+def test_tar_of_imagefolder_with_splits(tmp_path, read_samples):
     for split in ("train", "test"):
         for c in ("dog", "cat"):
             for i in range(3):
@@ -230,7 +207,7 @@ def test_tar_of_imagefolder_with_splits(tmp_path):
         assert code == 0, out
         m = Manifest.load(out_dir)
         assert m.classes == ("cat", "dog") and m.count == 6 and m.split == "test"
-        assert sorted(s["meta"]["origin"] for s in samples(out_dir)) == sorted(
+        assert sorted(s["meta"]["origin"] for s in read_samples(out_dir)) == sorted(
             f"ds/test/{c}/{i}.jpg" for c in ("cat", "dog") for i in range(3))
         assert verify_dir(out_dir) == []
 
@@ -370,9 +347,9 @@ def test_demo_fixture_and_determinism(demo_shards, tmp_path):
     assert [s.sha256 for s in other["real"].manifest.shards] != [s.sha256 for s in real.shards]
 
 
-def test_demo_generated_differs_in_statistics(demo_shards):
+def test_demo_generated_differs_in_statistics(demo_shards, read_samples):
     def pixels(d):
-        return np.stack([np.asarray(Image.open(io.BytesIO(s["image"]))) for s in samples(d)]).astype(np.float32)
+        return np.stack([np.asarray(Image.open(io.BytesIO(s["image"]))) for s in read_samples(d)]).astype(np.float32)
 
     real, gen = pixels(demo_shards["real"]), pixels(demo_shards["generated"])
     sharp = lambda x: np.abs(np.diff(x, axis=2)).mean()  # noqa: E731

@@ -26,25 +26,9 @@ def run(*args):
     return r.exit_code, r.stdout, r.stderr
 
 
-def samples(directory) -> dict[str, dict]:
-    """origin -> {label, ext, image bytes} of every sample of a shard set."""
-    m = Manifest.load(directory)
-    out: dict[str, dict] = {}
-    for s in m.shards:
-        with tarfile.open(Path(directory) / s.file) as tf:
-            cur: dict = {}
-            for info in tf:
-                key, ext = info.name.split(".", 1)
-                if cur.get("key") != key:
-                    cur = {"key": key}
-                data = tf.extractfile(info).read()
-                if ext == "cls":
-                    cur["label"] = int(data)
-                elif ext == "json":
-                    out[json.loads(data)["origin"]] = cur
-                else:
-                    cur["ext"], cur["image"] = ext, data
-    return out
+def by_origin(samples: list[dict]) -> dict[str, dict]:
+    """origin -> sample (``read_samples``' dicts: key, label, meta, ext, image bytes)."""
+    return {s["meta"]["origin"]: s for s in samples}
 
 
 def img(seed, size=(8, 10)):
@@ -63,7 +47,7 @@ def pixels(data: bytes) -> np.ndarray:
 # -- G. auto: pass-through for files, lossless for arrays --------------------------------------------
 
 
-def test_png_inputs_stay_png_byte_for_byte_by_default(tmp_path):
+def test_png_inputs_stay_png_byte_for_byte_by_default(tmp_path, read_samples):
     for i in range(5):
         save(tmp_path / "gen" / f"{i // 2:06d}" / f"{i:06d}.png", img(i))
     code, out, err = run("pack", tmp_path / "gen", "--out", tmp_path / "o", "--kind", "generated", "-q")
@@ -72,22 +56,22 @@ def test_png_inputs_stay_png_byte_for_byte_by_default(tmp_path):
     assert m.format == "png" and m.lossless is True
     assert m.encoding == {"format": "png", "requested": "auto", "source_formats": {"png": 5}, "passthrough": 5,
                           "reencoded": 0, "lossy_reencoded": 0, "quality": None}
-    for origin, s in samples(tmp_path / "o").items():
+    for origin, s in by_origin(read_samples(tmp_path / "o")).items():
         assert s["image"] == (tmp_path / "gen" / origin).read_bytes()
     assert "5 passthrough" in out and "PNG inputs kept as they are" in out and "warning" not in err
 
 
-def test_jpeg_inputs_stay_jpeg_byte_for_byte_by_default(tmp_path):
+def test_jpeg_inputs_stay_jpeg_byte_for_byte_by_default(tmp_path, read_samples):
     for c in ("a", "b"):
         for i in range(3):
             save(tmp_path / "src" / c / f"{i}.jpg", img(i), quality=75)
     r = pack(tmp_path / "src", PackConfig(out=tmp_path / "o", progress=False))
     assert r.manifest.format == "jpg" and r.how == {"passthrough": 6} and r.warnings == []
-    for origin, s in samples(tmp_path / "o").items():
+    for origin, s in by_origin(read_samples(tmp_path / "o")).items():
         assert s["image"] == (tmp_path / "src" / origin).read_bytes()
 
 
-def test_mixed_jpeg_png_source_is_stored_as_png_without_loss(tmp_path):
+def test_mixed_jpeg_png_source_is_stored_as_png_without_loss(tmp_path, read_samples):
     """One set, one format: a JPEG/PNG (and BMP/WebP) mix becomes PNG; PNG inputs keep their bytes,
     the others keep exactly the pixels they decode to."""
     src = tmp_path / "src"
@@ -103,7 +87,7 @@ def test_mixed_jpeg_png_source_is_stored_as_png_without_loss(tmp_path):
     assert m.format == "png" and m.encoding["lossy_reencoded"] == 0 and m.encoding["reencoded"] == 4
     assert m.encoding["source_formats"] == {"jpeg": 2, "png": 2, "bmp": 1, "webp": 1}
     assert "the inputs mix formats" in out and "warning" not in err
-    for origin, s in samples(tmp_path / "o").items():
+    for origin, s in by_origin(read_samples(tmp_path / "o")).items():
         original = (src / origin).read_bytes()
         assert s["ext"] == "png"
         if origin.endswith(".png"):
@@ -114,13 +98,13 @@ def test_mixed_jpeg_png_source_is_stored_as_png_without_loss(tmp_path):
 
 
 @pytest.mark.parametrize("side,fmt", [(8, "raw"), (64, "raw"), (65, "png")])
-def test_arrays_default_to_raw_when_small_png_otherwise(tmp_path, side, fmt):
+def test_arrays_default_to_raw_when_small_png_otherwise(tmp_path, side, fmt, read_samples):
     arr = np.stack([img(i, (side, side)) for i in range(3)])
     np.savez(tmp_path / "a.npz", image=arr, label=np.arange(3))
     r = pack(tmp_path / "a.npz", PackConfig(out=tmp_path / "o", progress=False))
     m = r.manifest
     assert m.format == fmt and m.encoding["source_formats"] == {"array": 3} and m.encoding["lossy_reencoded"] == 0
-    for origin, s in samples(tmp_path / "o").items():
+    for origin, s in by_origin(read_samples(tmp_path / "o")).items():
         k = int(origin.split("[")[1].rstrip("]"))
         got = np.frombuffer(s["image"], np.uint8).reshape(side, side, 3) if fmt == "raw" else pixels(s["image"])
         assert np.array_equal(got, arr[k])
@@ -181,7 +165,7 @@ def _wds_tar(path: Path, n: int, labels) -> None:
                 tf.addfile(info, io.BytesIO(data))
 
 
-def test_webdataset_tar_keeps_its_cls_labels(tmp_path):
+def test_webdataset_tar_keeps_its_cls_labels(tmp_path, read_samples):
     labels = [3, 0, 1, 3, 2, 0, 1]
     _wds_tar(tmp_path / "w.tar", 7, labels)
     code, out, err = run("pack", tmp_path / "w.tar", "--out", tmp_path / "o", "--kind", "real", "-q")
@@ -189,7 +173,7 @@ def test_webdataset_tar_keeps_its_cls_labels(tmp_path):
     assert "webdataset-style samples" in out and "skipped: 0" in out
     m = Manifest.load(tmp_path / "o")
     assert m.classes == ("0", "1", "2", "3") and m.label_counts == {"0": 2, "1": 2, "2": 1, "3": 2}
-    got = samples(tmp_path / "o")
+    got = by_origin(read_samples(tmp_path / "o"))
     assert {o: s["label"] for o, s in got.items()} == {f"shard/{i:06d}.png": labels[i] for i in range(7)}
     assert verify_dir(tmp_path / "o") == []
     # a shard written by this package is such a tar: re-packing it keeps the labels too

@@ -4,11 +4,11 @@ An epoch of ``real:1 + generated:1`` is 48 samples = 3 steps of 16, so steps 3 a
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 import train
+from loaders.pipeline import TrainLoader
 from models.engine import Settings, read_records
 from models.methods.simclr import SimCLR
 from shards.errors import ConfigError
@@ -24,13 +25,14 @@ from shards.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from shards.demo import make_demo
+DEMO = (24, 24, 40)  # demo_sets(n_real, n_generated, n_test): shards of 16, seed 0
+FEED_DELAY_S = 0.2  # the straight run's loader holds every batch back this long
 
-    root = tmp_path_factory.mktemp("train-data")
-    make_demo(root, n_real=24, n_generated=24, n_test=40, seed=0, shard_size=16)
-    return {name: root / name for name in ("real", "generated", "test")}
+
+@pytest.fixture(scope="module")
+def data(demo_sets):
+    """The tiny demo shared read-only by the session (tests/conftest.py); damaging tests use ``demo_copy``."""
+    return demo_sets(*DEMO)
 
 
 def base_args(data, out, steps=6, **extra):
@@ -52,11 +54,28 @@ def records(out, kind="train"):
     return read_records(out, kind)
 
 
+def _delayed(batches):
+    """``TrainLoader.batches`` whose every batch arrives ``FEED_DELAY_S`` late: a slow data feed."""
+    def slow(self):
+        it = batches(self)
+        try:
+            for b in it:
+                time.sleep(FEED_DELAY_S)
+                yield b
+        finally:
+            it.close()
+
+    return slow
+
+
 @pytest.fixture(scope="module")
 def straight(data, tmp_path_factory):
-    """9 uninterrupted steps (3 epochs), keeping ckpt-3.pt and ckpt-6.pt (epoch ends), an eval at step 4."""
+    """9 uninterrupted steps (3 epochs), keeping ckpt-3.pt and ckpt-6.pt (epoch ends), an eval at step 4; the
+    loader is slowed down by ``FEED_DELAY_S`` per batch (timing only: batches and losses are unchanged)."""
     out = tmp_path_factory.mktemp("runs") / "straight"
-    result = run(base_args(data, out, steps=9, keep_every=3, eval_every=4, ckpt_every=2))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TrainLoader, "batches", _delayed(TrainLoader.batches))
+        result = run(base_args(data, out, steps=9, keep_every=3, eval_every=4, ckpt_every=2))
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -73,7 +92,11 @@ def test_run_writes_config_metrics_checkpoint_and_events(straight):
     assert [r["epoch"] for r in train_recs] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     for r in train_recs:
         assert all(k in r for k in ("loss", "ssl_loss", "probe_loss", "probe_acc", "lr", "samples_per_s", "data_wait"))
-        assert 0 <= r["data_wait"] <= 1 and r["samples_per_s"] > 0
+        assert r["loss"] == pytest.approx(r["ssl_loss"] + r["probe_loss"], rel=1e-6)  # the probe trains too
+        # one step per record: data_wait × (16 samples / samples_per_s) is the seconds spent waiting for the
+        # batch, which hold the feed's delay, and cannot exceed the step's time
+        waited = r["data_wait"] * 16 / r["samples_per_s"]
+        assert waited >= FEED_DELAY_S * 0.999 and r["data_wait"] <= 1, r
     assert train_recs[-1]["lr"] == pytest.approx(0.0)  # cosine to 0 at the last step
     evals = records(out, "eval")
     assert [ev["step"] for ev in evals] == [4, 8]
@@ -87,7 +110,13 @@ def test_run_writes_config_metrics_checkpoint_and_events(straight):
     assert ckpt["step"] == 9 and ckpt["settings"]["batch_size"] == 16
     assert (ckpt["loader"]["epoch"], ckpt["loader"]["step"]) == (3, 0)  # the next batch: epoch 3 starts
     assert torch.load(out / "ckpt-3.pt", map_location="cpu", weights_only=False)["step"] == 3
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(out / "tb"))
+    tb.Reload()
+    assert {e.step: e.value for e in tb.Scalars("train/loss")} == pytest.approx(
+        {r["step"]: r["loss"] for r in train_recs}, rel=1e-6)  # TensorBoard holds the same curve (float32)
+    assert [e.step for e in tb.Scalars("eval/knn_acc")] == [4, 8]
     assert not list(out.glob(".*.tmp"))
 
 
@@ -330,17 +359,17 @@ def test_resume_tolerates_a_torn_metrics_line(straight, tmp_path):
     assert [r["step"] for r in records(run_dir)] == list(range(1, 10))
 
 
-def test_resume_refuses_changed_data_unless_allowed(straight, tmp_path):
+def test_resume_refuses_changed_data_unless_allowed(straight, tmp_path, demo_copy):
     from shards.demo import make_demo
 
     out, _ = straight
     d = data_of(out)
-    copy = tmp_path / "data"
-    make_demo(copy, n_real=24, n_generated=24, n_test=40, seed=0, shard_size=16)
+    copy = demo_copy(*DEMO)
     run_dir = tmp_path / "run"
-    args = base_args({**d, "generated": copy / "generated"}, run_dir, steps=4, keep_every=2)
+    args = base_args({**d, "generated": copy["generated"]}, run_dir, steps=4, keep_every=2)
     assert run(args).exit_code == 0
-    make_demo(copy, n_real=24, n_generated=16, n_test=40, seed=1, shard_size=16, overwrite=True)  # re-packed
+    make_demo(copy["real"].parent, n_real=24, n_generated=16, n_test=40, seed=1, shard_size=16,
+              overwrite=True)  # re-packed
     result = CliRunner().invoke(train.main, ["--resume", str(run_dir / "ckpt-2.pt"), "--out", str(tmp_path / "r2")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "the data changed since the checkpoint" in result.output and "count 24 at the checkpoint, 16 now" in result.output
@@ -350,25 +379,9 @@ def test_resume_refuses_changed_data_unless_allowed(straight, tmp_path):
     assert "the epoch plan differs from the checkpoint's" in result.output
 
 
-def _zero_sample(directory: Path, shard: int = 0, sample: int = 1) -> str:
-    """Overwrite the first bytes of one image in place (the tar and its index stay consistent); its key."""
-    from shards.index import read_index
-    from shards.manifest import Manifest
-
-    m = Manifest.load(directory)
-    idx = read_index(directory / m.shards[shard].index)
-    with open(directory / m.shards[shard].file, "r+b") as f:
-        f.seek(int(idx.offsets[m.format][sample]))
-        f.write(b"\0" * 16)
-    return str(idx.keys[sample])
-
-
-def test_skipped_corrupt_samples_are_counted_and_reported(tmp_path):
-    from shards.demo import make_demo
-
-    make_demo(tmp_path / "d", n_real=24, n_generated=24, n_test=40, seed=0, shard_size=16)
-    d = {name: tmp_path / "d" / name for name in ("real", "generated", "test")}
-    key = _zero_sample(d["generated"])
+def test_skipped_corrupt_samples_are_counted_and_reported(tmp_path, demo_copy, corrupt_sample):
+    d = demo_copy(*DEMO)
+    _, key = corrupt_sample(d["generated"], 0, 1)
     out = tmp_path / "skip"
     result = run(base_args(d, out, steps=3, on_corrupt="skip"))
     assert result.exit_code == 0, result.output
