@@ -52,7 +52,9 @@ def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]")
+@click.option("--device", default="cpu", show_default=True, help="Where the batches go: cpu or cuda[:N].")
+@click.option("--loader-device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Where the DALI pipeline runs (auto: gpu when --device is cuda).")
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--drop-last/--keep-last", default=False, show_default=True,
               help="drop the last partial batch (as training does) or count it")
@@ -60,7 +62,7 @@ def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
 @click.option("--plan-only", is_flag=True, help="show the policy's choices and the plan; do not run the pipeline")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 def audit(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, epochs, batch_size, seed,
-          device, threads, drop_last, on_corrupt, plan_only, as_json):
+          device, loader_device, threads, drop_last, on_corrupt, plan_only, as_json):
     """Run the real pipeline over whole epochs and report what it delivers."""
     from tqdm import tqdm
 
@@ -71,7 +73,7 @@ def audit(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitte
         else:
             with tqdm(total=None, unit="sample", disable=as_json, leave=False) as bar:
                 report = run_audit(recipe.mixture, recipe.aug, batch_size=batch_size, epochs=epochs, seed=seed,
-                                   device=device, num_threads=threads, drop_last=drop_last, on_corrupt=on_corrupt,
+                                   device=device, loader_device=loader_device, num_threads=threads, drop_last=drop_last, on_corrupt=on_corrupt,
                                    progress=bar.update)
             report["recipe"] = recipe.to_dict()
     except UserError as e:

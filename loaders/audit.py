@@ -17,9 +17,11 @@ from .pipeline import TrainLoader
 
 
 def run_audit(mixture: Mixture, aug: AugConfig, *, batch_size: int, epochs: int = 1, seed: int = 0,
-              device: str = "cpu", num_threads: int = 2, drop_last: bool = False, on_corrupt: str = "error",
+              device: str = "cpu", loader_device: str = "auto", num_threads: int = 2, drop_last: bool = False,
+              on_corrupt: str = "error",
               progress=None) -> dict:
-    loader = TrainLoader(mixture, aug, batch_size, seed=seed, device=device, num_threads=num_threads,
+    loader = TrainLoader(mixture, aug, batch_size, seed=seed, device=device, loader_device=loader_device,
+                         num_threads=num_threads,
                          drop_last=drop_last, on_corrupt=on_corrupt)
     names = [s.name for s in mixture.sources]
     report = {"sources": mixture.describe(), "batch_size": batch_size, "seed": seed, "drop_last": drop_last,
