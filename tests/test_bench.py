@@ -455,3 +455,90 @@ def test_pack_bench_on_real_files_passes_jpeg_through(tmp_path):
     assert rows["imagefolder->jpg"]["passthrough"] == 24 and rows["npz->jpg"]["encoded"] == 24
     for r in rows.values():
         assert r["images_per_pack"] == 24 and r["timed_batches"] >= 1 and r["seconds"] >= 1.0 and r["peak_pss_mb"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# bench/gpu_run.sh
+# ---------------------------------------------------------------------------------------------------
+GPU_RUN = Path(__file__).resolve().parents[1] / "bench" / "gpu_run.sh"
+
+
+def test_gpu_run_dry_run_lists_every_step(tmp_path):
+    import subprocess
+
+    out = subprocess.run(["bash", str(GPU_RUN), "--dry-run", "--work", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
+    assert sum("-m shards pack" in c for c in cmds) == 3 and any("-m pytest -m gpu" in c for c in cmds)
+    bench = [c for c in cmds if "-m bench all --only" in c]
+    assert [c.split("--only ")[1].split()[0] for c in bench] == ["loader", "model", "end-to-end", "scale", "formats"]
+    assert all("--device cuda" in c and f"{tmp_path}/shards/cifar10-train:10" in c and "edm:1" in c for c in bench)
+    (train,) = [c for c in cmds if "train.py" in c]
+    assert "--backbone resnet18 " in train and "--batch-size 512 " in train and "--steps 1000 " in train
+
+
+def test_gpu_run_data_step_on_the_cpu(tmp_path):
+    """The `data` step on small archives laid out like the shared ones, on the CPU; the results archive is left."""
+    import subprocess
+    import sys
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    with tarfile.open(data / "cifar10-jpg.tar.gz", "w:gz") as tar:
+        for split in ("train", "test"):
+            for i in range(12):
+                f = tmp_path / f"{split}{i}.jpg"
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(f, quality=75)
+                tar.add(f, f"cifar10/{split}/{'cat' if i % 2 else 'dog'}/{i:04d}.jpg")
+    with tarfile.open(data / "edm-cifar10-50k-png.tar.gz", "w:gz") as tar:
+        for i in range(10):
+            f = tmp_path / f"g{i}.png"
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(f)
+            tar.add(f, f"edm-cifar10/fid-tmp/000000/{i:06d}.png")
+    env = {**os.environ, "PYTHON": sys.executable}
+    work = tmp_path / "work"
+    out = subprocess.run(["bash", str(GPU_RUN), "--device", "cpu", "--quick", "--data", str(data), "--bundle",
+                          str(tmp_path / "none"), "--limit", "8", "--work", str(work), "--out", str(tmp_path / "out"),
+                          "data"], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    counts = {d: Manifest.load(work / "shards" / d).count for d in ("cifar10-train", "cifar10-test", "edm")}
+    assert counts == {"cifar10-train": 8, "cifar10-test": 8, "edm": 8}
+    assert Manifest.load(work / "shards" / "cifar10-train").format == "jpg"
+    assert Manifest.load(work / "shards" / "edm").kind == "generated"
+    assert (tmp_path / "out" / "gpu-run.tar.gz").is_file() and "all steps passed" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------------
+# on a GPU (pytest -m gpu; skipped without CUDA)
+# ---------------------------------------------------------------------------------------------------
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+needs_cuda = pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("backend", ["dali-gpu", "reference", "webdataset"])
+def test_loader_backends_on_the_gpu(demo, backend):
+    from bench.loader import RUNNERS
+
+    timing = {"warmup": 1, "min_batches": 3, "min_seconds": 0.0}
+    row = RUNNERS[backend]([f"{demo / 'real'}:10", f"{demo / 'generated'}:1"], "simclr", "cuda", 16, 2, timing)
+    assert row["timed_batches"] == 3 and row["timed_samples"] == 48 and row["samples_per_s"] > 0
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_model_ceiling_on_the_gpu_uses_bf16_and_reports_gpu_memory():
+    from bench.model import measure_model_ceiling
+    from models import build_method
+
+    row = measure_model_ceiling(build_method("simclr"), 64, "cuda", warmup=1, min_batches=3, min_seconds=0.0)
+    assert row["timed_batches"] == 3 and row["peak_gpu_mb"] > 0 and 0 < row["mfu"] < 1
