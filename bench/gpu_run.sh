@@ -18,15 +18,18 @@
 #   --only LIST         benchmarks of the bench step (loader,model,end-to-end,scale,formats; pack is CPU-only)
 #   --limit N           pack at most N images per set (a CPU smoke test)
 #   --steps N           training steps (1000; --quick 4)
+#   --deadline S        stop starting commands, and cut the running one short, so the whole script ends
+#                       within S seconds (570: a device call may run 600 s); 0 = no deadline
 #   --dry-run           print the commands, run nothing
 #
-# Every step appends to WORK/results and, whatever happens, the script leaves OUT/gpu-run.tar.gz (all of
-# WORK/results so far: extract it into bench/results/) and OUT/gpu-run.log. Steps are independent once
-# `data` has run on the machine, so they can be spread over several device calls (each under 10 minutes).
+# Every step appends to WORK/results; after every command the script refreshes OUT/gpu-run.tar.gz (all of
+# WORK/results so far: extract it into bench/results/) and OUT/gpu-run.log, so a call cut short still
+# brings back what was measured. Steps are independent once `data` has run on the machine, so they can be
+# spread over several device calls (each under 10 minutes).
 set -uo pipefail
 
 device=cuda quick=0 data=/tmp/bundle/data bundle=/tmp/bundle work=/tmp/gpu-run out="${OUT:-}" only=""
-limit="" steps="" dry=0
+limit="" steps="" dry=0 deadline=570
 benches_default=loader,model,end-to-end,scale,formats
 stepnames=()
 while [ $# -gt 0 ]; do
@@ -40,9 +43,10 @@ while [ $# -gt 0 ]; do
     --only) only=$2; shift 2 ;;
     --limit) limit=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
+    --deadline) deadline=$2; shift 2 ;;
     --dry-run) dry=1; shift ;;
     data|tests|bench|train) stepnames+=("$1"); shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "gpu_run.sh: unknown argument '$1'; see --help" >&2; exit 2 ;;
   esac
 done
@@ -65,28 +69,38 @@ qflag=() ; [ $quick = 1 ] && qflag=(--quick)
 lflag=() ; [ -n "$limit" ] && lflag=(--limit "$limit")
 failed=()
 
-# run LIMIT_S NAME CMD...: one command under a time limit, its output in the log; a failure is recorded, not fatal
+# run LIMIT_S NAME CMD...: one command under a time limit (and the deadline), its output in the log; a failure
+# is recorded, not fatal; the results archive is refreshed after it
 run() {
   local limit_s=$1 name=$2
   shift 2
   echo "+ $*" | tee -a "$log"
   [ $dry = 1 ] && return 0
+  if [ "$deadline" -gt 0 ]; then
+    local left=$((deadline - SECONDS - 20))
+    if [ $left -lt 30 ]; then
+      echo "= $name: not started, the deadline is near" | tee -a "$log"
+      failed+=("$name(no-time)")
+      return 0
+    fi
+    [ $left -lt "$limit_s" ] && limit_s=$left
+  fi
   local t0=$SECONDS
   timeout --kill-after=10 "$limit_s" "$@" 2>&1 | tee -a "$log"
   local rc=${PIPESTATUS[0]}
   echo "= $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$log"
   [ "$rc" = 0 ] || failed+=("$name")
+  collect
 }
 
 collect() {
   [ $dry = 1 ] && return 0
   mkdir -p "$results"
   tar -czf "$out/gpu-run.tar.gz.tmp" -C "$results" . && mv "$out/gpu-run.tar.gz.tmp" "$out/gpu-run.tar.gz"
-  echo "results: $out/gpu-run.tar.gz ($(ls "$results" | wc -l) files; extract into bench/results/)" | tee -a "$log"
 }
 
 mkdir -p "$out" "$results" "$shards"
-trap collect EXIT
+trap 'collect; echo "results: $out/gpu-run.tar.gz ($(ls "$results" | wc -l) files; extract into bench/results/)"' EXIT
 cd "$repo"
 echo "== gpu_run.sh $(date -u +%FT%TZ) device=$device quick=$quick steps: ${stepnames[*]}" | tee -a "$log"
 run 60 hardware "$py" -c "import json; from bench.common import hardware_info; print(json.dumps(hardware_info()))"
