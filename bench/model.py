@@ -6,7 +6,8 @@
 The step is the real one (``Method.training_step`` + backward + optimizer + ``on_train_step_end``), timed by
 ``bench.common.timed`` (warm-up steps, then ≥ 50 steps and ≥ 10 s, synchronised on the device). FLOPs per
 step are counted once with ``torch.utils.flop_counter.FlopCounterMode``; MFU is achieved FLOP/s over the
-device's measured dense matmul rate (bf16 on GPU, fp32 on CPU; ≥ 50 products) taken in the same run.
+device's measured dense matmul rate (bf16 on GPU, fp32 on CPU; ≥ 50 products and ≥ 2 s, before and after
+the steps, the higher of the two) taken in the same run.
 Memory: the peak PSS of this process during the run and, on a GPU, ``torch.cuda.max_memory_allocated``.
 """
 from __future__ import annotations
@@ -23,9 +24,9 @@ from models import build_method, build_optimizer
 
 
 def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype | None = None, n: int | None = None,
-                         min_products: int = 50) -> float:
+                         min_products: int = 50, min_seconds: float = 2.0) -> float:
     """Measured dense matmul rate (FLOP/s) of an n×n×n product: bf16 on GPU, fp32 on CPU by default;
-    the mean over at least ``min_products`` products after two warm-up ones."""
+    the mean over at least ``min_products`` products and ``min_seconds`` after two warm-up ones."""
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     n = n or (8192 if device.type == "cuda" else 1024)
@@ -36,7 +37,7 @@ def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype | None =
         a @ b
         return 1
 
-    row = timed(product, warmup=2, min_batches=min_products, min_seconds=0.0, sync=device_sync(str(device)),
+    row = timed(product, warmup=2, min_batches=min_products, min_seconds=min_seconds, sync=device_sync(str(device)),
                 memory=False)
     return 2 * n ** 3 * row["timed_batches"] / row["seconds"]
 
@@ -90,9 +91,12 @@ def measure_model_ceiling(method, batch_size: int, device: torch.device | str, *
         train_step()
         return batch_size
 
+    # the matmul rate just before and just after the steps, the higher of the two: on shared cores a
+    # single calibration taken while someone else computes would make MFU look better than it is
+    before = peak_flops if peak_flops is not None else measure_matmul_flops(device)
     row = timed(run_one, warmup=warmup, min_batches=min_batches, min_seconds=min_seconds, max_batches=max_batches,
                 sync=device_sync(str(device)))
-    peak = peak_flops if peak_flops is not None else measure_matmul_flops(device)
+    peak = peak_flops if peak_flops is not None else max(before, measure_matmul_flops(device))
     steps_per_s = row["timed_batches"] / row["seconds"]
     return {
         "backend": "model-ceiling",

@@ -106,7 +106,7 @@ def load_runs(results_dir: Path, all_runs: bool = False) -> list[Run]:
             click.echo(f"skipping {path}: {problems[0]}; re-run its benchmark to rewrite it", err=True)
             continue
         runs.append(Run(path, doc["bench"], host_kind(doc["hardware"]), doc["hardware"], doc["settings"],
-                        tuple(doc["results"]), bool(doc.get("quick", False))))
+                        tuple(doc["results"]), bool(doc.get("quick", doc["settings"].get("quick", False)))))
     if all_runs:
         return runs
     newest: dict[tuple[str, str], Run] = {}
@@ -134,15 +134,18 @@ def _num(v, digits: int = 0) -> str:
         return "–"
     if isinstance(v, float) and digits:
         return f"{v:.{digits}f}"
+    if isinstance(v, float) and abs(v) < 100:
+        return f"{v:.1f}"
     return f"{v:,.0f}" if isinstance(v, (int, float)) else str(v)
 
 
 def _timed(run: Run, row: dict) -> str:
     """How the figure was timed: "N in S s" (batches or steps; whole packs for pack), flagged when quick or
     when it misses the rule (≥ 50 batches or ≥ 10 s)."""
-    if row.get("timed_batches") is None or row.get("seconds") is None:
-        return "–"
-    text = f"{row['timed_batches']:,} in {row['seconds']:.1f} s"
+    n = row.get("timed_batches", row.get("timed_steps"))
+    if n is None or row.get("seconds") is None:
+        return "(quick)" if run.quick else "–"
+    text = f"{n:,} in {row['seconds']:.1f} s"
     if run.quick:
         text += " (quick)"
     elif row.get("meets_minimum") is False:
@@ -196,7 +199,8 @@ def _save(fig, path: Path) -> Path:
 
 def chart_throughput(runs: list[Run], path: Path) -> Path | None:
     bars = [(f"{r.host} · {r.bench}{' (quick)' if r.quick else ''} · {row_label(row)}", row["samples_per_s"])
-            for r in runs if r.bench in THROUGHPUT_BENCHES for row in r.results if row.get("samples_per_s")]
+            for r in runs if r.bench in THROUGHPUT_BENCHES for row in r.results
+            if row.get("samples_per_s") and row.get("backend") != "plan_epoch"]  # planned, not loaded, samples
     if not bars:
         return None
     plt = _pyplot()
@@ -263,8 +267,8 @@ def chart_scale(runs: list[Run], path: Path) -> Path | None:
     for run, row in full:
         axes[0][0].plot([row["planned_samples"]], [row["samples_per_s"]], "*", markersize=14, color="tab:red",
                         label=f"{run.host} whole epoch, {row.get('variant', 'full')}")
-        axes[0][0].annotate(f" {row['samples_per_s']:,.0f}/s, {row.get('epoch_s', 0):.0f} s",
-                            (row["planned_samples"], row["samples_per_s"]), fontsize=7)
+        axes[0][0].annotate(f"{row['samples_per_s']:,.0f}/s, epoch {row.get('epoch_s', 0):.0f} s  ",
+                            (row["planned_samples"], row["samples_per_s"]), fontsize=7, ha="right", va="center")
     for col, (xlabel, log) in enumerate((("planned samples per epoch", True), ("number of sources", False))):
         axes[0][col].set_ylabel("loader two-view samples / s")
         axes[1][col].set_ylabel("planning time s")
