@@ -10,9 +10,11 @@ once and writes three shard sets of exactly those images with ``shards.writer.Sh
 * ``png`` — lossless, PIL's default compression,
 * ``raw`` — H·W·3 uint8 pixels (no decoding at all in the loader).
 
-Each set is then read by the real ``loaders.pipeline.TrainLoader`` (weight 1, the given augmentation) and
-timed over a fixed number of batches (``--batches``; whole epochs without it). On the GPU the DALI
-``mixed`` decoder decodes JPEG with nvJPEG while PNG stays on the CPU, so the ranking may differ by device.
+Each set is then read by the real ``loaders.pipeline.TrainLoader`` (weight 1, the given augmentation), one
+format after the other in the same run, each in a fresh process (``bench.common.in_fresh_process``: its
+memory figure is its own), timed by ``bench.common.timed`` (warm-up, then ≥ 50 batches and ≥ 10 s, epoch
+after epoch if the set is small). On the GPU the DALI ``mixed`` decoder decodes JPEG with nvJPEG while PNG
+stays on the CPU, so the ranking may differ by device.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench.common import run_in_workdir, pick_device, print_table, resolve_shards, time_train_loader, write_results
+from bench.common import (default_workers, in_fresh_process, pick_device, print_table, run_in_workdir, time_train_loader,
+                          timing_kwargs, timing_settings, write_results)
 from shards.index import read_index
 from shards.manifest import FORMATS, Manifest, ShardError
 from shards.writer import ShardSetWriter
@@ -39,8 +42,11 @@ class FormatsConfig:
     formats: tuple[str, ...] = FORMATS
     limit: int | None = None
     batch_size: int = 256
-    batches: int | None = None
-    warmup: int = 5
+    warmup: int = 10
+    min_batches: int = 50
+    min_seconds: float = 10.0
+    workers: int = 2  # DALI threads
+    isolate: bool = True  # each format's loader in a fresh process
     aug: str = "simclr-adainf"
     device: str = "cpu"
     seed: int = 0
@@ -125,8 +131,10 @@ def run(shards: list[str], cfg: FormatsConfig, work: Path) -> list[dict]:
         size_mb = sum(s.bytes for s in manifest.shards) / 2**20
         row = {"backend": backend, "format": fmt, "images": manifest.count, "shard_mb": round(size_mb, 2),
                "bytes_per_image": round(size_mb * 2**20 / max(manifest.count, 1), 1)}
-        row.update(time_train_loader([f"{work / fmt}:1"], cfg.aug, cfg.batch_size, cfg.batches, cfg.warmup,
-                                     cfg.device, cfg.seed))
+        args = ([f"{work / fmt}:1"], cfg.aug, cfg.batch_size)
+        kwargs = dict(device=cfg.device, seed=cfg.seed, num_threads=cfg.workers, warmup=cfg.warmup,
+                      min_batches=cfg.min_batches, min_seconds=cfg.min_seconds)
+        row.update(in_fresh_process(time_train_loader, *args, **kwargs) if cfg.isolate else time_train_loader(*args, **kwargs))
         click.echo(f"  {fmt}: {row['samples_per_s']} samples/s", err=True)
         rows.append(row)
     return rows
@@ -138,15 +146,19 @@ def run(shards: list[str], cfg: FormatsConfig, work: Path) -> list[dict]:
 @click.option("--formats", "formats", default=",".join(FORMATS), show_default=True, help="Formats to compare.")
 @click.option("--limit", type=int, default=None, help="Images to convert [all; --quick 2048].")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--batches", type=int, default=None, help="Timed batches per format [whole epoch; --quick 20].")
-@click.option("--warmup", type=int, default=5, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=None, help="DALI threads [the cores available].")
+@click.option("--warmup", type=click.IntRange(0), default=None, help="Untimed batches first [10; --quick 2].")
+@click.option("--min-batches", type=click.IntRange(1), default=None, help="Timed batches at least [50; --quick 5].")
+@click.option("--min-seconds", type=float, default=None, help="Timed seconds at least [10; --quick 1].")
+@click.option("--isolate/--no-isolate", default=True, show_default=True, help="Each format in a fresh process.")
 @click.option("--aug", default="simclr-adainf", show_default=True, help="Augmentation preset.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quick", is_flag=True, help="2,048 images, 20 timed batches per format.")
+@click.option("--quick", is_flag=True, help="2,048 images, lower timing minimums (marked quick in the JSON).")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON goes [bench/results].")
-def main(shards, formats, limit, batch_size, batches, warmup, aug, device, jpeg_quality, seed, quick, out_dir):
+def main(shards, formats, limit, batch_size, workers, warmup, min_batches, min_seconds, isolate, aug, device, jpeg_quality,
+         seed, quick, out_dir):
     """Loader samples/s on jpg vs png vs raw shards of the same images."""
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmts if f not in FORMATS]
@@ -154,12 +166,14 @@ def main(shards, formats, limit, batch_size, batches, warmup, aug, device, jpeg_
         raise click.BadParameter(f"{formats!r}: choose from {', '.join(FORMATS)}", param_hint="--formats")
     if quick:
         limit = 2048 if limit is None else limit
-        batches = 20 if batches is None else batches
-    cfg = FormatsConfig(formats=fmts, limit=limit, batch_size=batch_size, batches=batches, warmup=warmup, aug=aug,
-                        device=pick_device(device), seed=seed, jpeg_quality=jpeg_quality)
+    timing = timing_settings(quick, warmup, min_batches, min_seconds)
+    cfg = FormatsConfig(formats=fmts, limit=limit, batch_size=batch_size, aug=aug, device=pick_device(device), seed=seed,
+                        jpeg_quality=jpeg_quality, workers=workers or default_workers(), isolate=isolate,
+                        **timing_kwargs(timing))
     rows, shards = run_in_workdir("bench-formats-", shards, run, cfg)
-    print_table(rows, ["backend", "format", "images", "bytes_per_image", "samples_per_s", "rss_tree_peak_mb"])
-    path = write_results("formats", {**asdict(cfg), "shards": shards[:1], "quick": quick}, rows, out_dir)
+    print_table(rows, ["backend", "format", "images", "bytes_per_image", "samples_per_s", "peak_pss_mb", "timed_batches",
+                       "seconds"])
+    path = write_results("formats", {**asdict(cfg), "shards": shards[:1], "quick": timing["quick"]}, rows, out_dir)
     click.echo(f"wrote {path}", err=True)
 
 

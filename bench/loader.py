@@ -1,54 +1,38 @@
 """Two-view augmentation throughput: DALI (this project) vs the reference recipe vs webdataset.
 
-    python -m bench.loader --shards DIR[:W] ... [--quick] [--workers 2] [--batch-size 256]
+    python -m bench.loader --shards DIR[:W] ... [--quick] [--workers N] [--batch-size 256] [--device auto]
 
-Backends, all producing two augmented views per sample with the same recipe (``--preset``) and the
-same number of workers / threads:
+Backends, all producing two augmented views per sample of the same mixture (the same weights), with the
+same recipe (``--preset``) and the same number of workers / threads (``--workers``, default: the cores
+this process may use):
 
 * ``dali-cpu`` — ``loaders.pipeline.TrainLoader`` on the CPU backend (``num_threads=workers``);
-* ``dali-gpu`` — the same on ``cuda`` when a GPU is visible;
-* ``reference`` — what the AdaInf release does: all images decoded into one uint8 array in RAM,
-  a PyTorch ``DataLoader`` (``num_workers=workers``) with PIL + torchvision transforms;
-* ``webdataset`` — ``webdataset.WebDataset`` over the same tars + ``DataLoader`` + torchvision.
+* ``dali-gpu`` — the same on ``cuda`` when the device is a GPU;
+* ``reference`` — what the AdaInf release does: every image decoded once into one uint8 array in RAM,
+  then a PyTorch ``DataLoader`` (``num_workers=workers``) with PIL + torchvision transforms, fed the
+  same exact weighted epoch order (``loaders.sampler.plan_epoch``) as DALI;
+* ``webdataset`` — ``webdataset.WebDataset`` over the same tars + ``WebLoader`` + the same torchvision
+  transforms, configured as webdataset's documentation recommends (see :func:`bench_webdataset`).
 
-Peak RSS is sampled with psutil (this process plus its children) while each backend runs.
-``--plan-only`` times ``plan_epoch`` on a 1.5M-sample epoch (50k real × 10 + 1M generated).
+Each backend runs in a fresh process (``bench.common.in_fresh_process``) and is timed by
+``bench.common.timed`` (warm-up, then ≥ 50 batches and ≥ 10 s); memory is the peak PSS of that process
+and its children (the DataLoader workers), sampled during the run (``bench.common.PssSampler``). On a GPU
+the reference and webdataset batches are copied to the device (pinned memory, non-blocking), as a
+training loop would, so every backend ends with views on the device.
+
+The ``plan_epoch`` row times planning a 1.5M-sample epoch (50k real × 10 + 1M generated).
 """
 from __future__ import annotations
 
-import threading
-import time
+from functools import partial
 
 import click
 import numpy as np
 
-from bench.common import RssSampler, print_table, resolve_shards, write_results
+from bench.common import (default_workers, device_sync, in_fresh_process, pick_device, print_table, resolve_shards,
+                          time_train_loader, timed, timing_kwargs, timing_settings, write_results)
 
-
-class PeakRSS(RssSampler):
-    """`RssSampler` sampled every 50 ms in a background thread (the loaders under test own the main one)."""
-
-    def __init__(self):
-        super().__init__()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self):
-        while not self._stop.wait(0.05):
-            self.sample()
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.sample()
-
-    @property
-    def mb(self) -> float:
-        return self.peak_mb
+BACKENDS = ("dali-cpu", "dali-gpu", "reference", "webdataset")
 
 
 def torchvision_transform(view):
@@ -83,6 +67,8 @@ class _PILBlur:
 
 
 class _ArrayDataset:
+    """The release's dataset: decoded uint8 images in RAM, PIL + torchvision per view."""
+
     def __init__(self, images, labels, transforms):
         self.images, self.labels, self.transforms = images, labels, transforms
 
@@ -96,23 +82,49 @@ class _ArrayDataset:
         return [t(img) for t in self.transforms], int(self.labels[i])
 
 
-class _TwoViews:
+class _Order:
+    """A DataLoader sampler that yields a fixed index order (the exact weighted epoch plan)."""
+
+    def __init__(self, order: np.ndarray):
+        self.order = order
+
+    def __len__(self):
+        return len(self.order)
+
+    def __iter__(self):
+        return iter(self.order.tolist())
+
+
+class _ViewsAndLabel:
+    """(image, label) -> (view 1, view 2, ..., label): one tensor per column, so ``.batched()`` stacks each
+    view into one (B, 3, H, W) tensor inside the worker (a list of views per sample would stay a Python
+    list of 2·B small tensors, each sent to the main process separately)."""
+
     def __init__(self, transforms):
         self.transforms = transforms
 
-    def __call__(self, img):
-        return [t(img) for t in self.transforms]
+    def __call__(self, sample):
+        img, label = sample
+        return (*[t(img) for t in self.transforms], int(label))
+
+
+def _raw_to_pil(shape, data):
+    """A raw shard member (H·W·3 uint8 bytes) as a PIL image (webdataset has no decoder for ``.raw``)."""
+    from PIL import Image
+
+    return Image.frombuffer("RGB", (shape[1], shape[0]), data, "raw", "RGB", 0, 1)
 
 
 def _load_arrays(mixture):
-    """Every sample of the mixture decoded to one uint8 array (what the release keeps in RAM)."""
+    """Every sample of every source decoded once into one uint8 array (what the release keeps in RAM);
+    returns (images, labels, offset of each source's first sample)."""
     import io
 
     from PIL import Image
 
     from loaders.reader import SourceReader
 
-    images, labels = [], []
+    images, labels, offsets = [], [], [0]
     for s in mixture.sources:
         r = SourceReader(s.path, s.manifest)
         data, lab, _ = r.read(np.arange(len(r)))
@@ -122,134 +134,212 @@ def _load_arrays(mixture):
             else:
                 images.append(np.asarray(Image.open(io.BytesIO(d.tobytes())).convert("RGB")))
         labels.append(lab)
-    return np.stack(images), np.concatenate(labels)
+        offsets.append(offsets[-1] + len(r))
+    return np.stack(images), np.concatenate(labels), np.array(offsets[:-1], dtype=np.int64)
 
 
-def _drain(batches, limit: int, count) -> tuple[int, float]:
-    """Consume batches until ``limit`` samples (after one warm-up batch); (samples, seconds)."""
-    n, t0 = 0, None
-    for b in batches:
-        if t0 is None:
-            t0 = time.perf_counter()
-            continue
-        n += count(b)
-        if n >= limit:
-            break
-    return n, time.perf_counter() - (t0 or time.perf_counter())
+def _to_device(views, device: str):
+    return [v.to(device, non_blocking=True) for v in views] if device.startswith("cuda") else views
 
 
-def bench_dali(mixture, aug, device, batch_size, workers, limit):
-    from loaders.pipeline import TrainLoader
-
-    loader = TrainLoader(mixture, aug, batch_size, device=device, num_threads=workers, drop_last=False)
-
-    def batches():
-        e = 0
-        while True:
-            yield from loader.epoch(e)
-            e += 1
-
-    return _drain(batches(), limit, len)
+def bench_dali(shards, preset_name, device, batch_size, workers, timing) -> dict:
+    return time_train_loader(shards, preset_name, batch_size, device=device, num_threads=workers, **timing)
 
 
-def bench_reference(mixture, aug, batch_size, workers, limit):
+def reference_loader(mixture, aug, batch_size: int, workers: int, device: str):
+    """The AdaInf release's recipe, configured as PyTorch's DataLoader documentation recommends: automatic
+    batching with the default collation (one (B, 3, H, W) tensor per view), ``num_workers`` worker processes
+    kept alive across epochs (``persistent_workers``), ``pin_memory`` only when batches go to a GPU. The
+    sampler is the exact weighted epoch of ``loaders.sampler.plan_epoch`` (what the DALI loader reads), over
+    images decoded once into RAM (the release copies the real array 10 times instead; the order is the same
+    multiset). Returns (DataLoader, number of decoded images)."""
     import torch
 
-    images, labels = _load_arrays(mixture)
+    from loaders.sampler import plan_epoch
+
+    images, labels, offsets = _load_arrays(mixture)
+    plan = plan_epoch(mixture.counts, mixture.weights, 0, 0)
+    order = offsets[plan.source] + plan.index
     ds = _ArrayDataset(images, labels, [torchvision_transform(v) for v in aug.views])
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                                     persistent_workers=workers > 0)
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=_Order(order), num_workers=workers,
+                                     drop_last=True, persistent_workers=workers > 0,
+                                     pin_memory=device.startswith("cuda"))
+    return dl, len(images)
+
+
+def bench_reference(shards, preset_name, device, batch_size, workers, timing) -> dict:
+    from loaders.augment import preset
+    from loaders.mixture import parse_shards_args
+
+    dl, decoded = reference_loader(parse_shards_args(shards), preset(preset_name), batch_size, workers, device)
 
     def batches():
         while True:
             yield from dl
 
-    return _drain(batches(), limit, lambda b: len(b[1]))
+    it = batches()
+
+    def run_one() -> int:
+        views, lab = next(it)
+        _to_device(views, device)
+        return len(lab)
+
+    row = timed(run_one, sync=device_sync(device), **timing)
+    it.close()  # shut the workers down now, not during interpreter exit
+    row["decoded_images"] = int(decoded)
+    return row
 
 
-def bench_webdataset(mixture, aug, batch_size, workers, limit):
-    import torch
+def webdataset_urls(mixture) -> list[str]:
+    """Each source's tars ``round(weight)`` times: resampled shards drawn uniformly from this list mix the
+    sources like the epoch plan, in expectation."""
+    urls = []
+    for s in mixture.sources:
+        copies = max(int(round(s.weight)), 1) if s.weight > 0 else 0
+        urls += [str(s.path / sh.file) for sh in s.manifest.shards] * copies
+    return urls
+
+
+def webdataset_loader(mixture, aug, batch_size: int, workers: int, device: str, rebatch: int = 1000):
+    """webdataset configured as its documentation recommends for training (README "The webdataset Pipeline
+    API", examples/train-resnet50-wds.ipynb, FAQ on WebLoader); yields (view 1, view 2, labels):
+
+    * ``resampled=True``: each worker draws shards with replacement — an endless stream, no worker runs dry
+      (``shardshuffle`` is then meaningless and set to False to silence its warning); the shard list is
+      :func:`webdataset_urls` (10:1 for CIFAR-10 ×10 + EDM ×1);
+    * ``.shuffle(1000)``: the documented sample-buffer size, applied to the encoded samples before decoding;
+    * ``.decode("pil")``: the torchvision transforms of the recipe take PIL images ("rgb8"/"torchrgb"
+      would only add a conversion back to PIL); raw shards get a small ``.raw`` handler;
+    * ``.to_tuple("jpg;png;raw", "cls")`` then ``.map`` to (view 1, view 2, label), so that
+    * ``.batched(batch_size)`` in the dataset (batching inside the workers; ``WebLoader(batch_size=None)``)
+      stacks each view into one tensor — transferring single samples between processes is slow;
+    * ``WebLoader(num_workers=workers, persistent_workers, pin_memory only with a GPU)``; node splitting is
+      left at ``single_node_only`` (one machine), worker splitting at ``split_by_worker``;
+    * ``.unbatched().shuffle(rebatch).batched(batch_size)`` on the loader: the documented cross-worker
+      shuffle (0 turns it off), so a batch is not drawn from one worker's few shards only.
+    """
     import webdataset as wds
 
-    urls = [str(s.path / sh.file) for s in mixture.sources for sh in s.manifest.shards]
-    fmt = {s.manifest.format for s in mixture.sources}
-    if "raw" in fmt:
-        raise click.ClickException("the webdataset backend reads jpg/png shards only")
-    two = _TwoViews([torchvision_transform(v) for v in aug.views])
-    ds = (wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=wds.split_by_node,
-                         workersplitter=wds.split_by_worker, empty_check=False).repeat()
-          .shuffle(1000).decode("pil").to_tuple("jpg;png", "cls").map_tuple(two, int).batched(batch_size))
-    dl = wds.WebLoader(ds, batch_size=None, num_workers=workers)
-    return _drain(iter(dl), limit, lambda b: len(b[1]))
+    raw_shapes = {tuple(s.manifest.image_size) for s in mixture.sources if s.manifest.format == "raw"}
+    if len(raw_shapes) > 1:
+        raise click.ClickException(f"the webdataset backend needs one raw image size, got {sorted(raw_shapes)}")
+    handlers = [wds.handle_extension("raw", partial(_raw_to_pil, next(iter(raw_shapes))))] if raw_shapes else []
+    ds = (wds.WebDataset(webdataset_urls(mixture), resampled=True, shardshuffle=False)
+          .shuffle(1000)
+          .decode(*handlers, "pil")
+          .to_tuple("jpg;png;raw", "cls")
+          .map(_ViewsAndLabel([torchvision_transform(v) for v in aug.views]))
+          .batched(batch_size, partial=False))
+    loader = wds.WebLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                           pin_memory=device.startswith("cuda"))
+    if rebatch:
+        loader = loader.unbatched().shuffle(rebatch).batched(batch_size)
+    return loader
 
 
-def bench_plan() -> dict:
+def bench_webdataset(shards, preset_name, device, batch_size, workers, timing, rebatch: int = 1000) -> dict:
+    from loaders.augment import preset
+    from loaders.mixture import parse_shards_args
+
+    mixture = parse_shards_args(shards)
+    aug = preset(preset_name)
+    loader = webdataset_loader(mixture, aug, batch_size, workers, device, rebatch)
+
+    def batches():
+        yield from loader
+
+    it = batches()
+    nviews = len(aug.views)
+
+    def run_one() -> int:
+        b = next(it)
+        _to_device(list(b[:nviews]), device)
+        return len(b[nviews])
+
+    row = timed(run_one, sync=device_sync(device), **timing)
+    it.close()  # shut the workers down now, not during interpreter exit
+    row.update(shard_urls=len(webdataset_urls(mixture)), cross_worker_shuffle=rebatch)
+    return row
+
+
+def bench_plan(timing: dict) -> dict:
+    """Planning a 1.5M-sample epoch: repeated calls of ``plan_epoch`` (mean time per plan), and its memory
+    (tracemalloc peak, which counts numpy's buffers) from one separate call."""
     import tracemalloc
 
     from loaders.sampler import plan_epoch
 
-    plan_epoch([50_000, 1_000_000], [10, 1], 0, 0)
+    counts, weights = [50_000, 1_000_000], [10, 1]
+    epoch = iter(range(10**9))
+    row = timed(lambda: len(plan_epoch(counts, weights, 0, next(epoch))), warmup=1,
+                min_batches=timing["min_batches"], min_seconds=0.0, memory=False)
     tracemalloc.start()
-    t = time.perf_counter()
-    plan = plan_epoch([50_000, 1_000_000], [10, 1], 0, 1)
-    dt = time.perf_counter() - t
+    plan_epoch(counts, weights, 0, 1)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    return {"backend": "plan_epoch", "samples": len(plan), "seconds": round(dt, 3),
-            "samples_per_s": round(len(plan) / dt, 1), "peak_alloc_mb": round(peak / 2**20, 1), "peak_rss_mb": None}
+    row.update(backend="plan_epoch", planned_samples=1_500_000, plan_s=round(row["seconds"] / row["timed_batches"], 4),
+               plan_mb=round(peak / 2**20, 1))
+    return row
+
+
+RUNNERS = {"dali-cpu": bench_dali, "dali-gpu": bench_dali, "reference": bench_reference, "webdataset": bench_webdataset}
 
 
 @click.command()
-@click.option("--shards", multiple=True, help="DIR[:WEIGHT] (repeatable) or mix.yaml; CIFAR-10 train shards")
+@click.option("--shards", multiple=True, help="DIR[:WEIGHT] (repeatable) or mix.yaml; default: the demo mixture")
 @click.option("--preset", "preset_name", default="simclr", show_default=True)
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0),
-              help="DataLoader workers and DALI threads, the same for every backend")
-@click.option("--samples", default=None, type=click.IntRange(1), help="samples timed per backend")
-@click.option("--quick", is_flag=True, help="a run of a minute or two")
-@click.option("--backends", default="dali-cpu,dali-gpu,reference,webdataset", show_default=True)
+@click.option("--workers", default=None, type=click.IntRange(0),
+              help="DataLoader workers and DALI threads, the same for every backend [the cores available]")
+@click.option("--device", default="auto", show_default=True,
+              help="auto | cpu | cuda: with a GPU, dali-gpu runs and every backend's views end on the GPU")
+@click.option("--backends", default=",".join(BACKENDS), show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=None, help="untimed batches first [10; --quick 2]")
+@click.option("--min-batches", type=click.IntRange(1), default=None, help="timed batches at least [50; --quick 5]")
+@click.option("--min-seconds", type=float, default=None, help="timed seconds at least [10; --quick 1]")
+@click.option("--quick", is_flag=True, help="lower minimums (marked quick in the JSON): a smoke run")
+@click.option("--isolate/--no-isolate", default=True, show_default=True,
+              help="run each backend in a fresh process (its memory figure is its own)")
 @click.option("--plan-only", is_flag=True, help="only time the 1.5M-sample epoch plan")
 @click.option("--no-save", is_flag=True, help="do not write bench/results/*.json")
 @click.option("--out-dir", default=None, type=click.Path(file_okay=False), help="where the JSON goes (default bench/results)")
-def main(shards, preset_name, batch_size, workers, samples, quick, backends, plan_only, no_save, out_dir):
-    """Two-view samples/s and peak RSS of each loading backend."""
-    import torch
-
+def main(shards, preset_name, batch_size, workers, device, backends, warmup, min_batches, min_seconds, quick, isolate,
+         plan_only, no_save, out_dir):
+    """Two-view samples/s and peak PSS of each loading backend."""
     from loaders.augment import preset
-    from loaders.mixture import parse_shards_args
     from shards.manifest import ShardError
 
-    results = [bench_plan()]
+    timing = timing_settings(quick, warmup, min_batches, min_seconds)
+    workers = default_workers() if workers is None else workers
+    device = pick_device(device)
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    unknown = [b for b in names if b not in RUNNERS]
+    if unknown:
+        raise click.BadParameter(f"{', '.join(unknown)}: choose from {', '.join(BACKENDS)}", param_hint="--backends")
+    results = [bench_plan(timing)]
     if not plan_only:
         shards = resolve_shards(shards)  # the built-in demo mixture when none are given
-        try:
-            mixture = parse_shards_args(shards)
-        except ShardError as e:
-            raise click.ClickException(str(e)) from None
-        aug = preset(preset_name)
-        limit = samples or (4_000 if quick else 20_000)
-        for name in backends.split(","):
-            if name == "dali-gpu" and not torch.cuda.is_available():
+        for name in names:
+            if name == "dali-gpu" and not device.startswith("cuda"):
                 continue
-            with PeakRSS() as rss:
-                if name in ("dali-cpu", "dali-gpu"):
-                    n, dt = bench_dali(mixture, aug, "cuda" if name == "dali-gpu" else "cpu", batch_size, workers, limit)
-                elif name == "reference":
-                    n, dt = bench_reference(mixture, aug, batch_size, workers, limit)
-                elif name == "webdataset":
-                    n, dt = bench_webdataset(mixture, aug, batch_size, workers, limit)
-                else:
-                    raise click.UsageError(f"unknown backend {name!r}")
-            results.append({"backend": name, "samples": n, "seconds": round(dt, 2),
-                            "samples_per_s": round(n / dt, 1), "peak_rss_mb": rss.mb, "views": len(aug.views),
-                            "workers": workers, "batch_size": batch_size})
+            dev = "cpu" if name == "dali-cpu" else device
+            args = (shards, preset_name, dev, batch_size, workers, timing_kwargs(timing))
+            click.echo(f"  {name} ...", err=True)
+            try:
+                row = in_fresh_process(RUNNERS[name], *args) if isolate else RUNNERS[name](*args)
+            except ShardError as e:
+                raise click.ClickException(str(e)) from None
+            results.append({"backend": name, "device": dev, **row, "views": len(preset(preset_name).views), "workers": workers,
+                            "batch_size": batch_size})
+            click.echo(f"  {name}: {row['samples_per_s']} samples/s, peak PSS {row['peak_pss_mb']} MiB", err=True)
         ref = next((r["samples_per_s"] for r in results if r["backend"] == "reference"), None)
         for r in results[1:]:
-            r["vs_reference"] = round(r["samples_per_s"] / ref, 2) if ref else None
+            r["vs_reference"] = round(r["samples_per_s"] / ref, 2) if ref and r["samples_per_s"] else None
     settings = {"shards": list(shards), "preset": preset_name, "batch_size": batch_size, "workers": workers,
-                "samples": samples, "quick": quick}
-    print(f"workers/threads per backend: {workers}, batch {batch_size}, preset {preset_name}, two views")
-    print_table(results, ["backend", "samples", "samples_per_s", "peak_rss_mb", "vs_reference", "seconds"])
+                "device": device, "isolate": isolate, **timing}
+    print(f"workers/threads per backend: {workers}, batch {batch_size}, preset {preset_name}, two views, device {device}")
+    print_table(results, ["backend", "samples_per_s", "peak_pss_mb", "vs_reference", "timed_batches", "seconds",
+                          "warmup_batches"])
     if not no_save:
         print("wrote", write_results("loader", settings, results, out_dir))
 

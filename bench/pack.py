@@ -1,30 +1,32 @@
-"""Packing throughput: images/s and peak memory of ``shards pack`` for npz->raw, npz->jpg, npz->png
-and ImageFolder->jpg, through the real ``shards.pack.pack`` code path.
+"""Packing throughput: images/s and peak memory of ``shards pack`` for npz->raw, npz->jpg, npz->png and
+ImageFolder->jpg, through the real ``shards.pack.pack`` code path.
 
-    python bench/pack.py                 # --quick: 50,000 images 32×32 (ImageFolder: 10,000 files)
-    python bench/pack.py --n 200000 --workers 2
+    python -m bench.pack                                   # demo images: 50,000 32×32, also as 50,000 JPEG files
+    python -m bench.pack --source ../shared/data/cifar10-jpg.tar.gz --subdir cifar10/train   # real images
+    python -m bench.pack --quick                           # a smoke run (ImageFolder: 10,000 files, ≥ 1 s)
 
-Inputs are demo images (``shards.demo``: shapes with noise, compress like natural 32×32 images), made
-in a child process; every backend also runs in its own child, so ``peak_rss_mb`` is that pack's own
-peak (main process or its largest worker), to compare with the input array's size.
+Inputs: the demo images (``shards.demo``: shapes with noise, compress like natural 32×32 images), or with
+``--source`` real images (anything ``shards pack`` reads): their decoded pixels become the ``.npz`` and their
+original files the ImageFolder tree (so JPEG inputs to ``--format jpg`` are passed through, not re-encoded).
+Inputs are made in a child process. Every backend then runs in a fresh process
+(``bench.common.in_fresh_process``): one untimed pack (warm-up: page cache, imports), then packs of the same
+input until ≥ 10 s have passed (``bench.common.timed``, one "batch" = one whole pack). Memory is the peak PSS
+of that process and its encoding workers (``bench.common.PssSampler``), to compare with the input array's size.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import resource
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import print_table, write_results  # noqa: E402
+from bench.common import MIN_SECONDS, QUICK_MIN_SECONDS, in_fresh_process, print_table, timed, write_results
 
 
-def _make_inputs(tmp: str, n: int, n_folder: int, size: int) -> None:
+def _make_demo_inputs(tmp: str, n: int, n_folder: int, size: int) -> dict:
     import numpy as np
     from PIL import Image
 
@@ -36,52 +38,111 @@ def _make_inputs(tmp: str, n: int, n_folder: int, size: int) -> None:
         d = Path(tmp) / "folder" / CLASSES[labels[i]]
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[i]).save(d / f"{i:06d}.jpg", quality=95)
+    return {"n": n, "n_imagefolder": n_folder, "image_size": [size, size], "input": "demo images (shards.demo)"}
 
 
-def _run_one(backend: str, src: str, out: str, fmt: str, workers: int, queue) -> None:
+def _make_real_inputs(tmp: str, source: str, subdir: str, n: int | None, n_folder: int | None) -> dict:
+    """The source's images decoded into images.npz (first ``n``) and its original files copied into an
+    ImageFolder tree (first ``n_folder``), both in source order."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from shards.sources import open_source
+
+    src = open_source(source, subdir=subdir)
+    total = len(src)
+    n = min(n or total, total)
+    n_folder = min(n_folder or total, total)
+    images = []
+    names = [f"{c}" for c in src.classes] or ["images"]
+    for batch in src.batches(np.arange(max(n, n_folder)), 1024):
+        for pos, item in zip(batch.positions.tolist(), batch.payload):
+            if batch.kind == "pixels":
+                pixels, data, ext = item, None, ".png"
+            else:
+                data = Path(item).read_bytes() if batch.kind == "paths" else item
+                pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+                ext = Path(src.origin(pos)).suffix.lower() or ".png"
+            if pos < n:
+                images.append(pixels)
+            if pos < n_folder:
+                label = int(src.labels[pos])
+                d = Path(tmp) / "folder" / (names[label] if label >= 0 and src.classes else "images")
+                d.mkdir(parents=True, exist_ok=True)
+                if data is None:
+                    Image.fromarray(pixels).save(d / f"{pos:06d}{ext}")
+                else:
+                    (d / f"{pos:06d}{ext}").write_bytes(data)
+    arr = np.stack(images)
+    np.savez(Path(tmp) / "images.npz", image=arr, label=np.asarray(src.labels[:n], dtype=np.int64))
+    return {"n": n, "n_imagefolder": n_folder, "image_size": list(arr.shape[1:3]), "input": f"{source}:{subdir}"}
+
+
+def pack_timed(backend: str, src: str, out_root: str, fmt: str, workers: int, quality: int, shard_size: int,
+               min_seconds: float) -> dict:
+    """Pack ``src`` once untimed, then again until ``min_seconds`` have passed; each output removed after."""
     from shards.pack import PackConfig, pack
 
-    r = pack(src, PackConfig(out=Path(out), name="bench", format=fmt, shard_size=10000, workers=workers, progress=False))
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    queue.put({
-        "backend": backend, "samples": r.written, "seconds": round(r.seconds, 3),
-        "samples_per_s": round(r.written / r.seconds, 1), "peak_rss_mb": round(max(own, kids) / 1024, 1),
-        "bytes_per_sample": round(sum(s.bytes for s in r.manifest.shards) / r.written, 1),
-        "passthrough": r.how.get("passthrough", 0),
-    })
+    runs = iter(range(10**6))
+    last = {}
+
+    def run_one() -> int:
+        out = Path(out_root) / f"run-{next(runs)}"
+        r = pack(src, PackConfig(out=out, name="bench", format=fmt, quality=quality, shard_size=shard_size,
+                                 workers=workers, progress=False))
+        last.update(written=r.written, how=dict(r.how), bytes=sum(s.bytes for s in r.manifest.shards))
+        shutil.rmtree(out, ignore_errors=True)
+        return r.written
+
+    row = timed(run_one, warmup=1, min_batches=1, min_seconds=min_seconds)
+    return {"backend": backend, "format": fmt, **row, "images_per_pack": last["written"],
+            "bytes_per_sample": round(last["bytes"] / last["written"], 1),
+            "passthrough": last["how"].get("passthrough", 0), "encoded": last["how"].get("encoded", 0)}
 
 
 @click.command()
-@click.option("--n", type=click.IntRange(min=1000), default=50000, show_default=True, help="Images in the npz.")
-@click.option("--quick/--full", default=True, help="--quick: ImageFolder capped at 10,000 files.")
+@click.option("--n", type=click.IntRange(min=1000), default=None, help="Images in the npz [50,000; --source: all].")
+@click.option("--source", type=click.Path(exists=True), default=None,
+              help="Real images to pack (anything `shards pack` reads) instead of demo images.")
+@click.option("--subdir", default="", help="Folder inside --source, e.g. cifar10/train.")
+@click.option("--quick", is_flag=True, help="ImageFolder capped at 10,000 files, ≥ 1 s timed per path (marked quick "
+                                           "in the JSON); default: every file, ≥ 10 s.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="Encoding processes (0 = one per core).")
-@click.option("--size", type=int, default=32, show_default=True, help="Image side.")
+@click.option("--size", type=int, default=32, show_default=True, help="Demo image side.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality when encoding.")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="Results folder (default bench/results).")
-def main(n, quick, workers, size, out_dir):
-    ctx = mp.get_context("fork")
-    n_folder = min(n, 10000) if quick else n
+def main(n, source, subdir, quick, workers, size, quality, out_dir):
+    """Packing speed and memory of `shards pack` per input kind and format."""
+    from shards.manifest import ShardError
+
+    shard_size = 10000
+    min_seconds = QUICK_MIN_SECONDS if quick else MIN_SECONDS
     with tempfile.TemporaryDirectory(prefix="bench-pack-") as tmp:
-        p = ctx.Process(target=_make_inputs, args=(tmp, n, n_folder, size))
-        p.start()
-        p.join()
-        if p.exitcode:
-            raise SystemExit(f"making inputs failed (exit {p.exitcode})")
-        npz = os.path.join(tmp, "images.npz")
-        runs = [("npz->raw", npz, "raw"), ("npz->jpg", npz, "jpg"), ("npz->png", npz, "png"),
-                ("imagefolder->jpg", os.path.join(tmp, "folder"), "jpg")]
-        results = []
-        for backend, src, fmt in runs:
-            q = ctx.Queue()
-            p = ctx.Process(target=_run_one, args=(backend, src, os.path.join(tmp, backend.replace(">", "")), fmt, workers, q))
-            p.start()
-            row = q.get()
-            p.join()
-            results.append(row)
-            print(f"{backend}: {row['samples_per_s']:,.0f} images/s", file=sys.stderr)
-    settings = {"n": n, "n_imagefolder": n_folder, "image_size": [size, size], "workers": workers or os.cpu_count(),
-                "input_mb": round(n * size * size * 3 / 2**20, 1), "shard_size": 10000, "quality": 95}
-    print_table(results, ["backend", "samples", "seconds", "samples_per_s", "peak_rss_mb", "bytes_per_sample", "passthrough"])
+        try:
+            if source:
+                n_folder = min(n or 10**9, 10000) if quick else n
+                inputs = in_fresh_process(_make_real_inputs, tmp, source, subdir, n, n_folder)
+            else:
+                n = n or 50000
+                inputs = in_fresh_process(_make_demo_inputs, tmp, n, min(n, 10000) if quick else n, size)
+            npz = os.path.join(tmp, "images.npz")
+            runs = [("npz->raw", npz, "raw"), ("npz->jpg", npz, "jpg"), ("npz->png", npz, "png"),
+                    ("imagefolder->jpg", os.path.join(tmp, "folder"), "jpg")]
+            results = []
+            for backend, src, fmt in runs:
+                row = in_fresh_process(pack_timed, backend, src, os.path.join(tmp, "out"), fmt, workers, quality,
+                                       shard_size, min_seconds)
+                results.append(row)
+                print(f"{backend}: {row['samples_per_s']:,.0f} images/s", file=sys.stderr)
+        except ShardError as e:
+            raise click.ClickException(str(e)) from None
+    h, w = inputs["image_size"]
+    settings = {**inputs, "workers": workers or os.cpu_count(), "input_mb": round(inputs["n"] * h * w * 3 / 2**20, 1),
+                "shard_size": shard_size, "quality": quality, "min_seconds": min_seconds, "quick": quick}
+    print_table(results, ["backend", "samples_per_s", "timed_batches", "seconds", "peak_pss_mb", "bytes_per_sample",
+                          "passthrough"])
     print(f"input array: {settings['input_mb']} MB")
     print(f"wrote {write_results('pack', settings, results, out_dir)}")
 

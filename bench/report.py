@@ -4,14 +4,15 @@
     python -m bench.report --results-dir DIR --out-dir DIR --all-runs
 
 Reads every ``*.json`` written by ``bench.common.write_results`` (one shape for all benchmarks), keeps the
-newest run of each benchmark per host kind (``--all-runs`` keeps every run), and draws with matplotlib's
-Agg backend:
+newest run of each benchmark per host kind — the newest full run when there is one, a ``--quick`` run only
+when there is nothing else, and then marked "quick" (``--all-runs`` keeps every run) — and draws with
+matplotlib's Agg backend:
 
 * ``throughput.png`` — samples/s per backend (loader, formats, model ceiling, end to end),
 * ``data-wait.png`` — end-to-end fraction of step time spent waiting for data, and its ratio to the
   model ceiling measured in the same run,
-* ``scale.png`` — loader samples/s, planning time and memory against planned epoch size and against the
-  number of sources.
+* ``scale.png`` — loader samples/s, planning time and memory (peak PSS) against planned epoch size and
+  against the number of sources, with the whole 1.5M-sample epoch of ``scale --full`` as a star.
 
 The Markdown table (also written to ``README.md`` next to the charts) is what the project README quotes.
 """
@@ -29,6 +30,11 @@ from bench.common import RESULTS_DIR, host_kind
 # Row keys that tell rows of one backend apart, in the order they appear in a label.
 LABEL_KEYS = ("format", "device", "axis", "planned_samples", "sources", "batch_size", "method", "precision", "variant")
 THROUGHPUT_BENCHES = ("loader", "formats", "model", "end-to-end")
+# Benchmarks timed by bench.common.timed with memory from bench.common.PssSampler: their rows must carry the
+# timing counts and peak_pss_mb (end-to-end and inflation join when they adopt the shared helpers).
+TIMED_BENCHES = ("loader", "formats", "model", "scale", "scale-full", "pack")
+TIMING_KEYS = ("warmup_batches", "timed_batches", "seconds")
+LEGACY_MEMORY_KEYS = ("peak_rss_mb", "rss_tree_peak_mb", "process_maxrss_mb")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class Run:
     hardware: dict
     settings: dict
     results: tuple[dict, ...]
+    quick: bool = False
 
     @property
     def stamp(self) -> str:
@@ -65,6 +72,23 @@ def check_doc(doc: object) -> list[str]:
             problems.append(f"results[{i}] has no 'samples_per_s'")
         elif row["samples_per_s"] is not None and not isinstance(row["samples_per_s"], (int, float)):
             problems.append(f"results[{i}].samples_per_s is not a number")
+        elif doc["bench"] in TIMED_BENCHES:
+            problems += _timed_row_problems(i, row)
+    if doc["bench"] in TIMED_BENCHES and not isinstance(doc.get("quick"), bool):
+        problems.append("no 'quick' flag (true/false) at the top level")
+    return problems
+
+
+def _timed_row_problems(i: int, row: dict) -> list[str]:
+    """A row of a benchmark timed by bench.common.timed: its counts, and memory as peak PSS."""
+    legacy = [k for k in LEGACY_MEMORY_KEYS if k in row]
+    if legacy:
+        return [f"results[{i}] has the old memory field {legacy[0]!r} (summed RSS); re-run for peak_pss_mb"]
+    if row["samples_per_s"] is None:
+        return []
+    problems = [f"results[{i}] has no {k!r}" for k in TIMING_KEYS if not isinstance(row.get(k), (int, float))]
+    if row.get("backend") != "plan_epoch" and "peak_pss_mb" not in row:
+        problems.append(f"results[{i}] has no 'peak_pss_mb'")
     return problems
 
 
@@ -81,13 +105,14 @@ def load_runs(results_dir: Path, all_runs: bool = False) -> list[Run]:
         if problems:
             click.echo(f"skipping {path}: {problems[0]}; re-run its benchmark to rewrite it", err=True)
             continue
-        runs.append(Run(path, doc["bench"], host_kind(doc["hardware"]), doc["hardware"], doc["settings"], tuple(doc["results"])))
+        runs.append(Run(path, doc["bench"], host_kind(doc["hardware"]), doc["hardware"], doc["settings"],
+                        tuple(doc["results"]), bool(doc.get("quick", doc["settings"].get("quick", False)))))
     if all_runs:
         return runs
     newest: dict[tuple[str, str], Run] = {}
-    for run in runs:
+    for run in runs:  # full runs before quick ones, then the newest
         key = (run.bench, run.host)
-        if key not in newest or run.stamp > newest[key].stamp:
+        if key not in newest or (not run.quick, run.stamp) > (not newest[key].quick, newest[key].stamp):
             newest[key] = run
     return sorted(newest.values(), key=lambda r: (r.host, r.bench))
 
@@ -109,24 +134,41 @@ def _num(v, digits: int = 0) -> str:
         return "–"
     if isinstance(v, float) and digits:
         return f"{v:.{digits}f}"
+    if isinstance(v, float) and abs(v) < 100:
+        return f"{v:.1f}"
     return f"{v:,.0f}" if isinstance(v, (int, float)) else str(v)
 
 
+def _timed(run: Run, row: dict) -> str:
+    """How the figure was timed: "N in S s" (batches or steps; whole packs for pack), flagged when quick or
+    when it misses the rule (≥ 50 batches or ≥ 10 s)."""
+    n = row.get("timed_batches", row.get("timed_steps"))
+    if n is None or row.get("seconds") is None:
+        return "(quick)" if run.quick else "–"
+    text = f"{n:,} in {row['seconds']:.1f} s"
+    if run.quick:
+        text += " (quick)"
+    elif row.get("meets_minimum") is False:
+        text += " (under the minimum)"
+    return text
+
+
 def markdown(runs: list[Run]) -> str:
-    """One table per host: bench, row label, samples/s, peak RSS, and the per-bench extras."""
+    """One table per host: bench, row label, samples/s, peak PSS, how it was timed, and the per-bench extras."""
     out = []
     for host in sorted({r.host for r in runs}):
         host_runs = [r for r in runs if r.host == host]
         hw = host_runs[0].hardware
         out.append(f"### {host}: {hw.get('cpu')} ({hw.get('cores')} cores), GPU {hw.get('gpu') or 'none'}, "
                    f"torch {hw.get('torch')}, DALI {hw.get('dali')}\n")
-        out.append("| bench | backend | samples/s | peak RSS MiB | data wait | ratio to ceiling | plan s | plan MiB | run |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
+        out.append("| bench | backend | samples/s | peak PSS MiB | timed | data wait | ratio to ceiling | plan s | "
+                   "plan MiB | run |")
+        out.append("|---|---|---:|---:|---|---:|---:|---:|---:|---|")
         for run in host_runs:
             for row in run.results:
                 out.append("| " + " | ".join([
-                    run.bench, row_label(row), _num(row.get("samples_per_s")), _num(row.get("peak_rss_mb")),
-                    _num(row.get("data_wait_fraction"), 3), _num(row.get("ratio_to_ceiling"), 3),
+                    run.bench, row_label(row), _num(row.get("samples_per_s")), _num(row.get("peak_pss_mb")),
+                    _timed(run, row), _num(row.get("data_wait_fraction"), 3), _num(row.get("ratio_to_ceiling"), 3),
                     _num(row.get("plan_s"), 3), _num(row.get("plan_mb"), 1), run.path.name,
                 ]) + " |")
         out.append("")
@@ -156,8 +198,9 @@ def _save(fig, path: Path) -> Path:
 
 
 def chart_throughput(runs: list[Run], path: Path) -> Path | None:
-    bars = [(f"{r.host} · {r.bench} · {row_label(row)}", row["samples_per_s"])
-            for r in runs if r.bench in THROUGHPUT_BENCHES for row in r.results if row.get("samples_per_s")]
+    bars = [(f"{r.host} · {r.bench}{' (quick)' if r.quick else ''} · {row_label(row)}", row["samples_per_s"])
+            for r in runs if r.bench in THROUGHPUT_BENCHES for row in r.results
+            if row.get("samples_per_s") and row.get("backend") != "plan_epoch"]  # planned, not loaded, samples
     if not bars:
         return None
     plt = _pyplot()
@@ -199,11 +242,14 @@ def chart_data_wait(runs: list[Run], path: Path) -> Path | None:
 
 def chart_scale(runs: list[Run], path: Path) -> Path | None:
     scale = [r for r in runs if r.bench == "scale"]
-    if not scale:
+    full = [(r, row) for r in runs if r.bench == "scale-full" for row in r.results if row.get("samples_per_s")]
+    if not scale and not full:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    twins = {}
     for run in scale:
+        tag = f"{run.host}{' (quick)' if run.quick else ''}"
         for axis, x_key, col in (("epoch_size", "planned_samples", 0), ("sources", "sources", 1)):
             rows = sorted((row for row in run.results if row.get("axis") == axis), key=lambda row: row[x_key])
             if not rows:
@@ -211,14 +257,18 @@ def chart_scale(runs: list[Run], path: Path) -> Path | None:
             xs = [row[x_key] for row in rows]
             tput = [(x, row["samples_per_s"]) for x, row in zip(xs, rows) if row.get("samples_per_s")]
             if tput:
-                axes[0][col].plot(*zip(*tput), "o-", label=f"{run.host} {rows[0]['backend']}")
-            axes[1][col].plot(xs, [row.get("plan_s") for row in rows], "s-", label=f"{run.host} plan s")
-            mem = [(x, row.get("rss_tree_peak_mb") or row["peak_rss_mb"]) for x, row in zip(xs, rows)
-                   if row.get("rss_tree_peak_mb") or row.get("peak_rss_mb")]
+                axes[0][col].plot(*zip(*tput), "o-", label=f"{tag} {rows[0]['backend']} (stand-in generated set)")
+            axes[1][col].plot(xs, [row.get("plan_s") for row in rows], "s-", label=f"{tag} plan s")
+            mem = [(x, row["peak_pss_mb"]) for x, row in zip(xs, rows) if row.get("peak_pss_mb")]
             if mem:
-                twin = axes[1][col].twinx()
-                twin.plot(*zip(*mem), "^:", color="tab:purple", label="loader RSS MiB")
-                twin.set_ylabel("loader RSS MiB (process tree)", color="tab:purple")
+                twin = twins.setdefault(col, axes[1][col].twinx())
+                twin.plot(*zip(*mem), "^:", color="tab:purple", label="loader peak PSS MiB")
+                twin.set_ylabel("loader peak PSS MiB (process tree)", color="tab:purple")
+    for run, row in full:
+        axes[0][0].plot([row["planned_samples"]], [row["samples_per_s"]], "*", markersize=14, color="tab:red",
+                        label=f"{run.host} whole epoch, {row.get('variant', 'full')}")
+        axes[0][0].annotate(f"{row['samples_per_s']:,.0f}/s, epoch {row.get('epoch_s', 0):.0f} s  ",
+                            (row["planned_samples"], row["samples_per_s"]), fontsize=7, ha="right", va="center")
     for col, (xlabel, log) in enumerate((("planned samples per epoch", True), ("number of sources", False))):
         axes[0][col].set_ylabel("loader two-view samples / s")
         axes[1][col].set_ylabel("planning time s")
@@ -227,7 +277,9 @@ def chart_scale(runs: list[Run], path: Path) -> Path | None:
             if log:
                 axes[row][col].set_xscale("log")
             if axes[row][col].lines:
-                axes[row][col].legend(fontsize=7, loc="upper left")
+                axes[row][col].legend(fontsize=7, loc="lower left" if row == 0 else "upper left")
+        if axes[0][col].lines:
+            axes[0][col].set_ylim(bottom=0)
     fig.suptitle("Scaling with epoch size and number of sources")
     fig.tight_layout()
     return _save(fig, path)

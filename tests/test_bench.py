@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import mmap
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,19 +48,25 @@ def _invoke(command, args):
 # ---------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------
+TIMING = {"warmup_batches": 10, "timed_batches": 60, "seconds": 10.5, "meets_minimum": True}
+
+
 def test_report_draws_charts_and_table(tmp_path):
     write_results("loader", {"batch_size": 8}, [
-        {"backend": "dali-cpu", "samples_per_s": 7900.0, "peak_rss_mb": 700.0},
-        {"backend": "reference", "samples_per_s": 1800.0, "peak_rss_mb": 900.0}], tmp_path)
+        {"backend": "dali-cpu", "samples_per_s": 7900.0, "peak_pss_mb": 700.0, **TIMING},
+        {"backend": "reference", "samples_per_s": 1800.0, "peak_pss_mb": 900.0, **TIMING}], tmp_path)
     write_results("end-to-end", {}, [
         {"backend": "model-ceiling", "samples_per_s": 1000.0, "batch_size": 512},
         {"backend": "end-to-end", "samples_per_s": 980.0, "batch_size": 512, "data_wait_fraction": 0.02,
          "ratio_to_ceiling": 0.98}], tmp_path)
     write_results("scale", {}, [
         {"backend": "dali-cpu", "axis": axis, "planned_samples": n, "sources": k, "samples_per_s": 5000.0 - k,
-         "plan_s": n / 1e7, "plan_mb": n / 1e5, "peak_rss_mb": 600.0 + k}
+         "plan_s": n / 1e7, "plan_mb": n / 1e5, "peak_pss_mb": 600.0 + k, **TIMING}
         for axis, n, k in [("epoch_size", 50_000, 2), ("epoch_size", 1_500_000, 2), ("sources", 500_000, 1),
                            ("sources", 500_000, 8)]], tmp_path)
+    write_results("scale-full", {}, [{"backend": "dali-cpu", "axis": "epoch_size", "planned_samples": 1_500_000,
+                                      "samples_per_s": 6000.0, "epoch_s": 250.0, "peak_pss_mb": 900.0, **TIMING}],
+                  tmp_path)
     (tmp_path / "zz-broken.json").write_text('{"bench": "x"}')
     out = tmp_path / "charts"
     result = CliRunner().invoke(report.main, ["--results-dir", str(tmp_path), "--out-dir", str(out)])
@@ -68,19 +75,24 @@ def test_report_draws_charts_and_table(tmp_path):
     for name in ("throughput.png", "data-wait.png", "scale.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     readme = (out / "README.md").read_text()
-    assert "| loader | dali-cpu | 7,900 |" in readme
+    assert "| loader | dali-cpu | 7,900 | 700 | 60 in 10.5 s |" in readme
     assert "| end-to-end | end-to-end 512 | 980 |" in readme and "0.020" in readme and "0.980" in readme
-    assert readme.count("| scale |") == 4
+    assert readme.count("| scale |") == 4 and readme.count("| scale-full |") == 1
 
 
-def test_report_keeps_newest_run_per_bench(tmp_path):
-    for stamp, value in (("20250101-000000", 1.0), ("20250102-000000", 2.0)):
-        doc = {"bench": "loader", "hardware": {"cpu": "c", "cores": 2, "gpu": None, "torch": "t"}, "settings": {},
-               "results": [{"backend": "dali-cpu", "samples_per_s": value}]}
+def test_report_keeps_newest_full_run_per_bench(tmp_path):
+    for stamp, value, quick in (("20250101-000000", 1.0, False), ("20250102-000000", 2.0, False),
+                                ("20250103-000000", 3.0, True)):
+        doc = {"bench": "loader", "quick": quick, "hardware": {"cpu": "c", "cores": 2, "gpu": None, "torch": "t"},
+               "settings": {}, "results": [{"backend": "dali-cpu", "samples_per_s": value, "peak_pss_mb": 1.0, **TIMING}]}
         (tmp_path / f"cpu2-{stamp}-loader.json").write_text(json.dumps(doc))
     runs = report.load_runs(tmp_path)
-    assert [r.results[0]["samples_per_s"] for r in runs] == [2.0]
-    assert len(report.load_runs(tmp_path, all_runs=True)) == 2
+    assert [r.results[0]["samples_per_s"] for r in runs] == [2.0]  # a newer quick run does not replace it
+    assert len(report.load_runs(tmp_path, all_runs=True)) == 3
+    (tmp_path / "cpu2-20250102-000000-loader.json").unlink()
+    (tmp_path / "cpu2-20250101-000000-loader.json").unlink()
+    (only_quick,) = report.load_runs(tmp_path)
+    assert only_quick.quick and "(quick)" in report.markdown([only_quick])
 
 
 def test_report_without_results_is_one_line_error(tmp_path):
@@ -90,9 +102,19 @@ def test_report_without_results_is_one_line_error(tmp_path):
 
 def test_check_doc_names_problems():
     assert report.check_doc([]) == ["top level is not an object"]
-    bad = {"bench": "x", "hardware": {"cpu": 1, "cores": 2, "gpu": None, "torch": "t"}, "settings": {},
-           "results": [{"backend": "dali-cpu"}]}
+    hw = {"cpu": 1, "cores": 2, "gpu": None, "torch": "t"}
+    bad = {"bench": "x", "hardware": hw, "settings": {}, "results": [{"backend": "dali-cpu"}]}
     assert report.check_doc(bad) == ["results[0] has no 'samples_per_s'"]
+    # a timed benchmark: counts, peak PSS and the quick flag are required; the old summed-RSS field is refused
+    old = {"bench": "loader", "hardware": hw, "settings": {},
+           "results": [{"backend": "dali-cpu", "samples_per_s": 7037.0, "peak_rss_mb": 1069.9}]}
+    assert report.check_doc(old) == ["results[0] has the old memory field 'peak_rss_mb' (summed RSS); re-run for "
+                                     "peak_pss_mb", "no 'quick' flag (true/false) at the top level"]
+    uncounted = {"bench": "formats", "quick": False, "hardware": hw, "settings": {},
+                 "results": [{"backend": "dali-cpu", "samples_per_s": 7.0, "peak_pss_mb": 1.0, "seconds": 1.0}]}
+    assert report.check_doc(uncounted) == ["results[0] has no 'warmup_batches'", "results[0] has no 'timed_batches'"]
+    good = {**uncounted, "results": [{"backend": "dali-cpu", "samples_per_s": 7.0, "peak_pss_mb": 1.0, **TIMING}]}
+    assert report.check_doc(good) == []
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,16 +159,17 @@ def test_scale_loader_quick(demo, tmp_path):
     from bench.scale import main
 
     args = ["--shards", f"{demo / 'real'}:10", "--shards", f"{demo / 'generated'}:1", "--sizes", "700",
-            "--sources", "2", "--sources-size", "64", "--batch-size", "16", "--batches", "2", "--warmup", "1",
-            "--quick", "--no-isolate", "--out-dir", str(tmp_path)]
+            "--sources", "2", "--sources-size", "64", "--batch-size", "16", "--max-batches", "2", "--warmup", "1",
+            "--min-seconds", "0", "--workers", "1", "--quick", "--no-isolate", "--out-dir", str(tmp_path)]
     _invoke(main, args)
     (doc,) = _docs(tmp_path)
-    assert doc["bench"] == "scale" and doc["settings"]["batches"] == 2
+    assert doc["bench"] == "scale" and doc["quick"] is True and doc["settings"]["max_batches"] == 2
     for row in doc["results"]:
         assert row["backend"] == "dali-cpu" and row["samples_per_s"] > 0
-        assert row["timed_batches"] == 2 and row["timed_samples"] == 32
+        assert row["timed_batches"] == 2 and row["timed_samples"] == 32 and row["warmup_batches"] == 1
+        assert row["stopped"] == "max_batches" and row["meets_minimum"] is False
         assert row["steps_per_epoch"] == row["planned_samples"] // 16
-        assert row["rss_tree_peak_mb"] > 0
+        assert row["peak_pss_mb"] > 0 and row["plans_timed"] == 5
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -172,12 +195,13 @@ def test_formats_hold_the_same_images(demo, tmp_path):
 def test_formats_cli(demo, tmp_path):
     from bench.formats import main
 
-    args = ["--shards", str(demo / "real"), "--limit", "32", "--batch-size", "8", "--batches", "1", "--warmup", "1",
-            "--out-dir", str(tmp_path)]
+    args = ["--shards", str(demo / "real"), "--limit", "32", "--batch-size", "8", "--min-batches", "3",
+            "--min-seconds", "0", "--warmup", "1", "--workers", "1", "--no-isolate", "--out-dir", str(tmp_path)]
     _invoke(main, args)
     (doc,) = _docs(tmp_path)
+    assert doc["quick"] is True  # minimums below the rule's: marked, whatever flag lowered them
     assert [r["format"] for r in doc["results"]] == ["jpg", "png", "raw"]
-    assert all(r["images"] == 32 and r["timed_samples"] == 8 for r in doc["results"])
+    assert all(r["images"] == 32 and r["timed_batches"] == 3 and r["timed_samples"] == 24 for r in doc["results"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,3 +237,308 @@ def test_bench_cli_lists_and_forwards():
     assert args == ["--quick", "--shards", "a:10", "--shards", "b", "--out-dir", "/o", "--device", "cpu"]
     result = CliRunner().invoke(cli, ["all", "--only", "nope"])
     assert result.exit_code != 0 and "choose from" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------
+# the shared helpers: timed, PSS, fresh processes
+# ---------------------------------------------------------------------------------------------------
+def test_timed_counts_warmup_and_timed_batches_apart():
+    from bench.common import timed
+
+    import time
+
+    calls, syncs = [], []
+    row = timed(lambda: calls.append(time.sleep(0.002)) or 4, warmup=3, min_batches=7, min_seconds=0.0, sync=lambda: syncs.append(1),
+                memory=False)
+    assert len(calls) == 10 and len(syncs) == 2
+    assert (row["warmup_batches"], row["timed_batches"], row["timed_samples"]) == (3, 7, 28)
+    assert row["stopped"] == "minimum" and row["meets_minimum"] is False
+    assert row["seconds"] >= 0.014 and row["samples_per_s"] == pytest.approx(28 / row["seconds"], rel=0.01)
+
+
+def test_timed_runs_until_both_minimums_and_stops_at_the_data_or_the_cap():
+    import time
+
+    from bench.common import timed
+
+    row = timed(lambda: time.sleep(0.01) or 1, warmup=0, min_batches=2, min_seconds=0.15, memory=False)
+    assert row["seconds"] >= 0.15 and row["timed_batches"] >= 10  # the seconds decided, not the 2 batches
+    it = iter(range(6))
+    row = timed(lambda: next(it) * 0 + 2, warmup=2, min_batches=50, min_seconds=0.0, memory=False)
+    assert (row["timed_batches"], row["timed_samples"], row["stopped"]) == (4, 8, "exhausted")
+    row = timed(lambda: 1, warmup=0, min_batches=50, min_seconds=0.0, max_batches=3, memory=False)
+    assert (row["timed_batches"], row["stopped"]) == (3, "max_batches")
+    it = iter(range(2))
+    with pytest.raises(ValueError, match="ran out after 2 of 5 warm-up batches"):
+        timed(lambda: next(it), warmup=5, memory=False)
+
+
+def test_timing_settings_mark_lowered_minimums_quick():
+    from bench.common import timing_settings
+
+    assert timing_settings(False, None, None, None) == {"warmup": 10, "min_batches": 50, "min_seconds": 10.0,
+                                                         "quick": False}
+    assert timing_settings(True, None, None, None)["quick"] is True
+    assert timing_settings(False, 1, 3, 0.0)["quick"] is True  # lowered by hand: still marked
+    assert timing_settings(False, 1, 3, None)["quick"] is False  # >= 10 s still holds
+
+
+def _hold(seconds, ready):
+    ready.set()
+    import time
+
+    time.sleep(seconds)
+
+
+def test_pss_counts_pages_shared_with_a_forked_child_once():
+    """The old figure summed RSS over the process tree: a page shared with a forked worker counted twice."""
+    import multiprocessing as mp
+
+    from bench.common import tree_memory
+
+    block = np.ones(64 * 2**20, np.uint8)  # 64 MiB, touched, private to this process
+    alone = tree_memory()
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    child = ctx.Process(target=_hold, args=(5, ready))
+    child.start()
+    try:
+        ready.wait(10)
+        both = tree_memory()
+    finally:
+        child.kill()
+        child.join()
+    assert both["processes"] == alone["processes"] + 1
+    assert both["rss_sum"] - alone["rss_sum"] > 60  # RSS counts the shared block again in the child
+    assert both["pss"] - alone["pss"] < 30  # PSS splits it: the tree still holds it once
+    assert block.sum() == block.size
+
+
+def _start_method():
+    import multiprocessing as mp
+
+    return mp.get_start_method()  # the method a Pool or DataLoader here would use
+
+
+def _fail():
+    raise RuntimeError("no such thing")
+
+
+def test_in_fresh_process_returns_errors_and_keeps_the_start_method():
+    import multiprocessing as mp
+
+    from bench.common import in_fresh_process
+    from shards.manifest import ShardError
+
+    # a spawned child defaults to "spawn"; DataLoader workers there would each unpickle a copy of the data
+    assert in_fresh_process(_start_method) == mp.get_start_method() != "spawn"
+    with pytest.raises(ShardError, match="_fail: RuntimeError: no such thing"):
+        in_fresh_process(_fail)
+
+
+# ---------------------------------------------------------------------------------------------------
+# loader backends
+# ---------------------------------------------------------------------------------------------------
+def test_webdataset_baseline_batches_stacked_views_of_the_weighted_mixture(demo):
+    """Batched in the workers, each view one (B, 3, H, W) tensor (a list of views per sample stayed 2·B
+    separate tensors), the shard list weighted like the plan."""
+    from bench.loader import webdataset_loader, webdataset_urls
+    from loaders.augment import preset
+    from loaders.mixture import parse_shards_args
+
+    mixture = parse_shards_args([f"{demo / 'real'}:10", f"{demo / 'generated'}:1"])
+    urls = webdataset_urls(mixture)
+    assert len(urls) == 10 * len(mixture.sources[0].manifest.shards) + len(mixture.sources[1].manifest.shards)
+    loader = webdataset_loader(mixture, preset("simclr"), 8, 0, "cpu", rebatch=16)
+    v1, v2, labels = next(iter(loader))
+    assert v1.shape == v2.shape == (8, 3, 32, 32) and len(labels) == 8
+    assert set(np.asarray(labels).tolist()) <= set(range(-1, 10))
+
+
+def test_reference_baseline_reads_the_exact_weighted_epoch(demo):
+    from bench.loader import reference_loader
+    from loaders.augment import preset
+    from loaders.mixture import parse_shards_args
+
+    mixture = parse_shards_args([f"{demo / 'real'}:3", f"{demo / 'generated'}:1"])
+    dl, decoded = reference_loader(mixture, preset("simclr"), 16, 0, "cpu")
+    assert decoded == 128 and not dl.pin_memory
+    order = np.array(list(dl.sampler))
+    assert np.array_equal(np.bincount(order, minlength=128), [3] * 64 + [1] * 64)
+    views, labels = next(iter(dl))
+    assert [v.shape for v in views] == [(16, 3, 32, 32)] * 2 and labels.shape == (16,)
+
+
+def test_loader_cli_same_workers_and_memory_for_every_backend(demo, tmp_path):
+    from bench.loader import main
+
+    args = ["--shards", f"{demo / 'real'}:10", "--shards", f"{demo / 'generated'}:1", "--batch-size", "16",
+            "--workers", "1", "--warmup", "1", "--min-batches", "2", "--min-seconds", "0", "--no-isolate",
+            "--backends", "dali-cpu,reference,webdataset", "--device", "cpu", "--out-dir", str(tmp_path)]
+    _invoke(main, args)
+    (doc,) = _docs(tmp_path)
+    assert doc["quick"] is True and doc["settings"]["workers"] == 1
+    plan, *rows = doc["results"]
+    assert plan["backend"] == "plan_epoch" and plan["planned_samples"] == 1_500_000 and plan["timed_batches"] == 2
+    assert [r["backend"] for r in rows] == ["dali-cpu", "reference", "webdataset"]
+    for r in rows:
+        assert r["workers"] == 1 and r["timed_batches"] == 2 and r["timed_samples"] == 32 and r["peak_pss_mb"] > 0
+    assert rows[1]["vs_reference"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# scale --full
+# ---------------------------------------------------------------------------------------------------
+def test_variants_are_distinct_and_start_with_the_identity():
+    from bench.scale import transform, variants
+    from shards.manifest import ShardError
+
+    vs = variants(60)
+    assert vs[0] == ("none", (0, 1, 2), (0, 0)) and len(set(vs)) == 60
+    img = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    assert np.array_equal(transform(img, vs[0]), img)
+    outs = {transform(img, v).tobytes() for v in vs}
+    assert len(outs) == 60  # 60 different images from one random image
+    with pytest.raises(ShardError, match="distinct variants"):
+        variants(10**6)
+
+
+def test_scale_full_builds_distinct_images_once_and_counts_every_key(demo, tmp_path):
+    from bench.scale import main
+
+    work = tmp_path / "work"
+    args = ["--full", "--shards", f"{demo / 'real'}:10", "--generated", str(demo / "generated"),
+            "--generated-count", "150", "--work-dir", str(work), "--batch-size", "32", "--workers", "1",
+            "--device", "cpu", "--no-isolate", "--out-dir", str(tmp_path / "out")]
+    _invoke(main, args)
+    (doc,) = _docs(tmp_path / "out")
+    (row,) = doc["results"]
+    assert doc["bench"] == "scale-full" and doc["quick"] is False
+    assert row["planned"] == row["samples"] == 64 * 10 + 150 and row["multiplicities_exact"] is True
+    assert row["key_multiplicity"] == {"demo-real": {"10x": 64}, "generated": {"1x": 150}}
+    assert row["peak_pss_mb"] > 0 and row["open_s"] > 0 and row["generated_reused"] is False
+    gen = work / "generated-150"
+    manifest = Manifest.load(gen)
+    assert manifest.format == "raw" and manifest.count == 150 and manifest.kind == "generated"
+    from bench.formats import iter_samples
+
+    images = [data for _, data, _, _ in iter_samples(gen)]
+    assert len(set(images)) == 150  # 64 sources × 3 variants, cut to 150: all different
+    # a second run reuses the set; a damaged one is not valid any more (and would be rebuilt)
+    _invoke(main, [*args[:-1], str(tmp_path / "again")])
+    (again,) = _docs(tmp_path / "again")
+    assert again["results"][0]["generated_reused"] is True and again["results"][0]["multiplicities_exact"] is True
+    tar = gen / manifest.shards[0].file
+    tar.write_bytes(tar.read_bytes()[:1000])
+    from bench.scale import _recipe, valid_generated
+
+    assert not valid_generated(gen, _recipe(demo / "generated", 150, 10_000))
+
+
+# ---------------------------------------------------------------------------------------------------
+# pack
+# ---------------------------------------------------------------------------------------------------
+def test_pack_bench_on_real_files_passes_jpeg_through(tmp_path):
+    from bench.pack import main
+
+    src = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        d = src / ("cat" if i % 2 else "dog")
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.jpg", quality=90)
+    result = CliRunner().invoke(main, ["--source", str(src), "--quick", "--workers", "1", "--out-dir", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    (doc,) = _docs(tmp_path / "o")
+    rows = {r["backend"]: r for r in doc["results"]}
+    assert doc["quick"] is True and doc["settings"]["n"] == 24
+    assert rows["imagefolder->jpg"]["passthrough"] == 24 and rows["npz->jpg"]["encoded"] == 24
+    for r in rows.values():
+        assert r["images_per_pack"] == 24 and r["timed_batches"] >= 1 and r["seconds"] >= 1.0 and r["peak_pss_mb"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# bench/gpu_run.sh
+# ---------------------------------------------------------------------------------------------------
+GPU_RUN = Path(__file__).resolve().parents[1] / "bench" / "gpu_run.sh"
+
+
+def test_gpu_run_dry_run_lists_every_step(tmp_path):
+    import subprocess
+
+    out = subprocess.run(["bash", str(GPU_RUN), "--dry-run", "--work", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
+    assert sum("-m shards pack" in c for c in cmds) == 3 and any("-m pytest -m gpu" in c for c in cmds)
+    bench = [c for c in cmds if "-m bench all --only" in c]
+    assert [c.split("--only ")[1].split()[0] for c in bench] == ["loader", "model", "end-to-end", "scale", "formats"]
+    assert all("--device cuda" in c and f"{tmp_path}/shards/cifar10-train:10" in c and "edm:1" in c for c in bench)
+    (train,) = [c for c in cmds if "train.py" in c]
+    assert "--backbone resnet18 " in train and "--batch-size 512 " in train and "--steps 1000 " in train
+
+
+def test_gpu_run_data_step_on_the_cpu(tmp_path):
+    """The `data` step on small archives laid out like the shared ones, on the CPU; the results archive is left."""
+    import subprocess
+    import sys
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    with tarfile.open(data / "cifar10-jpg.tar.gz", "w:gz") as tar:
+        for split in ("train", "test"):
+            for i in range(12):
+                f = tmp_path / f"{split}{i}.jpg"
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(f, quality=75)
+                tar.add(f, f"cifar10/{split}/{'cat' if i % 2 else 'dog'}/{i:04d}.jpg")
+    with tarfile.open(data / "edm-cifar10-50k-png.tar.gz", "w:gz") as tar:
+        for i in range(10):
+            f = tmp_path / f"g{i}.png"
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(f)
+            tar.add(f, f"edm-cifar10/fid-tmp/000000/{i:06d}.png")
+    env = {**os.environ, "PYTHON": sys.executable}
+    work = tmp_path / "work"
+    out = subprocess.run(["bash", str(GPU_RUN), "--device", "cpu", "--quick", "--data", str(data), "--bundle",
+                          str(tmp_path / "none"), "--limit", "8", "--work", str(work), "--out", str(tmp_path / "out"),
+                          "data"], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    counts = {d: Manifest.load(work / "shards" / d).count for d in ("cifar10-train", "cifar10-test", "edm")}
+    assert counts == {"cifar10-train": 8, "cifar10-test": 8, "edm": 8}
+    assert Manifest.load(work / "shards" / "cifar10-train").format == "jpg"
+    assert Manifest.load(work / "shards" / "edm").kind == "generated"
+    assert (tmp_path / "out" / "gpu-run.tar.gz").is_file() and "all steps passed" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------------
+# on a GPU (pytest -m gpu; skipped without CUDA)
+# ---------------------------------------------------------------------------------------------------
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+needs_cuda = pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("backend", ["dali-gpu", "reference", "webdataset"])
+def test_loader_backends_on_the_gpu(demo, backend):
+    from bench.loader import RUNNERS
+
+    timing = {"warmup": 1, "min_batches": 3, "min_seconds": 0.0}
+    row = RUNNERS[backend]([f"{demo / 'real'}:10", f"{demo / 'generated'}:1"], "simclr", "cuda", 16, 2, timing)
+    assert row["timed_batches"] == 3 and row["timed_samples"] == 48 and row["samples_per_s"] > 0
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_model_ceiling_on_the_gpu_uses_bf16_and_reports_gpu_memory():
+    from bench.model import measure_model_ceiling
+    from models import build_method
+
+    row = measure_model_ceiling(build_method("simclr"), 64, "cuda", warmup=1, min_batches=3, min_seconds=0.0)
+    assert row["timed_batches"] == 3 and row["peak_gpu_mb"] > 0 and 0 < row["mfu"] < 1
