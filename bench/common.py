@@ -32,7 +32,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import resource
 import threading
 import time
 from pathlib import Path
@@ -216,29 +215,6 @@ class PssSampler:
         return {"peak_pss_mb": round(self.peak_pss_mb, 1), "peak_pss_file_mb": round(self.peak_pss_file_mb, 1),
                 "peak_pss_anon_mb": round(self.peak_pss_anon_mb, 1), "peak_rss_sum_mb": round(self.peak_rss_sum_mb, 1), "processes": self.max_processes,
                 "memory_samples": self.samples}
-
-
-# Kept for bench/end_to_end.py until it adopts PssSampler/timed (its rows still carry these RSS figures).
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process or its largest waited-for child (getrusage), in MiB.
-    Deprecated: not comparable across backends; use PssSampler."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return round(max(own, kids) / 1024.0, 1)
-
-
-class RssSampler:
-    """Deprecated (bench/end_to_end.py only, until it adopts PssSampler): peak of the summed RSS of the
-    process tree over the calls to ``sample()``."""
-
-    def __init__(self):
-        self.start_mb = round(tree_memory()["rss_sum"], 1)
-        self.peak_mb = self.start_mb
-
-    def sample(self) -> float:
-        now = round(tree_memory()["rss_sum"], 1)
-        self.peak_mb = max(self.peak_mb, now)
-        return now
 
 
 # ---------------------------------------------------------------------------------------------------

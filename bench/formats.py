@@ -21,9 +21,7 @@ from __future__ import annotations
 import io
 import json
 import mmap
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

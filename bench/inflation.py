@@ -26,7 +26,6 @@ bars, and kNN over steps) and ``inflation-<host>.md`` (the tables and which diff
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 import subprocess

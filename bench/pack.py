@@ -99,7 +99,9 @@ def pack_timed(backend: str, src: str, out_root: str, fmt: str, workers: int, qu
     row = timed(run_one, warmup=1, min_batches=1, min_seconds=min_seconds)
     return {"backend": backend, "format": fmt, **row, "images_per_pack": last["written"],
             "bytes_per_sample": round(last["bytes"] / last["written"], 1),
-            "passthrough": last["how"].get("passthrough", 0), "encoded": last["how"].get("encoded", 0)}
+            "passthrough": last["how"].get("passthrough", 0),  # shards.pack counts passthrough / lossless / lossy
+            "encoded": last["how"].get("lossless", 0) + last["how"].get("lossy", 0),
+            "lossy": last["how"].get("lossy", 0)}
 
 
 @click.command()

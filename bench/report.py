@@ -31,8 +31,8 @@ from bench.common import RESULTS_DIR, host_kind
 LABEL_KEYS = ("format", "device", "axis", "planned_samples", "sources", "batch_size", "method", "precision", "variant")
 THROUGHPUT_BENCHES = ("loader", "formats", "model", "end-to-end")
 # Benchmarks timed by bench.common.timed with memory from bench.common.PssSampler: their rows must carry the
-# timing counts and peak_pss_mb (end-to-end and inflation join when they adopt the shared helpers).
-TIMED_BENCHES = ("loader", "formats", "model", "scale", "scale-full", "pack")
+# timing counts and peak_pss_mb.
+TIMED_BENCHES = ("loader", "formats", "model", "scale", "scale-full", "pack", "end-to-end")
 TIMING_KEYS = ("warmup_batches", "timed_batches", "seconds")
 LEGACY_MEMORY_KEYS = ("peak_rss_mb", "rss_tree_peak_mb", "process_maxrss_mb")
 

@@ -56,9 +56,9 @@ def test_report_draws_charts_and_table(tmp_path):
         {"backend": "dali-cpu", "samples_per_s": 7900.0, "peak_pss_mb": 700.0, **TIMING},
         {"backend": "reference", "samples_per_s": 1800.0, "peak_pss_mb": 900.0, **TIMING}], tmp_path)
     write_results("end-to-end", {}, [
-        {"backend": "model-ceiling", "samples_per_s": 1000.0, "batch_size": 512},
+        {"backend": "model-ceiling", "samples_per_s": 1000.0, "batch_size": 512, "peak_pss_mb": 800.0, **TIMING},
         {"backend": "end-to-end", "samples_per_s": 980.0, "batch_size": 512, "data_wait_fraction": 0.02,
-         "ratio_to_ceiling": 0.98}], tmp_path)
+         "ratio_to_ceiling": 0.98, "peak_pss_mb": 900.0, **TIMING}], tmp_path)
     write_results("scale", {}, [
         {"backend": "dali-cpu", "axis": axis, "planned_samples": n, "sources": k, "samples_per_s": 5000.0 - k,
          "plan_s": n / 1e7, "plan_mb": n / 1e5, "peak_pss_mb": 600.0 + k, **TIMING}
@@ -211,14 +211,19 @@ def test_end_to_end_cli(demo, tmp_path):
     from bench.end_to_end import main
 
     args = ["--shards", f"{demo / 'real'}:10", "--shards", f"{demo / 'generated'}:1", "--batch-size", "4",
-            "--steps", "1", "--warmup", "0", "--device", "cpu", "--out-dir", str(tmp_path)]
+            "--backbone", "convnet", "--min-steps", "3", "--min-seconds", "0", "--warmup", "1", "--device", "cpu",
+            "--out-dir", str(tmp_path)]
     _invoke(main, args)
     (doc,) = _docs(tmp_path)
-    ceiling, e2e = doc["results"]
+    ceiling, e2e = doc["results"]  # on a CPU machine "both" loader devices is the CPU pipeline only
     assert ceiling["backend"] == "model-ceiling" and e2e["backend"] == "end-to-end"
+    assert e2e["loader_device"] == "cpu" and e2e["num_threads"] == 2
     assert ceiling["batch_size"] == e2e["batch_size"] == 4 and e2e["precision"] == "fp32"
-    assert e2e["timed_steps"] == 1 and 0 <= e2e["data_wait_fraction"] <= 1
-    assert e2e["ratio_to_ceiling"] == pytest.approx(e2e["samples_per_s"] / ceiling["samples_per_s"], rel=1e-3)
+    for row in (ceiling, e2e):
+        assert row["timed_batches"] == 3 and row["timed_samples"] == 12 and row["warmup_batches"] == 1
+        assert row["samples_per_s"] == pytest.approx(12 / row["seconds"], abs=0.051) and row["peak_pss_mb"] > 0
+    assert e2e["data_wait_fraction"] == e2e["wall_wait_fraction"]  # no CUDA events on a CPU
+    assert doc["quick"] and doc["settings"]["min_batches"] == 3
     assert doc["settings"]["resolved"]["weights"] == [10.0, 1.0]
 
 
