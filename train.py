@@ -16,6 +16,7 @@ Run directory (``--out``, default ``runs/<method>-<timestamp>``): ``config.yaml`
 resolved to), ``metrics.jsonl`` (one JSON object per line, ``kind`` train / eval / final), TensorBoard
 events under ``tb/``, ``ckpt-last.pt`` (and ``ckpt-STEP.pt`` with ``--keep-every``).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -23,8 +24,20 @@ from pathlib import Path
 
 import click
 
-from models.engine import (Evaluator, RunDir, Settings, Trainer, aug_family, build_method_for, format_result,
-                           load_checkpoint, plan_data, plan_eval, seed_everything, setup_runtime)
+from models.engine import (
+    Evaluator,
+    RunDir,
+    Settings,
+    Trainer,
+    aug_family,
+    build_method_for,
+    format_result,
+    load_checkpoint,
+    plan_data,
+    plan_eval,
+    seed_everything,
+    setup_runtime,
+)
 from models.engine.config import DEMO_CPU_DEFAULTS, DEMO_DEFAULTS, RESUME_MAY_CHANGE, click_options, read_yaml
 from models.engine.data import check_sources, describe_resolved
 from models.engine.rundir import check_out
@@ -34,8 +47,13 @@ from shards.errors import UserError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="Settings from a YAML file (e.g. a run's config.yaml); command-line flags override it.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Settings from a YAML file (e.g. a run's config.yaml); command-line flags override it.",
+)
 @click.option("--print-config", is_flag=True, help="Print the fully resolved configuration and exit (no training).")
 @click_options
 @click.pass_context
@@ -81,8 +99,9 @@ def run(ctx, config_file, print_config, options) -> dict:
     method = build_method_for(s, data.num_classes)
     resolved = {**resolved_run(s, rt, loader.steps_per_epoch, method.cfg), **describe_resolved(data)}
     if ckpt is not None:
-        resolved["data_changes"] = check_sources(ckpt.get("resolved", {}).get("mixture", []), resolved["mixture"],
-                                                 s.allow_data_change)
+        resolved["data_changes"] = check_sources(
+            ckpt.get("resolved", {}).get("mixture", []), resolved["mixture"], s.allow_data_change
+        )
     doc = {"settings": s.to_dict(), "resolved": resolved}
     if print_config:
         import yaml
@@ -100,10 +119,12 @@ def run(ctx, config_file, print_config, options) -> dict:
         run_dir.write_config(doc)
         if rt.master:
             _log(data.recipe.describe())
-            _log(f"{s.method}/{s.backbone} on {rt.device} x{rt.world_size} ({rt.precision}), "
-                 f"{trainer.total_steps} steps of batch {s.batch_size} ({loader.steps_per_epoch} steps/epoch of "
-                 f"{data.epoch_size} samples), lr {resolved['lr']:.4g}; run directory {s.out}"
-                 + (f"; resumed at step {trainer.step_count}" if ckpt else ""))
+            _log(
+                f"{s.method}/{s.backbone} on {rt.device} x{rt.world_size} ({rt.precision}), "
+                f"{trainer.total_steps} steps of batch {s.batch_size} ({loader.steps_per_epoch} steps/epoch of "
+                f"{data.epoch_size} samples), lr {resolved['lr']:.4g}; run directory {s.out}"
+                + (f"; resumed at step {trainer.step_count}" if ckpt else "")
+            )
             for line in resolved.get("data_changes", []):
                 _log(f"warning: {line} (--allow-data-change): the epoch plan differs from the checkpoint's")
         final = trainer.fit(run_dir, evaluator, resolved, last_good=Path(s.resume) if ckpt else None)
@@ -112,8 +133,10 @@ def run(ctx, config_file, print_config, options) -> dict:
     if final:
         _log(format_result(final, trainer.step_count))
         if final.get("corrupt_skipped"):
-            _log(f"{final['corrupt_skipped']} corrupt training sample(s) were skipped (--on-corrupt skip), first: "
-                 f"{', '.join(final['corrupt_keys'])}")
+            _log(
+                f"{final['corrupt_skipped']} corrupt training sample(s) were skipped (--on-corrupt skip), first: "
+                f"{', '.join(final['corrupt_keys'])}"
+            )
         if (s.demo or s.compare_random) and rt.master:
             compare_with_random_init(s, final)
     return final
@@ -126,9 +149,11 @@ def resume_settings(s: Settings, given: set[str]) -> tuple[Settings, dict]:
     clash = [k for k in sorted(given) if k not in RESUME_MAY_CHANGE and getattr(s, k) != getattr(saved, k)]
     if clash:
         k = clash[0]
-        raise click.UsageError(f"--{k.replace('_', '-')} {getattr(s, k)!r} differs from the checkpoint's "
-                               f"{getattr(saved, k)!r}; a resumed run keeps its settings (may change: "
-                               f"{', '.join(RESUME_MAY_CHANGE)})")
+        raise click.UsageError(
+            f"--{k.replace('_', '-')} {getattr(s, k)!r} differs from the checkpoint's "
+            f"{getattr(saved, k)!r}; a resumed run keeps its settings (may change: "
+            f"{', '.join(RESUME_MAY_CHANGE)})"
+        )
     keep = {k: getattr(s, k) for k in given if k in RESUME_MAY_CHANGE and k != "resume"}
     keep.setdefault("out", str(path.parent))  # the run the checkpoint belongs to
     if "steps" in keep and "epochs" not in keep:
@@ -153,9 +178,12 @@ def demo_settings(s: Settings, given: set[str]) -> Settings:
     if s.device == "cpu" or not torch.cuda.is_available():
         defaults.update(DEMO_CPU_DEFAULTS)
     changes = {k: v for k, v in defaults.items() if k not in given}
-    for key, value in (("shards", (str(parts["real"]), str(parts["generated"]))),
-                       ("eval_shards", (str(parts["test"]),)), ("train_labels", (str(parts["real"]),)),
-                       ("out", str(Path("runs") / f"demo-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"))):
+    for key, value in (
+        ("shards", (str(parts["real"]), str(parts["generated"]))),
+        ("eval_shards", (str(parts["test"]),)),
+        ("train_labels", (str(parts["real"]),)),
+        ("out", str(Path("runs") / f"demo-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")),
+    ):
         if key not in given:
             changes[key] = value
     return s.replace(**changes)
@@ -171,10 +199,13 @@ def evaluate_checkpoint(s: Settings, given: set[str]) -> dict:
     run_info = ckpt.get("resolved", {})
     saved = Settings.from_dict(ckpt["settings"])
     # evaluation knobs: the run's own (crop size, kNN k, limits ...) unless given on this command line
-    s = saved.replace(**{k: getattr(s, k) for k in given if k not in ("eval_only", "resume")}, eval_only=True,
-                      resume=None)
-    data = plan_eval(s.eval_shards if "eval_shards" in given else tuple(run_info.get("eval_shards", ())),
-                     s.train_labels if "train_labels" in given else tuple(run_info.get("train_labels", ())))
+    s = saved.replace(
+        **{k: getattr(s, k) for k in given if k not in ("eval_only", "resume")}, eval_only=True, resume=None
+    )
+    data = plan_eval(
+        s.eval_shards if "eval_shards" in given else tuple(run_info.get("eval_shards", ())),
+        s.train_labels if "train_labels" in given else tuple(run_info.get("train_labels", ())),
+    )
     rt = setup_runtime(s.device, s.precision)
     cfg = dict(run_info.get("method_config") or {})
     method = build_method(saved.method, **cfg) if cfg else build_method_for(saved, data.num_classes)

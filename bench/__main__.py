@@ -8,6 +8,7 @@
 Each benchmark is a click command in its own module (``bench/<name>.py``, ``main``) that prints a table
 and writes one JSON file in the common shape (``bench.common.write_results``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,7 +21,10 @@ import click
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "loader": ("bench.loader", "loader only: two-view samples/s and host memory per backend"),
     "model": ("bench.model", "model ceiling: training steps/s on tensors already on the device, MFU"),
-    "end-to-end": ("bench.end_to_end", "the real train step fed by the loader: samples/s, ratio to the ceiling, data wait"),
+    "end-to-end": (
+        "bench.end_to_end",
+        "the real train step fed by the loader: samples/s, ratio to the ceiling, data wait",
+    ),
     "scale": ("bench.scale", "planning and loader vs epoch size (50k/500k/1.5M) and number of sources"),
     "formats": ("bench.formats", "jpg vs png vs raw shards of the same images"),
     "feed": ("bench.feed", "host feed per batch on one core, the training thread's share, epoch boundary, set opening"),
@@ -70,13 +74,15 @@ def list_cmd():
     """List the benchmarks and whether each can be imported here."""
     for name, (module, line) in [*BENCHMARKS.items(), *EXTRA.items()]:
         try:
-            importlib.import_module(module).main
+            _ = importlib.import_module(module).main
             state = ""
         except (ImportError, AttributeError) as e:
             state = f"  [not available: {e}]"
         click.echo(f"{name:<11} {line}{state}")
-    click.echo("\nRun one: python -m bench NAME [--quick] [--shards DIR[:W] ...] [--out-dir DIR]; "
-               "all of them: python -m bench all --quick")
+    click.echo(
+        "\nRun one: python -m bench NAME [--quick] [--shards DIR[:W] ...] [--out-dir DIR]; "
+        "all of them: python -m bench all --quick"
+    )
 
 
 @cli.command("all")
@@ -86,14 +92,18 @@ def list_cmd():
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 @click.option("--only", default=None, help="Comma-separated subset of benchmarks to run.")
 @click.option("--skip", default="", help="Comma-separated benchmarks to leave out.")
-@click.option("--fail-fast", is_flag=True, help="Stop at the first failing benchmark (default: run the rest, then fail).")
+@click.option(
+    "--fail-fast", is_flag=True, help="Stop at the first failing benchmark (default: run the rest, then fail)."
+)
 def all_cmd(quick, shards, out_dir, device, only, skip, fail_fast):
     """Run every benchmark (forwarding --quick/--shards/--out-dir/--device where accepted), then the report."""
     names = [n.strip() for n in only.split(",")] if only else list(BENCHMARKS)
     skipped = {n.strip() for n in skip.split(",") if n.strip()}
     unknown = [n for n in [*names, *skipped] if n not in BENCHMARKS]
     if unknown:
-        raise click.BadParameter(f"{', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}", param_hint="--only/--skip")
+        raise click.BadParameter(
+            f"{', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}", param_hint="--only/--skip"
+        )
     from bench.common import resolve_shards
     from shards.errors import UserError
 

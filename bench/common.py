@@ -25,6 +25,7 @@ Two rules hold for every figure (and are checked by ``bench.report.check_doc``):
   peak of the rest (the processes' own memory). ``peak_rss_sum_mb`` is an extra, not comparable across
   single- and multi-process backends.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,8 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -96,8 +97,13 @@ def write_results(bench: str, settings: dict, results: list[dict], out_dir: str 
     out.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = out / f"{host_kind(hw)}-{stamp}-{bench}.json"
-    doc = {"bench": bench, "quick": bool(settings.get("quick", False)), "hardware": hw, "settings": settings,
-           "results": results}
+    doc = {
+        "bench": bench,
+        "quick": bool(settings.get("quick", False)),
+        "hardware": hw,
+        "settings": settings,
+        "results": results,
+    }
     return atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
@@ -128,8 +134,12 @@ def _nvidia_driver() -> str | None:
     try:
         import subprocess
 
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -200,7 +210,7 @@ class PssSampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def __enter__(self) -> "PssSampler":
+    def __enter__(self) -> PssSampler:
         self.sample()
         self._thread.start()
         return self
@@ -212,17 +222,29 @@ class PssSampler:
 
     def row(self) -> dict:
         """The memory fields of a results row."""
-        return {"peak_pss_mb": round(self.peak_pss_mb, 1), "peak_pss_file_mb": round(self.peak_pss_file_mb, 1),
-                "peak_pss_anon_mb": round(self.peak_pss_anon_mb, 1), "peak_rss_sum_mb": round(self.peak_rss_sum_mb, 1), "processes": self.max_processes,
-                "memory_samples": self.samples}
+        return {
+            "peak_pss_mb": round(self.peak_pss_mb, 1),
+            "peak_pss_file_mb": round(self.peak_pss_file_mb, 1),
+            "peak_pss_anon_mb": round(self.peak_pss_anon_mb, 1),
+            "peak_rss_sum_mb": round(self.peak_rss_sum_mb, 1),
+            "processes": self.max_processes,
+            "memory_samples": self.samples,
+        }
 
 
 # ---------------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------------
-def timed(run_one: Callable[[], int], *, warmup: int, min_batches: int = MIN_BATCHES,
-          min_seconds: float = MIN_SECONDS, max_batches: int | None = None, sync: Callable[[], None] | None = None,
-          memory: bool = True) -> dict:
+def timed(
+    run_one: Callable[[], int],
+    *,
+    warmup: int,
+    min_batches: int = MIN_BATCHES,
+    min_seconds: float = MIN_SECONDS,
+    max_batches: int | None = None,
+    sync: Callable[[], None] | None = None,
+    memory: bool = True,
+) -> dict:
     """Time ``run_one`` — one batch or step, returning how many samples it handled; ``StopIteration`` when
     the data is exhausted — the same way in every benchmark.
 
@@ -243,8 +265,9 @@ def timed(run_one: Callable[[], int], *, warmup: int, min_batches: int = MIN_BAT
             try:
                 run_one()
             except StopIteration:
-                raise ValueError(f"the data ran out after {i} of {warmup} warm-up batches; give more data or "
-                                 "a smaller --warmup") from None
+                raise ValueError(
+                    f"the data ran out after {i} of {warmup} warm-up batches; give more data or a smaller --warmup"
+                ) from None
         sync()
         t0 = time.perf_counter()
         batches = samples = 0
@@ -267,23 +290,33 @@ def timed(run_one: Callable[[], int], *, warmup: int, min_batches: int = MIN_BAT
     row = {
         "samples_per_s": round(samples / seconds, 1) if samples and seconds > 0 else None,
         "batches_per_s": round(batches / seconds, 3) if batches and seconds > 0 else None,
-        "warmup_batches": warmup, "timed_batches": batches, "timed_samples": samples, "seconds": round(seconds, 6),
-        "stopped": stopped, "meets_minimum": batches >= MIN_BATCHES or seconds >= MIN_SECONDS,
+        "warmup_batches": warmup,
+        "timed_batches": batches,
+        "timed_samples": samples,
+        "seconds": round(seconds, 6),
+        "stopped": stopped,
+        "meets_minimum": batches >= MIN_BATCHES or seconds >= MIN_SECONDS,
     }
     if sampler is not None:
         row.update(sampler.row())
     return row
 
 
-def timing_settings(quick: bool, warmup: int | None, min_batches: int | None, min_seconds: float | None,
-                    default_warmup: int = 10) -> dict:
+def timing_settings(
+    quick: bool, warmup: int | None, min_batches: int | None, min_seconds: float | None, default_warmup: int = 10
+) -> dict:
     """``timed``'s keyword arguments from command-line options: the project's minimums, or --quick's lower
     ones; an explicit option wins. ``quick`` in the result is true whenever the minimums are below the rule's,
     so such a run is marked in its JSON whatever flag lowered them."""
     mb = min_batches if min_batches is not None else (QUICK_MIN_BATCHES if quick else MIN_BATCHES)
     ms = min_seconds if min_seconds is not None else (QUICK_MIN_SECONDS if quick else MIN_SECONDS)
     wu = warmup if warmup is not None else (min(default_warmup, 2) if quick else default_warmup)
-    return {"warmup": wu, "min_batches": mb, "min_seconds": ms, "quick": quick or (mb < MIN_BATCHES and ms < MIN_SECONDS)}
+    return {
+        "warmup": wu,
+        "min_batches": mb,
+        "min_seconds": ms,
+        "quick": quick or (mb < MIN_BATCHES and ms < MIN_SECONDS),
+    }
 
 
 def timing_kwargs(settings: dict) -> dict:
@@ -321,8 +354,10 @@ def in_fresh_process(fn: Callable, *args, **kwargs):
                 break
             except _queue.Empty:
                 if not proc.is_alive():
-                    raise ShardError(f"{fn.__name__}: the measuring process died (exit code {proc.exitcode}) "
-                                     "before reporting; run it with --no-isolate to see the error") from None
+                    raise ShardError(
+                        f"{fn.__name__}: the measuring process died (exit code {proc.exitcode}) "
+                        "before reporting; run it with --no-isolate to see the error"
+                    ) from None
     finally:
         proc.join(timeout=60)
         if proc.is_alive():
@@ -391,9 +426,19 @@ def pick_device(device: str) -> str:
     return device
 
 
-def time_train_loader(shards: list[str], aug: str, batch_size: int, *, device: str, warmup: int = 10,
-                      min_batches: int = MIN_BATCHES, min_seconds: float = MIN_SECONDS,
-                      max_batches: int | None = None, seed: int = 0, num_threads: int = 2) -> dict:
+def time_train_loader(
+    shards: list[str],
+    aug: str,
+    batch_size: int,
+    *,
+    device: str,
+    warmup: int = 10,
+    min_batches: int = MIN_BATCHES,
+    min_seconds: float = MIN_SECONDS,
+    max_batches: int | None = None,
+    seed: int = 0,
+    num_threads: int = 2,
+) -> dict:
     """Build the real `loaders.pipeline.TrainLoader` over ``shards`` (``DIR[:W]`` arguments) and :func:`timed`
     it, epoch after epoch (an epoch boundary costs what it costs in training: the next epoch's pipeline is
     built then). Returns the timed row plus ``startup_s`` (construction to first batch, which is also the
@@ -404,8 +449,9 @@ def time_train_loader(shards: list[str], aug: str, batch_size: int, *, device: s
     from loaders.pipeline import TrainLoader
 
     t0 = time.perf_counter()
-    loader = TrainLoader(parse_shards_args(shards), preset(aug), batch_size=batch_size, seed=seed, device=device,
-                         num_threads=num_threads)
+    loader = TrainLoader(
+        parse_shards_args(shards), preset(aug), batch_size=batch_size, seed=seed, device=device, num_threads=num_threads
+    )
 
     def batches():
         epoch = 0
@@ -422,8 +468,14 @@ def time_train_loader(shards: list[str], aug: str, batch_size: int, *, device: s
             startup.append(time.perf_counter() - t0)
         return len(batch)
 
-    row = timed(run_one, warmup=max(warmup, 1), min_batches=min_batches, min_seconds=min_seconds,
-                max_batches=max_batches, sync=device_sync(device))
+    row = timed(
+        run_one,
+        warmup=max(warmup, 1),
+        min_batches=min_batches,
+        min_seconds=min_seconds,
+        max_batches=max_batches,
+        sync=device_sync(device),
+    )
     it.close()
     row.update(startup_s=round(startup[0], 2), steps_per_epoch=loader.steps_per_epoch, num_threads=num_threads)
     return row

@@ -23,6 +23,7 @@ start on the device timeline, divided by the interval from the first start to th
 from wall-clock time spent in ``next(loader)``. ``wall_wait_fraction`` (host time blocked on the loader)
 is reported on both. ``ratio_to_ceiling`` = end-to-end samples/s ÷ model-ceiling samples/s.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,16 @@ from dataclasses import asdict, dataclass
 
 import click
 
-from bench.common import (device_sync, pick_device, print_table, resolve_shards, timed, timing_kwargs,
-                          timing_settings, write_results)
+from bench.common import (
+    device_sync,
+    pick_device,
+    print_table,
+    resolve_shards,
+    timed,
+    timing_kwargs,
+    timing_settings,
+    write_results,
+)
 
 
 @dataclass(frozen=True)
@@ -57,9 +66,21 @@ def build(shards: list[str], cfg: EndToEndConfig):
     as train.py builds a run (the schedule is the release's 100k steps: only its shape matters here)."""
     from models.engine import Settings, Trainer, aug_family, build_method_for, plan_data, seed_everything, setup_runtime
 
-    s = Settings(shards=tuple(shards), method=cfg.method, backbone=cfg.backbone, batch_size=cfg.batch_size,
-                 device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
-                 num_threads=cfg.num_threads, inflation=cfg.inflation, aug=cfg.aug, seed=cfg.seed, progress=False)
+    s = Settings(
+        shards=tuple(shards),
+        method=cfg.method,
+        backbone=cfg.backbone,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        compile=cfg.compile,
+        num_threads=cfg.num_threads,
+        inflation=cfg.inflation,
+        aug=cfg.aug,
+        seed=cfg.seed,
+        progress=False,
+    )
     rt = setup_runtime(s.device, s.precision)
     data = plan_data(s, rt.world_size, aug_family(s.method))
 
@@ -69,10 +90,16 @@ def build(shards: list[str], cfg: EndToEndConfig):
     seed_everything(s.seed)
     trainer = Trainer(s, rt, loader_for(cfg.loader_devices[0]), build_method_for(s, data.num_classes))
     trainer.method.train()
-    resolved = {"device": rt.device, "precision": rt.precision, "channels_last": rt.is_cuda and s.channels_last,
-                "epoch_size": data.epoch_size, "steps_per_epoch": trainer.loader.steps_per_epoch,
-                "weights": [src.weight for src in data.mixture.sources],
-                "sources": [str(src.path) for src in data.mixture.sources], "aug": data.aug.to_dict()}
+    resolved = {
+        "device": rt.device,
+        "precision": rt.precision,
+        "channels_last": rt.is_cuda and s.channels_last,
+        "epoch_size": data.epoch_size,
+        "steps_per_epoch": trainer.loader.steps_per_epoch,
+        "weights": [src.weight for src in data.mixture.sources],
+        "sources": [str(src.path) for src in data.mixture.sources],
+        "aug": data.aug.to_dict(),
+    }
     return trainer, loader_for, resolved
 
 
@@ -148,8 +175,13 @@ def run(shards: list[str], cfg: EndToEndConfig, timing: dict) -> tuple[list[dict
     """The model ceiling once, then one end-to-end measurement per loader device, in one process."""
     trainer, loader_for, resolved = build(shards, cfg)
     device = resolved["device"]
-    common = {"method": cfg.method, "backbone": cfg.backbone, "batch_size": cfg.batch_size,
-              "precision": resolved["precision"], "device": device}
+    common = {
+        "method": cfg.method,
+        "backbone": cfg.backbone,
+        "batch_size": cfg.batch_size,
+        "precision": resolved["precision"],
+        "device": device,
+    }
     first = next(trainer.loader.batches())
     click.echo(f"  model ceiling: steps on resident tensors ({timing})", err=True)
     ceiling = timed_steps(trainer, resident(first, device), device, timing)
@@ -158,29 +190,56 @@ def run(shards: list[str], cfg: EndToEndConfig, timing: dict) -> tuple[list[dict
         loader = trainer.loader if i == 0 else loader_for(loader_device)
         click.echo(f"  end to end, DALI pipeline on the {loader.loader_device}", err=True)
         e2e = timed_steps(trainer, loader.batches(), device, timing)
-        rows.append({"backend": "end-to-end", **common, **e2e, "loader": f"dali-{loader.loader_device}",
-                     "loader_device": loader.loader_device, "num_threads": cfg.num_threads,
-                     "ratio_to_ceiling": round(e2e["samples_per_s"] / ceiling["samples_per_s"], 4)})
+        rows.append(
+            {
+                "backend": "end-to-end",
+                **common,
+                **e2e,
+                "loader": f"dali-{loader.loader_device}",
+                "loader_device": loader.loader_device,
+                "num_threads": cfg.num_threads,
+                "ratio_to_ceiling": round(e2e["samples_per_s"] / ceiling["samples_per_s"], 4),
+            }
+        )
         del loader
     return rows, resolved
 
 
 @click.command("end-to-end")
-@click.option("--shards", "shards", multiple=True, metavar="DIR[:W]",
-              help="Training mixture as for train.py (default: the demo mixture real:10 generated:1).")
+@click.option(
+    "--shards",
+    "shards",
+    multiple=True,
+    metavar="DIR[:W]",
+    help="Training mixture as for train.py (default: the demo mixture real:10 generated:1).",
+)
 @click.option("--method", default="simclr", show_default=True)
 @click.option("--backbone", default="resnet18", show_default=True)
 @click.option("--batch-size", type=int, default=None, help="[512 on GPU; 32 on CPU]")
 @click.option("--warmup", default=None, type=click.IntRange(0), help="Untimed steps first [10; --quick 2].")
-@click.option("--min-steps", "min_batches", default=None, type=click.IntRange(1),
-              help="Timed steps at least, per measurement [50; --quick 5].")
-@click.option("--min-seconds", default=None, type=float, help="Timed seconds at least, per measurement [10; --quick 1].")
+@click.option(
+    "--min-steps",
+    "min_batches",
+    default=None,
+    type=click.IntRange(1),
+    help="Timed steps at least, per measurement [50; --quick 5].",
+)
+@click.option(
+    "--min-seconds", default=None, type=float, help="Timed seconds at least, per measurement [10; --quick 1]."
+)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
-@click.option("--loader-device", "loader_device", default="both", show_default=True,
-              type=click.Choice(["auto", "cpu", "gpu", "both"]),
-              help="Where the DALI pipeline runs; both = one row for the GPU pipeline and one for the CPU pipeline "
-                   "copying to the GPU (on a CPU machine: cpu only).")
-@click.option("--precision", default="auto", show_default=True, help="auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32.")
+@click.option(
+    "--loader-device",
+    "loader_device",
+    default="both",
+    show_default=True,
+    type=click.Choice(["auto", "cpu", "gpu", "both"]),
+    help="Where the DALI pipeline runs; both = one row for the GPU pipeline and one for the CPU pipeline "
+    "copying to the GPU (on a CPU machine: cpu only).",
+)
+@click.option(
+    "--precision", default="auto", show_default=True, help="auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32."
+)
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the step, as train.py --compile.")
 @click.option("--num-threads", type=int, default=2, show_default=True, help="DALI CPU threads.")
@@ -189,17 +248,47 @@ def run(shards: list[str], cfg: EndToEndConfig, timing: dict) -> tuple[list[dict
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Lower minimums (marked quick in the JSON): minutes on a CPU.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON goes [bench/results].")
-def main(shards, method, backbone, batch_size, warmup, min_batches, min_seconds, device, loader_device, precision,
-         channels_last, compile_, num_threads, inflation, aug, seed, quick, out_dir):
+def main(
+    shards,
+    method,
+    backbone,
+    batch_size,
+    warmup,
+    min_batches,
+    min_seconds,
+    device,
+    loader_device,
+    precision,
+    channels_last,
+    compile_,
+    num_threads,
+    inflation,
+    aug,
+    seed,
+    quick,
+    out_dir,
+):
     """The real train step fed by the loader: samples/s, ratio to the model ceiling, data-wait fraction."""
     device = pick_device(device)
     gpu = device.startswith("cuda")
     timing = timing_settings(quick, warmup, min_batches, min_seconds)
-    devices = ("gpu", "cpu") if loader_device == "both" and gpu else ("cpu",) if loader_device == "both" else (loader_device,)
-    cfg = EndToEndConfig(method=method, backbone=backbone, batch_size=batch_size or (512 if gpu else 32),
-                         device=device.split(":")[0], precision=precision, channels_last=channels_last,
-                         compile=compile_, num_threads=num_threads, inflation=inflation, aug=aug, seed=seed,
-                         loader_devices=devices)
+    devices = (
+        ("gpu", "cpu") if loader_device == "both" and gpu else ("cpu",) if loader_device == "both" else (loader_device,)
+    )
+    cfg = EndToEndConfig(
+        method=method,
+        backbone=backbone,
+        batch_size=batch_size or (512 if gpu else 32),
+        device=device.split(":")[0],
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile_,
+        num_threads=num_threads,
+        inflation=inflation,
+        aug=aug,
+        seed=seed,
+        loader_devices=devices,
+    )
     from shards.errors import UserError
 
     try:
@@ -208,10 +297,22 @@ def main(shards, method, backbone, batch_size, warmup, min_batches, min_seconds,
             rows, resolved = run(shards, cfg, timing)
     except UserError as e:
         raise click.ClickException(str(e)) from None
-    print_table(rows, ["backend", "loader_device", "device", "precision", "batch_size", "samples_per_s",
-                       "timed_batches", "data_wait_fraction", "ratio_to_ceiling", "peak_pss_mb"])
-    path = write_results("end-to-end", {**asdict(cfg), "shards": shards, **timing, "resolved": resolved}, rows,
-                         out_dir)
+    print_table(
+        rows,
+        [
+            "backend",
+            "loader_device",
+            "device",
+            "precision",
+            "batch_size",
+            "samples_per_s",
+            "timed_batches",
+            "data_wait_fraction",
+            "ratio_to_ceiling",
+            "peak_pss_mb",
+        ],
+    )
+    path = write_results("end-to-end", {**asdict(cfg), "shards": shards, **timing, "resolved": resolved}, rows, out_dir)
     click.echo(f"wrote {path}", err=True)
 
 

@@ -30,6 +30,7 @@ converted (once, with ``bench.formats.convert``) into each of ``--formats`` (raw
   ``git worktree add /tmp/base <commit>``): the same loader measurements and, where its private feed has
   the old signature, the feed alone, run in a subprocess pinned to the same cores, in the same run.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,7 +72,7 @@ class FeedConfig:
 def pin(cores: int) -> set[int]:
     """Pin this process to its first ``cores`` allowed CPUs; returns the previous set."""
     before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, set(sorted(before)[:max(1, cores)]))
+    os.sched_setaffinity(0, set(sorted(before)[: max(1, cores)]))
     return before
 
 
@@ -117,10 +118,15 @@ def time_feed(loader, cfg: FeedConfig) -> dict:
         plans.close()
     total = sum(secs)
     p50 = statistics.median(secs)
-    return {"samples_per_s": round(len(secs) * loader.batch_size / total, 1), "ms_per_batch": round(1e3 * total / len(secs), 4),
-            "samples_per_s_p50": round(loader.batch_size / p50, 1), "ms_per_batch_p50": round(1e3 * p50, 4),
-            "ms_per_batch_p90": round(1e3 * statistics.quantiles(secs, n=10)[-1], 4), "timed_batches": len(secs),
-            "seconds": round(total, 3)}
+    return {
+        "samples_per_s": round(len(secs) * loader.batch_size / total, 1),
+        "ms_per_batch": round(1e3 * total / len(secs), 4),
+        "samples_per_s_p50": round(loader.batch_size / p50, 1),
+        "ms_per_batch_p50": round(1e3 * p50, 4),
+        "ms_per_batch_p90": round(1e3 * statistics.quantiles(secs, n=10)[-1], 4),
+        "timed_batches": len(secs),
+        "seconds": round(total, 3),
+    }
 
 
 def time_loader(loader, batches: int, warmup: int = 5) -> dict:
@@ -140,8 +146,13 @@ def time_loader(loader, batches: int, warmup: int = 5) -> dict:
         samples += len(b)
     seconds = time.perf_counter() - t_all
     it.close()
-    return {"thread_ms": round(1e3 * cpu / n, 4), "wait_ms": round(1e3 * wall / n, 3),
-            "samples_per_s": round(samples / seconds, 1), "batches": n, "seconds": round(seconds, 3)}
+    return {
+        "thread_ms": round(1e3 * cpu / n, 4),
+        "wait_ms": round(1e3 * wall / n, 3),
+        "samples_per_s": round(samples / seconds, 1),
+        "batches": n,
+        "seconds": round(seconds, 3),
+    }
 
 
 def boundary(loader, n: int) -> dict:
@@ -152,7 +163,7 @@ def boundary(loader, n: int) -> dict:
     def gaps(stamps: list[float]) -> tuple[float, float]:
         d = [b - a for a, b in zip(stamps, stamps[1:])]
         at = d[n - 1]  # from epoch 0's last batch to epoch 1's first
-        others = d[:n - 1] + d[n:]
+        others = d[: n - 1] + d[n:]
         return 1e3 * at, 1e3 * statistics.median(others)
 
     loader.load_state_dict({"epoch": 0, "step": steps - n - 2})
@@ -169,7 +180,7 @@ def boundary(loader, n: int) -> dict:
     it = loader.epoch(0, steps - n - 2)
     next(it), next(it)
     stamps = [time.perf_counter()]
-    for b in it:
+    for _ in it:
         stamps.append(time.perf_counter())
     it = loader.epoch(1, 0)
     for _ in range(n):
@@ -177,9 +188,15 @@ def boundary(loader, n: int) -> dict:
         stamps.append(time.perf_counter())
     it.close()
     re_gap, re_med = gaps(stamps[1:])
-    return {"gap_ms": round(one_gap, 2), "median_interval_ms": round(one_med, 2), "gap_ratio": round(one_gap / one_med, 3),
-            "rebuild_gap_ms": round(re_gap, 2), "rebuild_median_interval_ms": round(re_med, 2),
-            "rebuild_gap_ratio": round(re_gap / re_med, 3), "batches_each_side": n}
+    return {
+        "gap_ms": round(one_gap, 2),
+        "median_interval_ms": round(one_med, 2),
+        "gap_ratio": round(one_gap / one_med, 3),
+        "rebuild_gap_ms": round(re_gap, 2),
+        "rebuild_median_interval_ms": round(re_med, 2),
+        "rebuild_gap_ratio": round(re_gap / re_med, 3),
+        "batches_each_side": n,
+    }
 
 
 def open_cost(directory: Path) -> dict:
@@ -208,8 +225,14 @@ def open_cost(directory: Path) -> dict:
     t = time.perf_counter()
     reader.SourceReader(directory, m)
     warm = time.perf_counter() - t
-    return {"samples": m.count, "format": m.format, "cold_open_s": round(cold, 3), "validation_s": round(spent[0], 3),
-            "validation_us_per_sample": round(1e6 * spent[0] / max(m.count, 1), 1), "warm_open_s": round(warm, 4)}
+    return {
+        "samples": m.count,
+        "format": m.format,
+        "cold_open_s": round(cold, 3),
+        "validation_s": round(spent[0], 3),
+        "validation_us_per_sample": round(1e6 * spent[0] / max(m.count, 1), 1),
+        "warm_open_s": round(warm, 4),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -242,7 +265,8 @@ for fmt, shards in args["formats"].items():
                 feed = fresh()
             t = time.perf_counter(); feed(); secs.append(time.perf_counter() - t)
         row.update(samples_per_s=round(len(secs) * loader.batch_size / sum(secs), 1),
-                   ms_per_batch=round(1e3 * sum(secs) / len(secs), 4), ms_per_batch_p50=round(1e3 * statistics.median(secs), 4),
+                   ms_per_batch=round(1e3 * sum(secs) / len(secs), 4),
+                   ms_per_batch_p50=round(1e3 * statistics.median(secs), 4),
                    timed_batches=len(secs), seconds=round(sum(secs), 3))
     except Exception as e:
         row["feed_error"] = repr(e)[:200]
@@ -269,14 +293,26 @@ print(json.dumps(rows))
 
 
 def run_baseline(src: str, cfg: FeedConfig, sets: dict[str, list[str]], large: Path | None) -> list[dict]:
-    args = {"cpus": sorted(os.sched_getaffinity(0)), "formats": sets, "aug": cfg.aug, "batch_size": cfg.batch_size,
-            "seed": cfg.seed, "warmup": cfg.warmup, "batches": cfg.batches, "min_seconds": cfg.min_seconds,
-            "loader_batches": cfg.loader_batches, "large": str(large) if large else None}
+    args = {
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "formats": sets,
+        "aug": cfg.aug,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "warmup": cfg.warmup,
+        "batches": cfg.batches,
+        "min_seconds": cfg.min_seconds,
+        "loader_batches": cfg.loader_batches,
+        "large": str(large) if large else None,
+    }
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True, env=env,
-                       cwd=src)
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True, env=env, cwd=src
+    )
     if r.returncode != 0:
-        raise ShardError(f"--baseline-src {src}: the probe failed ({(r.stderr.strip().splitlines() or ['?'])[-1][:200]})")
+        raise ShardError(
+            f"--baseline-src {src}: the probe failed ({(r.stderr.strip().splitlines() or ['?'])[-1][:200]})"
+        )
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -331,25 +367,62 @@ def run(shards: list[str], cfg: FeedConfig, work: Path) -> list[dict]:
             click.echo(f"  open {s.name}: {rows[-1]}", err=True)
         for fmt, mix in sets.items():
             t = time.perf_counter()
-            loader = TrainLoader(parse_shards_args(mix), preset(cfg.aug), cfg.batch_size, seed=cfg.seed,
-                                 loader_device="cpu", num_threads=cfg.cores)
+            loader = TrainLoader(
+                parse_shards_args(mix),
+                preset(cfg.aug),
+                cfg.batch_size,
+                seed=cfg.seed,
+                loader_device="cpu",
+                num_threads=cfg.cores,
+            )
             opened = time.perf_counter() - t
-            row = {"backend": f"feed-{fmt}", "format": fmt, "open_s": round(opened, 3), **time_feed(loader, cfg),
-                   "off_training_thread": loader.prefetch_batches > 0}
+            row = {
+                "backend": f"feed-{fmt}",
+                "format": fmt,
+                "open_s": round(opened, 3),
+                **time_feed(loader, cfg),
+                "off_training_thread": loader.prefetch_batches > 0,
+            }
             real = time_loader(loader, cfg.loader_batches)
-            inline = TrainLoader(parse_shards_args(mix), preset(cfg.aug), cfg.batch_size, seed=cfg.seed,
-                                 loader_device="cpu", num_threads=cfg.cores, prefetch_batches=0)
+            inline = TrainLoader(
+                parse_shards_args(mix),
+                preset(cfg.aug),
+                cfg.batch_size,
+                seed=cfg.seed,
+                loader_device="cpu",
+                num_threads=cfg.cores,
+                prefetch_batches=0,
+            )
             inl = time_loader(inline, cfg.loader_batches)
-            row.update(training_thread_ms_per_batch=real["thread_ms"], training_thread_ms_per_batch_inline=inl["thread_ms"],
-                       loader_samples_per_s=real["samples_per_s"], loader_samples_per_s_inline=inl["samples_per_s"],
-                       loader_timed_batches=real["batches"], loader_seconds=real["seconds"])
+            row.update(
+                training_thread_ms_per_batch=real["thread_ms"],
+                training_thread_ms_per_batch_inline=inl["thread_ms"],
+                loader_samples_per_s=real["samples_per_s"],
+                loader_samples_per_s_inline=inl["samples_per_s"],
+                loader_timed_batches=real["batches"],
+                loader_seconds=real["seconds"],
+            )
             rows.append(row)
-            click.echo(f"  {fmt}: feed {row['ms_per_batch']} ms/batch, training thread {row['training_thread_ms_per_batch']} "
-                       f"ms/batch ({row['training_thread_ms_per_batch_inline']} inline)", err=True)
-        loader = TrainLoader(parse_shards_args(shards), preset(cfg.aug), cfg.batch_size, seed=cfg.seed,
-                             loader_device="cpu", num_threads=cfg.cores)
-        rows.append({"backend": "epoch-boundary", "steps_per_epoch": loader.steps_per_epoch,
-                     **boundary(loader, cfg.boundary_batches)})
+            click.echo(
+                f"  {fmt}: feed {row['ms_per_batch']} ms/batch, training thread {row['training_thread_ms_per_batch']} "
+                f"ms/batch ({row['training_thread_ms_per_batch_inline']} inline)",
+                err=True,
+            )
+        loader = TrainLoader(
+            parse_shards_args(shards),
+            preset(cfg.aug),
+            cfg.batch_size,
+            seed=cfg.seed,
+            loader_device="cpu",
+            num_threads=cfg.cores,
+        )
+        rows.append(
+            {
+                "backend": "epoch-boundary",
+                "steps_per_epoch": loader.steps_per_epoch,
+                **boundary(loader, cfg.boundary_batches),
+            }
+        )
         click.echo(f"  boundary: {rows[-1]}", err=True)
         if large is not None:
             from loaders.reader import SourceReader
@@ -364,8 +437,17 @@ def run(shards: list[str], cfg: FeedConfig, work: Path) -> list[dict]:
             t = time.perf_counter()
             TrainLoader(parse_shards_args([str(large)]), preset(cfg.aug), cfg.batch_size, loader_device="cpu")
             loader_open = time.perf_counter() - t
-            rows.append({"backend": "open-large", "samples": m.count, "format": m.format, "shards": len(m.shards),
-                         "cold_open_s": round(cold, 3), "warm_open_s": round(warm, 3), "loader_open_s": round(loader_open, 3)})
+            rows.append(
+                {
+                    "backend": "open-large",
+                    "samples": m.count,
+                    "format": m.format,
+                    "shards": len(m.shards),
+                    "cold_open_s": round(cold, 3),
+                    "warm_open_s": round(warm, 3),
+                    "loader_open_s": round(loader_open, 3),
+                }
+            )
             click.echo(f"  large: {rows[-1]}", err=True)
         if cfg.baseline_src:
             base_large = None
@@ -389,40 +471,106 @@ def run(shards: list[str], cfg: FeedConfig, work: Path) -> list[dict]:
 @click.option("--warmup", type=int, default=20, show_default=True)
 @click.option("--loader-batches", type=int, default=50, show_default=True, help="Timed batches of the real loader.")
 @click.option("--boundary-batches", type=int, default=8, show_default=True, help="Batches each side of the epoch end.")
-@click.option("--large-size", type=int, default=1_000_000, show_default=True, help="Samples of the large set (0: none).")
+@click.option(
+    "--large-size", type=int, default=1_000_000, show_default=True, help="Samples of the large set (0: none)."
+)
 @click.option("--large-format", type=click.Choice(FORMATS), default="jpg", show_default=True)
 @click.option("--cores", type=int, default=1, show_default=True, help="CPUs the benchmark is pinned to.")
-@click.option("--baseline-src", type=click.Path(exists=True, file_okay=False), default=None,
-              help="A checkout of another version of this project to time in the same run.")
-@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
-              help="Keep converted and large sets here (reused next time) [a temporary folder].")
+@click.option(
+    "--baseline-src",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="A checkout of another version of this project to time in the same run.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep converted and large sets here (reused next time) [a temporary folder].",
+)
 @click.option("--device", default="cpu", show_default=True, help="Accepted for `bench all`; the feed is host work.")
 @click.option("--quick", is_flag=True, help="Small sizes: 50 feed batches or 1 s, 10 loader batches, a 100k large set.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON goes [bench/results].")
-def main(shards, formats, batch_size, aug, batches, min_seconds, warmup, loader_batches, boundary_batches, large_size,
-         large_format, cores, baseline_src, work_dir, device, quick, out_dir):
+def main(
+    shards,
+    formats,
+    batch_size,
+    aug,
+    batches,
+    min_seconds,
+    warmup,
+    loader_batches,
+    boundary_batches,
+    large_size,
+    large_format,
+    cores,
+    baseline_src,
+    work_dir,
+    device,
+    quick,
+    out_dir,
+):
     """Host feed per batch on one core, the training thread's share, the epoch boundary, opening sets."""
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     if not fmts or any(f not in FORMATS for f in fmts):
         raise click.BadParameter(f"{formats!r}: choose from {', '.join(FORMATS)}", param_hint="--formats")
     if quick:
-        batches, min_seconds, warmup, loader_batches = min(batches, 50), min(min_seconds, 1.0), min(warmup, 5), min(loader_batches, 10)
+        batches, min_seconds, warmup, loader_batches = (
+            min(batches, 50),
+            min(min_seconds, 1.0),
+            min(warmup, 5),
+            min(loader_batches, 10),
+        )
         large_size = min(large_size, 100_000)
         batch_size = min(batch_size, 128)
-    cfg = FeedConfig(formats=fmts, batch_size=batch_size, aug=aug, batches=batches, min_seconds=min_seconds,
-                     warmup=warmup, loader_batches=loader_batches, boundary_batches=boundary_batches,
-                     large_size=large_size, large_format=large_format if large_format in fmts else fmts[0], cores=cores,
-                     baseline_src=baseline_src, work_dir=work_dir)
+    cfg = FeedConfig(
+        formats=fmts,
+        batch_size=batch_size,
+        aug=aug,
+        batches=batches,
+        min_seconds=min_seconds,
+        warmup=warmup,
+        loader_batches=loader_batches,
+        boundary_batches=boundary_batches,
+        large_size=large_size,
+        large_format=large_format if large_format in fmts else fmts[0],
+        cores=cores,
+        baseline_src=baseline_src,
+        work_dir=work_dir,
+    )
     rows, shards = run_in_workdir("bench-feed-", shards, run, cfg)
-    print_table([r for r in rows if "ms_per_batch" in r or "training_thread_ms_per_batch" in r],
-                ["backend", "samples_per_s", "ms_per_batch", "ms_per_batch_p50", "timed_batches", "seconds",
-                 "training_thread_ms_per_batch",
-                 "training_thread_ms_per_batch_inline", "loader_samples_per_s"])
-    print_table([r for r in rows if r["backend"] == "epoch-boundary"],
-                ["backend", "gap_ms", "median_interval_ms", "gap_ratio", "rebuild_gap_ms", "rebuild_gap_ratio"])
-    print_table([r for r in rows if "open" in r["backend"]],
-                ["backend", "samples", "format", "cold_open_s", "validation_s", "warm_open_s", "loader_open_s",
-                 "first_open_s", "second_open_s"])
+    print_table(
+        [r for r in rows if "ms_per_batch" in r or "training_thread_ms_per_batch" in r],
+        [
+            "backend",
+            "samples_per_s",
+            "ms_per_batch",
+            "ms_per_batch_p50",
+            "timed_batches",
+            "seconds",
+            "training_thread_ms_per_batch",
+            "training_thread_ms_per_batch_inline",
+            "loader_samples_per_s",
+        ],
+    )
+    print_table(
+        [r for r in rows if r["backend"] == "epoch-boundary"],
+        ["backend", "gap_ms", "median_interval_ms", "gap_ratio", "rebuild_gap_ms", "rebuild_gap_ratio"],
+    )
+    print_table(
+        [r for r in rows if "open" in r["backend"]],
+        [
+            "backend",
+            "samples",
+            "format",
+            "cold_open_s",
+            "validation_s",
+            "warm_open_s",
+            "loader_open_s",
+            "first_open_s",
+            "second_open_s",
+        ],
+    )
     path = write_results("feed", {**asdict(cfg), "shards": list(shards), "quick": quick}, rows, out_dir)
     click.echo(f"wrote {path}", err=True)
 

@@ -16,6 +16,7 @@ memory figure is its own), timed by ``bench.common.timed`` (warm-up, then ≥ 50
 after epoch if the set is small). On the GPU the DALI ``mixed`` decoder decodes JPEG with nvJPEG while PNG
 stays on the CPU, so the ranking may differ by device.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,8 +29,17 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench.common import (default_workers, in_fresh_process, pick_device, print_table, run_in_workdir, time_train_loader,
-                          timing_kwargs, timing_settings, write_results)
+from bench.common import (
+    default_workers,
+    in_fresh_process,
+    pick_device,
+    print_table,
+    run_in_workdir,
+    time_train_loader,
+    timing_kwargs,
+    timing_settings,
+    write_results,
+)
 from shards.index import read_index
 from shards.manifest import FORMATS, Manifest, ShardError
 from shards.writer import ShardSetWriter
@@ -98,9 +108,19 @@ def convert(source: Path, out: Path, cfg: FormatsConfig) -> dict[str, Manifest]:
     from PIL import Image
 
     src = Manifest.load(source)
-    writers = {fmt: ShardSetWriter(out / fmt, f"{src.name}-{fmt}", kind=src.kind, format=fmt, split=src.split,
-                                   shard_size=cfg.shard_size, classes=src.classes,
-                                   command=f"bench.formats from {source}") for fmt in cfg.formats}
+    writers = {
+        fmt: ShardSetWriter(
+            out / fmt,
+            f"{src.name}-{fmt}",
+            kind=src.kind,
+            format=fmt,
+            split=src.split,
+            shard_size=cfg.shard_size,
+            classes=src.classes,
+            command=f"bench.formats from {source}",
+        )
+        for fmt in cfg.formats
+    }
     try:
         for key, image, label, origin in iter_samples(source, cfg.limit):
             if src.format == "raw":
@@ -127,20 +147,38 @@ def run(shards: list[str], cfg: FormatsConfig, work: Path) -> list[dict]:
     rows = []
     for fmt, manifest in manifests.items():
         size_mb = sum(s.bytes for s in manifest.shards) / 2**20
-        row = {"backend": backend, "format": fmt, "images": manifest.count, "shard_mb": round(size_mb, 2),
-               "bytes_per_image": round(size_mb * 2**20 / max(manifest.count, 1), 1)}
+        row = {
+            "backend": backend,
+            "format": fmt,
+            "images": manifest.count,
+            "shard_mb": round(size_mb, 2),
+            "bytes_per_image": round(size_mb * 2**20 / max(manifest.count, 1), 1),
+        }
         args = ([f"{work / fmt}:1"], cfg.aug, cfg.batch_size)
-        kwargs = dict(device=cfg.device, seed=cfg.seed, num_threads=cfg.workers, warmup=cfg.warmup,
-                      min_batches=cfg.min_batches, min_seconds=cfg.min_seconds)
-        row.update(in_fresh_process(time_train_loader, *args, **kwargs) if cfg.isolate else time_train_loader(*args, **kwargs))
+        kwargs = dict(
+            device=cfg.device,
+            seed=cfg.seed,
+            num_threads=cfg.workers,
+            warmup=cfg.warmup,
+            min_batches=cfg.min_batches,
+            min_seconds=cfg.min_seconds,
+        )
+        row.update(
+            in_fresh_process(time_train_loader, *args, **kwargs) if cfg.isolate else time_train_loader(*args, **kwargs)
+        )
         click.echo(f"  {fmt}: {row['samples_per_s']} samples/s", err=True)
         rows.append(row)
     return rows
 
 
 @click.command("formats")
-@click.option("--shards", "shards", multiple=True, metavar="DIR[:W]",
-              help="The shard set whose images are converted (first one only; default: the demo real set).")
+@click.option(
+    "--shards",
+    "shards",
+    multiple=True,
+    metavar="DIR[:W]",
+    help="The shard set whose images are converted (first one only; default: the demo real set).",
+)
 @click.option("--formats", "formats", default=",".join(FORMATS), show_default=True, help="Formats to compare.")
 @click.option("--limit", type=int, default=None, help="Images to convert [all; --quick 2048].")
 @click.option("--batch-size", type=int, default=256, show_default=True)
@@ -155,8 +193,23 @@ def run(shards: list[str], cfg: FormatsConfig, work: Path) -> list[dict]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="2,048 images, lower timing minimums (marked quick in the JSON).")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON goes [bench/results].")
-def main(shards, formats, limit, batch_size, workers, warmup, min_batches, min_seconds, isolate, aug, device, jpeg_quality,
-         seed, quick, out_dir):
+def main(
+    shards,
+    formats,
+    limit,
+    batch_size,
+    workers,
+    warmup,
+    min_batches,
+    min_seconds,
+    isolate,
+    aug,
+    device,
+    jpeg_quality,
+    seed,
+    quick,
+    out_dir,
+):
     """Loader samples/s on jpg vs png vs raw shards of the same images."""
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmts if f not in FORMATS]
@@ -165,12 +218,23 @@ def main(shards, formats, limit, batch_size, workers, warmup, min_batches, min_s
     if quick:
         limit = 2048 if limit is None else limit
     timing = timing_settings(quick, warmup, min_batches, min_seconds)
-    cfg = FormatsConfig(formats=fmts, limit=limit, batch_size=batch_size, aug=aug, device=pick_device(device), seed=seed,
-                        jpeg_quality=jpeg_quality, workers=workers or default_workers(), isolate=isolate,
-                        **timing_kwargs(timing))
+    cfg = FormatsConfig(
+        formats=fmts,
+        limit=limit,
+        batch_size=batch_size,
+        aug=aug,
+        device=pick_device(device),
+        seed=seed,
+        jpeg_quality=jpeg_quality,
+        workers=workers or default_workers(),
+        isolate=isolate,
+        **timing_kwargs(timing),
+    )
     rows, shards = run_in_workdir("bench-formats-", shards, run, cfg)
-    print_table(rows, ["backend", "format", "images", "bytes_per_image", "samples_per_s", "peak_pss_mb", "timed_batches",
-                       "seconds"])
+    print_table(
+        rows,
+        ["backend", "format", "images", "bytes_per_image", "samples_per_s", "peak_pss_mb", "timed_batches", "seconds"],
+    )
     path = write_results("formats", {**asdict(cfg), "shards": shards[:1], "quick": timing["quick"]}, rows, out_dir)
     click.echo(f"wrote {path}", err=True)
 

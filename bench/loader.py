@@ -22,6 +22,7 @@ training loop would, so every backend ends with views on the device.
 
 The ``plan_epoch`` row times planning a 1.5M-sample epoch (50k real × 10 + 1M generated).
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -29,8 +30,19 @@ from functools import partial
 import click
 import numpy as np
 
-from bench.common import (default_workers, device_sync, in_fresh_process, pick_device, print_table, resolve_shards,
-                          time_train_loader, timed, timing_kwargs, timing_settings, write_results)
+from bench.common import (
+    default_workers,
+    device_sync,
+    in_fresh_process,
+    pick_device,
+    print_table,
+    resolve_shards,
+    time_train_loader,
+    timed,
+    timing_kwargs,
+    timing_settings,
+    write_results,
+)
 
 BACKENDS = ("dali-cpu", "dali-gpu", "reference", "webdataset")
 
@@ -39,11 +51,15 @@ def torchvision_transform(view):
     """The reference recipe for one view (same knobs as loaders.augment.ViewAug)."""
     from torchvision import transforms as T
 
-    ops = [T.RandomResizedCrop(view.size, scale=view.crop_scale, ratio=view.crop_ratio,
-                               interpolation=T.InterpolationMode.BICUBIC)]
+    ops = [
+        T.RandomResizedCrop(
+            view.size, scale=view.crop_scale, ratio=view.crop_ratio, interpolation=T.InterpolationMode.BICUBIC
+        )
+    ]
     if view.jitter_p > 0:
-        ops.append(T.RandomApply([T.ColorJitter(view.brightness, view.contrast, view.saturation, view.hue)],
-                                 p=view.jitter_p))
+        ops.append(
+            T.RandomApply([T.ColorJitter(view.brightness, view.contrast, view.saturation, view.hue)], p=view.jitter_p)
+        )
     if view.gray_p > 0:
         ops.append(T.RandomGrayscale(p=view.gray_p))
     if view.blur_p > 0:
@@ -161,9 +177,15 @@ def reference_loader(mixture, aug, batch_size: int, workers: int, device: str):
     plan = plan_epoch(mixture.counts, mixture.weights, 0, 0)
     order = offsets[plan.source] + plan.index
     ds = _ArrayDataset(images, labels, [torchvision_transform(v) for v in aug.views])
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=_Order(order), num_workers=workers,
-                                     drop_last=True, persistent_workers=workers > 0,
-                                     pin_memory=device.startswith("cuda"))
+    dl = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=_Order(order),
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        pin_memory=device.startswith("cuda"),
+    )
     return dl, len(images)
 
 
@@ -224,14 +246,17 @@ def webdataset_loader(mixture, aug, batch_size: int, workers: int, device: str, 
     if len(raw_shapes) > 1:
         raise click.ClickException(f"the webdataset backend needs one raw image size, got {sorted(raw_shapes)}")
     handlers = [wds.handle_extension("raw", partial(_raw_to_pil, next(iter(raw_shapes))))] if raw_shapes else []
-    ds = (wds.WebDataset(webdataset_urls(mixture), resampled=True, shardshuffle=False)
-          .shuffle(1000)
-          .decode(*handlers, "pil")
-          .to_tuple("jpg;png;raw", "cls")
-          .map(_ViewsAndLabel([torchvision_transform(v) for v in aug.views]))
-          .batched(batch_size, partial=False))
-    loader = wds.WebLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                           pin_memory=device.startswith("cuda"))
+    ds = (
+        wds.WebDataset(webdataset_urls(mixture), resampled=True, shardshuffle=False)
+        .shuffle(1000)
+        .decode(*handlers, "pil")
+        .to_tuple("jpg;png;raw", "cls")
+        .map(_ViewsAndLabel([torchvision_transform(v) for v in aug.views]))
+        .batched(batch_size, partial=False)
+    )
+    loader = wds.WebLoader(
+        ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0, pin_memory=device.startswith("cuda")
+    )
     if rebatch:
         loader = loader.unbatched().shuffle(rebatch).batched(batch_size)
     return loader
@@ -271,14 +296,23 @@ def bench_plan(timing: dict) -> dict:
 
     counts, weights = [50_000, 1_000_000], [10, 1]
     epoch = iter(range(10**9))
-    row = timed(lambda: len(plan_epoch(counts, weights, 0, next(epoch))), warmup=1,
-                min_batches=timing["min_batches"], min_seconds=0.0, memory=False)
+    row = timed(
+        lambda: len(plan_epoch(counts, weights, 0, next(epoch))),
+        warmup=1,
+        min_batches=timing["min_batches"],
+        min_seconds=0.0,
+        memory=False,
+    )
     tracemalloc.start()
     plan_epoch(counts, weights, 0, 1)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    row.update(backend="plan_epoch", planned_samples=1_500_000, plan_s=round(row["seconds"] / row["timed_batches"], 4),
-               plan_mb=round(peak / 2**20, 1))
+    row.update(
+        backend="plan_epoch",
+        planned_samples=1_500_000,
+        plan_s=round(row["seconds"] / row["timed_batches"], 4),
+        plan_mb=round(peak / 2**20, 1),
+    )
     return row
 
 
@@ -289,22 +323,50 @@ RUNNERS = {"dali-cpu": bench_dali, "dali-gpu": bench_dali, "reference": bench_re
 @click.option("--shards", multiple=True, help="DIR[:WEIGHT] (repeatable) or mix.yaml; default: the demo mixture")
 @click.option("--preset", "preset_name", default="simclr", show_default=True)
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
-@click.option("--workers", default=None, type=click.IntRange(0),
-              help="DataLoader workers and DALI threads, the same for every backend [the cores available]")
-@click.option("--device", default="auto", show_default=True,
-              help="auto | cpu | cuda: with a GPU, dali-gpu runs and every backend's views end on the GPU")
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(0),
+    help="DataLoader workers and DALI threads, the same for every backend [the cores available]",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto | cpu | cuda: with a GPU, dali-gpu runs and every backend's views end on the GPU",
+)
 @click.option("--backends", default=",".join(BACKENDS), show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=None, help="untimed batches first [10; --quick 2]")
 @click.option("--min-batches", type=click.IntRange(1), default=None, help="timed batches at least [50; --quick 5]")
 @click.option("--min-seconds", type=float, default=None, help="timed seconds at least [10; --quick 1]")
 @click.option("--quick", is_flag=True, help="lower minimums (marked quick in the JSON): a smoke run")
-@click.option("--isolate/--no-isolate", default=True, show_default=True,
-              help="run each backend in a fresh process (its memory figure is its own)")
+@click.option(
+    "--isolate/--no-isolate",
+    default=True,
+    show_default=True,
+    help="run each backend in a fresh process (its memory figure is its own)",
+)
 @click.option("--plan-only", is_flag=True, help="only time the 1.5M-sample epoch plan")
 @click.option("--no-save", is_flag=True, help="do not write bench/results/*.json")
-@click.option("--out-dir", default=None, type=click.Path(file_okay=False), help="where the JSON goes (default bench/results)")
-def main(shards, preset_name, batch_size, workers, device, backends, warmup, min_batches, min_seconds, quick, isolate,
-         plan_only, no_save, out_dir):
+@click.option(
+    "--out-dir", default=None, type=click.Path(file_okay=False), help="where the JSON goes (default bench/results)"
+)
+def main(
+    shards,
+    preset_name,
+    batch_size,
+    workers,
+    device,
+    backends,
+    warmup,
+    min_batches,
+    min_seconds,
+    quick,
+    isolate,
+    plan_only,
+    no_save,
+    out_dir,
+):
     """Two-view samples/s and peak PSS of each loading backend."""
     from loaders.augment import preset
     from shards.manifest import ShardError
@@ -329,17 +391,36 @@ def main(shards, preset_name, batch_size, workers, device, backends, warmup, min
                 row = in_fresh_process(RUNNERS[name], *args) if isolate else RUNNERS[name](*args)
             except ShardError as e:
                 raise click.ClickException(str(e)) from None
-            results.append({"backend": name, "device": dev, **row, "views": len(preset(preset_name).views), "workers": workers,
-                            "batch_size": batch_size})
+            results.append(
+                {
+                    "backend": name,
+                    "device": dev,
+                    **row,
+                    "views": len(preset(preset_name).views),
+                    "workers": workers,
+                    "batch_size": batch_size,
+                }
+            )
             click.echo(f"  {name}: {row['samples_per_s']} samples/s, peak PSS {row['peak_pss_mb']} MiB", err=True)
         ref = next((r["samples_per_s"] for r in results if r["backend"] == "reference"), None)
         for r in results[1:]:
             r["vs_reference"] = round(r["samples_per_s"] / ref, 2) if ref and r["samples_per_s"] else None
-    settings = {"shards": list(shards), "preset": preset_name, "batch_size": batch_size, "workers": workers,
-                "device": device, "isolate": isolate, **timing}
-    print(f"workers/threads per backend: {workers}, batch {batch_size}, preset {preset_name}, two views, device {device}")
-    print_table(results, ["backend", "samples_per_s", "peak_pss_mb", "vs_reference", "timed_batches", "seconds",
-                          "warmup_batches"])
+    settings = {
+        "shards": list(shards),
+        "preset": preset_name,
+        "batch_size": batch_size,
+        "workers": workers,
+        "device": device,
+        "isolate": isolate,
+        **timing,
+    }
+    print(
+        f"workers/threads per backend: {workers}, batch {batch_size}, preset {preset_name}, two views, device {device}"
+    )
+    print_table(
+        results,
+        ["backend", "samples_per_s", "peak_pss_mb", "vs_reference", "timed_batches", "seconds", "warmup_batches"],
+    )
     if not no_save:
         print("wrote", write_results("loader", settings, results, out_dir))
 

@@ -10,6 +10,7 @@ device's measured dense matmul rate (bf16 on GPU, fp32 on CPU; ≥ 50 products a
 the steps, the higher of the two) taken in the same run.
 Memory: the peak PSS of this process during the run and, on a GPU, ``torch.cuda.max_memory_allocated``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,13 @@ from bench.common import device_sync, print_table, timed, timing_settings, write
 from models import build_method, build_optimizer
 
 
-def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype | None = None, n: int | None = None,
-                         min_products: int = 50, min_seconds: float = 2.0) -> float:
+def measure_matmul_flops(
+    device: torch.device | str,
+    dtype: torch.dtype | None = None,
+    n: int | None = None,
+    min_products: int = 50,
+    min_seconds: float = 2.0,
+) -> float:
     """Measured dense matmul rate (FLOP/s) of an n×n×n product: bf16 on GPU, fp32 on CPU by default;
     the mean over at least ``min_products`` products and ``min_seconds`` after two warm-up ones."""
     device = torch.device(device)
@@ -37,15 +43,31 @@ def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype | None =
         a @ b
         return 1
 
-    row = timed(product, warmup=2, min_batches=min_products, min_seconds=min_seconds, sync=device_sync(str(device)),
-                memory=False)
-    return 2 * n ** 3 * row["timed_batches"] / row["seconds"]
+    row = timed(
+        product,
+        warmup=2,
+        min_batches=min_products,
+        min_seconds=min_seconds,
+        sync=device_sync(str(device)),
+        memory=False,
+    )
+    return 2 * n**3 * row["timed_batches"] / row["seconds"]
 
 
-def measure_model_ceiling(method, batch_size: int, device: torch.device | str, *, warmup: int = 10,
-                          min_batches: int = 50, min_seconds: float = 10.0, max_batches: int | None = None,
-                          dtype: torch.dtype | None = None, image_size: int = 32, num_views: int = 2,
-                          peak_flops: float | None = None) -> dict:
+def measure_model_ceiling(
+    method,
+    batch_size: int,
+    device: torch.device | str,
+    *,
+    warmup: int = 10,
+    min_batches: int = 50,
+    min_seconds: float = 10.0,
+    max_batches: int | None = None,
+    dtype: torch.dtype | None = None,
+    image_size: int = 32,
+    num_views: int = 2,
+    peak_flops: float | None = None,
+) -> dict:
     """Train ``method`` (moved to ``device``) on random views resident on the device, timed by
     ``bench.common.timed`` (``warmup`` untimed steps, then ≥ ``min_batches`` steps and ≥ ``min_seconds``);
     return samples/s, steps/s, FLOPs per step, MFU over the measured matmul rate and the timing counts.
@@ -83,7 +105,7 @@ def measure_model_ceiling(method, batch_size: int, device: torch.device | str, *
         state["step"] += 1
         return out
 
-    with FlopCounterMode(display=False) as counter:       # one step, before the warm-up
+    with FlopCounterMode(display=False) as counter:  # one step, before the warm-up
         train_step()
     flops_per_step = counter.get_total_flops()
 
@@ -94,8 +116,14 @@ def measure_model_ceiling(method, batch_size: int, device: torch.device | str, *
     # the matmul rate just before and just after the steps, the higher of the two: on shared cores a
     # single calibration taken while someone else computes would make MFU look better than it is
     before = peak_flops if peak_flops is not None else measure_matmul_flops(device)
-    row = timed(run_one, warmup=warmup, min_batches=min_batches, min_seconds=min_seconds, max_batches=max_batches,
-                sync=device_sync(str(device)))
+    row = timed(
+        run_one,
+        warmup=warmup,
+        min_batches=min_batches,
+        min_seconds=min_seconds,
+        max_batches=max_batches,
+        sync=device_sync(str(device)),
+    )
     peak = peak_flops if peak_flops is not None else max(before, measure_matmul_flops(device))
     steps_per_s = row["timed_batches"] / row["seconds"]
     return {
@@ -109,25 +137,31 @@ def measure_model_ceiling(method, batch_size: int, device: torch.device | str, *
         "achieved_tflops": flops_per_step * steps_per_s / 1e12,
         "peak_tflops": peak / 1e12,
         "mfu": flops_per_step * steps_per_s / peak,
-        "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1) if device.type == "cuda" else None,
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
     }
 
 
 @click.command()
-@click.option("--method", "method_name", default="simclr", show_default=True,
-              help="simclr | mocov2plus | byol | barlow")
+@click.option(
+    "--method", "method_name", default="simclr", show_default=True, help="simclr | mocov2plus | byol | barlow"
+)
 @click.option("--backbone", default="resnet18", show_default=True)
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(2))
 @click.option("--warmup", default=None, type=click.IntRange(0), help="untimed steps first [10; --quick 2]")
-@click.option("--min-steps", "min_batches", default=None, type=click.IntRange(1), help="timed steps at least [50; --quick 5]")
+@click.option(
+    "--min-steps", "min_batches", default=None, type=click.IntRange(1), help="timed steps at least [50; --quick 5]"
+)
 @click.option("--min-seconds", default=None, type=float, help="timed seconds at least [10; --quick 1]")
 @click.option("--max-steps", "max_batches", default=None, type=click.IntRange(1), help="timed steps at most")
 @click.option("--image-size", default=32, show_default=True, type=click.IntRange(8))
 @click.option("--device", default="auto", show_default=True, help="auto | cuda | cpu (auto: cuda when available)")
-@click.option("--quick", is_flag=True, help="small CPU-friendly run (batch 16, lower minimums; marked quick in the JSON)")
+@click.option(
+    "--quick", is_flag=True, help="small CPU-friendly run (batch 16, lower minimums; marked quick in the JSON)"
+)
 @click.option("--out-dir", default=None, type=click.Path(file_okay=False), help="default bench/results")
-def main(method_name, backbone, batch_size, warmup, min_batches, min_seconds, max_batches, image_size, device, quick,
-         out_dir):
+def main(
+    method_name, backbone, batch_size, warmup, min_batches, min_seconds, max_batches, image_size, device, quick, out_dir
+):
     """Training throughput of a method with no data loading (the model ceiling)."""
     from bench.common import pick_device
 
@@ -141,15 +175,45 @@ def main(method_name, backbone, batch_size, warmup, min_batches, min_seconds, ma
         raise click.BadParameter(str(err), param_hint="--method/--backbone") from None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    row = measure_model_ceiling(method, batch_size, device, warmup=timing["warmup"], min_batches=timing["min_batches"],
-                                min_seconds=timing["min_seconds"], max_batches=max_batches, image_size=image_size)
-    settings = {"method": method.name, "backbone": backbone, "batch_size": batch_size, **timing,
-                "max_batches": max_batches, "image_size": image_size, "device": str(device),
-                "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
-                "channels_last": device.type == "cuda", "method_config": dataclasses.asdict(method.cfg)}
+    row = measure_model_ceiling(
+        method,
+        batch_size,
+        device,
+        warmup=timing["warmup"],
+        min_batches=timing["min_batches"],
+        min_seconds=timing["min_seconds"],
+        max_batches=max_batches,
+        image_size=image_size,
+    )
+    settings = {
+        "method": method.name,
+        "backbone": backbone,
+        "batch_size": batch_size,
+        **timing,
+        "max_batches": max_batches,
+        "image_size": image_size,
+        "device": str(device),
+        "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
+        "channels_last": device.type == "cuda",
+        "method_config": dataclasses.asdict(method.cfg),
+    }
     path = write_results("model", settings, [row], out_dir)
-    print_table([row], ["backend", "method", "batch_size", "samples_per_s", "steps_per_s", "achieved_tflops",
-                        "peak_tflops", "mfu", "peak_pss_mb", "timed_batches", "seconds"])
+    print_table(
+        [row],
+        [
+            "backend",
+            "method",
+            "batch_size",
+            "samples_per_s",
+            "steps_per_s",
+            "achieved_tflops",
+            "peak_tflops",
+            "mfu",
+            "peak_pss_mb",
+            "timed_batches",
+            "seconds",
+        ],
+    )
     print(f"wrote {path}")
 
 

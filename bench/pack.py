@@ -13,6 +13,7 @@ Inputs are made in a child process. Every backend then runs in a fresh process
 input until ≥ 10 s have passed (``bench.common.timed``, one "batch" = one whole pack). Memory is the peak PSS
 of that process and its encoding workers (``bench.common.PssSampler``), to compare with the input array's size.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,9 @@ def _make_real_inputs(tmp: str, source: str, subdir: str, n: int | None, n_folde
     return {"n": n, "n_imagefolder": n_folder, "image_size": list(arr.shape[1:3]), "input": f"{source}:{subdir}"}
 
 
-def pack_timed(backend: str, src: str, out_root: str, fmt: str, workers: int, quality: int, shard_size: int,
-               min_seconds: float) -> dict:
+def pack_timed(
+    backend: str, src: str, out_root: str, fmt: str, workers: int, quality: int, shard_size: int, min_seconds: float
+) -> dict:
     """Pack ``src`` once untimed, then again until ``min_seconds`` have passed; each output removed after."""
     from shards.pack import PackConfig, pack
 
@@ -90,31 +92,58 @@ def pack_timed(backend: str, src: str, out_root: str, fmt: str, workers: int, qu
 
     def run_one() -> int:
         out = Path(out_root) / f"run-{next(runs)}"
-        r = pack(src, PackConfig(out=out, name="bench", format=fmt, quality=quality, shard_size=shard_size,
-                                 workers=workers, progress=False))
+        r = pack(
+            src,
+            PackConfig(
+                out=out,
+                name="bench",
+                format=fmt,
+                quality=quality,
+                shard_size=shard_size,
+                workers=workers,
+                progress=False,
+            ),
+        )
         last.update(written=r.written, how=dict(r.how), bytes=sum(s.bytes for s in r.manifest.shards))
         shutil.rmtree(out, ignore_errors=True)
         return r.written
 
     row = timed(run_one, warmup=1, min_batches=1, min_seconds=min_seconds)
-    return {"backend": backend, "format": fmt, **row, "images_per_pack": last["written"],
-            "bytes_per_sample": round(last["bytes"] / last["written"], 1),
-            "passthrough": last["how"].get("passthrough", 0),  # shards.pack counts passthrough / lossless / lossy
-            "encoded": last["how"].get("lossless", 0) + last["how"].get("lossy", 0),
-            "lossy": last["how"].get("lossy", 0)}
+    return {
+        "backend": backend,
+        "format": fmt,
+        **row,
+        "images_per_pack": last["written"],
+        "bytes_per_sample": round(last["bytes"] / last["written"], 1),
+        "passthrough": last["how"].get("passthrough", 0),  # shards.pack counts passthrough / lossless / lossy
+        "encoded": last["how"].get("lossless", 0) + last["how"].get("lossy", 0),
+        "lossy": last["how"].get("lossy", 0),
+    }
 
 
 @click.command()
 @click.option("--n", type=click.IntRange(min=1000), default=None, help="Images in the npz [50,000; --source: all].")
-@click.option("--source", type=click.Path(exists=True), default=None,
-              help="Real images to pack (anything `shards pack` reads) instead of demo images.")
+@click.option(
+    "--source",
+    type=click.Path(exists=True),
+    default=None,
+    help="Real images to pack (anything `shards pack` reads) instead of demo images.",
+)
 @click.option("--subdir", default="", help="Folder inside --source, e.g. cifar10/train.")
-@click.option("--quick", is_flag=True, help="ImageFolder capped at 10,000 files, ≥ 1 s timed per path (marked quick "
-                                           "in the JSON); default: every file, ≥ 10 s.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="ImageFolder capped at 10,000 files, ≥ 1 s timed per path (marked quick "
+    "in the JSON); default: every file, ≥ 10 s.",
+)
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="Encoding processes (0 = one per core).")
 @click.option("--size", type=int, default=32, show_default=True, help="Demo image side.")
-@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality when encoding.")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="Results folder (default bench/results).")
+@click.option(
+    "--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality when encoding."
+)
+@click.option(
+    "--out-dir", type=click.Path(path_type=Path), default=None, help="Results folder (default bench/results)."
+)
 def main(n, source, subdir, quick, workers, size, quality, out_dir):
     """Packing speed and memory of `shards pack` per input kind and format."""
     from shards.manifest import ShardError
@@ -130,21 +159,35 @@ def main(n, source, subdir, quick, workers, size, quality, out_dir):
                 n = n or 50000
                 inputs = in_fresh_process(_make_demo_inputs, tmp, n, min(n, 10000) if quick else n, size)
             npz = os.path.join(tmp, "images.npz")
-            runs = [("npz->raw", npz, "raw"), ("npz->jpg", npz, "jpg"), ("npz->png", npz, "png"),
-                    ("imagefolder->jpg", os.path.join(tmp, "folder"), "jpg")]
+            runs = [
+                ("npz->raw", npz, "raw"),
+                ("npz->jpg", npz, "jpg"),
+                ("npz->png", npz, "png"),
+                ("imagefolder->jpg", os.path.join(tmp, "folder"), "jpg"),
+            ]
             results = []
             for backend, src, fmt in runs:
-                row = in_fresh_process(pack_timed, backend, src, os.path.join(tmp, "out"), fmt, workers, quality,
-                                       shard_size, min_seconds)
+                row = in_fresh_process(
+                    pack_timed, backend, src, os.path.join(tmp, "out"), fmt, workers, quality, shard_size, min_seconds
+                )
                 results.append(row)
                 print(f"{backend}: {row['samples_per_s']:,.0f} images/s", file=sys.stderr)
         except ShardError as e:
             raise click.ClickException(str(e)) from None
     h, w = inputs["image_size"]
-    settings = {**inputs, "workers": workers or os.cpu_count(), "input_mb": round(inputs["n"] * h * w * 3 / 2**20, 1),
-                "shard_size": shard_size, "quality": quality, "min_seconds": min_seconds, "quick": quick}
-    print_table(results, ["backend", "samples_per_s", "timed_batches", "seconds", "peak_pss_mb", "bytes_per_sample",
-                          "passthrough"])
+    settings = {
+        **inputs,
+        "workers": workers or os.cpu_count(),
+        "input_mb": round(inputs["n"] * h * w * 3 / 2**20, 1),
+        "shard_size": shard_size,
+        "quality": quality,
+        "min_seconds": min_seconds,
+        "quick": quick,
+    }
+    print_table(
+        results,
+        ["backend", "samples_per_s", "timed_batches", "seconds", "peak_pss_mb", "bytes_per_sample", "passthrough"],
+    )
     print(f"input array: {settings['input_mb']} MB")
     print(f"wrote {write_results('pack', settings, results, out_dir)}")
 

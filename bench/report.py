@@ -16,6 +16,7 @@ matplotlib's Agg backend:
 
 The Markdown table (also written to ``README.md`` next to the charts) is what the project README quotes.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,8 +106,17 @@ def load_runs(results_dir: Path, all_runs: bool = False) -> list[Run]:
         if problems:
             click.echo(f"skipping {path}: {problems[0]}; re-run its benchmark to rewrite it", err=True)
             continue
-        runs.append(Run(path, doc["bench"], host_kind(doc["hardware"]), doc["hardware"], doc["settings"],
-                        tuple(doc["results"]), bool(doc.get("quick", doc["settings"].get("quick", False)))))
+        runs.append(
+            Run(
+                path,
+                doc["bench"],
+                host_kind(doc["hardware"]),
+                doc["hardware"],
+                doc["settings"],
+                tuple(doc["results"]),
+                bool(doc.get("quick", doc["settings"].get("quick", False))),
+            )
+        )
     if all_runs:
         return runs
     newest: dict[tuple[str, str], Run] = {}
@@ -159,18 +169,35 @@ def markdown(runs: list[Run]) -> str:
     for host in sorted({r.host for r in runs}):
         host_runs = [r for r in runs if r.host == host]
         hw = host_runs[0].hardware
-        out.append(f"### {host}: {hw.get('cpu')} ({hw.get('cores')} cores), GPU {hw.get('gpu') or 'none'}, "
-                   f"torch {hw.get('torch')}, DALI {hw.get('dali')}\n")
-        out.append("| bench | backend | samples/s | peak PSS MiB | timed | data wait | ratio to ceiling | plan s | "
-                   "plan MiB | run |")
+        out.append(
+            f"### {host}: {hw.get('cpu')} ({hw.get('cores')} cores), GPU {hw.get('gpu') or 'none'}, "
+            f"torch {hw.get('torch')}, DALI {hw.get('dali')}\n"
+        )
+        out.append(
+            "| bench | backend | samples/s | peak PSS MiB | timed | data wait | ratio to ceiling | plan s | "
+            "plan MiB | run |"
+        )
         out.append("|---|---|---:|---:|---|---:|---:|---:|---:|---|")
         for run in host_runs:
             for row in run.results:
-                out.append("| " + " | ".join([
-                    run.bench, row_label(row), _num(row.get("samples_per_s")), _num(row.get("peak_pss_mb")),
-                    _timed(run, row), _num(row.get("data_wait_fraction"), 3), _num(row.get("ratio_to_ceiling"), 3),
-                    _num(row.get("plan_s"), 3), _num(row.get("plan_mb"), 1), run.path.name,
-                ]) + " |")
+                out.append(
+                    "| "
+                    + " | ".join(
+                        [
+                            run.bench,
+                            row_label(row),
+                            _num(row.get("samples_per_s")),
+                            _num(row.get("peak_pss_mb")),
+                            _timed(run, row),
+                            _num(row.get("data_wait_fraction"), 3),
+                            _num(row.get("ratio_to_ceiling"), 3),
+                            _num(row.get("plan_s"), 3),
+                            _num(row.get("plan_mb"), 1),
+                            run.path.name,
+                        ]
+                    )
+                    + " |"
+                )
         out.append("")
     return "\n".join(out)
 
@@ -188,8 +215,9 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    from shards.manifest import atomic_write_bytes
     import io
+
+    from shards.manifest import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -198,9 +226,13 @@ def _save(fig, path: Path) -> Path:
 
 
 def chart_throughput(runs: list[Run], path: Path) -> Path | None:
-    bars = [(f"{r.host} · {r.bench}{' (quick)' if r.quick else ''} · {row_label(row)}", row["samples_per_s"])
-            for r in runs if r.bench in THROUGHPUT_BENCHES for row in r.results
-            if row.get("samples_per_s") and row.get("backend") != "plan_epoch"]  # planned, not loaded, samples
+    bars = [
+        (f"{r.host} · {r.bench}{' (quick)' if r.quick else ''} · {row_label(row)}", row["samples_per_s"])
+        for r in runs
+        if r.bench in THROUGHPUT_BENCHES
+        for row in r.results
+        if row.get("samples_per_s") and row.get("backend") != "plan_epoch"
+    ]  # planned, not loaded, samples
     if not bars:
         return None
     plt = _pyplot()
@@ -219,8 +251,13 @@ def chart_throughput(runs: list[Run], path: Path) -> Path | None:
 
 
 def chart_data_wait(runs: list[Run], path: Path) -> Path | None:
-    rows = [(f"{r.host} · {row_label(row)}", row) for r in runs if r.bench == "end-to-end" for row in r.results
-            if row.get("backend") == "end-to-end" and row.get("data_wait_fraction") is not None]
+    rows = [
+        (f"{r.host} · {row_label(row)}", row)
+        for r in runs
+        if r.bench == "end-to-end"
+        for row in r.results
+        if row.get("backend") == "end-to-end" and row.get("data_wait_fraction") is not None
+    ]
     if not rows:
         return None
     plt = _pyplot()
@@ -265,10 +302,21 @@ def chart_scale(runs: list[Run], path: Path) -> Path | None:
                 twin.plot(*zip(*mem), "^:", color="tab:purple", label="loader peak PSS MiB")
                 twin.set_ylabel("loader peak PSS MiB (process tree)", color="tab:purple")
     for run, row in full:
-        axes[0][0].plot([row["planned_samples"]], [row["samples_per_s"]], "*", markersize=14, color="tab:red",
-                        label=f"{run.host} whole epoch, {row.get('variant', 'full')}")
-        axes[0][0].annotate(f"{row['samples_per_s']:,.0f}/s, epoch {row.get('epoch_s', 0):.0f} s  ",
-                            (row["planned_samples"], row["samples_per_s"]), fontsize=7, ha="right", va="center")
+        axes[0][0].plot(
+            [row["planned_samples"]],
+            [row["samples_per_s"]],
+            "*",
+            markersize=14,
+            color="tab:red",
+            label=f"{run.host} whole epoch, {row.get('variant', 'full')}",
+        )
+        axes[0][0].annotate(
+            f"{row['samples_per_s']:,.0f}/s, epoch {row.get('epoch_s', 0):.0f} s  ",
+            (row["planned_samples"], row["samples_per_s"]),
+            fontsize=7,
+            ha="right",
+            va="center",
+        )
     for col, (xlabel, log) in enumerate((("planned samples per epoch", True), ("number of sources", False))):
         axes[0][col].set_ylabel("loader two-view samples / s")
         axes[1][col].set_ylabel("planning time s")
@@ -289,12 +337,21 @@ def build_report(results_dir: Path, out_dir: Path, all_runs: bool = False) -> tu
     """Draw the charts and write README.md into out_dir; return (markdown, files written)."""
     runs = load_runs(results_dir, all_runs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    charts = [p for p in (chart_throughput(runs, out_dir / "throughput.png"),
-                          chart_data_wait(runs, out_dir / "data-wait.png"),
-                          chart_scale(runs, out_dir / "scale.png")) if p]
+    charts = [
+        p
+        for p in (
+            chart_throughput(runs, out_dir / "throughput.png"),
+            chart_data_wait(runs, out_dir / "data-wait.png"),
+            chart_scale(runs, out_dir / "scale.png"),
+        )
+        if p
+    ]
     table = markdown(runs)
     images = "\n".join(f"![{p.stem}]({p.name})" for p in charts)
-    text = f"# Benchmark results\n\nGenerated by `python -m bench.report` from {len(runs)} run(s).\n\n{images}\n\n{table}\n"
+    text = (
+        f"# Benchmark results\n\nGenerated by `python -m bench.report` from {len(runs)} run(s).\n\n"
+        f"{images}\n\n{table}\n"
+    )
     from shards.manifest import atomic_write_text
 
     written = [*charts, atomic_write_text(out_dir / "README.md", text)]
@@ -302,15 +359,26 @@ def build_report(results_dir: Path, out_dir: Path, all_runs: bool = False) -> tu
 
 
 @click.command("report")
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR, show_default=True,
-              help="Where the benchmark JSON files are.")
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to write the PNG charts and README.md (default: the results dir).")
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=RESULTS_DIR,
+    show_default=True,
+    help="Where the benchmark JSON files are.",
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the PNG charts and README.md (default: the results dir).",
+)
 @click.option("--all-runs", is_flag=True, help="Chart every run, not only the newest per benchmark and host.")
 def main(results_dir: Path, out_dir: Path | None, all_runs: bool) -> None:
     """Draw PNG charts and print a Markdown table from the benchmark JSON files."""
     if not results_dir.is_dir() or not any(results_dir.glob("*.json")):
-        raise click.ClickException(f"{results_dir}: no benchmark JSON files here; run `python -m bench all --quick` first")
+        raise click.ClickException(
+            f"{results_dir}: no benchmark JSON files here; run `python -m bench all --quick` first"
+        )
     table, written = build_report(results_dir, out_dir or results_dir, all_runs)
     click.echo(table)
     for path in written:

@@ -35,6 +35,7 @@ permutations × small cyclic shifts, a different one per copy — packed as raw 
 pipeline to the first batch), the exact multiplicity of every key (every real key 10×, every generated key
 1×), peak PSS of the process (and how much of it is the memory-mapped shards' page cache) and peak RSS.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,8 +52,20 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench.common import (MIN_BATCHES, MIN_SECONDS, PssSampler, default_workers, in_fresh_process, pick_device, print_table,
-                          run_in_workdir, time_train_loader, timed, timing_settings, write_results)
+from bench.common import (
+    MIN_BATCHES,
+    MIN_SECONDS,
+    PssSampler,
+    default_workers,
+    in_fresh_process,
+    pick_device,
+    print_table,
+    run_in_workdir,
+    time_train_loader,
+    timed,
+    timing_settings,
+    write_results,
+)
 from shards.manifest import Manifest, ShardError, ShardInfo
 
 
@@ -112,8 +125,14 @@ def make_standin(bases: list[Path], count: int, out: Path, name: str) -> Manifes
     for man in manifests:
         for k, v in man.label_counts.items():
             labels[k] = labels.get(k, 0) + v
-    manifest = replace(first, name=name, count=count, shards=tuple(shards), label_counts={},
-                       command=f"bench.scale stand-in of {', '.join(map(str, bases))} ({copy} pass(es))")
+    manifest = replace(
+        first,
+        name=name,
+        count=count,
+        shards=tuple(shards),
+        label_counts={},
+        command=f"bench.scale stand-in of {', '.join(map(str, bases))} ({copy} pass(es))",
+    )
     manifest.save(out)
     return manifest
 
@@ -143,8 +162,10 @@ def size_points(real: tuple[Path, int, float], gen: tuple[Path, int, float] | No
         parts = [(str(real_dir), real_count, float(weight))]
         if rest > 0:
             if gen is None:
-                raise ShardError(f"--sizes {n}: exceeds {real_weight:g} × {real_count} real samples and no generated "
-                                 "set was given; add a second --shards DIR")
+                raise ShardError(
+                    f"--sizes {n}: exceeds {real_weight:g} × {real_count} real samples and no generated "
+                    "set was given; add a second --shards DIR"
+                )
             standin = work / f"gen-{n}"
             make_standin([gen[0]], rest, standin, f"gen{n}")
             parts.append((str(standin), rest, 1.0))
@@ -175,29 +196,51 @@ def measure_plan(counts, weights, seed: int, min_plans: int = MIN_BATCHES) -> di
     from loaders.sampler import plan_epoch
 
     epochs = iter(range(1, 10**9))
-    row = timed(lambda: len(plan_epoch(counts, weights, seed, next(epochs))), warmup=1, min_batches=min_plans,
-                min_seconds=0.0, memory=False)
+    row = timed(
+        lambda: len(plan_epoch(counts, weights, seed, next(epochs))),
+        warmup=1,
+        min_batches=min_plans,
+        min_seconds=0.0,
+        memory=False,
+    )
     tracemalloc.start()
     plan = plan_epoch(counts, weights, seed, 0)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"plan_s": round(row["seconds"] / row["timed_batches"], 4), "plans_timed": row["timed_batches"],
-            "plan_mb": round(peak / 2**20, 2), "plan_len": len(plan),
-            "plan_array_mb": round((plan.source.nbytes + plan.index.nbytes) / 2**20, 2)}
+    return {
+        "plan_s": round(row["seconds"] / row["timed_batches"], 4),
+        "plans_timed": row["timed_batches"],
+        "plan_mb": round(peak / 2**20, 2),
+        "plan_len": len(plan),
+        "plan_array_mb": round((plan.source.nbytes + plan.index.nbytes) / 2**20, 2),
+    }
 
 
 def measure_loader(shards: list[str], cfg: ScaleConfig) -> dict:
     """`bench.common.time_train_loader` in a fresh process (``cfg.isolate``), so each configuration's memory
     is its own."""
     args = (shards, cfg.aug, cfg.batch_size)
-    kwargs = dict(device=cfg.device, warmup=cfg.warmup, min_batches=cfg.min_batches, min_seconds=cfg.min_seconds,
-                  max_batches=cfg.max_batches, seed=cfg.seed, num_threads=cfg.workers)
+    kwargs = dict(
+        device=cfg.device,
+        warmup=cfg.warmup,
+        min_batches=cfg.min_batches,
+        min_seconds=cfg.min_seconds,
+        max_batches=cfg.max_batches,
+        seed=cfg.seed,
+        num_threads=cfg.workers,
+    )
     return in_fresh_process(time_train_loader, *args, **kwargs) if cfg.isolate else time_train_loader(*args, **kwargs)
 
 
 def run_point(point: Point, cfg: ScaleConfig, backend: str) -> dict:
-    row = {"backend": backend, "axis": point.axis, "planned_samples": point.planned_samples,
-           "sources": len(point.parts), "weights": point.weights, "source_counts": point.counts}
+    row = {
+        "backend": backend,
+        "axis": point.axis,
+        "planned_samples": point.planned_samples,
+        "sources": len(point.parts),
+        "weights": point.weights,
+        "source_counts": point.counts,
+    }
     row.update(measure_plan(point.counts, point.weights, cfg.seed, min(cfg.min_batches, MIN_BATCHES)))
     if cfg.plan_only:
         row.update(samples_per_s=None, peak_pss_mb=None)
@@ -218,8 +261,11 @@ def run(shards: list[str], cfg: ScaleConfig, work: Path) -> list[dict]:
     for point in points:
         rows.append(run_point(point, cfg, backend))
         r = rows[-1]
-        click.echo(f"  {point.axis} {point.planned_samples:,} × {r['sources']} source(s): plan {r['plan_s']:.3f}s "
-                   f"{r['plan_mb']:.1f} MiB, loader {r.get('samples_per_s') or '-'} samples/s", err=True)
+        click.echo(
+            f"  {point.axis} {point.planned_samples:,} × {r['sources']} source(s): plan {r['plan_s']:.3f}s "
+            f"{r['plan_mb']:.1f} MiB, loader {r.get('samples_per_s') or '-'} samples/s",
+            err=True,
+        )
     return rows
 
 
@@ -234,12 +280,16 @@ _FLIPS = ("none", "h", "v", "hv")
 def variants(k: int) -> list[tuple[str, tuple[int, int, int], tuple[int, int]]]:
     """The first ``k`` (flip, channel permutation, (dy, dx) shift) triples, the identity first: the 24
     flip × permutation pairs without a shift, then the same with shifts of growing size."""
-    shifts = [(0, 0)] + sorted({(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)} - {(0, 0)},
-                               key=lambda s: (max(abs(s[0]), abs(s[1])), s))
+    shifts = [(0, 0)] + sorted(
+        {(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)} - {(0, 0)},
+        key=lambda s: (max(abs(s[0]), abs(s[1])), s),
+    )
     out = [(f, p, s) for s in shifts for f in _FLIPS for p in _PERMS]
     if k > len(out):
-        raise ShardError(f"--generated-count needs {k} transformed copies of each image, more than the {len(out)} "
-                         "distinct variants; give more source images or a smaller --generated-count")
+        raise ShardError(
+            f"--generated-count needs {k} transformed copies of each image, more than the {len(out)} "
+            "distinct variants; give more source images or a smaller --generated-count"
+        )
     return out[:k]
 
 
@@ -283,7 +333,9 @@ def load_images(path: Path) -> tuple[list[str], np.ndarray]:
         src = open_source(path)
         keys, images = [f"{i:06d}" for i in range(len(src))], [None] * len(src)
         for batch in src.batches(np.arange(len(src)), 1024):
-            for pos, item in zip(batch.positions.tolist(), batch.payload if batch.kind != "pixels" else list(batch.payload)):
+            for pos, item in zip(
+                batch.positions.tolist(), batch.payload if batch.kind != "pixels" else list(batch.payload)
+            ):
                 if batch.kind == "pixels":
                     images[pos] = item
                 elif batch.kind == "paths":
@@ -302,9 +354,17 @@ def _recipe(source: Path, count: int, shard_size: int) -> dict:
     for f in files:
         if f.is_file():
             st = f.stat()
-            h.update(f"{f.relative_to(source) if source.is_dir() else f.name} {st.st_size} {int(st.st_mtime)}\n".encode())
-    return {"source": str(source.resolve()), "source_fingerprint": h.hexdigest(), "count": count,
-            "shard_size": shard_size, "variants": VARIANTS_VERSION, "format": "raw"}
+            h.update(
+                f"{f.relative_to(source) if source.is_dir() else f.name} {st.st_size} {int(st.st_mtime)}\n".encode()
+            )
+    return {
+        "source": str(source.resolve()),
+        "source_fingerprint": h.hexdigest(),
+        "count": count,
+        "shard_size": shard_size,
+        "variants": VARIANTS_VERSION,
+        "format": "raw",
+    }
 
 
 def valid_generated(out: Path, recipe: dict) -> bool:
@@ -317,7 +377,8 @@ def valid_generated(out: Path, recipe: dict) -> bool:
         return False
     return manifest.count == recipe["count"] and all(
         (out / s.file).is_file() and (out / s.file).stat().st_size == s.bytes and (out / s.index).is_file()
-        for s in manifest.shards)
+        for s in manifest.shards
+    )
 
 
 def build_generated(source: Path, out: Path, count: int, shard_size: int = 10_000, log=print) -> tuple[Manifest, float]:
@@ -337,14 +398,24 @@ def build_generated(source: Path, out: Path, count: int, shard_size: int = 10_00
     out.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out.parent).free
     if free < need * 1.05:
-        raise ShardError(f"{out.parent}: {free / 2**30:.1f} GiB free, the {count:,}-image set needs about "
-                         f"{need / 2**30:.1f} GiB; free some space or give another --work-dir")
+        raise ShardError(
+            f"{out.parent}: {free / 2**30:.1f} GiB free, the {count:,}-image set needs about "
+            f"{need / 2**30:.1f} GiB; free some space or give another --work-dir"
+        )
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
-    log(f"building {count:,} generated images ({n:,} sources × {math.ceil(count / n)} variants, raw, "
-        f"~{need / 2**30:.1f} GiB) in {out}")
-    writer = ShardSetWriter(tmp, "generated", kind="generated", format="raw", shard_size=shard_size,
-                            command=f"bench.scale --full from {source} ({VARIANTS_VERSION})")
+    log(
+        f"building {count:,} generated images ({n:,} sources × {math.ceil(count / n)} variants, raw, "
+        f"~{need / 2**30:.1f} GiB) in {out}"
+    )
+    writer = ShardSetWriter(
+        tmp,
+        "generated",
+        kind="generated",
+        format="raw",
+        shard_size=shard_size,
+        command=f"bench.scale --full from {source} ({VARIANTS_VERSION})",
+    )
     try:
         written = 0
         for j, var in enumerate(variants(math.ceil(count / n))):
@@ -367,18 +438,18 @@ def build_generated(source: Path, out: Path, count: int, shard_size: int = 10_00
 def run_full_epoch(shards: list[str], aug: str, batch_size: int, num_threads: int, device: str, seed: int) -> dict:
     """One whole epoch of the mixture through ``TrainLoader``: samples/s, open time, the multiplicity of
     every key, memory. Meant to run in a fresh process."""
+    from bench.common import device_sync
     from loaders.augment import preset
     from loaders.mixture import parse_shards_args
     from loaders.pipeline import TrainLoader
-
-    from bench.common import device_sync
 
     sync = device_sync(device)
     with PssSampler(interval=1.0) as mem:
         t0 = time.perf_counter()
         mixture = parse_shards_args(shards)
-        loader = TrainLoader(mixture, preset(aug), batch_size, seed=seed, device=device, num_threads=num_threads,
-                             drop_last=False)
+        loader = TrainLoader(
+            mixture, preset(aug), batch_size, seed=seed, device=device, num_threads=num_threads, drop_last=False
+        )
         built = time.perf_counter() - t0
         planned = loader.samples_per_epoch
         source = np.empty(planned, np.int64)
@@ -387,8 +458,8 @@ def run_full_epoch(shards: list[str], aug: str, batch_size: int, num_threads: in
         t_first = None
         for batch in loader.epoch(0, 0):
             k = len(batch)
-            source[n:n + k] = batch.source.cpu().numpy()
-            index[n:n + k] = batch.index.cpu().numpy()
+            source[n : n + k] = batch.source.cpu().numpy()
+            index[n : n + k] = batch.index.cpu().numpy()
             n += k
             batches += 1
             if t_first is None:
@@ -404,12 +475,24 @@ def run_full_epoch(shards: list[str], aug: str, batch_size: int, num_threads: in
         multiplicity[src.name] = {f"{times}x": int(keys) for times, keys in enumerate(hist) if keys}
         exact &= bool(np.all(seen == src.weight))
     seconds = t_end - t_first
-    return {"samples": n, "planned": planned, "batches": batches, "warmup_batches": 1, "timed_batches": batches - 1,
-            "timed_samples": n - first, "seconds": round(seconds, 2),
-            "samples_per_s": round((n - first) / seconds, 1) if seconds > 0 else None,
-            "epoch_s": round(t_end - t0, 2), "open_s": round(t_first - t0, 2), "loader_build_s": round(built, 2),
-            "key_multiplicity": multiplicity, "multiplicities_exact": exact,
-            "meets_minimum": batches - 1 >= MIN_BATCHES or seconds >= MIN_SECONDS, "stopped": "exhausted", **mem.row()}
+    return {
+        "samples": n,
+        "planned": planned,
+        "batches": batches,
+        "warmup_batches": 1,
+        "timed_batches": batches - 1,
+        "timed_samples": n - first,
+        "seconds": round(seconds, 2),
+        "samples_per_s": round((n - first) / seconds, 1) if seconds > 0 else None,
+        "epoch_s": round(t_end - t0, 2),
+        "open_s": round(t_first - t0, 2),
+        "loader_build_s": round(built, 2),
+        "key_multiplicity": multiplicity,
+        "multiplicities_exact": exact,
+        "meets_minimum": batches - 1 >= MIN_BATCHES or seconds >= MIN_SECONDS,
+        "stopped": "exhausted",
+        **mem.row(),
+    }
 
 
 def full_scale(real: str, generated: Path, work_dir: Path, count: int, cfg: ScaleConfig) -> dict:
@@ -423,11 +506,21 @@ def full_scale(real: str, generated: Path, work_dir: Path, count: int, cfg: Scal
     args = (shards, cfg.aug, cfg.batch_size, cfg.workers, cfg.device, cfg.seed)
     row = in_fresh_process(run_full_epoch, *args) if cfg.isolate else run_full_epoch(*args)
     backend = "dali-gpu" if cfg.device.startswith("cuda") else "dali-cpu"
-    return {"backend": backend, "axis": "epoch_size", "variant": f"{manifest.count:,} distinct generated", "planned_samples": row["planned"],
-            "sources": 2, "weights": mixture.weights, "source_counts": mixture.counts,
-            "generated_set": str(gen_dir), "generated_bytes": sum(s.bytes for s in manifest.shards),
-            "generated_shards": len(manifest.shards), "generated_reused": build_s == 0.0, "build_s": round(build_s, 3),
-            **row}
+    return {
+        "backend": backend,
+        "axis": "epoch_size",
+        "variant": f"{manifest.count:,} distinct generated",
+        "planned_samples": row["planned"],
+        "sources": 2,
+        "weights": mixture.weights,
+        "source_counts": mixture.counts,
+        "generated_set": str(gen_dir),
+        "generated_bytes": sum(s.bytes for s in manifest.shards),
+        "generated_shards": len(manifest.shards),
+        "generated_reused": build_s == 0.0,
+        "build_s": round(build_s, 3),
+        **row,
+    }
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -441,11 +534,18 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 @click.command("scale")
-@click.option("--shards", "shards", multiple=True, metavar="DIR[:W]",
-              help="Real then generated shard set (default: the demo mixture real:10 generated:1).")
+@click.option(
+    "--shards",
+    "shards",
+    multiple=True,
+    metavar="DIR[:W]",
+    help="Real then generated shard set (default: the demo mixture real:10 generated:1).",
+)
 @click.option("--sizes", default="50000,500000,1500000", show_default=True, help="Planned samples per epoch.")
 @click.option("--sources", "ns", default="1,2,4,8", show_default=True, help="Numbers of sources to try.")
-@click.option("--sources-size", type=int, default=None, help="Planned samples for the sources axis [500000; --quick 50000].")
+@click.option(
+    "--sources-size", type=int, default=None, help="Planned samples for the sources axis [500000; --quick 50000]."
+)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=None, help="DALI threads [the cores available].")
 @click.option("--warmup", type=click.IntRange(0), default=None, help="Untimed batches first [10; --quick 2].")
@@ -458,24 +558,69 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--plan-only", is_flag=True, help="Only planning time and memory; no loader.")
 @click.option("--quick", is_flag=True, help="Lower timing minimums (marked quick in the JSON): a smoke run.")
 @click.option("--full", is_flag=True, help="One whole epoch of the first --shards set + 1M distinct generated images.")
-@click.option("--generated", type=click.Path(exists=True, path_type=Path), default=None,
-              help="--full: the images the 1M are made from (a shard set, or an archive/folder `shards pack` reads) "
-                   "[the second --shards set].")
-@click.option("--generated-count", type=click.IntRange(1), default=1_000_000, show_default=True,
-              help="--full: distinct generated images to build.")
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="--full: where the generated set is built once and reused [~/.cache/adainf-bench/scale-full].")
+@click.option(
+    "--generated",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="--full: the images the 1M are made from (a shard set, or an archive/folder `shards pack` reads) "
+    "[the second --shards set].",
+)
+@click.option(
+    "--generated-count",
+    type=click.IntRange(1),
+    default=1_000_000,
+    show_default=True,
+    help="--full: distinct generated images to build.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="--full: where the generated set is built once and reused [~/.cache/adainf-bench/scale-full].",
+)
 @click.option("--no-isolate", is_flag=True, help="Run loaders in this process (memory figures then accumulate).")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON goes [bench/results].")
-def main(shards, sizes, ns, sources_size, batch_size, workers, warmup, min_batches, min_seconds, max_batches, aug,
-         device, seed, plan_only, quick, full, generated, generated_count, work_dir, no_isolate, out_dir):
+def main(
+    shards,
+    sizes,
+    ns,
+    sources_size,
+    batch_size,
+    workers,
+    warmup,
+    min_batches,
+    min_seconds,
+    max_batches,
+    aug,
+    device,
+    seed,
+    plan_only,
+    quick,
+    full,
+    generated,
+    generated_count,
+    work_dir,
+    no_isolate,
+    out_dir,
+):
     """How loader samples/s, planning time and memory change with epoch size and number of sources."""
     timing = timing_settings(quick, warmup, min_batches, min_seconds)
-    cfg = ScaleConfig(sizes=_ints(sizes), sources=_ints(ns),
-                      sources_size=sources_size or (50_000 if quick else 500_000), batch_size=batch_size,
-                      warmup=timing["warmup"], min_batches=timing["min_batches"], min_seconds=timing["min_seconds"],
-                      max_batches=max_batches, workers=workers or default_workers(), aug=aug,
-                      device=pick_device(device), seed=seed, plan_only=plan_only, isolate=not no_isolate)
+    cfg = ScaleConfig(
+        sizes=_ints(sizes),
+        sources=_ints(ns),
+        sources_size=sources_size or (50_000 if quick else 500_000),
+        batch_size=batch_size,
+        warmup=timing["warmup"],
+        min_batches=timing["min_batches"],
+        min_seconds=timing["min_seconds"],
+        max_batches=max_batches,
+        workers=workers or default_workers(),
+        aug=aug,
+        device=pick_device(device),
+        seed=seed,
+        plan_only=plan_only,
+        isolate=not no_isolate,
+    )
     if full:
         from bench.common import demo_cache_dir
 
@@ -484,7 +629,9 @@ def main(shards, sizes, ns, sources_size, batch_size, workers, warmup, min_batch
         real, gen = shards[0], generated
         if gen is None:
             if len(shards) < 2:
-                raise click.UsageError("--full needs --generated PATH or a second --shards set to make the 1M images from")
+                raise click.UsageError(
+                    "--full needs --generated PATH or a second --shards set to make the 1M images from"
+                )
             gen = Path(shards[1].rsplit(":", 1)[0] if ":" in shards[1] else shards[1])
         work = work_dir or demo_cache_dir().parent / "scale-full"
         try:
@@ -492,19 +639,56 @@ def main(shards, sizes, ns, sources_size, batch_size, workers, warmup, min_batch
         except ShardError as e:
             raise click.ClickException(str(e)) from None
         r = rows[0]
-        print_table(rows, ["backend", "planned_samples", "samples_per_s", "epoch_s", "open_s", "multiplicities_exact",
-                           "peak_pss_mb", "peak_pss_file_mb", "peak_rss_sum_mb"])
+        print_table(
+            rows,
+            [
+                "backend",
+                "planned_samples",
+                "samples_per_s",
+                "epoch_s",
+                "open_s",
+                "multiplicities_exact",
+                "peak_pss_mb",
+                "peak_pss_file_mb",
+                "peak_rss_sum_mb",
+            ],
+        )
         print(f"key multiplicity: {r['key_multiplicity']}")
-        settings = {**asdict(cfg), "shards": [real], "generated": str(gen), "generated_count": generated_count,
-                    "work_dir": str(work), "variants": VARIANTS_VERSION, "quick": False}
+        settings = {
+            **asdict(cfg),
+            "shards": [real],
+            "generated": str(gen),
+            "generated_count": generated_count,
+            "work_dir": str(work),
+            "variants": VARIANTS_VERSION,
+            "quick": False,
+        }
         path = write_results("scale-full", settings, rows, out_dir)
         click.echo(f"wrote {path}", err=True)
         return
     rows, shards = run_in_workdir("bench-scale-", shards, run, cfg)
-    print_table(rows, ["backend", "axis", "planned_samples", "sources", "plan_s", "plan_mb", "samples_per_s",
-                       "peak_pss_mb", "startup_s", "timed_batches", "seconds"])
-    settings = {**asdict(cfg), "shards": shards, "quick": timing["quick"],
-                "standin": "generated set repeated under one manifest (symlinked tars, prefix-cut index)"}
+    print_table(
+        rows,
+        [
+            "backend",
+            "axis",
+            "planned_samples",
+            "sources",
+            "plan_s",
+            "plan_mb",
+            "samples_per_s",
+            "peak_pss_mb",
+            "startup_s",
+            "timed_batches",
+            "seconds",
+        ],
+    )
+    settings = {
+        **asdict(cfg),
+        "shards": shards,
+        "quick": timing["quick"],
+        "standin": "generated set repeated under one manifest (symlinked tars, prefix-cut index)",
+    }
     path = write_results("scale", settings, rows, out_dir)
     click.echo(f"wrote {path}", err=True)
 

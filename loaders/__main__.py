@@ -1,5 +1,6 @@
 """``python -m loaders audit --shards … [--family F] [--inflation MODE] [--epochs N] [--json]`` and
 ``python -m loaders preview --shards … --out grid.png [--family F] [--inflation MODE] [--n 8]``."""
+
 from __future__ import annotations
 
 import json
@@ -23,17 +24,35 @@ def recipe_options(f):
     """The options that choose a recipe, shared by audit and preview (as train.py names them)."""
     options = [
         click.option("--shards", "shards", multiple=True, required=True, help="DIR[:WEIGHT] (repeatable) or mix.yaml"),
-        click.option("--family", type=click.Choice(FAMILY_CHOICES), default="symmetric", show_default=True,
-                     help="augmentation family of the method: symmetric (SimCLR), symmetric_weak (MoCo v2+), "
-                          "asymmetric (BYOL, Barlow Twins)"),
-        click.option("--inflation", type=click.Choice(INFLATION_CHOICES), default=DEFAULT_MODE, show_default=True,
-                     help="AdaInf policy: adainf (the release's recipe), none, vanilla, or auto (this project's "
-                          "extrapolation); weights you wrote still win"),
-        click.option("--aug", "--preset", "aug", default="auto", show_default=True, type=click.Choice(AUG_CHOICES),
-                     help="auto (the policy's preset), baseline / adainf (the family's presets), or a preset"),
+        click.option(
+            "--family",
+            type=click.Choice(FAMILY_CHOICES),
+            default="symmetric",
+            show_default=True,
+            help="augmentation family of the method: symmetric (SimCLR), symmetric_weak (MoCo v2+), "
+            "asymmetric (BYOL, Barlow Twins)",
+        ),
+        click.option(
+            "--inflation",
+            type=click.Choice(INFLATION_CHOICES),
+            default=DEFAULT_MODE,
+            show_default=True,
+            help="AdaInf policy: adainf (the release's recipe), none, vanilla, or auto (this project's "
+            "extrapolation); weights you wrote still win",
+        ),
+        click.option(
+            "--aug",
+            "--preset",
+            "aug",
+            default="auto",
+            show_default=True,
+            type=click.Choice(AUG_CHOICES),
+            help="auto (the policy's preset), baseline / adainf (the family's presets), or a preset",
+        ),
         click.option("--crop-min-scale", type=float, default=None, help="override the RandomResizedCrop minimum area"),
-        click.option("--jitter-strength", type=float, default=None,
-                     help="override the colour-jitter strength (x preset)"),
+        click.option(
+            "--jitter-strength", type=float, default=None, help="override the colour-jitter strength (x preset)"
+        ),
         click.option("--jitter-p", type=float, default=None, help="override the colour-jitter probability"),
     ]
     for option in reversed(options):
@@ -42,9 +61,13 @@ def recipe_options(f):
 
 
 def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p):
-    return resolve_recipe(parse_shards_args(shards), family=family, inflation=inflation, aug=aug,
-                          overrides={"crop_min_scale": crop_min_scale, "jitter_strength": jitter_strength,
-                                     "jitter_p": jitter_p})
+    return resolve_recipe(
+        parse_shards_args(shards),
+        family=family,
+        inflation=inflation,
+        aug=aug,
+        overrides={"crop_min_scale": crop_min_scale, "jitter_strength": jitter_strength, "jitter_p": jitter_p},
+    )
 
 
 @main.command()
@@ -53,16 +76,42 @@ def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True, help="Where the batches go: cpu or cuda[:N].")
-@click.option("--loader-device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
-              help="Where the DALI pipeline runs (auto: gpu when --device is cuda).")
+@click.option(
+    "--loader-device",
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    default="auto",
+    show_default=True,
+    help="Where the DALI pipeline runs (auto: gpu when --device is cuda).",
+)
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
-@click.option("--drop-last/--keep-last", default=False, show_default=True,
-              help="drop the last partial batch (as training does) or count it")
+@click.option(
+    "--drop-last/--keep-last",
+    default=False,
+    show_default=True,
+    help="drop the last partial batch (as training does) or count it",
+)
 @click.option("--on-corrupt", type=click.Choice(["error", "skip"]), default="error", show_default=True)
 @click.option("--plan-only", is_flag=True, help="show the policy's choices and the plan; do not run the pipeline")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-def audit(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, epochs, batch_size, seed,
-          device, loader_device, threads, drop_last, on_corrupt, plan_only, as_json):
+def audit(
+    shards,
+    family,
+    inflation,
+    aug,
+    crop_min_scale,
+    jitter_strength,
+    jitter_p,
+    epochs,
+    batch_size,
+    seed,
+    device,
+    loader_device,
+    threads,
+    drop_last,
+    on_corrupt,
+    plan_only,
+    as_json,
+):
     """Run the real pipeline over whole epochs and report what it delivers."""
     from tqdm import tqdm
 
@@ -72,9 +121,19 @@ def audit(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitte
             report = {"recipe": recipe.to_dict(), "epochs": []}
         else:
             with tqdm(total=None, unit="sample", disable=as_json, leave=False) as bar:
-                report = run_audit(recipe.mixture, recipe.aug, batch_size=batch_size, epochs=epochs, seed=seed,
-                                   device=device, loader_device=loader_device, num_threads=threads, drop_last=drop_last, on_corrupt=on_corrupt,
-                                   progress=bar.update)
+                report = run_audit(
+                    recipe.mixture,
+                    recipe.aug,
+                    batch_size=batch_size,
+                    epochs=epochs,
+                    seed=seed,
+                    device=device,
+                    loader_device=loader_device,
+                    num_threads=threads,
+                    drop_last=drop_last,
+                    on_corrupt=on_corrupt,
+                    progress=bar.update,
+                )
             report["recipe"] = recipe.to_dict()
     except UserError as e:
         raise click.ClickException(str(e)) from None
@@ -103,8 +162,9 @@ def preview(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
     except UserError as e:
         raise click.ClickException(str(e)) from None
     rows = ", ".join(f"{k} {v}" for k, v in info["rows"].items())
-    click.echo(f"wrote {info['path']} ({info['size'][0]}x{info['size'][1]} px; samples: {rows}; "
-               f"preset {recipe.aug_name})")
+    click.echo(
+        f"wrote {info['path']} ({info['size'][0]}x{info['size'][1]} px; samples: {rows}; preset {recipe.aug_name})"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Reports samples per epoch, per-source counts, how many times each key appeared (
 source), per-batch source fractions (mean, min, max, std), label counts and samples/s. Counting is
 by ``(source, index)`` with ``np.bincount`` — no Python object per sample.
 """
+
 from __future__ import annotations
 
 import collections
@@ -16,16 +17,41 @@ from .mixture import Mixture
 from .pipeline import TrainLoader
 
 
-def run_audit(mixture: Mixture, aug: AugConfig, *, batch_size: int, epochs: int = 1, seed: int = 0,
-              device: str = "cpu", loader_device: str = "auto", num_threads: int = 2, drop_last: bool = False,
-              on_corrupt: str = "error",
-              progress=None) -> dict:
-    loader = TrainLoader(mixture, aug, batch_size, seed=seed, device=device, loader_device=loader_device,
-                         num_threads=num_threads,
-                         drop_last=drop_last, on_corrupt=on_corrupt)
+def run_audit(
+    mixture: Mixture,
+    aug: AugConfig,
+    *,
+    batch_size: int,
+    epochs: int = 1,
+    seed: int = 0,
+    device: str = "cpu",
+    loader_device: str = "auto",
+    num_threads: int = 2,
+    drop_last: bool = False,
+    on_corrupt: str = "error",
+    progress=None,
+) -> dict:
+    loader = TrainLoader(
+        mixture,
+        aug,
+        batch_size,
+        seed=seed,
+        device=device,
+        loader_device=loader_device,
+        num_threads=num_threads,
+        drop_last=drop_last,
+        on_corrupt=on_corrupt,
+    )
     names = [s.name for s in mixture.sources]
-    report = {"sources": mixture.describe(), "batch_size": batch_size, "seed": seed, "drop_last": drop_last,
-              "views": len(aug.views), "steps_per_epoch": loader.steps_per_epoch, "epochs": []}
+    report = {
+        "sources": mixture.describe(),
+        "batch_size": batch_size,
+        "seed": seed,
+        "drop_last": drop_last,
+        "views": len(aug.views),
+        "steps_per_epoch": loader.steps_per_epoch,
+        "epochs": [],
+    }
     for epoch in range(epochs):
         seen = [np.zeros(s.count, np.int64) for s in mixture.sources]
         fractions, labels = [], collections.Counter()
@@ -41,39 +67,60 @@ def run_audit(mixture: Mixture, aug: AugConfig, *, batch_size: int, epochs: int 
                 progress(len(src))
         elapsed = time.perf_counter() - t0
         fr = np.array(fractions)
-        report["epochs"].append({
-            "epoch": epoch,
-            "samples": n,
-            "planned": loader.samples_per_epoch,
-            "per_source": {name: int(seen[s].sum()) for s, name in enumerate(names)},
-            "expected_per_source": {s.name: s.weight * s.count for s in mixture.sources},
-            "key_multiplicity": {name: {str(k): int(v) for k, v in enumerate(np.bincount(seen[s])) if v}
-                                 for s, name in enumerate(names)},
-            "batch_fraction": {name: {"mean": float(fr[:, s].mean()), "min": float(fr[:, s].min()),
-                                      "max": float(fr[:, s].max()), "std": float(fr[:, s].std())}
-                               for s, name in enumerate(names)} if len(fr) else {},
-            "labels": {str(k): v for k, v in sorted(labels.items())},
-            "corrupt_skipped": loader.stats.corrupt,
-            "seconds": round(elapsed, 3),
-            "samples_per_s": round(n / elapsed, 1) if elapsed > 0 else None,
-        })
+        report["epochs"].append(
+            {
+                "epoch": epoch,
+                "samples": n,
+                "planned": loader.samples_per_epoch,
+                "per_source": {name: int(seen[s].sum()) for s, name in enumerate(names)},
+                "expected_per_source": {s.name: s.weight * s.count for s in mixture.sources},
+                "key_multiplicity": {
+                    name: {str(k): int(v) for k, v in enumerate(np.bincount(seen[s])) if v}
+                    for s, name in enumerate(names)
+                },
+                "batch_fraction": {
+                    name: {
+                        "mean": float(fr[:, s].mean()),
+                        "min": float(fr[:, s].min()),
+                        "max": float(fr[:, s].max()),
+                        "std": float(fr[:, s].std()),
+                    }
+                    for s, name in enumerate(names)
+                }
+                if len(fr)
+                else {},
+                "labels": {str(k): v for k, v in sorted(labels.items())},
+                "corrupt_skipped": loader.stats.corrupt,
+                "seconds": round(elapsed, 3),
+                "samples_per_s": round(n / elapsed, 1) if elapsed > 0 else None,
+            }
+        )
     return report
 
 
 def format_report(report: dict) -> str:
-    lines = [f"batch size {report['batch_size']}, {report['views']} views, {report['steps_per_epoch']} steps/epoch, "
-             f"seed {report['seed']}, drop_last {report['drop_last']}"]
+    lines = [
+        f"batch size {report['batch_size']}, {report['views']} views, {report['steps_per_epoch']} steps/epoch, "
+        f"seed {report['seed']}, drop_last {report['drop_last']}"
+    ]
     for s in report["sources"]:
-        lines.append(f"  source {s['name']}: {s['kind']} {s['format']} {s['count']} samples, weight {s['weight']}"
-                     + (f", fid {s['fid']}" if s["fid"] is not None else "") + f"  ({s['path']})")
+        lines.append(
+            f"  source {s['name']}: {s['kind']} {s['format']} {s['count']} samples, weight {s['weight']}"
+            + (f", fid {s['fid']}" if s["fid"] is not None else "")
+            + f"  ({s['path']})"
+        )
     for e in report["epochs"]:
-        lines.append(f"epoch {e['epoch']}: {e['samples']} samples (planned {e['planned']}), "
-                     f"{e['samples_per_s']} samples/s, {e['corrupt_skipped']} corrupt skipped")
+        lines.append(
+            f"epoch {e['epoch']}: {e['samples']} samples (planned {e['planned']}), "
+            f"{e['samples_per_s']} samples/s, {e['corrupt_skipped']} corrupt skipped"
+        )
         for name, count in e["per_source"].items():
             f = e["batch_fraction"].get(name, {})
             hist = ", ".join(f"{k}x: {v}" for k, v in e["key_multiplicity"][name].items())
-            lines.append(f"  {name}: {count} (expected {e['expected_per_source'][name]:g}); keys seen {hist}; "
-                         f"batch fraction mean {f.get('mean', 0):.4f} min {f.get('min', 0):.4f} "
-                         f"max {f.get('max', 0):.4f} std {f.get('std', 0):.4f}")
+            lines.append(
+                f"  {name}: {count} (expected {e['expected_per_source'][name]:g}); keys seen {hist}; "
+                f"batch fraction mean {f.get('mean', 0):.4f} min {f.get('min', 0):.4f} "
+                f"max {f.get('max', 0):.4f} std {f.get('std', 0):.4f}"
+            )
         lines.append("  labels: " + ", ".join(f"{k}: {v}" for k, v in e["labels"].items()))
     return "\n".join(lines)

@@ -57,12 +57,14 @@ Probabilities of exactly 0 or 1 are resolved when the pipeline is built (no per-
 flag fed); others use DALI conditionals (``enable_conditionals=True`` in the pipeline) on the
 fed boolean flags.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+
 from shards.errors import ConfigError
 
 # The release's normalisation for CIFAR-10: MEANS_N_STD["cifar10"] in build_transform_pipeline,
@@ -154,24 +156,114 @@ RELEASE_AUGMENTATIONS = "solo-learn/scripts/pretrain/cifar/augmentations"
 #: pipeline with ``num_crops: 2``; an asymmetric one two pipelines of one crop each.
 PRESETS: dict[str, tuple[ViewAug, ...]] = {
     # symmetric.yaml: SimCLR without inflation and with vanilla inflation (the README's commands)
-    "symmetric": (ViewAug(size=32, crop_scale=(0.08, 1.0), jitter_p=0.8, brightness=0.8, contrast=0.8,
-                          saturation=0.8, hue=0.2, gray_p=0.2, blur_p=0.5, solarize_p=0.0, flip_p=0.5),) * 2,
+    "symmetric": (
+        ViewAug(
+            size=32,
+            crop_scale=(0.08, 1.0),
+            jitter_p=0.8,
+            brightness=0.8,
+            contrast=0.8,
+            saturation=0.8,
+            hue=0.2,
+            gray_p=0.2,
+            blur_p=0.5,
+            solarize_p=0.0,
+            flip_p=0.5,
+        ),
+    )
+    * 2,
     # symmetric_weak.yaml: MoCo v2+ (scripts/pretrain/cifar/mocov2plus.yaml's default)
-    "symmetric_weak": (ViewAug(size=32, crop_scale=(0.08, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4,
-                               saturation=0.4, hue=0.1, gray_p=0.2, blur_p=0.5, solarize_p=0.0, flip_p=0.5),) * 2,
+    "symmetric_weak": (
+        ViewAug(
+            size=32,
+            crop_scale=(0.08, 1.0),
+            jitter_p=0.8,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.4,
+            hue=0.1,
+            gray_p=0.2,
+            blur_p=0.5,
+            solarize_p=0.0,
+            flip_p=0.5,
+        ),
+    )
+    * 2,
     # symmetric_adainf.yaml: AdaInf for SimCLR and MoCo v2 (the README; simclr.yaml's default)
-    "symmetric_adainf": (ViewAug(size=32, crop_scale=(0.2, 1.0), jitter_p=0.4, brightness=0.4, contrast=0.4,
-                                 saturation=0.4, hue=0.1, gray_p=0.2, blur_p=0.5, solarize_p=0.0, flip_p=0.5),) * 2,
+    "symmetric_adainf": (
+        ViewAug(
+            size=32,
+            crop_scale=(0.2, 1.0),
+            jitter_p=0.4,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.4,
+            hue=0.1,
+            gray_p=0.2,
+            blur_p=0.5,
+            solarize_p=0.0,
+            flip_p=0.5,
+        ),
+    )
+    * 2,
     # asymmetric.yaml: BYOL and Barlow Twins (byol.yaml's and barlow.yaml's default); solarization on crop 2
-    "asymmetric": (ViewAug(size=32, crop_scale=(0.08, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4,
-                           saturation=0.2, hue=0.1, gray_p=0.2, blur_p=0.0, solarize_p=0.0, flip_p=0.5),
-                   ViewAug(size=32, crop_scale=(0.08, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4,
-                           saturation=0.2, hue=0.1, gray_p=0.2, blur_p=0.0, solarize_p=0.2, flip_p=0.5)),
+    "asymmetric": (
+        ViewAug(
+            size=32,
+            crop_scale=(0.08, 1.0),
+            jitter_p=0.8,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.2,
+            hue=0.1,
+            gray_p=0.2,
+            blur_p=0.0,
+            solarize_p=0.0,
+            flip_p=0.5,
+        ),
+        ViewAug(
+            size=32,
+            crop_scale=(0.08, 1.0),
+            jitter_p=0.8,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.2,
+            hue=0.1,
+            gray_p=0.2,
+            blur_p=0.0,
+            solarize_p=0.2,
+            flip_p=0.5,
+        ),
+    ),
     # asymmetric_adainf.yaml: AdaInf for BYOL and Barlow Twins (the README); jitter values not halved
-    "asymmetric_adainf": (ViewAug(size=32, crop_scale=(0.2, 1.0), jitter_p=0.4, brightness=0.4, contrast=0.4,
-                                  saturation=0.2, hue=0.1, gray_p=0.2, blur_p=0.0, solarize_p=0.0, flip_p=0.5),
-                          ViewAug(size=32, crop_scale=(0.2, 1.0), jitter_p=0.4, brightness=0.4, contrast=0.4,
-                                  saturation=0.2, hue=0.1, gray_p=0.2, blur_p=0.0, solarize_p=0.2, flip_p=0.5)),
+    "asymmetric_adainf": (
+        ViewAug(
+            size=32,
+            crop_scale=(0.2, 1.0),
+            jitter_p=0.4,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.2,
+            hue=0.1,
+            gray_p=0.2,
+            blur_p=0.0,
+            solarize_p=0.0,
+            flip_p=0.5,
+        ),
+        ViewAug(
+            size=32,
+            crop_scale=(0.2, 1.0),
+            jitter_p=0.4,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.2,
+            hue=0.1,
+            gray_p=0.2,
+            blur_p=0.0,
+            solarize_p=0.2,
+            flip_p=0.5,
+        ),
+    ),
 }
 PRESET_NAMES = tuple(PRESETS)
 
@@ -188,8 +280,12 @@ FAMILIES: dict[str, tuple[str, str]] = {
 FAMILY_NAMES = tuple(FAMILIES)
 
 #: This project's earlier preset names, kept so existing commands and configs keep working.
-PRESET_ALIASES = {"simclr": "symmetric", "simclr-adainf": "symmetric_adainf", "byol": "asymmetric",
-                  "byol-adainf": "asymmetric_adainf"}
+PRESET_ALIASES = {
+    "simclr": "symmetric",
+    "simclr-adainf": "symmetric_adainf",
+    "byol": "asymmetric",
+    "byol-adainf": "asymmetric_adainf",
+}
 
 _FIELDS = {f.name for f in dataclasses.fields(ViewAug)}
 _SHORTCUTS = ("crop_min_scale", "jitter_strength")
@@ -206,8 +302,10 @@ def canonical_preset(name: str) -> str:
     """The release name of a preset (resolving this project's old aliases); ValueError if unknown."""
     name = PRESET_ALIASES.get(name, name)
     if name not in PRESETS:
-        raise ConfigError(f"augmentation preset {name!r}: choose one of {', '.join(PRESET_NAMES)} "
-                         f"(or the aliases {', '.join(PRESET_ALIASES)})")
+        raise ConfigError(
+            f"augmentation preset {name!r}: choose one of {', '.join(PRESET_NAMES)} "
+            f"(or the aliases {', '.join(PRESET_ALIASES)})"
+        )
     return name
 
 
@@ -227,8 +325,8 @@ def preset(name: str, **overrides) -> AugConfig:
     base = [{f: getattr(base_views[min(i, len(base_views) - 1)], f) for f in _FIELDS} for i in range(num_views)]
     per_view: dict[int, dict] = {}
     for key, value in overrides.items():
-        if key.startswith("view") and "_" in key and key[4:key.index("_")].isdigit():
-            i, field = int(key[4:key.index("_")]) - 1, key[key.index("_") + 1:]
+        if key.startswith("view") and "_" in key and key[4 : key.index("_")].isdigit():
+            i, field = int(key[4 : key.index("_")]) - 1, key[key.index("_") + 1 :]
             if not 0 <= i < num_views:
                 raise ConfigError(f"augmentation override {key}: there are only {num_views} views")
             per_view.setdefault(i, {})[field] = value
@@ -240,8 +338,10 @@ def preset(name: str, **overrides) -> AugConfig:
         ov = per_view.get(i, {})
         unknown = set(ov) - _FIELDS - set(_SHORTCUTS)
         if unknown:
-            raise ConfigError(f"augmentation override {sorted(unknown)[0]!r} is unknown; known: "
-                             f"{', '.join(sorted(_FIELDS | set(_SHORTCUTS)))}")
+            raise ConfigError(
+                f"augmentation override {sorted(unknown)[0]!r} is unknown; known: "
+                f"{', '.join(sorted(_FIELDS | set(_SHORTCUTS)))}"
+            )
         if "jitter_strength" in ov:
             s = float(ov["jitter_strength"])
             for k in JITTER_OPS:
@@ -257,8 +357,12 @@ def jitter_strength(views, reference) -> float:
     """The one factor ``s`` with ``views``' jitter (b, c, s, h) = ``s`` × ``reference``'s, view by view
     (ValueError when the two are not proportional, e.g. the asymmetric presets' saturation against
     the symmetric ones'). How the policy states a preset's jitter relative to its family's baseline."""
-    ratios = {round(getattr(v, k) / getattr(r, k), 9) for v, r in zip(views, reference) for k in JITTER_OPS
-              if getattr(r, k) > 0}
+    ratios = {
+        round(getattr(v, k) / getattr(r, k), 9)
+        for v, r in zip(views, reference)
+        for k in JITTER_OPS
+        if getattr(r, k) > 0
+    }
     zeros_match = all((getattr(v, k) > 0) == (getattr(r, k) > 0) for v, r in zip(views, reference) for k in JITTER_OPS)
     if len(ratios) != 1 or not zeros_match:
         raise ConfigError("the two recipes' colour jitters are not proportional")
@@ -270,13 +374,27 @@ def jitter_strength(views, reference) -> float:
 # ---------------------------------------------------------------------------------------------
 
 #: Every key of :func:`sample_view_params`' result.
-PARAM_KEYS = ("crop_start", "crop_end", "flip", "jitter", "brightness", "contrast", "saturation", "hue",
-              "jitter_order", "gray", "blur", "sigma", "solarize")
+PARAM_KEYS = (
+    "crop_start",
+    "crop_end",
+    "flip",
+    "jitter",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "jitter_order",
+    "gray",
+    "blur",
+    "sigma",
+    "solarize",
+)
 _RRC_ATTEMPTS = 10
 # columns of the one (B, _NUM_UNIFORMS) block of uniforms drawn per view and batch
 _AREA, _RATIO = slice(0, _RRC_ATTEMPTS), slice(_RRC_ATTEMPTS, 2 * _RRC_ATTEMPTS)
-(_TOP, _LEFT, _FLIP, _JITTER, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _BLUR, _SIGMA,
- _SOLAR) = range(2 * _RRC_ATTEMPTS, 2 * _RRC_ATTEMPTS + 12)
+(_TOP, _LEFT, _FLIP, _JITTER, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _BLUR, _SIGMA, _SOLAR) = range(
+    2 * _RRC_ATTEMPTS, 2 * _RRC_ATTEMPTS + 12
+)
 _ORDER = slice(2 * _RRC_ATTEMPTS + 12, 2 * _RRC_ATTEMPTS + 12 + len(JITTER_OPS))
 _NUM_UNIFORMS = _ORDER.stop
 _AUG_STREAM = 0x41756741  # separates augmentation streams from any other use of the same seed
@@ -350,13 +468,19 @@ def sample_view_params(rng: np.random.Generator, view: ViewAug, heights, widths)
         a, b = max(0.0, 1.0 - x), 1.0 + x
         return a + (b - a) * u[:, col]
 
-    out.update(flip=u[:, _FLIP] < view.flip_p, jitter=u[:, _JITTER] < view.jitter_p,
-               brightness=factor(view.brightness, _BRIGHT), contrast=factor(view.contrast, _CONTRAST),
-               saturation=factor(view.saturation, _SAT), hue=(2.0 * u[:, _HUE] - 1.0) * view.hue,
-               jitter_order=np.argsort(u[:, _ORDER], axis=1, kind="stable").astype(np.int32),
-               gray=u[:, _GRAY] < view.gray_p, blur=u[:, _BLUR] < view.blur_p,
-               sigma=view.blur_sigma[0] + (view.blur_sigma[1] - view.blur_sigma[0]) * u[:, _SIGMA],
-               solarize=u[:, _SOLAR] < view.solarize_p)
+    out.update(
+        flip=u[:, _FLIP] < view.flip_p,
+        jitter=u[:, _JITTER] < view.jitter_p,
+        brightness=factor(view.brightness, _BRIGHT),
+        contrast=factor(view.contrast, _CONTRAST),
+        saturation=factor(view.saturation, _SAT),
+        hue=(2.0 * u[:, _HUE] - 1.0) * view.hue,
+        jitter_order=np.argsort(u[:, _ORDER], axis=1, kind="stable").astype(np.int32),
+        gray=u[:, _GRAY] < view.gray_p,
+        blur=u[:, _BLUR] < view.blur_p,
+        sigma=view.blur_sigma[0] + (view.blur_sigma[1] - view.blur_sigma[0]) * u[:, _SIGMA],
+        solarize=u[:, _SOLAR] < view.solarize_p,
+    )
     return out
 
 
@@ -379,8 +503,9 @@ def dali_param_names(view: ViewAug) -> tuple[str, ...]:
     return tuple(names)
 
 
-def dali_param_arrays(view: ViewAug, params: dict[str, np.ndarray], heights, widths,
-                      relative: bool) -> list[np.ndarray]:
+def dali_param_arrays(
+    view: ViewAug, params: dict[str, np.ndarray], heights, widths, relative: bool
+) -> list[np.ndarray]:
     """``params`` as the external-source batches :func:`augment_view` expects, in
     :func:`dali_param_names` order: flags as bool (conditions), ``flip`` as int32 (``mirror``),
     ``jitter_order`` / ``jitter_factors`` as the slots of :func:`color_jitter` (:func:`_jitter_layout`),
@@ -428,10 +553,12 @@ def _jitter_layout(view: ViewAug, params: dict) -> dict[str, np.ndarray]:
         slot_ops = np.concatenate([pre, post], axis=1)
     slot_f = np.where(slot_ops >= 0, np.take_along_axis(factors, np.maximum(slot_ops, 0), axis=1), np.float32(1))
     if hue in active:
-        slot_f = np.concatenate([slot_f, factors[:, hue:hue + 1]], axis=1)
+        slot_f = np.concatenate([slot_f, factors[:, hue : hue + 1]], axis=1)
     slot_ops = np.where(slot_ops >= 0, slot_ops, blend[0] if blend else hue)
-    return {"jitter_order": np.ascontiguousarray(slot_ops, np.int32),
-            "jitter_factors": np.ascontiguousarray(slot_f, np.float32)}
+    return {
+        "jitter_order": np.ascontiguousarray(slot_ops, np.int32),
+        "jitter_factors": np.ascontiguousarray(slot_f, np.float32),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,8 +566,7 @@ def _jitter_layout(view: ViewAug, params: dict) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 
 
-def augment_view(images, view: ViewAug, params: dict, device: str = "cpu", layout: str = "CHW",
-                 relative: bool = False):
+def augment_view(images, view: ViewAug, params: dict, device: str = "cpu", layout: str = "CHW", relative: bool = False):
     """One augmented view of a batch of decoded HWC uint8 RGB images (a DALI DataNode).
 
     ``params`` maps each name of :func:`dali_param_names` to a CPU DataNode (an external-source output
@@ -453,19 +579,35 @@ def augment_view(images, view: ViewAug, params: dict, device: str = "cpu", layou
     from nvidia.dali import fn, types
 
     # RandomResizedCrop: resample the [start, end) box straight to size×size (one op, no copy of the crop)
-    images = fn.resize(images, device=device, size=(view.size, view.size), roi_start=params["crop_start"],
-                       roi_end=params["crop_end"], roi_relative=relative, interp_type=types.INTERP_CUBIC,
-                       antialias=True)
+    images = fn.resize(
+        images,
+        device=device,
+        size=(view.size, view.size),
+        roi_start=params["crop_start"],
+        roi_end=params["crop_end"],
+        roi_relative=relative,
+        interp_type=types.INTERP_CUBIC,
+        antialias=True,
+    )
     jitter_p = view.jitter_p if view.jitter_ops else 0.0
     images = _maybe(images, jitter_p, params.get("jitter"), lambda x: color_jitter(x, view, params, device))
     images = _maybe(images, view.gray_p, params.get("gray"), lambda x: _grayscale(x, device))
-    images = _maybe(images, view.blur_p, params.get("blur"),
-                    lambda x: fn.gaussian_blur(x, device=device, sigma=params["sigma"]))
-    images = _maybe(images, view.solarize_p, params.get("solarize"),
-                    lambda x: _solarize(x, view.solarize_threshold, device))
+    images = _maybe(
+        images, view.blur_p, params.get("blur"), lambda x: fn.gaussian_blur(x, device=device, sigma=params["sigma"])
+    )
+    images = _maybe(
+        images, view.solarize_p, params.get("solarize"), lambda x: _solarize(x, view.solarize_threshold, device)
+    )
     mirror = params["flip"] if 0 < view.flip_p < 1 else int(view.flip_p >= 1)
-    return fn.crop_mirror_normalize(images, device=device, mirror=mirror, dtype=types.FLOAT, output_layout=layout,
-                                    mean=[255.0 * m for m in view.mean], std=[255.0 * s for s in view.std])
+    return fn.crop_mirror_normalize(
+        images,
+        device=device,
+        mirror=mirror,
+        dtype=types.FLOAT,
+        output_layout=layout,
+        mean=[255.0 * m for m in view.mean],
+        std=[255.0 * s for s in view.std],
+    )
 
 
 def _maybe(images, p: float, flag, op):
@@ -534,8 +676,14 @@ def _floor_u8(y, device: str, scale: float = 1.0):
     and saturates, in one pass about 4x cheaper on the CPU than ``fn.cast`` from float."""
     from nvidia.dali import fn, types
 
-    return fn.brightness_contrast(y, brightness=scale, contrast_center=0.0, brightness_shift=-_FLOOR_SHIFT / 255.0,
-                                  dtype=types.UINT8, device=device)
+    return fn.brightness_contrast(
+        y,
+        brightness=scale,
+        contrast_center=0.0,
+        brightness_shift=-_FLOOR_SHIFT / 255.0,
+        dtype=types.UINT8,
+        device=device,
+    )
 
 
 def _adjust(x, op: int, f, device: str):
@@ -548,8 +696,9 @@ def _adjust(x, op: int, f, device: str):
     if JITTER_OPS[op] == "hue":
         return _adjust_hue(x, f, device)
     if JITTER_OPS[op] == "brightness":
-        return fn.brightness_contrast(x, brightness=f, brightness_shift=-_FLOOR_SHIFT / 255.0, dtype=types.UINT8,
-                                      device=device)
+        return fn.brightness_contrast(
+            x, brightness=f, brightness_shift=-_FLOOR_SHIFT / 255.0, dtype=types.UINT8, device=device
+        )
     fx = fn.brightness_contrast(x, brightness=f, contrast_center=0.0, dtype=types.FLOAT, device=device)
     grey = _grey(x, 1, device)
     if JITTER_OPS[op] == "contrast":
@@ -564,8 +713,9 @@ def _grey(x, channels: int, device: str):
     ``channels`` copies."""
     from nvidia.dali import fn, types
 
-    return fn.coord_transform(x, M=list(_GREY) * channels, T=[-_FLOOR_SHIFT] * channels, dtype=types.UINT8,
-                              device=device)
+    return fn.coord_transform(
+        x, M=list(_GREY) * channels, T=[-_FLOOR_SHIFT] * channels, dtype=types.UINT8, device=device
+    )
 
 
 def _adjust_hue(x, hue, device: str):
@@ -577,12 +727,14 @@ def _adjust_hue(x, hue, device: str):
     before B on ties), 0 for grey pixels."""
     from nvidia.dali import fn, math, types
 
-    r, g, b = (fn.coord_transform(x, M=row, dtype=types.FLOAT, device=device)
-               for row in ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]))
+    r, g, b = (
+        fn.coord_transform(x, M=row, dtype=types.FLOAT, device=device)
+        for row in ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0])
+    )
     maxc, minc = math.max(math.max(r, g), b), math.min(math.min(r, g), b)
     crange = maxc - minc
     # 6·H·crange: (G − B) where R is the maximum, (B − R) + 2·crange where G is, else (R − G) + 4·crange
-    num = ((r - g) + crange * 4.0)
+    num = (r - g) + crange * 4.0
     num = num + (maxc == g) * (((b - r) + crange * 2.0) - num)
     num = num + (maxc == r) * ((g - b) - num)
     h6 = num / (crange + (crange == 0.0))  # 6·H in [-1, 5]

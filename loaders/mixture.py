@@ -15,6 +15,7 @@ sample of that source appears ``w`` times per epoch (see ``loaders.sampler``); w
 A mixture whose epoch could not be planned in the memory available (``DIR:1e6``) or overflows
 (``DIR:1e308``) is refused when it is read, naming the source (``loaders.sampler.check_epoch_size``).
 """
+
 from __future__ import annotations
 
 import math
@@ -59,17 +60,33 @@ class Mixture:
     def expected_epoch_size(self) -> float:
         return sum(s.weight * s.count for s in self.sources)
 
-    def with_weights(self, weights) -> "Mixture":
+    def with_weights(self, weights) -> Mixture:
         """The same sources with new weights (how an inflation policy rewrites a mixture)."""
         weights = list(weights)
         if len(weights) != len(self.sources):
             raise ShardError(f"{len(weights)} weights for {len(self.sources)} sources")
-        return _checked(Mixture(tuple(Source(s.name, s.path, s.manifest, _check_weight(w, str(s.path)), s.weight_given)
-                                      for s, w in zip(self.sources, weights))))
+        return _checked(
+            Mixture(
+                tuple(
+                    Source(s.name, s.path, s.manifest, _check_weight(w, str(s.path)), s.weight_given)
+                    for s, w in zip(self.sources, weights)
+                )
+            )
+        )
 
     def describe(self) -> list[dict]:
-        return [{"name": s.name, "path": str(s.path), "kind": s.kind, "format": s.manifest.format, "count": s.count,
-                 "weight": s.weight, "fid": s.manifest.fid} for s in self.sources]
+        return [
+            {
+                "name": s.name,
+                "path": str(s.path),
+                "kind": s.kind,
+                "format": s.manifest.format,
+                "count": s.count,
+                "weight": s.weight,
+                "fid": s.manifest.fid,
+            }
+            for s in self.sources
+        ]
 
 
 def parse_shards_args(args) -> Mixture:
@@ -91,8 +108,10 @@ def parse_shards_args(args) -> Mixture:
     names = [s.name for s in sources]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise ShardError(f"source name {sorted(dup)[0]!r} is used twice; give each source its own name "
-                         "(mix.yaml: name: ...) or use different shard sets")
+        raise ShardError(
+            f"source name {sorted(dup)[0]!r} is used twice; give each source its own name "
+            "(mix.yaml: name: ...) or use different shard sets"
+        )
     if not any(s.weight > 0 and s.count > 0 for s in sources):
         raise ShardError("every source has weight 0; give at least one source a positive weight")
     return _checked(Mixture(tuple(sources)))
@@ -114,7 +133,9 @@ def _split_arg(arg: str) -> tuple[str, float | None, None]:
     except ValueError:
         if Path(arg).exists():
             return arg, None, None
-        raise ShardError(f"--shards {arg}: weight {weight!r} is not a number; write DIR:WEIGHT, e.g. {path}:10") from None
+        raise ShardError(
+            f"--shards {arg}: weight {weight!r} is not a number; write DIR:WEIGHT, e.g. {path}:10"
+        ) from None
     return path, _check_weight(w, f"--shards {arg}"), None
 
 
@@ -138,8 +159,9 @@ def _read_yaml(path: Path) -> list[tuple[str, float | None, str | None]]:
     except OSError as e:
         raise ShardError(f"{path}: cannot read mixture file ({e.strerror}); check the path") from None
     except yaml.YAMLError as e:
-        raise ShardError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); "
-                         "write a list of {path: DIR, weight: W, name: NAME}") from None
+        raise ShardError(
+            f"{path}: not valid YAML ({str(e).splitlines()[0]}); write a list of {{path: DIR, weight: W, name: NAME}}"
+        ) from None
     if isinstance(doc, dict) and "sources" in doc:
         doc = doc["sources"]
     if not isinstance(doc, list) or not doc:
@@ -153,8 +175,10 @@ def _read_yaml(path: Path) -> list[tuple[str, float | None, str | None]]:
             raise ShardError(f"{path}: entry {i + 1} has unknown key {sorted(unknown)[0]!r}; use path, weight, name")
         for key in ("path", "name"):
             if (key == "path" or item.get(key) is not None) and not isinstance(item[key], str):
-                raise ShardError(f"{path}: entry {i + 1} has {key} {item[key]!r} ({type(item[key]).__name__}); "
-                                 f"write it as a string, quoted if it looks like a number: {key}: \"{item[key]}\"")
+                raise ShardError(
+                    f"{path}: entry {i + 1} has {key} {item[key]!r} ({type(item[key]).__name__}); "
+                    f'write it as a string, quoted if it looks like a number: {key}: "{item[key]}"'
+                )
         weight = item.get("weight")
         if "weight" in item and not (isinstance(weight, (int, float)) and not isinstance(weight, bool)):
             raise ShardError(f"{path}: entry {i + 1} has weight {weight!r}; write a number >= 0 (e.g. weight: 10)")

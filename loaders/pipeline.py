@@ -49,6 +49,7 @@ pure function of (seed, epoch, rank, step, data): a resumed run (``load_state_di
 uninterrupted run would have had next (bitwise on the CPU backend, where the tests check it; within
 interpolation tolerance between the CPU and GPU pipelines, which get the same parameters).
 """
+
 from __future__ import annotations
 
 import collections
@@ -56,16 +57,24 @@ import concurrent.futures
 import itertools
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from shards.manifest import Manifest, ShardError
 
-from .augment import (CIFAR_MEAN, CIFAR_STD, AugConfig, augment_rng, augment_view, dali_param_arrays,
-                      dali_param_names, sample_view_params)
+from .augment import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    AugConfig,
+    augment_rng,
+    augment_view,
+    dali_param_arrays,
+    dali_param_names,
+    sample_view_params,
+)
 from .mixture import Mixture, Source
 from .reader import BLOCK, OK, Region, SourceReader
 from .sampler import EpochPlan, plan_epoch
@@ -94,8 +103,12 @@ class LoaderStats:
     corrupt_keys: list[str] = field(default_factory=list)  # the first 100 skipped keys
 
     def to_dict(self) -> dict:
-        return {"samples": self.samples, "batches": self.batches, "corrupt": self.corrupt,
-                "corrupt_keys": list(self.corrupt_keys)}
+        return {
+            "samples": self.samples,
+            "batches": self.batches,
+            "corrupt": self.corrupt,
+            "corrupt_keys": list(self.corrupt_keys),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -106,8 +119,9 @@ class _Readers:
     and eval. ``mode``: "raw" (every source raw, one image size: a dense HWC batch), "encoded" (no raw
     source) or "mixed"."""
 
-    def __init__(self, sources: list[tuple[str, Source | None, Manifest, str]], on_corrupt: str, *,
-                 contiguous: bool = True):
+    def __init__(
+        self, sources: list[tuple[str, Source | None, Manifest, str]], on_corrupt: str, *, contiguous: bool = True
+    ):
         if on_corrupt not in ("error", "skip"):
             raise ValueError(f"on_corrupt={on_corrupt!r}: use 'error' or 'skip'")
         self.on_corrupt = on_corrupt
@@ -120,7 +134,10 @@ class _Readers:
         self.raw_shape = next(iter(shapes)) if self.mode == "raw" else None
         counts = [len(r) for r in self.readers]
         self.base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        cat = (lambda f: np.concatenate([f(r) for r in self.readers]) if self.readers else np.zeros(0))
+
+        def cat(f):
+            return np.concatenate([f(r) for r in self.readers]) if self.readers else np.zeros(0)
+
         self.verdict = cat(lambda r: r.verdict)
         self.labels = cat(lambda r: r.labels)
         self.sizes = cat(lambda r: r.sizes)
@@ -172,7 +189,7 @@ class _Readers:
             data = np.zeros((n, int(size.max())), np.uint8)
             for j, gi in enumerate(g.tolist()):
                 s = int(np.searchsorted(self.base, gi, side="right")) - 1
-                data[j, :size[j]] = self.readers[s].bytes_of(gi - int(self.base[s]))
+                data[j, : size[j]] = self.readers[s].bytes_of(gi - int(self.base[s]))
         if self.mode == "raw":
             hw3 = int(np.prod(self.raw_shape))
             data = data[:, :hw3] if data.shape[1] != hw3 else data
@@ -228,8 +245,13 @@ class _Feed:
     the draws of the others. A position whose samples are all skipped is passed over.
     """
 
-    def __init__(self, readers: _Readers, positions: Iterator[tuple[int, int]],
-                 batch_of: Callable[[int, int], tuple[np.ndarray, np.ndarray]], params=None):
+    def __init__(
+        self,
+        readers: _Readers,
+        positions: Iterator[tuple[int, int]],
+        batch_of: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+        params=None,
+    ):
         self.readers, self.positions, self.batch_of, self.params = readers, positions, batch_of, params
         self.fed: collections.deque[_Fed] = collections.deque()  # handed to DALI, not yet delivered
 
@@ -251,7 +273,9 @@ class _Feed:
             outs = self.readers.encode(g, source)
             if self.params is not None:
                 outs.append(p if keep is None else p[keep])
-            done = (np.concatenate([a for a, _ in skipped]), np.concatenate([b for _, b in skipped])) if skipped else None
+            done = (
+                (np.concatenate([a for a, _ in skipped]), np.concatenate([b for _, b in skipped])) if skipped else None
+            )
             self.fed.append(_Fed(epoch, step, steps, source, index, self.readers.labels[g], pending, done))
             return outs
         if pending:
@@ -276,8 +300,18 @@ def _decode(enc, meta, readers: _Readers, device: str):
     return images.gpu() if device == "gpu" else images
 
 
-def _build(readers: _Readers, feed: _Feed, process, *, batch_size: int, loader_device: str, device_id: int | None,
-           num_threads: int, seed: int, with_params: bool = False):
+def _build(
+    readers: _Readers,
+    feed: _Feed,
+    process,
+    *,
+    batch_size: int,
+    loader_device: str,
+    device_id: int | None,
+    num_threads: int,
+    seed: int,
+    with_params: bool = False,
+):
     """The pipeline: external source → decode → ``process(images, dali_device, params)`` (``params``: the
     packed (P,) float32 parameters of each sample, or None) → the outputs of ``process``."""
     from nvidia.dali import fn, pipeline_def
@@ -291,15 +325,23 @@ def _build(readers: _Readers, feed: _Feed, process, *, batch_size: int, loader_d
         images = _decode(outs[0], meta, readers, loader_device)
         return tuple(process(images, loader_device, outs[-1] if with_params else None))
 
-    p = pipe(batch_size=batch_size, num_threads=num_threads, device_id=device_id if loader_device == "gpu" else None,
-             seed=seed, prefetch_queue_depth=2, exec_dynamic=True)
+    p = pipe(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id if loader_device == "gpu" else None,
+        seed=seed,
+        prefetch_queue_depth=2,
+        exec_dynamic=True,
+    )
     try:
         p.build()
     except Exception as e:  # noqa: BLE001 - any start-up failure of a GPU pipeline gets the same advice
         if loader_device != "gpu" or isinstance(e, ShardError):
             raise
-        raise ShardError(f"the GPU loader pipeline failed to start ({_first_line(e)}); run the loader on the CPU "
-                         f"with loader_device='cpu' (--loader-device cpu)") from None
+        raise ShardError(
+            f"the GPU loader pipeline failed to start ({_first_line(e)}); run the loader on the CPU "
+            f"with loader_device='cpu' (--loader-device cpu)"
+        ) from None
     return p
 
 
@@ -308,8 +350,12 @@ def _first_line(e: BaseException) -> str:
     return (lines[0] if lines else type(e).__name__)[:200]
 
 
-_TORCH_DTYPES = {"DALIDataType.FLOAT": torch.float32, "DALIDataType.INT64": torch.int64,
-                 "DALIDataType.UINT8": torch.uint8, "DALIDataType.FLOAT16": torch.float16}
+_TORCH_DTYPES = {
+    "DALIDataType.FLOAT": torch.float32,
+    "DALIDataType.INT64": torch.int64,
+    "DALIDataType.UINT8": torch.uint8,
+    "DALIDataType.FLOAT16": torch.float16,
+}
 
 
 class _Delivery:
@@ -432,8 +478,9 @@ def _resolve_loader_device(loader_device: str, device: torch.device) -> str:
     if loader_device == "auto":
         return "gpu" if device.type == "cuda" else "cpu"
     if loader_device == "gpu" and not torch.cuda.is_available():
-        raise ShardError("loader_device='gpu' requested but no GPU is visible; use loader_device='cpu' "
-                         "(--loader-device cpu)")
+        raise ShardError(
+            "loader_device='gpu' requested but no GPU is visible; use loader_device='cpu' (--loader-device cpu)"
+        )
     return loader_device
 
 
@@ -506,10 +553,24 @@ class TrainLoader:
     the training thread); 0 runs them on the calling thread.
     """
 
-    def __init__(self, mixture: Mixture, aug: AugConfig, batch_size: int, *, seed: int = 0, device: str = "cpu",
-                 rank: int = 0, world_size: int = 1, num_threads: int = 2, dtype: torch.dtype = torch.float32,
-                 channels_last: bool = False, drop_last: bool = True, on_corrupt: str = "error",
-                 loader_device: str = "auto", prefetch_batches: int = 2):
+    def __init__(
+        self,
+        mixture: Mixture,
+        aug: AugConfig,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        device: str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        num_threads: int = 2,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        drop_last: bool = True,
+        on_corrupt: str = "error",
+        loader_device: str = "auto",
+        prefetch_batches: int = 2,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
         self.mixture, self.aug, self.batch_size = mixture, aug, int(batch_size)
@@ -531,8 +592,10 @@ class TrainLoader:
         self.samples_per_epoch = len(plan)
         self.steps_per_epoch = plan.num_batches(self.batch_size, drop_last)
         if self.steps_per_epoch == 0:
-            raise ShardError(f"rank {rank}/{world_size} gets {len(plan)} samples per epoch, fewer than batch size "
-                             f"{batch_size}; lower --batch-size or add data")
+            raise ShardError(
+                f"rank {rank}/{world_size} gets {len(plan)} samples per epoch, fewer than batch size "
+                f"{batch_size}; lower --batch-size or add data"
+            )
 
     @property
     def stats(self) -> LoaderStats:
@@ -548,14 +611,20 @@ class TrainLoader:
         return self._readers.keys(batch.source.cpu().numpy(), batch.index.cpu().numpy())
 
     def state_dict(self) -> dict:
-        return {"epoch": self._position[0], "step": self._position[1], "seed": self.seed,
-                "batch_size": self.batch_size, "world_size": self.world_size}
+        return {
+            "epoch": self._position[0],
+            "step": self._position[1],
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for k in ("seed", "batch_size", "world_size"):
             if k in state and state[k] != getattr(self, k):
-                raise ShardError(f"loader state has {k}={state[k]} but this loader has {getattr(self, k)}; "
-                                 f"resume with the same {k}")
+                raise ShardError(
+                    f"loader state has {k}={state[k]} but this loader has {getattr(self, k)}; resume with the same {k}"
+                )
         self._position = (int(state["epoch"]), int(state["step"]))
 
     # -- iteration ---------------------------------------------------------------------------------
@@ -565,12 +634,12 @@ class TrainLoader:
         epoch, step = self._start(plans, *self._position)
 
         def positions():
-            e, k = epoch, step
+            e, first = epoch, step
             while True:
                 steps = self._steps(plans.get(e, ahead=True))
-                for k in range(k, steps):
+                for k in range(first, steps):
                     yield e, k
-                e, k = e + 1, 0
+                e, first = e + 1, 0
 
         try:
             yield from self._stream(plans, positions())
@@ -610,9 +679,17 @@ class TrainLoader:
             return b.source, b.index, self._steps(plan)
 
         feed = _Feed(self._readers, itertools.chain([first], positions), batch_of, params=self._packed_params)
-        pipe = _build(self._readers, feed, self._augment, batch_size=self.batch_size, loader_device=self.loader_device,
-                      device_id=self.device.index or 0 if self.device.type == "cuda" else 0,
-                      num_threads=self.num_threads, seed=0, with_params=True)
+        pipe = _build(
+            self._readers,
+            feed,
+            self._augment,
+            batch_size=self.batch_size,
+            loader_device=self.loader_device,
+            device_id=self.device.index or 0 if self.device.type == "cuda" else 0,
+            num_threads=self.num_threads,
+            seed=0,
+            with_params=True,
+        )
         delivery = _Delivery(self.device, self.loader_device)
 
         def produce():
@@ -631,8 +708,8 @@ class TrainLoader:
                 self.stats.samples += len(fed.index)
                 yield Batch(views, labels, source, index, fed.epoch, fed.step)
         finally:
-            made.close()
-            del pipe
+            made.close()  # the producer is done with the pipeline; drop our reference to it
+            pipe = None  # noqa: F841
 
     # -- augmentation parameters -------------------------------------------------------------------
     def aug_params(self, epoch: int, step: int, source: np.ndarray) -> list[np.ndarray]:
@@ -669,7 +746,7 @@ class TrainLoader:
         col = 0
         for a in arrays:
             a = a.reshape(len(source), -1)
-            out[:, col:col + a.shape[1]] = a
+            out[:, col : col + a.shape[1]] = a
             col += a.shape[1]
         return out
 
@@ -682,7 +759,7 @@ class TrainLoader:
         for view, entries in zip(self.aug.views, self._layout):
             nodes = {}
             for name, col, width, dtype, vector in entries:
-                node = packed[col:col + width] if vector else packed[col]
+                node = packed[col : col + width] if vector else packed[col]
                 nodes[name] = fn.cast(node, dtype=casts[dtype]) if dtype in casts else node
             views.append(augment_view(images, view, nodes, device, layout, relative=self._relative))
         return views
@@ -706,25 +783,44 @@ class EvalLoader:
     :class:`TrainLoader`.
     """
 
-    def __init__(self, dirs, batch_size: int, device: str = "cpu", size: int = 32, *, num_threads: int = 2,
-                 mean=CIFAR_MEAN, std=CIFAR_STD, on_corrupt: str = "error", limit: int = 0, seed: int = 0,
-                 loader_device: str = "auto"):
+    def __init__(
+        self,
+        dirs,
+        batch_size: int,
+        device: str = "cpu",
+        size: int = 32,
+        *,
+        num_threads: int = 2,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        on_corrupt: str = "error",
+        limit: int = 0,
+        seed: int = 0,
+        loader_device: str = "auto",
+    ):
         from pathlib import Path
 
         dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
         if not dirs:
             raise ShardError("no evaluation shards given; pass the test shard directory")
         manifests = [Manifest.load(d) for d in dirs]
-        self._readers = _Readers([(f"{m.name}{i}" if [x.name for x in manifests].count(m.name) > 1 else m.name,
-                                   None, m, str(d)) for i, (d, m) in enumerate(zip(dirs, manifests))], on_corrupt)
+        self._readers = _Readers(
+            [
+                (f"{m.name}{i}" if [x.name for x in manifests].count(m.name) > 1 else m.name, None, m, str(d))
+                for i, (d, m) in enumerate(zip(dirs, manifests))
+            ],
+            on_corrupt,
+        )
         self.batch_size, self.device, self.size = int(batch_size), torch.device(device), int(size)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ShardError("device cuda requested but no GPU is visible; use device='cpu'")
         self.loader_device = _resolve_loader_device(loader_device, self.device)
         self.num_threads, self.mean, self.std = num_threads, tuple(mean), tuple(std)
         counts = [m.count for m in manifests]
-        self._plan = EpochPlan(np.repeat(np.arange(len(counts), dtype=np.int32), counts),
-                               np.concatenate([np.arange(c, dtype=np.int64) for c in counts]))
+        self._plan = EpochPlan(
+            np.repeat(np.arange(len(counts), dtype=np.int32), counts),
+            np.concatenate([np.arange(c, dtype=np.int64) for c in counts]),
+        )
         if 0 < limit < len(self._plan):
             keep = np.sort(np.random.default_rng(seed).permutation(len(self._plan))[:limit])
             self._plan = EpochPlan(self._plan.source[keep], self._plan.index[keep])
@@ -742,11 +838,20 @@ class EvalLoader:
         from nvidia.dali import fn, types
 
         if self._resize:
-            images = fn.resize(images, device=device, resize_shorter=self.size, interp_type=types.INTERP_CUBIC,
-                               antialias=True)
-        return [fn.crop_mirror_normalize(images, device=device, crop=(self.size, self.size), dtype=types.FLOAT,
-                                         output_layout="CHW", mean=[255.0 * m for m in self.mean],
-                                         std=[255.0 * s for s in self.std])]
+            images = fn.resize(
+                images, device=device, resize_shorter=self.size, interp_type=types.INTERP_CUBIC, antialias=True
+            )
+        return [
+            fn.crop_mirror_normalize(
+                images,
+                device=device,
+                crop=(self.size, self.size),
+                dtype=types.FLOAT,
+                output_layout="CHW",
+                mean=[255.0 * m for m in self.mean],
+                std=[255.0 * s for s in self.std],
+            )
+        ]
 
     def __iter__(self):
         steps = len(self)
@@ -756,9 +861,16 @@ class EvalLoader:
             return b.source, b.index, steps
 
         feed = _Feed(self._readers, ((0, k) for k in range(steps)), batch_of)
-        pipe = _build(self._readers, feed, self._process, batch_size=self.batch_size, loader_device=self.loader_device,
-                      device_id=self.device.index or 0 if self.device.type == "cuda" else 0,
-                      num_threads=self.num_threads, seed=0)
+        pipe = _build(
+            self._readers,
+            feed,
+            self._process,
+            batch_size=self.batch_size,
+            loader_device=self.loader_device,
+            device_id=self.device.index or 0 if self.device.type == "cuda" else 0,
+            num_threads=self.num_threads,
+            seed=0,
+        )
         delivery = _Delivery(self.device, self.loader_device)
         try:
             for outs, fed in _run(pipe, self._readers, feed):

@@ -43,11 +43,13 @@ AdaInf preset exactly; no measurement supports weakening jitter further.
 Explicit settings always win: a per-source weight the user gave, and any augmentation knob in
 ``explicit``; the reasons name each override and what the policy would have picked.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,9 +72,11 @@ def preset_knobs(preset: str, family: str) -> dict[str, float]:
     """The policy's knobs of a preset, read from ``loaders.augment.PRESETS``: RandomResizedCrop minimum area,
     jitter strength as a multiple of the family's baseline preset, jitter probability."""
     views = PRESETS[preset]
-    return {"crop_min_scale": views[0].crop_scale[0],
-            "jitter_strength": jitter_strength(views, PRESETS[family_presets(family)[0]]),
-            "jitter_p": views[0].jitter_p}
+    return {
+        "crop_min_scale": views[0].crop_scale[0],
+        "jitter_strength": jitter_strength(views, PRESETS[family_presets(family)[0]]),
+        "jitter_p": views[0].jitter_p,
+    }
 
 
 @dataclass(frozen=True)
@@ -123,16 +127,19 @@ class InflationDecision:
 
     def describe(self) -> str:
         weights = ", ".join(f"{n} x{w:g}" for n, w in zip(self.sources, self.weights))
-        knobs = "".join(f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}"
-                        for k, v in self.aug_overrides.items())
-        lines = [f"inflation {self.mode} ({self.family} augmentation family)",
-                 f"  weights: {weights}",
-                 f"  effective size: {self.effective_size:,} distinct images",
-                 f"  augmentation: {self.aug_preset}{knobs}"]
+        knobs = "".join(f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}" for k, v in self.aug_overrides.items())
+        lines = [
+            f"inflation {self.mode} ({self.family} augmentation family)",
+            f"  weights: {weights}",
+            f"  effective size: {self.effective_size:,} distinct images",
+            f"  augmentation: {self.aug_preset}{knobs}",
+        ]
         if self.knobs:
-            lines.append(f"  knobs: crop_min_scale {self.knobs['crop_min_scale']:g}, jitter_strength "
-                         f"{self.knobs['jitter_strength']:g} (x the {self.family} baseline preset), "
-                         f"jitter_p {self.knobs['jitter_p']:g}")
+            lines.append(
+                f"  knobs: crop_min_scale {self.knobs['crop_min_scale']:g}, jitter_strength "
+                f"{self.knobs['jitter_strength']:g} (x the {self.family} baseline preset), "
+                f"jitter_p {self.knobs['jitter_p']:g}"
+            )
         lines.append("  why:")
         return "\n".join(lines + [f"    - {r}" for r in self.reasons])
 
@@ -164,8 +171,7 @@ def _auto_real_weight(generated: list[SourceInfo], reasons: list[str]) -> float:
         return 1.0
     missing = [s.name for s in generated if s.fid is None]
     total = sum(s.count for s in generated)
-    fid = (sum(s.count * (FID_REF if s.fid is None else s.fid) for s in generated) / total
-           if total else FID_REF)
+    fid = sum(s.count * (FID_REF if s.fid is None else s.fid) for s in generated) / total if total else FID_REF
     w = real_weight_for_fid(fid)
     if len(generated) == 1 and not missing:
         what = f"generated set {generated[0].name!r} has FID {fid:g}"
@@ -175,13 +181,16 @@ def _auto_real_weight(generated: list[SourceInfo], reasons: list[str]) -> float:
         what = f"count-weighted mean FID of the generated sets is {fid:.3g}"
         if missing:
             what += f" (no FID in the manifest of {', '.join(map(repr, missing))}: counted as FID {FID_REF:g})"
-    reasons.append(f"real weight {w:g}: {what}; rule w = 10*sqrt(max(fid, 2)/2), rounded to an integer "
-                   f"(exact replication), clamped to [{WEIGHT_MIN:g}, {WEIGHT_MAX:g}]")
+    reasons.append(
+        f"real weight {w:g}: {what}; rule w = 10*sqrt(max(fid, 2)/2), rounded to an integer "
+        f"(exact replication), clamped to [{WEIGHT_MIN:g}, {WEIGHT_MAX:g}]"
+    )
     return w
 
 
-def decide(sources: Sequence[SourceInfo], mode: str = DEFAULT_MODE, *, family: str,
-           explicit: Mapping[str, Any] | None = None) -> InflationDecision:
+def decide(
+    sources: Sequence[SourceInfo], mode: str = DEFAULT_MODE, *, family: str, explicit: Mapping[str, Any] | None = None
+) -> InflationDecision:
     """Weights and augmentation for ``sources`` under ``mode`` for an augmentation ``family``
     (a ``loaders.augment.FAMILIES`` name); explicit weights and knobs win."""
     if mode not in MODES:
@@ -190,8 +199,10 @@ def decide(sources: Sequence[SourceInfo], mode: str = DEFAULT_MODE, *, family: s
     if not sources:
         raise ConfigError("the mixture has no sources: give at least one shard set")
     if mode != "vanilla" and not any(s.kind == "real" for s in sources):
-        raise ConfigError(f"--inflation {mode} needs a real source, but every source is generated: "
-                         "add the real shard set or use --inflation vanilla")
+        raise ConfigError(
+            f"--inflation {mode} needs a real source, but every source is generated: "
+            "add the real shard set or use --inflation vanilla"
+        )
     reasons: list[str] = []
     generated = [s for s in sources if s.kind == "generated" and s.weight != 0 and s.count > 0]
     preset = baseline
@@ -203,20 +214,23 @@ def decide(sources: Sequence[SourceInfo], mode: str = DEFAULT_MODE, *, family: s
         reasons.append(f"vanilla inflation (the release's data.dup=1): every source weight 1, preset {baseline}")
     elif mode == "adainf" and generated:
         policy, preset = {"real": ADAINF_REAL_WEIGHT, "generated": 1.0}, adainf
-        reasons.append(f"AdaInf, the release's recipe: real weight {ADAINF_REAL_WEIGHT:g} (data.dup=10), generated "
-                       f"weight 1, preset {adainf}")
+        reasons.append(
+            f"AdaInf, the release's recipe: real weight {ADAINF_REAL_WEIGHT:g} (data.dup=10), generated "
+            f"weight 1, preset {adainf}"
+        )
     elif mode == "adainf":
         policy = {"real": 1.0, "generated": 1.0}
-        reasons.append(f"AdaInf with no generated source of positive weight: nothing to inflate, so the release's "
-                       f"no-inflation recipe: every weight 1, preset {baseline}")
+        reasons.append(
+            f"AdaInf with no generated source of positive weight: nothing to inflate, so the release's "
+            f"no-inflation recipe: every weight 1, preset {baseline}"
+        )
     else:
         policy = {"real": _auto_real_weight(generated, reasons), "generated": 1.0}
     weights = []
     for s in sources:
         w = policy[s.kind]
         if s.weight is not None and s.weight != w:
-            reasons.append(f"weight {s.weight:g} for {s.name!r} given explicitly "
-                           f"(policy {mode} would use {w:g})")
+            reasons.append(f"weight {s.weight:g} for {s.name!r} given explicitly (policy {mode} would use {w:g})")
         weights.append(float(w if s.weight is None else s.weight))
     if not any(weights):
         raise ConfigError("every source has weight 0: give at least one source a positive weight")
@@ -230,29 +244,47 @@ def decide(sources: Sequence[SourceInfo], mode: str = DEFAULT_MODE, *, family: s
             chosen["jitter_strength"] = strength
         chosen["jitter_p"] = p
         knobs = ", ".join(f"{k} {v:g}" for k, v in chosen.items())
-        reasons.append(f"auto (this project's extrapolation, not the paper's): preset {baseline} with {knobs}: "
-                       f"effective size {size:,} distinct images (real + generated); crop interpolates Figure 4's "
-                       "optima (25k 0.02, 50k 0.08, 150k 0.2, 1.05M 0.3) in log(size), jitter goes from "
-                       f"{baseline} at 50k to {adainf} at 150k")
+        reasons.append(
+            f"auto (this project's extrapolation, not the paper's): preset {baseline} with {knobs}: "
+            f"effective size {size:,} distinct images (real + generated); crop interpolates Figure 4's "
+            "optima (25k 0.02, 50k 0.08, 150k 0.2, 1.05M 0.3) in log(size), jitter goes from "
+            f"{baseline} at 50k to {adainf} at 150k"
+        )
     policy_knobs = {**preset_knobs(preset, family), "jitter_strength": 1.0, **chosen}  # in override units
     for key, value in (explicit or {}).items():
         if value is None:
             continue
         would = policy_knobs.get(key)
-        reasons.append(f"{key} {value} given explicitly" + ("" if would is None else
-                       f" (policy {mode} would use {would:g})"))
+        reasons.append(
+            f"{key} {value} given explicitly" + ("" if would is None else f" (policy {mode} would use {would:g})")
+        )
         chosen[key] = value
     knobs = preset_knobs(preset, family)
     knobs["crop_min_scale"] = chosen.get("crop_min_scale", knobs["crop_min_scale"])
     knobs["jitter_p"] = chosen.get("jitter_p", knobs["jitter_p"])
     knobs["jitter_strength"] = round(knobs["jitter_strength"] * chosen.get("jitter_strength", 1.0), 9)
-    return InflationDecision(mode=mode, family=family, sources=tuple(s.name for s in sources),
-                             weights=tuple(weights), aug_preset=preset, aug_overrides=chosen,
-                             reasons=tuple(reasons), effective_size=size, knobs=knobs)
+    return InflationDecision(
+        mode=mode,
+        family=family,
+        sources=tuple(s.name for s in sources),
+        weights=tuple(weights),
+        aug_preset=preset,
+        aug_overrides=chosen,
+        reasons=tuple(reasons),
+        effective_size=size,
+        knobs=knobs,
+    )
 
 
 def sources_from_mixture(mixture: Any) -> list[SourceInfo]:
     """SourceInfo per source of a ``loaders.mixture.Mixture`` (``Source(name, path, manifest, weight)``)."""
-    return [SourceInfo(s.name, s.manifest.kind, s.manifest.count, s.manifest.fid,
-                       s.weight if getattr(s, "weight_given", True) else None)
-            for s in mixture.sources]
+    return [
+        SourceInfo(
+            s.name,
+            s.manifest.kind,
+            s.manifest.count,
+            s.manifest.fid,
+            s.weight if getattr(s, "weight_given", True) else None,
+        )
+        for s in mixture.sources
+    ]

@@ -8,6 +8,7 @@ same plan, host-drawn parameters and DALI graph as training — and are de-norma
 "as stored" column is the same loader with a full-image, augmentation-free view. A glance shows what a
 weaker augmentation means, and whether the generated set looks like the real one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,9 @@ KINDS = ("real", "generated")
 _GAP, _GROUP_GAP, _PAD = 4, 20, 8
 
 
-def sample_views(mixture: Mixture, aug: AugConfig, kind: str, *, n: int, seed: int = 0,
-                 num_threads: int = 2) -> list[np.ndarray]:
+def sample_views(
+    mixture: Mixture, aug: AugConfig, kind: str, *, n: int, seed: int = 0, num_threads: int = 2
+) -> list[np.ndarray]:
     """``[stored, view 1, view 2, …]`` for ``n`` samples of the ``kind`` sources of ``mixture`` (each source
     weighted 1 for the draw, whatever its training weight): uint8 arrays (k, size, size, 3), k <= n (fewer
     when the sources hold fewer samples), or ``[]`` when the mixture has no such source."""
@@ -40,12 +42,20 @@ def sample_views(mixture: Mixture, aug: AugConfig, kind: str, *, n: int, seed: i
     sizes = {s.manifest.image_size for s in sources}
     ratio = 1.0
     if len(sizes) == 1 and None not in sizes:
-        (h, w), = sizes
+        ((h, w),) = sizes
         ratio = w / h
-    stored = ViewAug(size=size, crop_scale=(1.0, 1.0), crop_ratio=(ratio, ratio), mean=aug.views[0].mean,
-                     std=aug.views[0].std)
-    loader = TrainLoader(Mixture(sources), AugConfig((stored, *aug.views)), min(n, sum(s.count for s in sources)),
-                         seed=seed, device="cpu", num_threads=num_threads, drop_last=False)
+    stored = ViewAug(
+        size=size, crop_scale=(1.0, 1.0), crop_ratio=(ratio, ratio), mean=aug.views[0].mean, std=aug.views[0].std
+    )
+    loader = TrainLoader(
+        Mixture(sources),
+        AugConfig((stored, *aug.views)),
+        min(n, sum(s.count for s in sources)),
+        seed=seed,
+        device="cpu",
+        num_threads=num_threads,
+        drop_last=False,
+    )
     batch = next(iter(loader.epoch(0)))
     out = []
     for view, t in zip((stored, *aug.views), batch.views):
@@ -68,8 +78,10 @@ def _font(size: int):
 def describe_view(view: ViewAug) -> str:
     """One line of a view's recipe, as the release's yaml names its knobs."""
     jitter = ", ".join(f"{getattr(view, k):g}" for k in ("brightness", "contrast", "saturation", "hue"))
-    return (f"crop {view.crop_scale[0]:g}-{view.crop_scale[1]:g}, jitter p {view.jitter_p:g} ({jitter}), "
-            f"gray {view.gray_p:g}, blur {view.blur_p:g}, solarize {view.solarize_p:g}, flip {view.flip_p:g}")
+    return (
+        f"crop {view.crop_scale[0]:g}-{view.crop_scale[1]:g}, jitter p {view.jitter_p:g} ({jitter}), "
+        f"gray {view.gray_p:g}, blur {view.blur_p:g}, solarize {view.solarize_p:g}, flip {view.flip_p:g}"
+    )
 
 
 def render_grid(groups: list[tuple[str, list[np.ndarray]]], title_lines: list[str], *, scale: int = 3):
@@ -116,8 +128,17 @@ def render_grid(groups: list[tuple[str, list[np.ndarray]]], title_lines: list[st
     return img
 
 
-def preview(recipe, out: str | Path, *, n: int = 8, seed: int = 0, scale: int = 3, num_threads: int = 2,
-            family: str = "", inflation: str = "") -> dict:
+def preview(
+    recipe,
+    out: str | Path,
+    *,
+    n: int = 8,
+    seed: int = 0,
+    scale: int = 3,
+    num_threads: int = 2,
+    family: str = "",
+    inflation: str = "",
+) -> dict:
     """Draw the preview of ``recipe`` (a ``loaders.recipe.Recipe``) to the PNG ``out`` (written atomically);
     returns ``{"path", "size": (w, h), "rows": {kind: samples}}``."""
     out = Path(out)
@@ -132,8 +153,10 @@ def preview(recipe, out: str | Path, *, n: int = 8, seed: int = 0, scale: int = 
         groups.append((f"{kind}: {names}", arrays))
         rows[kind] = len(arrays[0])
     d = recipe.decision
-    title = [f"family {family or d.family}, inflation {inflation or d.mode}: preset {recipe.aug_name}"
-             + (f" with {recipe.aug_overrides}" if recipe.aug_overrides else "")]
+    title = [
+        f"family {family or d.family}, inflation {inflation or d.mode}: preset {recipe.aug_name}"
+        + (f" with {recipe.aug_overrides}" if recipe.aug_overrides else "")
+    ]
     views = recipe.aug.views
     if all(v == views[0] for v in views):
         title.append(f"views 1-{len(views)}: {describe_view(views[0])}")

@@ -25,6 +25,7 @@ mapped back to back into one reserved address range, viewed as 512-byte blocks (
 block boundaries), so the encoded bytes of a whole batch are one ``np.take`` however many shards the
 batch touches. Where that mapping is unavailable (not Linux), a per-sample copy does the same.
 """
+
 from __future__ import annotations
 
 import io
@@ -47,11 +48,13 @@ BLOCK = 512  # tar block: every member's data starts at a multiple of it
 
 # verdicts (uint8), the reason a sample is never handed to DALI
 OK, TRUNCATED, BAD_SIZE, BAD_LABEL, BAD_STRUCTURE, UNDECODABLE = range(6)
-WHY = {TRUNCATED: "truncated (its bytes lie past the end of the tar)",
-       BAD_SIZE: "of the wrong size for the manifest's image_size",
-       BAD_LABEL: "damaged (its .cls member is not an integer)",
-       BAD_STRUCTURE: "damaged (broken JPEG markers or PNG chunks)",
-       UNDECODABLE: "undecodable"}
+WHY = {
+    TRUNCATED: "truncated (its bytes lie past the end of the tar)",
+    BAD_SIZE: "of the wrong size for the manifest's image_size",
+    BAD_LABEL: "damaged (its .cls member is not an integer)",
+    BAD_STRUCTURE: "damaged (broken JPEG markers or PNG chunks)",
+    UNDECODABLE: "undecodable",
+}
 _FORMAT_CODES = {"jpg": 1, "png": 2, "raw": 3}
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
@@ -70,7 +73,9 @@ class SourceReader:
         self.manifest = manifest
         self.format = manifest.format
         if self.format == "raw" and not manifest.image_size:
-            raise ShardError(f"{self.directory}: raw shards need image_size in the manifest; re-pack with `shards pack`")
+            raise ShardError(
+                f"{self.directory}: raw shards need image_size in the manifest; re-pack with `shards pack`"
+            )
         self._files = [self.directory / info.file for info in manifest.shards]
         self._maps: dict[int, np.ndarray] = {}
         tables, pending = [], []
@@ -88,8 +93,10 @@ class SourceReader:
                 for s, idx, stamp in pending:
                     save_cache(idx, stamp, tables[s])
         self.shard_of = np.repeat(np.arange(len(tables), dtype=np.int32), [len(t["offsets"]) for t in tables])
-        cat = {k: np.concatenate([t[k] for t in tables]) if tables else np.zeros(0) for k in
-               ("keys", "offsets", "sizes", "labels", "verdict")}
+        cat = {
+            k: np.concatenate([t[k] for t in tables]) if tables else np.zeros(0)
+            for k in ("keys", "offsets", "sizes", "labels", "verdict")
+        }
         self.keys = cat["keys"].astype(str)
         self.offsets, self.sizes = cat["offsets"].astype(np.int64), cat["sizes"].astype(np.int64)
         self.labels, self.verdict = cat["labels"].astype(np.int64), cat["verdict"].astype(np.uint8)
@@ -103,8 +110,10 @@ class SourceReader:
         except OSError as e:
             missing = tar if not tar.exists() else idx
             what = "shard" if missing == tar else "index"
-            raise ShardError(f"{missing}: cannot open {what} ({e.strerror}); check the path or re-pack "
-                             f"{self.directory} with `python -m shards pack`") from None
+            raise ShardError(
+                f"{missing}: cannot open {what} ({e.strerror}); check the path or re-pack "
+                f"{self.directory} with `python -m shards pack`"
+            ) from None
         raw = int(np.prod(self.manifest.image_size)) * 3 if self.format == "raw" else 0
         return np.concatenate([np.array([CACHE_VERSION, _FORMAT_CODES[self.format], count, raw], np.int64), files])
 
@@ -174,7 +183,7 @@ class SourceReader:
     def bytes_of(self, i: int) -> np.ndarray:
         """The image member of sample ``i`` (a read-only view of the mapped tar)."""
         o = int(self.offsets[i])
-        return self._map(int(self.shard_of[i]))[o:o + int(self.sizes[i])]
+        return self._map(int(self.shard_of[i]))[o : o + int(self.sizes[i])]
 
     def read(self, indices: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """(encoded bytes per sample as uint8 views, int64 labels, bool mask of damaged samples) — the
@@ -187,9 +196,11 @@ class SourceReader:
     def describe(self, i: int, why: str | None = None) -> str:
         """One line naming the shard, the member and the fix."""
         why = why or WHY.get(int(self.verdict[i]), "damaged")
-        return (f"{self.shard_file(i)}: sample {self.keys[i]!s} (member {self.keys[i]!s}.{self.format} at byte "
-                f"{int(self.offsets[i])}) is {why}; re-pack {self.directory} with `python -m shards pack` "
-                f"(or check it with `python -m shards verify`), or pass on_corrupt='skip' to skip such samples")
+        return (
+            f"{self.shard_file(i)}: sample {self.keys[i]!s} (member {self.keys[i]!s}.{self.format} at byte "
+            f"{int(self.offsets[i])}) is {why}; re-pack {self.directory} with `python -m shards pack` "
+            f"(or check it with `python -m shards verify`), or pass on_corrupt='skip' to skip such samples"
+        )
 
     def decodes(self, i: int) -> bool:
         """Whether sample ``i`` passed the checks (used to find the culprit when DALI fails anyway)."""
@@ -211,33 +222,41 @@ def _count_mismatch(tar: Path, idx: Path, indexed: int, count: int, directory: P
     except (OSError, tarfile.TarError):
         in_tar = -1
     if in_tar == count:
-        return (f"{idx}: index lists {indexed} samples, the tar and the manifest {count}: the index is stale; "
-                f"re-create it with `wds2idx {tar} {idx}`")
-    return (f"{tar}: holds {in_tar if in_tar >= 0 else 'an unreadable number of'} samples, its index {indexed}, "
-            f"the manifest {count}; re-pack {directory} with `python -m shards pack`")
+        return (
+            f"{idx}: index lists {indexed} samples, the tar and the manifest {count}: the index is stale; "
+            f"re-create it with `wds2idx {tar} {idx}`"
+        )
+    return (
+        f"{tar}: holds {in_tar if in_tar >= 0 else 'an unreadable number of'} samples, its index {indexed}, "
+        f"the manifest {count}; re-pack {directory} with `python -m shards pack`"
+    )
 
 
-def _check_names(m: np.ndarray, keys: np.ndarray, off: np.ndarray, fmt: str, tar: Path, idx: Path,
-                 ok: np.ndarray) -> None:
+def _check_names(
+    m: np.ndarray, keys: np.ndarray, off: np.ndarray, fmt: str, tar: Path, idx: Path, ok: np.ndarray
+) -> None:
     """The USTAR header before the first and the last sample's image must name that member; if not, the
     index belongs to another tar (the index is the stale part)."""
     rows = np.flatnonzero(ok)
-    for i in (rows[:1].tolist() + rows[-1:].tolist()):
+    for i in rows[:1].tolist() + rows[-1:].tolist():
         o = int(off[i])
         if o < BLOCK or o % BLOCK:
             name = None
         else:
-            head = m[o - BLOCK:o].tobytes()
+            head = m[o - BLOCK : o].tobytes()
             name = head[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
             prefix = head[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
             name = f"{prefix}/{name}" if prefix else name
         want = f"{keys[i]}.{fmt}"
-        if name is not None and (name.removeprefix("./") == want.removeprefix("./")
-                                 or (len(name) >= 99 and want.startswith(name[:99]))):  # GNU/pax long names
+        if name is not None and (
+            name.removeprefix("./") == want.removeprefix("./") or (len(name) >= 99 and want.startswith(name[:99]))
+        ):  # GNU/pax long names
             continue
         if name != want:
-            raise ShardError(f"{idx}: index does not match {tar} (at byte {o} the tar holds {name!r}, the index says "
-                             f"{want!r}); re-create the index with `wds2idx {tar} {idx}`")
+            raise ShardError(
+                f"{idx}: index does not match {tar} (at byte {o} the tar holds {name!r}, the index says "
+                f"{want!r}); re-create the index with `wds2idx {tar} {idx}`"
+            )
 
 
 def _parse_labels(m: np.ndarray, off: np.ndarray, size: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +280,7 @@ def _parse_labels(m: np.ndarray, off: np.ndarray, size: np.ndarray, ok: np.ndarr
     for r in rows[~simple].tolist():  # anything unusual (whitespace, long numbers): Python's int()
         o = int(off[r])
         try:
-            labels[r] = int(m[o:o + int(size[r])].tobytes())
+            labels[r] = int(m[o : o + int(size[r])].tobytes())
         except ValueError:
             bad[r] = True
     return labels, bad
@@ -325,12 +344,12 @@ def _png_chunks_ok(b: bytes) -> bool:
         if pos + 12 > n:
             return False
         (length,) = struct.unpack_from(">I", b, pos)
-        kind = b[pos + 4:pos + 8]
+        kind = b[pos + 4 : pos + 8]
         if length > n - pos - 12 or (first and kind != b"IHDR"):
             return False
         first = False
         (crc,) = struct.unpack_from(">I", b, pos + 8 + length)
-        if zlib.crc32(b[pos + 4:pos + 8 + length]) & 0xFFFFFFFF != crc:
+        if zlib.crc32(b[pos + 4 : pos + 8 + length]) & 0xFFFFFFFF != crc:
             return False
         pos += 12 + length
         if kind == b"IEND":
@@ -342,12 +361,13 @@ def _check_chunk(tar: str, fmt: str, offsets: np.ndarray, sizes: np.ndarray) -> 
     m = _map(Path(tar))
     out = np.empty(len(offsets), np.uint8)
     for j, (o, n) in enumerate(zip(offsets.tolist(), sizes.tolist())):
-        out[j] = check_bytes(m[o:o + n].tobytes(), fmt)
+        out[j] = check_bytes(m[o : o + n].tobytes(), fmt)
     return out
 
 
-def check_members(jobs: list[tuple[str, np.ndarray, np.ndarray]], fmt: str, workers: int | None = None,
-                  chunk: int = 4096) -> list[np.ndarray]:
+def check_members(
+    jobs: list[tuple[str, np.ndarray, np.ndarray]], fmt: str, workers: int | None = None, chunk: int = 4096
+) -> list[np.ndarray]:
     """Verdicts for ``jobs`` = [(tar path, data offsets, sizes)], in worker processes when there are many
     samples and more than one core (forked where possible, as ``shards verify`` does: the workers touch
     only numpy, PIL and the mapped tars, never CUDA or DALI; spawned elsewhere)."""
@@ -355,7 +375,7 @@ def check_members(jobs: list[tuple[str, np.ndarray, np.ndarray]], fmt: str, work
     total = sum(len(off) for _, off, _ in jobs)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = min(workers or cores, len(pieces))
-    args = [(jobs[j][0], fmt, jobs[j][1][a:a + chunk], jobs[j][2][a:a + chunk]) for j, a in pieces]
+    args = [(jobs[j][0], fmt, jobs[j][1][a : a + chunk], jobs[j][2][a : a + chunk]) for j, a in pieces]
     results = None
     if workers > 1 and total >= 2 * chunk:
         try:
@@ -371,7 +391,7 @@ def check_members(jobs: list[tuple[str, np.ndarray, np.ndarray]], fmt: str, work
         results = [_check_chunk(*a) for a in args]
     out = [np.empty(len(off), np.uint8) for _, off, _ in jobs]
     for (j, a), r in zip(pieces, results):
-        out[j][a:a + len(r)] = r
+        out[j][a : a + len(r)] = r
     return out
 
 
@@ -418,7 +438,9 @@ class Region:
             starts.append(pos)
             pos += -(-max(size, 1) // page) * page
         total = max(pos, page)
-        base = mmap_fn(None, total, self._PROT_NONE, self._MAP_PRIVATE | self._MAP_ANONYMOUS | self._MAP_NORESERVE, -1, 0)
+        base = mmap_fn(
+            None, total, self._PROT_NONE, self._MAP_PRIVATE | self._MAP_ANONYMOUS | self._MAP_NORESERVE, -1, 0
+        )
         if base is None or base == ctypes.c_void_p(-1).value:
             raise OSError(ctypes.get_errno(), "cannot reserve address space for the shards")
         buf = (ctypes.c_uint8 * total).from_address(base)

@@ -14,10 +14,12 @@ overrides meet, shared by ``train.py``, ``python -m loaders audit`` and ``python
 With no flag at all, a mixture holding generated data trains with the release's AdaInf recipe: real
 weight 10, generated 1, the family's AdaInf preset.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from shards.errors import ConfigError
 
@@ -59,9 +61,13 @@ class Recipe:
         return self.mixture.expected_epoch_size
 
     def to_dict(self) -> dict:
-        return {"mixture": self.mixture.describe(), "aug_preset": self.aug_name,
-                "aug_overrides": dict(self.aug_overrides), "aug": self.aug.to_dict(),
-                "inflation": self.decision.to_dict()}
+        return {
+            "mixture": self.mixture.describe(),
+            "aug_preset": self.aug_name,
+            "aug_overrides": dict(self.aug_overrides),
+            "aug": self.aug.to_dict(),
+            "inflation": self.decision.to_dict(),
+        }
 
     def describe(self) -> str:
         text = self.decision.describe()
@@ -71,8 +77,15 @@ class Recipe:
         return text
 
 
-def resolve_recipe(mixture: Mixture, *, family: str, inflation: str | None = DEFAULT_MODE, aug: str = "auto",
-                   overrides: Mapping[str, Any] | None = None, size: int | None = None) -> Recipe:
+def resolve_recipe(
+    mixture: Mixture,
+    *,
+    family: str,
+    inflation: str | None = DEFAULT_MODE,
+    aug: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+    size: int | None = None,
+) -> Recipe:
     """The run's mixture and augmentation; ValueError (one line) for an unknown choice.
 
     ``family``: a ``loaders.augment.FAMILIES`` name. ``inflation``: a policy mode (``None`` = the default,

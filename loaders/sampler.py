@@ -53,10 +53,11 @@ Memory bound
     checks against half the machine's *total* memory only (what could never fit), so a run whose
     mixture passed at the start never fails at a later epoch because memory became tighter.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -75,7 +76,7 @@ class EpochPlan:
     def __len__(self) -> int:
         return int(self.source.shape[0])
 
-    def for_rank(self, rank: int, world_size: int) -> "EpochPlan":
+    def for_rank(self, rank: int, world_size: int) -> EpochPlan:
         """Rank ``rank``'s contiguous, equal-length part; the last ``len % world_size`` positions are dropped."""
         if world_size < 1 or not 0 <= rank < world_size:
             raise ShardError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
@@ -83,7 +84,7 @@ class EpochPlan:
         sl = slice(rank * q, (rank + 1) * q)
         return EpochPlan(self.source[sl], self.index[sl], self.seed, self.epoch)
 
-    def batch(self, step: int, batch_size: int) -> "EpochPlan":
+    def batch(self, step: int, batch_size: int) -> EpochPlan:
         """Positions ``[step·B, (step+1)·B)`` (shorter at the end)."""
         sl = slice(step * batch_size, (step + 1) * batch_size)
         return EpochPlan(self.source[sl], self.index[sl], self.seed, self.epoch)
@@ -131,17 +132,21 @@ def check_epoch_size(counts, weights, names: Sequence[str] | None = None, availa
     if not np.isfinite(total):
         finite = np.isfinite(planned)
         i = int(np.argmin(finite)) if not finite.all() else int(np.argmax(planned))
-        raise ShardError(f"{names[i]}: weight {w[i]:g} × {int(n[i]):,} samples overflows the epoch size; "
-                         "a weight is how many times each sample appears per epoch (e.g. 10)")
+        raise ShardError(
+            f"{names[i]}: weight {w[i]:g} × {int(n[i]):,} samples overflows the epoch size; "
+            "a weight is how many times each sample appears per epoch (e.g. 10)"
+        )
     if available_bytes is None:
         available_bytes = _memory("available")
     limit = max_epoch_samples(available_bytes)
     if total > limit:
         i = int(np.argmax(planned))
         share = f"{PLAN_MEMORY_SHARE:.0%} of {_gib(available_bytes)} of memory"
-        raise ShardError(f"{names[i]}: weight {w[i]:g} × {int(n[i]):,} samples makes an epoch of {total:,.0f} samples; "
-                         f"at most {limit:,} can be planned here ({PLAN_BYTES_PER_SAMPLE} B each in {share}); "
-                         "lower the weight (it is how many times each sample appears per epoch, e.g. 10)")
+        raise ShardError(
+            f"{names[i]}: weight {w[i]:g} × {int(n[i]):,} samples makes an epoch of {total:,.0f} samples; "
+            f"at most {limit:,} can be planned here ({PLAN_BYTES_PER_SAMPLE} B each in {share}); "
+            "lower the weight (it is how many times each sample appears per epoch, e.g. 10)"
+        )
     return total
 
 

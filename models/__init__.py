@@ -7,6 +7,7 @@ engine (``models.engine``, the only part of ``models`` that knows ``loaders``) d
     opt = build_optimizer(method, batch_size=512)          # lr, optimizer and wd from method.cfg
     sched = build_scheduler(opt, total_steps, warmup_steps)
 """
+
 from __future__ import annotations
 
 from models.backbone import BACKBONES, build_backbone
@@ -34,5 +35,16 @@ def build_method(name: str, num_classes: int = 10, backbone: str = "resnet18", *
     cfg = make_config(cls.Config, num_classes=num_classes, backbone=backbone, **overrides)
     return cls(cfg)
 
-__all__ = ["BACKBONES", "LARS", "METHODS", "Method", "build_backbone", "build_method", "build_optimizer",
-           "build_scheduler", "method_class", "warmup_cosine"]
+
+__all__ = [
+    "BACKBONES",
+    "LARS",
+    "METHODS",
+    "Method",
+    "build_backbone",
+    "build_method",
+    "build_optimizer",
+    "build_scheduler",
+    "method_class",
+    "warmup_cosine",
+]

@@ -9,11 +9,11 @@ returns pooled features: 512-d for ResNet-18, 2048-d for ResNet-50.
 features, about 1/30 of ResNet-18's FLOPs at 32×32) for CPU demos and tests, where a ResNet-18 cannot
 train in minutes. It is not a paper setting.
 """
+
 from __future__ import annotations
 
 import torch.nn as nn
 import torchvision
-
 
 
 class ConvNet(nn.Module):

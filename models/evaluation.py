@@ -3,10 +3,11 @@
 Accuracies are fractions in [0, 1].  Training features should come from labelled real samples only:
 ``extract_features`` drops samples with label < 0 unless told otherwise.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -23,15 +24,22 @@ def _images_labels(batch) -> tuple[torch.Tensor, torch.Tensor]:
     if images is None and getattr(batch, "views", None) is not None:
         images = batch.views[0]
     if images is None or labels is None:
-        raise TypeError(f"cannot read images and labels from a {type(batch).__name__}; "
-                        "yield (images, labels) pairs or objects with .images (or .views) and .labels")
+        raise TypeError(
+            f"cannot read images and labels from a {type(batch).__name__}; "
+            "yield (images, labels) pairs or objects with .images (or .views) and .labels"
+        )
     return images, labels
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, loader: Iterable, device: torch.device | str = "cpu",
-                     labelled_only: bool = True, autocast_dtype: torch.dtype | None = None,
-                     channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    backbone: nn.Module,
+    loader: Iterable,
+    device: torch.device | str = "cpu",
+    labelled_only: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (N, D) float32 and labels (N,) long, on ``device``, of every batch of ``loader`` with the
     backbone in eval mode (its mode is restored).  ``labelled_only`` drops samples with label < 0."""
     device = torch.device(device)
@@ -61,9 +69,16 @@ def extract_features(backbone: nn.Module, loader: Iterable, device: torch.device
 
 
 @torch.no_grad()
-def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-                 test_labels: torch.Tensor, k: int = 200, T: float = 0.1, num_classes: int | None = None,
-                 chunk_size: int = 256) -> float:
+def knn_accuracy(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 200,
+    T: float = 0.1,
+    num_classes: int | None = None,
+    chunk_size: int = 256,
+) -> float:
     """Weighted kNN (InstDisc / solo-learn): cosine similarity, the k nearest training samples vote for
     their class with weight exp(sim / T); accuracy of the top vote.  Test samples in chunks."""
     if train_feats.shape[0] == 0 or test_feats.shape[0] == 0:
@@ -75,20 +90,29 @@ def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     k = min(k, train.shape[0])
     correct = 0
     for start in range(0, test_feats.shape[0], chunk_size):
-        q = F.normalize(test_feats[start:start + chunk_size].to(train.device).float(), dim=1)
+        q = F.normalize(test_feats[start : start + chunk_size].to(train.device).float(), dim=1)
         sim, idx = (q @ train.T).topk(k, dim=1)
         weights = (sim / T).exp()
         votes = torch.zeros(q.shape[0], num_classes, device=train.device)
         votes.scatter_add_(1, train_labels[idx], weights)
         pred = votes.argmax(dim=1)
-        correct += int((pred == test_labels[start:start + chunk_size].to(train.device)).sum())
+        correct += int((pred == test_labels[start : start + chunk_size].to(train.device)).sum())
     return correct / test_feats.shape[0]
 
 
-def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-                 test_labels: torch.Tensor, epochs: int = 100, lr: float = 0.1, batch_size: int = 512,
-                 weight_decay: float = 0.0, momentum: float = 0.9, num_classes: int | None = None,
-                 seed: int = 0) -> float:
+def linear_probe(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    epochs: int = 100,
+    lr: float = 0.1,
+    batch_size: int = 512,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    num_classes: int | None = None,
+    seed: int = 0,
+) -> float:
     """Offline linear probe on precomputed frozen features: features standardised with the training
     mean/std (a BatchNorm without affine, frozen), one linear layer trained with SGD + cosine lr for
     ``epochs`` epochs of shuffled mini-batches; returns test accuracy."""
@@ -112,7 +136,7 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     for _ in range(epochs):
         order = torch.randperm(x.shape[0], generator=gen).to(device)
         for start in range(0, x.shape[0], batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             loss = F.cross_entropy(layer(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

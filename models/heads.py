@@ -1,4 +1,5 @@
 """Projection and prediction heads (MLPs) used by the methods."""
+
 from __future__ import annotations
 
 import torch.nn as nn

@@ -3,6 +3,7 @@
 They gather across ranks only when ``torch.distributed`` is initialised, through the differentiable
 collectives of ``torch.distributed.nn`` so that gradients flow back to every rank's samples.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,9 +37,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     n_local = z1.shape[0]
     a1, a2 = gather(z1), gather(z2)
     n_all = a1.shape[0]
-    keys = torch.cat([a1, a2])                                  # (2G, D)
-    queries = torch.cat([z1, z2])                               # (2N, D)
-    logits = queries @ keys.T / temperature                     # (2N, 2G)
+    keys = torch.cat([a1, a2])  # (2G, D)
+    queries = torch.cat([z1, z2])  # (2N, D)
+    logits = queries @ keys.T / temperature  # (2N, 2G)
     local = torch.arange(n_local, device=z1.device) + _rank() * n_local
     self_idx = torch.cat([local, local + n_all])
     pos_idx = torch.cat([local + n_all, local])

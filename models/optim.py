@@ -7,6 +7,7 @@ with ``lars=False`` (the online probe, the no-decay group) are plain SGD.  No ho
 
 Learning rates are given per 256 samples and scaled linearly by ``batch_size / 256``.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,13 +18,32 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 class LARS(torch.optim.Optimizer):
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02,
-                 clip_lr: bool = True, exclude_bias_norm: bool = True, eps: float = 1e-8):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.02,
+        clip_lr: bool = True,
+        exclude_bias_norm: bool = True,
+        eps: float = 1e-8,
+    ):
         if lr < 0 or momentum < 0 or weight_decay < 0 or eta <= 0:
-            raise ValueError(f"LARS needs lr >= 0, momentum >= 0, weight_decay >= 0, eta > 0; got "
-                             f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}, eta={eta}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip_lr=clip_lr,
-                        exclude_bias_norm=exclude_bias_norm, eps=eps, lars=True)
+            raise ValueError(
+                f"LARS needs lr >= 0, momentum >= 0, weight_decay >= 0, eta > 0; got "
+                f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}, eta={eta}"
+            )
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            eta=eta,
+            clip_lr=clip_lr,
+            exclude_bias_norm=exclude_bias_norm,
+            eps=eps,
+            lars=True,
+        )
         super().__init__(params, defaults)
 
     @staticmethod
@@ -66,10 +86,18 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(method, name: str | None = None, lr: float | None = None, weight_decay: float | None = None,
-                    batch_size: int = 256, probe_lr: float | None = None, momentum: float | None = None,
-                    eta: float | None = None, clip_lr: bool | None = None,
-                    exclude_bias_norm: bool | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    method,
+    name: str | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    batch_size: int = 256,
+    probe_lr: float | None = None,
+    momentum: float | None = None,
+    eta: float | None = None,
+    clip_lr: bool | None = None,
+    exclude_bias_norm: bool | None = None,
+) -> torch.optim.Optimizer:
     """The method's optimizer with its release defaults (``method.cfg``) unless overridden.
 
     ``lr`` and ``probe_lr`` are per 256 samples and are multiplied by ``batch_size / 256`` (the global
@@ -88,9 +116,15 @@ def build_optimizer(method, name: str | None = None, lr: float | None = None, we
         g["lr"] = probe_lr if g["probe"] else lr
         g.setdefault("weight_decay", wd)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, weight_decay=wd,
-                    eta=cfg.lars_eta if eta is None else eta,
-                    clip_lr=cfg.lars_clip_lr if clip_lr is None else clip_lr, exclude_bias_norm=exclude)
+        return LARS(
+            groups,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=wd,
+            eta=cfg.lars_eta if eta is None else eta,
+            clip_lr=cfg.lars_clip_lr if clip_lr is None else clip_lr,
+            exclude_bias_norm=exclude,
+        )
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=wd)
     raise ValueError(f"unknown optimizer {name!r}; choose one of: lars, sgd")
@@ -119,8 +153,9 @@ class WarmupCosine:
         return warmup_cosine(step, self.total, self.warmup, 1.0, self.final_ratio)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                    final_lr_ratio: float = 0.0) -> LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, final_lr_ratio: float = 0.0
+) -> LambdaLR:
     """A ``LambdaLR`` applying the warm-up + cosine factor to every group's lr (probe included, as in
     solo-learn).  Call ``scheduler.step()`` after each ``optimizer.step()``; its state_dict resumes it."""
     if total_steps <= 0 or warmup_steps < 0:

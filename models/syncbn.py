@@ -9,6 +9,7 @@ the input, the running statistics get the unbiased variance, as ``torch.nn.SyncB
 Each rank contributes (count, mean, M2) through one differentiable all-gather, combined as a parallel
 variance, so gradients flow back to every rank's samples.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,7 +39,7 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         # variance (what torch.nn.SyncBatchNorm's batch_norm_gather_stats_with_counts does), which keeps
         # float32 precise when a rank's mean is far from zero
         parts = torch.stack(torch.distributed.nn.all_gather(torch.cat([count, local_mean, local_m2])))
-        counts, means, m2s = parts[:, :1], parts[:, 1:c + 1], parts[:, c + 1:]
+        counts, means, m2s = parts[:, :1], parts[:, 1 : c + 1], parts[:, c + 1 :]
         n = counts.sum()
         mean = (counts * means).sum(0) / n
         var = ((m2s + counts * (means - mean) ** 2).sum(0) / n).clamp(min=0)
@@ -65,8 +66,9 @@ def convert_sync_batchnorm(module: nn.Module, cuda: bool) -> nn.Module:
 def _convert_cpu(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CpuSyncBatchNorm):
-        out = CpuSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats)
+        out = CpuSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         if module.affine:
             with torch.no_grad():
                 out.weight = module.weight
@@ -77,4 +79,3 @@ def _convert_cpu(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         out.add_module(name, _convert_cpu(child))
     return out
-

@@ -1,4 +1,5 @@
 """``python -m shards pack|verify|info|demo``."""
+
 from __future__ import annotations
 
 import shlex
@@ -42,36 +43,112 @@ def main():
 
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder for NAME-00000.tar …, *.idx, manifest.json.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output folder for NAME-00000.tar …, *.idx, manifest.json.",
+)
 @click.option("--kind", type=click.Choice(["real", "generated"]), default="real", show_default=True)
 @click.option("--name", default="", help="Source name (tar prefix, manifest name). Default: the --out folder's name.")
-@click.option("--split", default="train", show_default=True, help="Split recorded in the manifest; also picks CIFAR train/test batches.")
+@click.option(
+    "--split",
+    default="train",
+    show_default=True,
+    help="Split recorded in the manifest; also picks CIFAR train/test batches.",
+)
 @click.option("--subdir", default="", help="Folder inside SRC (or inside the archive) to pack, e.g. cifar10/train.")
-@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True, help="Force ImageFolder (labels from folders), flat (unlabelled) or webdataset (KEY.jpg + KEY.cls labels).")
-@click.option("--format", "fmt", type=click.Choice(PACK_FORMATS), default="auto", show_default=True,
-              help="auto never loses information: JPEG or PNG inputs pass through unchanged (a JPEG/PNG mix is "
-                   "stored as PNG), arrays become raw pixels (≤ 64×64) or PNG. jpg re-encodes non-JPEG inputs "
-                   "lossily (a warning says so); raw = uint8 HWC pixels, no decode cost.")
-@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality, when JPEG-encoding.")
+@click.option(
+    "--layout",
+    type=click.Choice(LAYOUTS),
+    default="auto",
+    show_default=True,
+    help="Force ImageFolder (labels from folders), flat (unlabelled) or webdataset (KEY.jpg + KEY.cls labels).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(PACK_FORMATS),
+    default="auto",
+    show_default=True,
+    help="auto never loses information: JPEG or PNG inputs pass through unchanged (a JPEG/PNG mix is "
+    "stored as PNG), arrays become raw pixels (≤ 64×64) or PNG. jpg re-encodes non-JPEG inputs "
+    "lossily (a warning says so); raw = uint8 HWC pixels, no decode cost.",
+)
+@click.option(
+    "--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality, when JPEG-encoding."
+)
 @click.option("--shard-size", type=click.IntRange(min=1), default=10000, show_default=True, help="Samples per tar.")
-@click.option("--shuffle-seed", type=int, default=None, help="Pack in a seeded shuffled order (well-mixed shards); --limit/--per-class then take a random subset.")
+@click.option(
+    "--shuffle-seed",
+    type=int,
+    default=None,
+    help="Pack in a seeded shuffled order (well-mixed shards); --limit/--per-class then take a random subset.",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Pack at most N images.")
-@click.option("--per-class", type=click.IntRange(min=1), default=None, help="At most N images per class (data-scarce CIFAR-10: 500).")
+@click.option(
+    "--per-class",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most N images per class (data-scarce CIFAR-10: 500).",
+)
 @click.option("--keep-labels", is_flag=True, help="Keep labels of a --kind generated source (default: -1).")
 @click.option("--fid", type=float, default=None, help="FID of a generated set, stored for the weighting policy.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Encoding processes (0 = one per core).")
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Encoding processes (0 = one per core)."
+)
 @click.option("--strict", is_flag=True, help="Fail on any unreadable / empty / non-image input instead of skipping it.")
-@click.option("--overwrite", is_flag=True, help="Replace the shard set in --out (its manifest's files only, once the new set is complete).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the shard set in --out (its manifest's files only, once the new set is complete).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_clean_errors
-def pack(src, out, kind, name, split, subdir, layout, fmt, quality, shard_size, shuffle_seed, limit, per_class,
-         keep_labels, fid, workers, strict, overwrite, quiet):
+def pack(
+    src,
+    out,
+    kind,
+    name,
+    split,
+    subdir,
+    layout,
+    fmt,
+    quality,
+    shard_size,
+    shuffle_seed,
+    limit,
+    per_class,
+    keep_labels,
+    fid,
+    workers,
+    strict,
+    overwrite,
+    quiet,
+):
     """Pack SRC (ImageFolder tree, folder of images, CIFAR pickles, .npz/.npy, or a .tar/.tar.gz of one) into shards."""
-    from .pack import PackConfig, pack as run_pack
+    from .pack import PackConfig
+    from .pack import pack as run_pack
 
-    cfg = PackConfig(out=out, name=name, kind=kind, split=split, format=fmt, quality=quality, shard_size=shard_size,
-                     shuffle_seed=shuffle_seed, limit=limit, per_class=per_class, keep_labels=keep_labels, fid=fid,
-                     workers=workers, strict=strict, overwrite=overwrite, progress=not quiet, command=_command_line())
+    cfg = PackConfig(
+        out=out,
+        name=name,
+        kind=kind,
+        split=split,
+        format=fmt,
+        quality=quality,
+        shard_size=shard_size,
+        shuffle_seed=shuffle_seed,
+        limit=limit,
+        per_class=per_class,
+        keep_labels=keep_labels,
+        fid=fid,
+        workers=workers,
+        strict=strict,
+        overwrite=overwrite,
+        progress=not quiet,
+        command=_command_line(),
+    )
     with _sigterm_interrupts():
         result = run_pack(src, cfg, subdir=subdir, layout=layout)
     click.echo(result.summary())
@@ -83,6 +160,7 @@ def pack(src, out, kind, name, split, subdir, layout, fmt, quality, shard_size, 
 @contextmanager
 def _sigterm_interrupts():
     """SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so pack removes its temporary folder."""
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
@@ -116,7 +194,9 @@ def verify(dirs, workers, no_decode):
             from .manifest import Manifest
 
             m = Manifest.load(d)
-            click.echo(f"{d}: OK ({m.count} samples in {len(m.shards)} shard(s){'' if no_decode else ', every image decoded'})")
+            click.echo(
+                f"{d}: OK ({m.count} samples in {len(m.shards)} shard(s){'' if no_decode else ', every image decoded'})"
+            )
     if bad:
         click.echo(f"{bad} of {len(dirs)} shard set(s) have problems", err=True)
         sys.exit(1)
@@ -145,7 +225,17 @@ def demo(out, size, seed, fmt, workers, overwrite):
     from .demo import SIZES, make_demo
 
     n_real, n_gen, n_test = SIZES[size]
-    sets = make_demo(out, n_real=n_real, n_generated=n_gen, n_test=n_test, seed=seed, format=fmt, workers=workers,
-                     overwrite=overwrite, progress=True, command=_command_line())
+    sets = make_demo(
+        out,
+        n_real=n_real,
+        n_generated=n_gen,
+        n_test=n_test,
+        seed=seed,
+        format=fmt,
+        workers=workers,
+        overwrite=overwrite,
+        progress=True,
+        command=_command_line(),
+    )
     for name, r in sets.items():
         click.echo(f"{out / name}: {r.manifest.count} samples, kind {r.manifest.kind}, split {r.manifest.split}")

@@ -6,6 +6,7 @@ pixel noise, so a small convnet learns them but not from one pixel. The "generat
 generator's output: same classes without labels, blurred and with shifted colours. Everything comes
 from one seed, and is packed by the same ``shards.pack`` path users run.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,22 +31,34 @@ def render(labels: np.ndarray, rng: np.random.Generator, size: int = 32) -> np.n
         dx, dy = (xx - cx) / r, (yy - cy) / r
         period = rng.uniform(3.0, 6.0) * size / 32
         phase = rng.uniform(0, period)
-        mask = {
-            0: lambda: dx**2 + dy**2 <= 1,
-            1: lambda: np.maximum(abs(dx), abs(dy)) <= 0.8,
-            2: lambda: (dy <= 0.8) & (dy >= 2 * abs(dx) - 1.0),
-            3: lambda: (dx**2 + dy**2 <= 1) & (dx**2 + dy**2 >= 0.4),
-            4: lambda: (np.minimum(abs(dx), abs(dy)) <= 0.25) & (np.maximum(abs(dx), abs(dy)) <= 1),
-            5: lambda: (np.minimum(abs(dx - dy), abs(dx + dy)) <= 0.35) & (np.maximum(abs(dx), abs(dy)) <= 1),
-            6: lambda: abs(dx) + abs(dy) <= 1,
-            7: lambda: ((yy + phase) % period) < period / 2,
-            8: lambda: ((xx + phase) % period) < period / 2,
-            9: lambda: (((xx + phase) // (period / 1.5) + (yy + phase) // (period / 1.5)) % 2) == 0,
-        }[int(c)]()
+        mask = _shape_mask(int(c), dx, dy, xx, yy, period, phase)
         fg, bg = _colour_pair(rng)
         img = np.where(mask[..., None], fg, bg) + rng.normal(0, 12, (size, size, 3))
         out[i] = np.clip(img, 0, 255).astype(np.uint8)
     return out
+
+
+def _shape_mask(c: int, dx, dy, xx, yy, period: float, phase: float) -> np.ndarray:
+    """The foreground of class ``c``: a shape in units of its radius (``dx``, ``dy``) or a texture."""
+    if c == 0:
+        return dx**2 + dy**2 <= 1
+    if c == 1:
+        return np.maximum(abs(dx), abs(dy)) <= 0.8
+    if c == 2:
+        return (dy <= 0.8) & (dy >= 2 * abs(dx) - 1.0)
+    if c == 3:
+        return (dx**2 + dy**2 <= 1) & (dx**2 + dy**2 >= 0.4)
+    if c == 4:
+        return (np.minimum(abs(dx), abs(dy)) <= 0.25) & (np.maximum(abs(dx), abs(dy)) <= 1)
+    if c == 5:
+        return (np.minimum(abs(dx - dy), abs(dx + dy)) <= 0.35) & (np.maximum(abs(dx), abs(dy)) <= 1)
+    if c == 6:
+        return abs(dx) + abs(dy) <= 1
+    if c == 7:
+        return ((yy + phase) % period) < period / 2
+    if c == 8:
+        return ((xx + phase) % period) < period / 2
+    return (((xx + phase) // (period / 1.5) + (yy + phase) // (period / 1.5)) % 2) == 0
 
 
 def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -75,22 +88,45 @@ def make_arrays(n: int, rng: np.random.Generator, size: int) -> tuple[np.ndarray
     return render(labels, rng, size), labels.astype(np.int64)
 
 
-def make_demo(out: str | Path, n_real: int = 2000, n_generated: int = 4000, n_test: int = 1000, seed: int = 0,
-              image_size: int = 32, format: str = "png", shard_size: int = 1000, workers: int = 1,
-              overwrite: bool = False, progress: bool = False, command: str = "") -> dict:
+def make_demo(
+    out: str | Path,
+    n_real: int = 2000,
+    n_generated: int = 4000,
+    n_test: int = 1000,
+    seed: int = 0,
+    image_size: int = 32,
+    format: str = "png",
+    shard_size: int = 1000,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = False,
+    command: str = "",
+) -> dict:
     """Write OUT/real, OUT/generated, OUT/test; returns {name: PackResult}. Deterministic in ``seed``."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     sets = {}
-    for name, n, kind, split in (("real", n_real, "real", "train"), ("generated", n_generated, "generated", "train"),
-                                 ("test", n_test, "real", "test")):
+    for name, n, kind, split in (
+        ("real", n_real, "real", "train"),
+        ("generated", n_generated, "generated", "train"),
+        ("test", n_test, "real", "test"),
+    ):
         images, labels = make_arrays(n, np.random.default_rng(rng.integers(2**63)), image_size)
         if kind == "generated":
             images = degrade(images, np.random.default_rng(rng.integers(2**63)))
         detected = f"demo generator ({name}: {n} images {image_size}×{image_size}, seed {seed})"
         src = ArraySource(detected, labels, CLASSES, images=images, origin_prefix=f"demo-{name}")
-        cfg = PackConfig(out=out / name, name=f"demo-{name}", kind=kind, split=split, format=format,
-                         shard_size=shard_size, workers=workers, overwrite=overwrite, progress=progress,
-                         command=command or f"shards.demo.make_demo(seed={seed})")
+        cfg = PackConfig(
+            out=out / name,
+            name=f"demo-{name}",
+            kind=kind,
+            split=split,
+            format=format,
+            shard_size=shard_size,
+            workers=workers,
+            overwrite=overwrite,
+            progress=progress,
+            command=command or f"shards.demo.make_demo(seed={seed})",
+        )
         sets[name] = pack(src, cfg)
     return sets

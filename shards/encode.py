@@ -11,6 +11,7 @@ Each result is ``(data, (H, W), how, source_format)``:
 
 or ``(None, None, reason, None)`` for an input that cannot be packed (unreadable, empty, not an image).
 """
+
 from __future__ import annotations
 
 import io

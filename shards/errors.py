@@ -5,6 +5,7 @@ Every command-line entry point (``train.py``, ``python -m shards``, ``python -m 
 status; anything else is a programming error and keeps its traceback. They live in the lowest package
 (``shards``) so that every other package can raise them.
 """
+
 from __future__ import annotations
 
 

@@ -12,6 +12,7 @@ time of the index and its tar, so an edited, re-packed or re-indexed shard is pa
 read-only shard folder falls back to a per-user cache folder, and a cache that cannot be written
 is simply not written: caching never turns into an error.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,7 +55,9 @@ def read_index(path: str | Path) -> ShardIndex:
     try:
         text = path.read_text()
     except OSError as e:
-        raise ShardError(f"{path}: cannot read index ({e.strerror}); re-create it with `python -m shards pack` or `wds2idx`") from None
+        raise ShardError(
+            f"{path}: cannot read index ({e.strerror}); re-create it with `python -m shards pack` or `wds2idx`"
+        ) from None
     head, _, body_text = text.partition("\n")
     if not head.strip():
         raise ShardError(f"{path}: empty index file; re-create it with `wds2idx`")
@@ -93,8 +96,7 @@ def _parse_uniform(body: str, n: int) -> ShardIndex | None:
     names, suffix = tokens[3::width], "." + exts[0]
     if not all(name.endswith(suffix) for name in names):
         return None
-    return ShardIndex(keys=np.array([name[: -len(suffix)] for name in names], dtype=str), offsets=offsets,
-                      sizes=sizes)
+    return ShardIndex(keys=np.array([name[: -len(suffix)] for name in names], dtype=str), offsets=offsets, sizes=sizes)
 
 
 def _parse_lines(path: Path, body: list[str]) -> ShardIndex:
@@ -140,8 +142,10 @@ def cache_paths(index_path: str | Path) -> list[Path]:
     index_path = Path(index_path).absolute()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     digest = hashlib.sha256(str(index_path).encode()).hexdigest()[:32]
-    return [index_path.parent / f".{index_path.name}.loader-cache.npz",
-            Path(base) / "adainf-loader" / "index" / f"{digest}.npz"]
+    return [
+        index_path.parent / f".{index_path.name}.loader-cache.npz",
+        Path(base) / "adainf-loader" / "index" / f"{digest}.npz",
+    ]
 
 
 def load_cache(index_path: str | Path, stamp: np.ndarray) -> dict[str, np.ndarray] | None:

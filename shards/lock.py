@@ -26,6 +26,7 @@ Processes forked while the lock is held inherit the ``flock`` (it belongs to the
 the process); a fork that may outlive the holder (a worker pool) should call ``os.close`` on
 :attr:`OutputLock.fd` first (see ``shards.pack``), so an orphaned worker cannot keep the lock.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -83,7 +84,7 @@ class OutputLock:
     def held(self) -> bool:
         return self.fd is not None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         """Take the lock or raise :class:`LockHeld` (one line); OSErrors (e.g. a read-only folder) pass."""
         if self.fd is not None:
             raise ShardError(f"{self.directory}: lock already held by this OutputLock")
@@ -108,7 +109,9 @@ class OutputLock:
             verdict = self._judge(holder)
             if verdict != "stale":
                 os.close(fd)
-                raise self._held(holder, f"if nothing runs there any more, remove {self.path}" if verdict == "elsewhere" else "")
+                raise self._held(
+                    holder, f"if nothing runs there any more, remove {self.path}" if verdict == "elsewhere" else ""
+                )
             self._write_holder(fd)  # take it over: it is ours now (we hold its flock)
             self.fd = fd
             return self
@@ -138,7 +141,7 @@ class OutputLock:
         finally:
             os.close(fd)
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -165,16 +168,21 @@ class OutputLock:
             return None
 
     def _write_holder(self, fd: int) -> None:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "start_time": _start_time(os.getpid()),
-              "what": self.what, "command": self.command,
-              "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "start_time": _start_time(os.getpid()),
+            "what": self.what,
+            "command": self.command,
+            "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
         data = (json.dumps(me) + "\n").encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)
         os.fsync(fd)
 
     def _judge(self, holder: dict) -> str:
-        """"stale", "live" or "elsewhere" (another host: cannot be checked from here).
+        """ "stale", "live" or "elsewhere" (another host: cannot be checked from here).
 
         Called only once we hold the flock, so no holder that keeps its flock remains; the pid check
         also covers filesystems without flock and holders that did not flock."""

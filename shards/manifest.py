@@ -26,6 +26,7 @@ alternate), so the folder holds a complete set at every instant.
      "lossy_reencoded": 0,                 # of all samples, those whose pixels changed (a JPEG encode)
      "quality": null}                      # JPEG quality when anything was JPEG-encoded
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -90,7 +91,7 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "manifest") -> "Manifest":
+    def from_dict(cls, d: dict, where: str = "manifest") -> Manifest:
         try:
             shards = tuple(ShardInfo(**s) for s in d["shards"])
             size = d.get("image_size")
@@ -112,7 +113,9 @@ class Manifest:
                 encoding=_encoding(d.get("encoding")),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise ShardError(f"{where}: malformed manifest ({e!r}); re-create it with `python -m shards pack`") from None
+            raise ShardError(
+                f"{where}: malformed manifest ({e!r}); re-create it with `python -m shards pack`"
+            ) from None
         if m.kind not in KINDS:
             raise ShardError(f"{where}: kind {m.kind!r} is not one of {KINDS}; re-pack with --kind real|generated")
         if m.format not in FORMATS:
@@ -120,9 +123,14 @@ class Manifest:
         for f in sorted(m.files):
             parts = Path(f).parts
             if not parts or Path(f).is_absolute() or ".." in parts:
-                raise ShardError(f"{where}: shard file {f!r} lies outside the shard folder; re-create the manifest with `python -m shards pack`")
+                raise ShardError(
+                    f"{where}: shard file {f!r} lies outside the shard folder; "
+                    "re-create the manifest with `python -m shards pack`"
+                )
         if sum(s.count for s in m.shards) != m.count:
-            raise ShardError(f"{where}: shard counts add up to {sum(s.count for s in m.shards)}, manifest says {m.count}")
+            raise ShardError(
+                f"{where}: shard counts add up to {sum(s.count for s in m.shards)}, manifest says {m.count}"
+            )
         return m
 
     @property
@@ -131,14 +139,17 @@ class Manifest:
         return {s.file for s in self.shards} | {s.index for s in self.shards}
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "Manifest":
+    def load(cls, directory: str | os.PathLike) -> Manifest:
         """Read DIR/manifest.json; a missing or broken one is a ShardError naming the path and the fix."""
         directory = Path(directory)
         path = directory / MANIFEST_NAME
         if not directory.exists():
             raise ShardError(f"{directory}: no such directory; give a directory written by `python -m shards pack`")
         if not path.is_file():
-            raise ShardError(f"{directory}: no {MANIFEST_NAME} here; pack images into it with `python -m shards pack SRC --out {directory}`")
+            raise ShardError(
+                f"{directory}: no {MANIFEST_NAME} here; "
+                f"pack images into it with `python -m shards pack SRC --out {directory}`"
+            )
         try:
             d = json.loads(path.read_text())
         except (OSError, ValueError) as e:

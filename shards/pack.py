@@ -22,6 +22,7 @@ What ``--out`` may hold, and what pack touches (git refuses to clobber untracked
 Every ``OSError`` (permission denied, read-only disk, disk full, a file where a folder should be)
 becomes one line naming the path and what to do, and leaves ``--out`` as it was.
 """
+
 from __future__ import annotations
 
 import errno
@@ -99,7 +100,9 @@ class PackResult:
             f"name {m.name!r}, kind {m.kind}, split {m.split}, {self.seconds:.1f} s ({rate:,.0f} images/s)",
         ]
         if m.classes:
-            lines.append(f"classes: {len(m.classes)} ({', '.join(m.classes[:10])}{', …' if len(m.classes) > 10 else ''})")
+            lines.append(
+                f"classes: {len(m.classes)} ({', '.join(m.classes[:10])}{', …' if len(m.classes) > 10 else ''})"
+            )
         lines.append(f"skipped: {len(self.skipped)}")
         for s in self.skipped[:20]:
             lines.append(f"  {s['path']}: {s['reason']}")
@@ -108,7 +111,9 @@ class PackResult:
         return "\n".join(lines)
 
 
-def select(labels: np.ndarray, *, shuffle_seed: int | None, limit: int | None, per_class: int | None, where: str) -> np.ndarray:
+def select(
+    labels: np.ndarray, *, shuffle_seed: int | None, limit: int | None, per_class: int | None, where: str
+) -> np.ndarray:
     """Positions to pack, in write order. With a seed the order is a seeded permutation and
     ``--limit`` / ``--per-class`` take a random subset; without one, the first ones in source order."""
     n = len(labels)
@@ -158,16 +163,20 @@ def resolve_format(requested: str, source: Source, order: np.ndarray) -> tuple[s
     if set(formats) == {"png"}:
         return "png", "PNG inputs kept as they are (auto)"
     mix = ", ".join(f"{n} {f}" for f, n in formats.most_common())
-    return "png", (f"the inputs mix formats ({mix}), a set has one: PNG inputs kept as they are, the others "
-                   "stored as PNG with exactly their decoded pixels (auto; --format jpg would keep the JPEGs "
-                   "and re-encode the rest lossily)")
+    return "png", (
+        f"the inputs mix formats ({mix}), a set has one: PNG inputs kept as they are, the others "
+        "stored as PNG with exactly their decoded pixels (auto; --format jpg would keep the JPEGs "
+        "and re-encode the rest lossily)"
+    )
 
 
 def pack(src: str | os.PathLike | Source, cfg: PackConfig, *, subdir: str = "", layout: str = "auto") -> PackResult:
     """Pack ``src`` (a path, or an already opened Source) as described by ``cfg``."""
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    name = check_name(cfg.name, "--name") if cfg.name else check_name(out.resolve().name, f"--out {out}: its folder name")
+    name = (
+        check_name(cfg.name, "--name") if cfg.name else check_name(out.resolve().name, f"--out {out}: its folder name")
+    )
     if cfg.kind not in ("real", "generated"):
         raise ShardError(f"--kind {cfg.kind!r}: use real or generated")
     if cfg.format not in PACK_FORMATS:
@@ -182,8 +191,9 @@ def pack(src: str | os.PathLike | Source, cfg: PackConfig, *, subdir: str = "", 
                 source, order, skipped, drop_labels = _open_and_select(src, cfg, subdir, layout)
                 fmt, note = resolve_format(cfg.format, source, order)
                 where = source.detected if isinstance(src, Source) else str(src)
-                manifest, how, warnings, per_label = _write_and_install(source, order, fmt, name, skipped, drop_labels,
-                                                                        old, lock, cfg, where)
+                manifest, how, warnings, per_label = _write_and_install(
+                    source, order, fmt, name, skipped, drop_labels, old, lock, cfg, where
+                )
         finally:
             for d in created:  # folders this pack made, if it leaves them empty
                 try:
@@ -199,20 +209,40 @@ def pack(src: str | os.PathLike | Source, cfg: PackConfig, *, subdir: str = "", 
 def _open_and_select(src, cfg: PackConfig, subdir: str, layout: str) -> tuple[Source, np.ndarray, list, bool]:
     drop_labels = cfg.kind == "generated" and not cfg.keep_labels
     # the first --limit images, unlabelled anyway: an archive need not be listed to its end
-    early = cfg.limit if cfg.shuffle_seed is None and cfg.per_class is None and (drop_labels or layout == "flat") else None
-    source = src if isinstance(src, Source) else open_source(src, subdir=subdir, split=cfg.split, layout=layout, stop_after=early)
+    early = (
+        cfg.limit if cfg.shuffle_seed is None and cfg.per_class is None and (drop_labels or layout == "flat") else None
+    )
+    source = (
+        src
+        if isinstance(src, Source)
+        else open_source(src, subdir=subdir, split=cfg.split, layout=layout, stop_after=early)
+    )
     skipped = list(source.skipped)
     if cfg.strict and skipped:
-        raise ShardError(f"{skipped[0]['path']}: {skipped[0]['reason']} ({len(skipped)} such files; --strict refuses them, drop --strict to skip them)")
-    order = select(source.labels, shuffle_seed=cfg.shuffle_seed, limit=cfg.limit, per_class=cfg.per_class, where=source.detected)
+        raise ShardError(
+            f"{skipped[0]['path']}: {skipped[0]['reason']} ({len(skipped)} such files; "
+            "--strict refuses them, drop --strict to skip them)"
+        )
+    order = select(
+        source.labels, shuffle_seed=cfg.shuffle_seed, limit=cfg.limit, per_class=cfg.per_class, where=source.detected
+    )
     if len(order) == 0:
         raise ShardError(f"{src}: nothing to pack; check the source, --limit and --per-class")
     return source, order, skipped, drop_labels
 
 
-def _write_and_install(source: Source, order: np.ndarray, fmt: str, name: str, skipped: list, drop_labels: bool,
-                       old: Manifest | None, lock: OutputLock, cfg: PackConfig,
-                       where: str) -> tuple[Manifest, Counter, list[str], Counter]:
+def _write_and_install(
+    source: Source,
+    order: np.ndarray,
+    fmt: str,
+    name: str,
+    skipped: list,
+    drop_labels: bool,
+    old: Manifest | None,
+    lock: OutputLock,
+    cfg: PackConfig,
+    where: str,
+) -> tuple[Manifest, Counter, list[str], Counter]:
     """Encode and write into a temporary folder, then install; returns the manifest, the "how" counts,
     warnings, and the written samples per *source* label (for --per-class, even when labels are dropped)."""
     out = lock.directory
@@ -227,17 +257,38 @@ def _write_and_install(source: Source, order: np.ndarray, fmt: str, name: str, s
     per_label: Counter = Counter()
     warnings: list[str] = []
     try:
-        writer = ShardSetWriter(tmp, name, kind=cfg.kind, format=fmt, split=cfg.split, shard_size=cfg.shard_size,
-                                classes=classes, fid=cfg.fid, command=cfg.command, stem=stem)
-        with writer, tqdm(total=len(order), unit="img", desc=f"pack {name}", disable=not cfg.progress,
-                          file=sys.stderr, mininterval=0.5) as bar:
+        writer = ShardSetWriter(
+            tmp,
+            name,
+            kind=cfg.kind,
+            format=fmt,
+            split=cfg.split,
+            shard_size=cfg.shard_size,
+            classes=classes,
+            fid=cfg.fid,
+            command=cfg.command,
+            stem=stem,
+        )
+        with (
+            writer,
+            tqdm(
+                total=len(order),
+                unit="img",
+                desc=f"pack {name}",
+                disable=not cfg.progress,
+                file=sys.stderr,
+                mininterval=0.5,
+            ) as bar,
+        ):
             for batch, results in _encoded(source, order, ecfg, cfg, lock.fd):
                 for pos, (data, size, info, src_fmt) in zip(batch.positions, results):
                     pos = int(pos)
                     if data is None:
                         item = {"path": source.origin(pos), "reason": info}
                         if cfg.strict:
-                            raise ShardError(f"{item['path']}: {info} (--strict refuses bad inputs; drop --strict to skip them)")
+                            raise ShardError(
+                                f"{item['path']}: {info} (--strict refuses bad inputs; drop --strict to skip them)"
+                            )
                         skipped.append(item)
                         continue
                     label = -1 if drop_labels else int(source.labels[pos])
@@ -248,8 +299,10 @@ def _write_and_install(source: Source, order: np.ndarray, fmt: str, name: str, s
                 bar.update(len(batch.positions))
             writer.skipped = list(skipped)
             if not how:
-                raise ShardError(f"{where}: none of the {len(order)} selected inputs could be packed "
-                                 f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
+                raise ShardError(
+                    f"{where}: none of the {len(order)} selected inputs could be packed "
+                    f"(first: {skipped[0]['path']}: {skipped[0]['reason']})"
+                )
             writer.encoding = encoding_record(fmt, formats, how, cfg)
         manifest = writer.manifest
         warnings += _lossy_warning(manifest, formats, cfg)
@@ -278,10 +331,14 @@ def _lossy_warning(m: Manifest, formats: Counter, cfg: PackConfig) -> list[str]:
     if not lossy:
         return []
     inputs = ", ".join(f"{f} {n}" for f, n in formats.most_common())
-    fix = ("drop --format jpg (the default, auto, keeps them lossless)" if cfg.format == "jpg"
-           else "check the inputs, or pass --format png to keep them lossless")
-    return [f"warning: {lossy} of {m.count} images were re-encoded lossily as JPEG q{cfg.quality} "
-            f"(inputs: {inputs}); {fix}"]
+    fix = (
+        "drop --format jpg (the default, auto, keeps them lossless)"
+        if cfg.format == "jpg"
+        else "check the inputs, or pass --format png to keep them lossless"
+    )
+    return [
+        f"warning: {lossy} of {m.count} images were re-encoded lossily as JPEG q{cfg.quality} (inputs: {inputs}); {fix}"
+    ]
 
 
 def _per_class_warning(per_class: int | None, source: Source, per_label: Counter) -> list[str]:
@@ -297,11 +354,13 @@ def _per_class_warning(per_class: int | None, source: Source, per_label: Counter
     short = [c for c in present if got[c] < per_class]
     if not short:
         return []
-    cname = (lambda c: source.classes[c] if c < len(source.classes) else str(c))  # noqa: E731
+    cname = lambda c: source.classes[c] if c < len(source.classes) else str(c)  # noqa: E731
     listed = ", ".join(f"{cname(c)} {got[c]}" for c in short[:12]) + (", …" if len(short) > 12 else "")
     others = f"; the others {per_class}" if len(short) < len(present) else ""
-    return [f"warning: --per-class {per_class} not met for {len(short)} of {len(present)} classes (got {listed}{others}); "
-            f"the set is unbalanced"]
+    return [
+        f"warning: --per-class {per_class} not met for {len(short)} of {len(present)} classes (got {listed}{others}); "
+        f"the set is unbalanced"
+    ]
 
 
 def _encoded(source: Source, order: np.ndarray, ecfg: EncodeConfig, cfg: PackConfig, lock_fd: int | None = None):
@@ -385,10 +444,14 @@ def _check_out(out: Path, overwrite: bool) -> Manifest | None:
         try:
             old = Manifest.load(out)
         except ShardError as e:
-            raise ShardError(f"{e}; pack cannot tell which files it owns, so it replaces nothing: "
-                             "move the folder's shards away or choose another --out") from None
+            raise ShardError(
+                f"{e}; pack cannot tell which files it owns, so it replaces nothing: "
+                "move the folder's shards away or choose another --out"
+            ) from None
         if not overwrite:
-            raise ShardError(f"{out}: already holds a shard set; pass --overwrite to replace it or choose another --out")
+            raise ShardError(
+                f"{out}: already holds a shard set; pass --overwrite to replace it or choose another --out"
+            )
     owned = old.files if old else set()
     stray = [p for p in _shard_like(out) if p.name not in owned]
     if stray:
@@ -398,8 +461,10 @@ def _check_out(out: Path, overwrite: bool) -> Manifest | None:
 
 def _unowned_error(out: Path, stray: list[Path]) -> ShardError:
     names = ", ".join(p.name for p in stray[:3]) + (", …" if len(stray) > 3 else "")
-    return ShardError(f"{out}: holds {len(stray)} .tar/.idx file(s) that no manifest.json here lists ({names}); "
-                      "pack replaces only files its own manifest lists: move them away or choose another --out")
+    return ShardError(
+        f"{out}: holds {len(stray)} .tar/.idx file(s) that no manifest.json here lists ({names}); "
+        "pack replaces only files its own manifest lists: move them away or choose another --out"
+    )
 
 
 def _free_stem(out: Path, name: str) -> str:
@@ -429,8 +494,10 @@ def _install(tmp: Path, out: Path, manifest: Manifest, old: Manifest | None) -> 
     _fsync_dir(out)
     left = _remove(out, old_files)
     if left:
-        return [f"warning: could not remove {len(left)} file(s) of the previous set ({left[0]}); "
-                "they are not used, and the next pack into this folder removes them"]
+        return [
+            f"warning: could not remove {len(left)} file(s) of the previous set ({left[0]}); "
+            "they are not used, and the next pack into this folder removes them"
+        ]
     return []
 
 
@@ -524,8 +591,10 @@ def describe_os_error(e: OSError, out: Path) -> str:
             free = f" ({shutil.disk_usage(_existing(out)).free / 2**20:,.0f} MB free)"
         except OSError:
             pass
-        return (f"{out}: no space left on the device{free}; nothing was written: free some space or choose "
-                "a --out on a larger disk")
+        return (
+            f"{out}: no space left on the device{free}; nothing was written: free some space or choose "
+            "a --out on a larger disk"
+        )
     if not inside_out:
         return f"{path}: {e.strerror or e} while reading the source; check that it exists and is readable"
     advice = {
@@ -544,4 +613,3 @@ def _existing(p: Path) -> Path:
     while not p.exists() and p != p.parent:
         p = p.parent
     return p
-

@@ -15,6 +15,7 @@ label; e.g. shards written by this package or by webdataset's ``TarWriter``), CI
 pickles, ``.npz``/``.npy`` arrays (AdaInf release format: key ``image`` N×H×W×3 uint8, optional
 ``label``), and a ``.tar``/``.tar.gz`` holding any of these, read without extracting it to disk.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,9 +25,9 @@ import re
 import tarfile
 import zipfile
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -114,7 +115,9 @@ def check_images(images: np.ndarray, where: str) -> np.ndarray:
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ShardError(f"{where}: images have shape {images.shape}, want N×H×W×3; save them as uint8 NHWC RGB")
     if images.dtype != np.uint8:
-        raise ShardError(f"{where}: images are {images.dtype}, want uint8; convert with (x * 255).round().astype(np.uint8)")
+        raise ShardError(
+            f"{where}: images are {images.dtype}, want uint8; convert with (x * 255).round().astype(np.uint8)"
+        )
     if len(images) == 0:
         raise ShardError(f"{where}: holds no images; give a source with at least one image")
     return images
@@ -161,8 +164,10 @@ def open_array_file(path: Path, data: bytes | None = None, where: str | None = N
             with np.load(io.BytesIO(data) if data is not None else path, allow_pickle=False) as z:
                 keys = list(z.files)
                 if "image" not in keys:
-                    raise ShardError(f"{where}: no 'image' array (keys: {', '.join(keys) or 'none'}); "
-                                     "save images as np.savez(path, image=N×H×W×3 uint8, label=N ints)")
+                    raise ShardError(
+                        f"{where}: no 'image' array (keys: {', '.join(keys) or 'none'}); "
+                        "save images as np.savez(path, image=N×H×W×3 uint8, label=N ints)"
+                    )
                 images = _mmap_npz_member(path, "image.npy") if data is None else None
                 if images is None:
                     images = z["image"]
@@ -174,8 +179,10 @@ def open_array_file(path: Path, data: bytes | None = None, where: str | None = N
     images = check_images(images, where)
     labels = _labels_for(labels, len(images), where)
     kind = "memory-mapped" if isinstance(images, np.memmap) else "loaded"
-    detected = f"numpy array {where} ({len(images)} images {images.shape[1]}×{images.shape[2]}, {kind}, " \
-               f"{'labelled' if (labels >= 0).any() else 'unlabelled'})"
+    detected = (
+        f"numpy array {where} ({len(images)} images {images.shape[1]}×{images.shape[2]}, {kind}, "
+        f"{'labelled' if (labels >= 0).any() else 'unlabelled'})"
+    )
     return ArraySource(detected, labels, (), images=images, origin_prefix=PurePosixPath(where).name)
 
 
@@ -217,7 +224,9 @@ def _unpickle(blob: bytes, where: str) -> dict:
     try:
         return pickle.loads(blob, encoding="bytes")
     except Exception as e:  # pickle raises many types on garbage
-        raise ShardError(f"{where}: not a readable CIFAR pickle ({type(e).__name__}); re-download the python version") from None
+        raise ShardError(
+            f"{where}: not a readable CIFAR pickle ({type(e).__name__}); re-download the python version"
+        ) from None
 
 
 def _is_cifar_name(name: str) -> bool:
@@ -262,10 +271,12 @@ def webdataset_tree(paths: Sequence[str], cls: dict[str, bytes], where: str, req
             raise ShardError(f"{where}: no image has a KEY.cls label beside it; use --layout imagefolder or flat")
         return None
     files, labels, skipped = [], [], []
-    for p, k, ext in keyed:
+    for p, k, _ in keyed:
         if not p.lower().endswith(IMAGE_EXTS):
             if k not in image_keys:
-                skipped.append({"path": p, "reason": f"not an image file ({PurePosixPath(p).suffix or 'no extension'})"})
+                skipped.append(
+                    {"path": p, "reason": f"not an image file ({PurePosixPath(p).suffix or 'no extension'})"}
+                )
             continue
         if k not in labels_at:
             skipped.append({"path": p, "reason": f"no {PurePosixPath(k).name}.cls label beside it"})
@@ -276,20 +287,25 @@ def webdataset_tree(paths: Sequence[str], cls: dict[str, bytes], where: str, req
         except ValueError:
             label = None
         if label is None or label < -1:
-            skipped.append({"path": p, "reason": f"its label {PurePosixPath(k).name}.cls is {text[:20]!r}, not an integer >= -1"})
+            skipped.append(
+                {"path": p, "reason": f"its label {PurePosixPath(k).name}.cls is {text[:20]!r}, not an integer >= -1"}
+            )
             continue
         files.append(p)
         labels.append(label)
     if not files:
-        raise ShardError(f"{where}: no webdataset sample has both an image and a valid .cls label "
-                         f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
+        raise ShardError(
+            f"{where}: no webdataset sample has both an image and a valid .cls label "
+            f"(first: {skipped[0]['path']}: {skipped[0]['reason']})"
+        )
     labels = np.asarray(labels, dtype=np.int64)
     classes = tuple(str(i) for i in range(int(labels.max()) + 1)) if (labels >= 0).any() else ()
     return Tree(files, labels, classes, skipped, "webdataset")
 
 
-def classify_tree(paths: Sequence[str], layout: str, where: str, subdir_hint: str = "",
-                  cls: dict[str, bytes] | None = None) -> Tree:
+def classify_tree(
+    paths: Sequence[str], layout: str, where: str, subdir_hint: str = "", cls: dict[str, bytes] | None = None
+) -> Tree:
     """Decide webdataset-style vs ImageFolder vs flat from relative posix paths (already in
     enumeration order); ``cls``: the bytes of the ``.cls`` files among them, when read."""
     if layout in ("auto", "webdataset"):
@@ -299,7 +315,9 @@ def classify_tree(paths: Sequence[str], layout: str, where: str, subdir_hint: st
     images, skipped = [], []
     for p in paths:
         (images if p.lower().endswith(IMAGE_EXTS) else skipped).append(p)
-    skipped = [{"path": p, "reason": f"not an image file ({PurePosixPath(p).suffix or 'no extension'})"} for p in skipped]
+    skipped = [
+        {"path": p, "reason": f"not an image file ({PurePosixPath(p).suffix or 'no extension'})"} for p in skipped
+    ]
     if not images:
         raise ShardError(f"{where}: no image files ({', '.join(IMAGE_EXTS)}) found; {_FIX}")
     # look through single wrapper folders (e.g. "cifar10/" or "edm-cifar10/fid-tmp/")
@@ -313,7 +331,9 @@ def classify_tree(paths: Sequence[str], layout: str, where: str, subdir_hint: st
     if tops and set(tops) <= SPLIT_DIRS and not loose and all(len(q) > strip + 2 for q in parts):
         base = "/".join(x for x in (subdir_hint, prefix) if x)
         hint = "/".join(x for x in (base, tops[-1]) if x)
-        raise ShardError(f"{where}: holds the splits {', '.join(tops)}; pack one at a time with --subdir {hint} --split {tops[-1]}")
+        raise ShardError(
+            f"{where}: holds the splits {', '.join(tops)}; pack one at a time with --subdir {hint} --split {tops[-1]}"
+        )
     if layout == "auto":
         numbered = all(t.isdigit() for t in tops)
         layout = "imagefolder" if len(tops) >= 2 and not loose and not numbered else "flat"
@@ -335,8 +355,10 @@ def classify_tree(paths: Sequence[str], layout: str, where: str, subdir_hint: st
 def _describe_tree(tree: Tree, where: str) -> str:
     if tree.layout == "webdataset":
         labelled = int((tree.labels >= 0).sum())
-        return (f"webdataset-style samples {where} ({len(tree.files)} images, {labelled} labelled by their .cls"
-                f"{f', {len(tree.classes)} classes' if tree.classes else ''})")
+        return (
+            f"webdataset-style samples {where} ({len(tree.files)} images, {labelled} labelled by their .cls"
+            f"{f', {len(tree.classes)} classes' if tree.classes else ''})"
+        )
     if tree.layout == "imagefolder":
         return f"ImageFolder tree {where} ({len(tree.files)} images, {len(tree.classes)} classes)"
     return f"flat folder of unlabelled images {where} ({len(tree.files)} images)"
@@ -425,7 +447,9 @@ class TarSource(Source):
                     if i == last:
                         return
         except (tarfile.TarError, EOFError, OSError, zlib_error()) as e:
-            raise ShardError(f"{self.archive}: archive unreadable while packing ({e}); re-download or re-create it") from None
+            raise ShardError(
+                f"{self.archive}: archive unreadable while packing ({e}); re-download or re-create it"
+            ) from None
 
 
 def zlib_error():
@@ -446,7 +470,7 @@ def _list_tar(archive: Path, subdir: str, where: str, stop_after: int | None = N
             for m in tf:
                 if not m.isfile() or not m.name.startswith(prefix):
                     continue
-                rel = m.name[len(prefix):]
+                rel = m.name[len(prefix) :]
                 names.append(m.name)
                 offsets.append((m.offset_data, m.size))
                 base = PurePosixPath(rel).name
@@ -468,8 +492,14 @@ def _list_tar(archive: Path, subdir: str, where: str, stop_after: int | None = N
 # -- entry point -----------------------------------------------------------------------------------
 
 
-def open_source(src: str | os.PathLike, *, subdir: str = "", split: str = "train", layout: str = "auto",
-                stop_after: int | None = None) -> Source:
+def open_source(
+    src: str | os.PathLike,
+    *,
+    subdir: str = "",
+    split: str = "train",
+    layout: str = "auto",
+    stop_after: int | None = None,
+) -> Source:
     """Detect what ``src`` holds and return a Source over it (ShardError naming the path otherwise).
 
     ``stop_after``: the caller needs only the first N images in archive order and no labels, so an
@@ -488,7 +518,9 @@ def open_source(src: str | os.PathLike, *, subdir: str = "", split: str = "train
         if name.endswith(ARRAY_EXTS):
             return open_array_file(src)
         if _is_cifar_name(src.name):
-            return _open_cifar_dir(src.parent, split, [src.name] + [m for m in _CIFAR_META if (src.parent / m).is_file()])
+            return _open_cifar_dir(
+                src.parent, split, [src.name] + [m for m in _CIFAR_META if (src.parent / m).is_file()]
+            )
         if src.stat().st_size == 0:
             raise ShardError(f"{src}: empty file; {_FIX}")
         raise ShardError(f"{src}: unsupported file type; {_FIX}")
@@ -500,17 +532,21 @@ def open_source(src: str | os.PathLike, *, subdir: str = "", split: str = "train
         raise ShardError(f"{root}: empty folder; {_FIX}")
     bases = [PurePosixPath(p).name for p in paths]
     cifar = [b for b, p in zip(bases, paths) if "/" not in p and _is_cifar_name(b)]
-    if any(not b in _CIFAR_META for b in cifar):
+    if any(b not in _CIFAR_META for b in cifar):
         return _open_cifar_dir(root, split, cifar)
     images = [p for p in paths if p.lower().endswith(IMAGE_EXTS)]
     arrays = [p for p in paths if p.lower().endswith(ARRAY_EXTS)]
     if arrays and not images:
         if len(arrays) > 1:
-            raise ShardError(f"{root}: holds {len(arrays)} array files ({', '.join(arrays[:3])}…); pass one file as SRC")
+            raise ShardError(
+                f"{root}: holds {len(arrays)} array files ({', '.join(arrays[:3])}…); pass one file as SRC"
+            )
         return open_array_file(root / arrays[0])
     cls = {p: _read_small(root / p) for p in paths if p.endswith(".cls")} if layout in ("auto", "webdataset") else {}
     tree = classify_tree(paths, layout, str(root), subdir_hint=str(subdir), cls=cls)
-    return FolderSource(_describe_tree(tree, str(root)), tree.labels, tree.classes, tree.skipped, root=root, files=tree.files)
+    return FolderSource(
+        _describe_tree(tree, str(root)), tree.labels, tree.classes, tree.skipped, root=root, files=tree.files
+    )
 
 
 def _read_small(path: Path) -> bytes:
@@ -544,7 +580,7 @@ def _open_cifar_dir(root: Path, split: str, names: list[str]) -> ArraySource:
 def _open_tar(archive: Path, subdir: str, split: str, layout: str, stop_after: int | None = None) -> Source:
     where = f"{archive}:{subdir}" if subdir else str(archive)
     names, offsets, blobs, prefix = _list_tar(archive, subdir, where, stop_after)
-    rel = [n[len(prefix):] for n in names]
+    rel = [n[len(prefix) :] for n in names]
     bases = {PurePosixPath(r).name: r for r in blobs}
     if any(_is_cifar_name(b) and b not in _CIFAR_META for b in bases):
         src = cifar_from_blobs({b: blobs[r] for b, r in bases.items() if _is_cifar_name(b)}, split, where)
@@ -565,6 +601,13 @@ def _open_tar(archive: Path, subdir: str, split: str, layout: str, stop_after: i
     how = ", streamed from the archive" if compressed else ", read in place"
     if stop_after is not None and len(tree.files) >= stop_after:
         how += f", listing stopped after the first {stop_after}"
-    return TarSource(_describe_tree(tree, where) + how,
-                     tree.labels, tree.classes, skipped, archive=archive, members=[names[i] for i in idx],
-                     offsets=[offsets[i] for i in idx], compressed=compressed)
+    return TarSource(
+        _describe_tree(tree, where) + how,
+        tree.labels,
+        tree.classes,
+        skipped,
+        archive=archive,
+        members=[names[i] for i in idx],
+        offsets=[offsets[i] for i in idx],
+        compressed=compressed,
+    )

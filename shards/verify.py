@@ -5,6 +5,7 @@ key, each sample with ``cls``, ``json`` and the image), the DALI index against t
 decoded to the recorded size, and counts, label counts, bytes and sha256 against the manifest.
 It returns one line per problem (empty: all good).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,10 @@ def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = Tr
     if total != m.count:
         problems.append(f"{directory / MANIFEST_NAME}: manifest says {m.count} samples, shards hold {total}")
     if total == m.count and m.label_counts and dict(labels) != {k: v for k, v in m.label_counts.items() if v}:
-        problems.append(f"{directory / MANIFEST_NAME}: label counts differ from the shards "
-                        f"(manifest {m.label_counts}, shards {dict(sorted(labels.items(), key=lambda kv: int(kv[0])))})")
+        problems.append(
+            f"{directory / MANIFEST_NAME}: label counts differ from the shards "
+            f"(manifest {m.label_counts}, shards {dict(sorted(labels.items(), key=lambda kv: int(kv[0])))})"
+        )
     return problems
 
 
@@ -85,20 +88,26 @@ def verify_shard(directory: str, s: ShardInfo, m: Manifest, decode: bool = True)
         if exts != want:
             problems.append(f"{path}: sample {key} has members {sorted(exts)}, want {sorted(want)}")
             continue
-        blob = {ext: data[off:off + size] for ext, off, size in members}
+        blob = {ext: data[off : off + size] for ext, off, size in members}
         try:
             label = int(blob["cls"])
         except ValueError:
             problems.append(f"{path}: sample {key}.cls is {blob['cls'][:20]!r}, not an integer")
             continue
-        if label < -1 or (label >= 0 and n_classes and label >= n_classes) or (m.kind == "generated" and label >= 0 and not n_classes):
+        if (
+            label < -1
+            or (label >= 0 and n_classes and label >= n_classes)
+            or (m.kind == "generated" and label >= 0 and not n_classes)
+        ):
             problems.append(f"{path}: sample {key} has label {label}, outside the manifest's {n_classes} classes")
         labels[str(label)] += 1
         try:
             meta = json.loads(blob["json"])
             if meta.get("source") != m.name or meta.get("kind") != m.kind:
-                problems.append(f"{path}: sample {key}.json says source {meta.get('source')!r} kind {meta.get('kind')!r}, "
-                                f"manifest says {m.name!r} {m.kind!r}")
+                problems.append(
+                    f"{path}: sample {key}.json says source {meta.get('source')!r} kind {meta.get('kind')!r}, "
+                    f"manifest says {m.name!r} {m.kind!r}"
+                )
         except (ValueError, AttributeError):
             problems.append(f"{path}: sample {key}.json is not a JSON object")
         if decode:
@@ -137,8 +146,11 @@ def _check_index(idx_path: Path, samples, intact_tar: Path | None) -> list[str]:
     """Problems of the index against the tar. ``intact_tar``: the tar, when it matches the manifest's
     size and sha256; only then is the index the stale part, and rebuilding it (``wds2idx``) the fix.
     When the tar itself changed, the index disagreeing is a symptom: re-packing is the fix."""
-    fix = f"the tar matches its sha256, so the index is stale; re-create it with `wds2idx` ({intact_tar.name})" if intact_tar else \
-        "the tar does not match the manifest either (see above); re-pack the set"
+    fix = (
+        f"the tar matches its sha256, so the index is stale; re-create it with `wds2idx` ({intact_tar.name})"
+        if intact_tar
+        else "the tar does not match the manifest either (see above); re-pack the set"
+    )
     try:
         idx = read_index(idx_path)
     except ShardError as e:
@@ -151,7 +163,9 @@ def _check_index(idx_path: Path, samples, intact_tar: Path | None) -> list[str]:
         for ext, off, size in members:
             if ext not in idx.offsets or idx.offsets[ext][i] != off or idx.sizes[ext][i] != size:
                 got = (int(idx.offsets[ext][i]), int(idx.sizes[ext][i])) if ext in idx.offsets else None
-                return [f"{idx_path}: {key}.{ext} at (offset, size) {got} in the index, {(off, size)} in the tar; {fix}"]
+                return [
+                    f"{idx_path}: {key}.{ext} at (offset, size) {got} in the index, {(off, size)} in the tar; {fix}"
+                ]
     return []
 
 
@@ -171,8 +185,21 @@ def _check_image(blob: bytes, m: Manifest) -> str | None:
 
 # -- info ------------------------------------------------------------------------------------------
 
-INFO_COLUMNS = ["name", "kind", "split", "count", "shards", "format", "encoding", "size", "classes", "bytes", "fid",
-                "skipped", "path"]
+INFO_COLUMNS = [
+    "name",
+    "kind",
+    "split",
+    "count",
+    "shards",
+    "format",
+    "encoding",
+    "size",
+    "classes",
+    "bytes",
+    "fid",
+    "skipped",
+    "path",
+]
 
 
 def describe_encoding(m: Manifest) -> str | None:
@@ -193,12 +220,23 @@ def info_rows(dirs) -> list[dict]:
     rows = []
     for d in dirs:
         m = Manifest.load(d)
-        rows.append({
-            "name": m.name, "kind": m.kind, "split": m.split, "count": m.count, "shards": len(m.shards),
-            "format": m.format, "encoding": describe_encoding(m), "size": "×".join(map(str, m.image_size)) if m.image_size else "mixed",
-            "classes": len(m.classes), "bytes": _human(sum(s.bytes for s in m.shards)),
-            "fid": None if m.fid is None else f"{m.fid:g}", "skipped": len(m.skipped), "path": str(d),
-        })
+        rows.append(
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "split": m.split,
+                "count": m.count,
+                "shards": len(m.shards),
+                "format": m.format,
+                "encoding": describe_encoding(m),
+                "size": "×".join(map(str, m.image_size)) if m.image_size else "mixed",
+                "classes": len(m.classes),
+                "bytes": _human(sum(s.bytes for s in m.shards)),
+                "fid": None if m.fid is None else f"{m.fid:g}",
+                "skipped": len(m.skipped),
+                "path": str(d),
+            }
+        )
     return rows
 
 

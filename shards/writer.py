@@ -4,6 +4,7 @@ Nothing is half-written: each tar and index is written under a temporary name (w
 pid and a random token, so two writers never share one) and renamed when complete; the manifest is
 written last, so a directory without ``manifest.json`` is never mistaken for a finished shard set.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .index import format_index
-from .manifest import FORMATS, KINDS, Manifest, ShardError, ShardInfo, atomic_write_text, check_name
+from .manifest import FORMATS, KINDS, Manifest, ShardError, ShardInfo, check_name
 
 TAR_BLOCK = 512
 
@@ -29,8 +30,8 @@ class _OpenShard:
     index: str
     tmp_path: Path
     fh: io.BufferedWriter
-    out: "_HashingWriter"
-    hasher: "hashlib._Hash"
+    out: _HashingWriter
+    hasher: hashlib._Hash
     members: list = field(default_factory=list)  # per sample: [(ext, off, size, name), ...]
 
 
@@ -188,10 +189,19 @@ class ShardSetWriter:
             os.replace(tmp, final)
             self._installed.append(final)
         manifest = Manifest(
-            name=self.name, kind=self.kind, split=self.split, format=self.format, image_size=image_size,
-            classes=self.classes, count=self._count, shards=tuple(self._done), fid=self.fid,
+            name=self.name,
+            kind=self.kind,
+            split=self.split,
+            format=self.format,
+            image_size=image_size,
+            classes=self.classes,
+            count=self._count,
+            shards=tuple(self._done),
+            fid=self.fid,
             label_counts=dict(sorted(self._labels.items(), key=lambda kv: int(kv[0]))),
-            skipped=tuple(self.skipped), command=self.command, encoding=self.encoding,
+            skipped=tuple(self.skipped),
+            command=self.command,
+            encoding=self.encoding,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
         manifest.save(self.out)
@@ -215,7 +225,7 @@ class ShardSetWriter:
         self._final_paths, self._tmp_files, self._installed = [], [], []
         self._closed = True
 
-    def __enter__(self) -> "ShardSetWriter":
+    def __enter__(self) -> ShardSetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -5,6 +5,7 @@ Shard sets that several modules read are built once per session and handed out r
 ``tmp_path``. The builders themselves are fixtures too (``shard_factory``, ``sample_image``,
 ``encode_image``, ``corrupt_sample``, ``demo_sets``), so no test module imports another.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,12 +33,25 @@ def _encode(img: np.ndarray, fmt: str) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format={"jpg": "JPEG", "png": "PNG"}[fmt], **({"quality": 95} if fmt == "jpg" else {}))
+    Image.fromarray(img).save(
+        buf, format={"jpg": "JPEG", "png": "PNG"}[fmt], **({"quality": 95} if fmt == "jpg" else {})
+    )
     return buf.getvalue()
 
 
-def _make_shards(root: Path, name: str, n: int, *, kind: str = "real", fmt: str = "png", shard_size: int = 16,
-                 size: int = 32, split: str = "train", seed: int = 0, labels=None) -> Path:
+def _make_shards(
+    root: Path,
+    name: str,
+    n: int,
+    *,
+    kind: str = "real",
+    fmt: str = "png",
+    shard_size: int = 16,
+    size: int = 32,
+    split: str = "train",
+    seed: int = 0,
+    labels=None,
+) -> Path:
     """A set ``root/name`` of ``n`` samples ``_image(i, size, seed)``, keys ``%06d``; a real set has 10 classes
     and labels ``i % 10`` (or ``labels[i]``), a generated one label -1."""
     from shards.writer import ShardSetWriter
@@ -131,13 +145,15 @@ def small_shards(tmp_path_factory):
     seed 3, shards of 10); keys root, real, gen, raw, test. Loaders write their index caches beside the
     shards (that is their design); nothing else may write here."""
     root = tmp_path_factory.mktemp("small-shards")
-    return MappingProxyType({
-        "root": root,
-        "real": _make_shards(root, "real", 30, fmt="jpg", shard_size=8),
-        "gen": _make_shards(root, "gen", 45, kind="generated", fmt="png", shard_size=16, seed=1),
-        "raw": _make_shards(root, "rawgen", 20, kind="generated", fmt="raw", seed=2),
-        "test": _make_shards(root, "test", 23, fmt="png", split="test", shard_size=10, seed=3),
-    })
+    return MappingProxyType(
+        {
+            "root": root,
+            "real": _make_shards(root, "real", 30, fmt="jpg", shard_size=8),
+            "gen": _make_shards(root, "gen", 45, kind="generated", fmt="png", shard_size=16, seed=1),
+            "raw": _make_shards(root, "rawgen", 20, kind="generated", fmt="raw", seed=2),
+            "test": _make_shards(root, "test", 23, fmt="png", split="test", shard_size=10, seed=3),
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -177,8 +193,11 @@ def run_augment():
 
         names = [dali_param_names(v) for v in views]
         n = len(images)
-        arrays = [a for v, p in zip(views, params_per_view)
-                  for a in dali_param_arrays(v, p, np.full(n, images.shape[1]), np.full(n, images.shape[2]), relative)]
+        arrays = [
+            a
+            for v, p in zip(views, params_per_view)
+            for a in dali_param_arrays(v, p, np.full(n, images.shape[1]), np.full(n, images.shape[2]), relative)
+        ]
         batch = [images, *arrays]
 
         def feed():  # defined outside the pipeline function (DALI's autograph would convert a lambda inside)
@@ -189,8 +208,10 @@ def run_augment():
             outs = fn.external_source(source=feed, num_outputs=len(batch), batch=True)
             decoded, it = fn.reshape(outs[0], layout="HWC"), iter(outs[1:])
             decoded = decoded.gpu() if device == "gpu" else decoded
-            return tuple(augment_view(decoded, v, {k: next(it) for k in ns}, device, "CHW", relative)
-                         for v, ns in zip(views, names))
+            return tuple(
+                augment_view(decoded, v, {k: next(it) for k in ns}, device, "CHW", relative)
+                for v, ns in zip(views, names)
+            )
 
         p = pipe()
         p.build()
@@ -209,13 +230,22 @@ def demo_sets(tmp_path_factory):
 
     built: dict[tuple, MappingProxyType] = {}
 
-    def get(n_real: int, n_generated: int, n_test: int, *, seed: int = 0, shard_size: int = 16,
-            image_size: int = 32) -> MappingProxyType:
+    def get(
+        n_real: int, n_generated: int, n_test: int, *, seed: int = 0, shard_size: int = 16, image_size: int = 32
+    ) -> MappingProxyType:
         key = (n_real, n_generated, n_test, seed, shard_size, image_size)
         if key not in built:
             root = tmp_path_factory.mktemp("demo")
-            make_demo(root, n_real=n_real, n_generated=n_generated, n_test=n_test, seed=seed, shard_size=shard_size,
-                      image_size=image_size, workers=1)
+            make_demo(
+                root,
+                n_real=n_real,
+                n_generated=n_generated,
+                n_test=n_test,
+                seed=seed,
+                shard_size=shard_size,
+                image_size=image_size,
+                workers=1,
+            )
             built[key] = MappingProxyType({name: root / name for name in ("real", "generated", "test")})
         return built[key]
 
@@ -231,8 +261,12 @@ def demo_copy(demo_sets, tmp_path):
         shared = demo_sets(*args, **kw)
         root = tmp_path / "demo"
         for name, src in shared.items():
-            shutil.copytree(src, root / name, copy_function=shutil.copy,
-                            ignore=shutil.ignore_patterns("*.loader-cache.npz", ".lock"))
+            shutil.copytree(
+                src,
+                root / name,
+                copy_function=shutil.copy,
+                ignore=shutil.ignore_patterns("*.loader-cache.npz", ".lock"),
+            )
         return {name: root / name for name in shared}
 
     return copy

@@ -1,4 +1,5 @@
 """The release's presets per (family, inflation mode), torchvision's ColorJitter through DALI, and the preview."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,19 +30,55 @@ from loaders.recipe import resolve_recipe
 # ---- the release's table, written out (PKU-ML/adainf) ----------------------------------------------------
 # solo-learn/solo/data/pretrain_dataloader.py: RandomResizedCrop's default ratio, GaussianBlur's sigma,
 # ImageOps.solarize's threshold, MEANS_N_STD["cifar10"]; every yaml: crop_size 32, horizontal_flip 0.5.
-COMMON = dict(size=32, crop_ratio=(3 / 4, 4 / 3), blur_sigma=(0.1, 2.0), solarize_threshold=128, flip_p=0.5,
-              mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+COMMON = dict(
+    size=32,
+    crop_ratio=(3 / 4, 4 / 3),
+    blur_sigma=(0.1, 2.0),
+    solarize_threshold=128,
+    flip_p=0.5,
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+)
 # solo-learn/scripts/pretrain/cifar/augmentations/<file>: one row per crop
-_SYM = dict(crop_scale=(0.08, 1.0), jitter_p=0.8, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, gray_p=0.2,
-            blur_p=0.5, solarize_p=0.0)
-_WEAK = dict(crop_scale=(0.08, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, gray_p=0.2,
-             blur_p=0.5, solarize_p=0.0)
-_SYM_ADA = dict(crop_scale=(0.2, 1.0), jitter_p=0.4, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, gray_p=0.2,
-                blur_p=0.5, solarize_p=0.0)
-_ASYM = dict(crop_scale=(0.08, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, gray_p=0.2,
-             blur_p=0.0)
-_ASYM_ADA = dict(crop_scale=(0.2, 1.0), jitter_p=0.4, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
-                 gray_p=0.2, blur_p=0.0)
+_SYM = dict(
+    crop_scale=(0.08, 1.0),
+    jitter_p=0.8,
+    brightness=0.8,
+    contrast=0.8,
+    saturation=0.8,
+    hue=0.2,
+    gray_p=0.2,
+    blur_p=0.5,
+    solarize_p=0.0,
+)
+_WEAK = dict(
+    crop_scale=(0.08, 1.0),
+    jitter_p=0.8,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.4,
+    hue=0.1,
+    gray_p=0.2,
+    blur_p=0.5,
+    solarize_p=0.0,
+)
+_SYM_ADA = dict(
+    crop_scale=(0.2, 1.0),
+    jitter_p=0.4,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.4,
+    hue=0.1,
+    gray_p=0.2,
+    blur_p=0.5,
+    solarize_p=0.0,
+)
+_ASYM = dict(
+    crop_scale=(0.08, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, gray_p=0.2, blur_p=0.0
+)
+_ASYM_ADA = dict(
+    crop_scale=(0.2, 1.0), jitter_p=0.4, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, gray_p=0.2, blur_p=0.0
+)
 RELEASE = {
     "symmetric.yaml": [_SYM, _SYM],
     "symmetric_weak.yaml": [_WEAK, _WEAK],
@@ -106,8 +143,9 @@ def test_default_is_adainf_and_without_generated_data_the_no_inflation_recipe(mi
 def test_auto_at_150k_reproduces_the_adainf_preset(family):
     """auto (this project's extrapolation) interpolates between the family's two presets and meets the
     AdaInf one at 150k distinct images, where Figure 4's crop optimum is the preset's 0.2."""
-    d = decide([SourceInfo("cifar10", "real", 50_000), SourceInfo("edm", "generated", 100_000, 1.96)], "auto",
-               family=family)
+    d = decide(
+        [SourceInfo("cifar10", "real", 50_000), SourceInfo("edm", "generated", 100_000, 1.96)], "auto", family=family
+    )
     assert d.weights == (10.0, 1.0)
     assert_views_are(preset(d.aug_preset, **d.aug_overrides).views, TABLE[(family, "adainf")][0])
     assert any("extrapolation" in r for r in d.reasons)
@@ -163,9 +201,11 @@ def run_jitter(images: np.ndarray, view: ViewAug, params: dict, device: str = "c
     from nvidia.dali import fn, pipeline_def
 
     n = len(images)
-    named = [(k, a) for k, a in zip(dali_param_names(view), dali_param_arrays(view, params, np.full(n, 32),
-                                                                               np.full(n, 32), False))
-             if k.startswith("jitter_")]
+    named = [
+        (k, a)
+        for k, a in zip(dali_param_names(view), dali_param_arrays(view, params, np.full(n, 32), np.full(n, 32), False))
+        if k.startswith("jitter_")
+    ]
     names = [k for k, _ in named]
     batch = [images, *(a for _, a in named)]
 
@@ -184,8 +224,12 @@ def run_jitter(images: np.ndarray, view: ViewAug, params: dict, device: str = "c
     return np.asarray((out.as_cpu() if device == "gpu" else out).as_tensor())
 
 
-TV_OPS = {"brightness": "adjust_brightness", "contrast": "adjust_contrast", "saturation": "adjust_saturation",
-          "hue": "adjust_hue"}
+TV_OPS = {
+    "brightness": "adjust_brightness",
+    "contrast": "adjust_contrast",
+    "saturation": "adjust_saturation",
+    "hue": "adjust_hue",
+}
 
 
 def run_torchvision(images: np.ndarray, view: ViewAug, params: dict, order=None) -> np.ndarray:
@@ -195,7 +239,7 @@ def run_torchvision(images: np.ndarray, view: ViewAug, params: dict, order=None)
 
     out = []
     for k, img in enumerate(torch.from_numpy(images).permute(0, 3, 1, 2)):
-        for op in (params["jitter_order"][k] if order is None else order):
+        for op in params["jitter_order"][k] if order is None else order:
             name = JITTER_OPS[op]
             if getattr(view, name) > 0:
                 img = getattr(F, TV_OPS[name])(img, float(np.float32(params[name][k])))
@@ -211,7 +255,7 @@ def draws(view: ViewAug, n: int, step: int = 1) -> dict:
 def test_each_adjustment_matches_torchvision(cifar_images, op):
     """Strength 1 of the symmetric preset: brightness/contrast/saturation 0.8, hue 0.2 (and hue 0.5, the
     whole circle). DALI's float→uint8 rounding is bridged by a shift, exact but for a 2^-12 band."""
-    for strength in ((0.8, 0.2) if op != "hue" else (0.2, 0.5)):
+    for strength in (0.8, 0.2) if op != "hue" else (0.2, 0.5):
         view = ViewAug(jitter_p=1.0, **{op: strength})
         p = draws(view, len(cifar_images))
         got = run_jitter(cifar_images, view, p).astype(int)
@@ -255,8 +299,11 @@ def test_grayscale_and_subsets_of_the_jitter_match_torchvision(cifar_images):
     diff = np.abs(got - want.astype(int))
     assert diff.mean() < 0.01 and diff.max() <= 1
     # the asymmetric presets' jitter (saturation 0.2 ≠ the others) and a view without hue: two and three slots
-    for view in (PRESETS["asymmetric"][0], ViewAug(jitter_p=1.0, brightness=0.4, saturation=0.3),
-                 ViewAug(jitter_p=1.0, contrast=0.5, hue=0.1, brightness=0.2)):
+    for view in (
+        PRESETS["asymmetric"][0],
+        ViewAug(jitter_p=1.0, brightness=0.4, saturation=0.3),
+        ViewAug(jitter_p=1.0, contrast=0.5, hue=0.1, brightness=0.2),
+    ):
         view = dataclasses.replace(view, jitter_p=1.0)
         prm = draws(view, len(cifar_images), step=3)
         diff = np.abs(run_jitter(cifar_images, view, prm).astype(int) - run_torchvision(cifar_images, view, prm))
@@ -276,9 +323,13 @@ def test_order_is_a_uniform_permutation_drawn_with_the_rest():
     assert all(np.array_equal(p[k], again[k]) for k in p)  # a pure function of (seed, epoch, rank, step)
     # the DALI order keeps the drawn order of the view's adjustments
     no_hue = dataclasses.replace(view, hue=0.0)
-    [order] = [a for name, a in zip(dali_param_names(no_hue), dali_param_arrays(no_hue, p, np.full(n, 32),
-                                                                                np.full(n, 32), False))
-               if name == "jitter_order"]
+    [order] = [
+        a
+        for name, a in zip(
+            dali_param_names(no_hue), dali_param_arrays(no_hue, p, np.full(n, 32), np.full(n, 32), False)
+        )
+        if name == "jitter_order"
+    ]
     assert order.shape == (n, 3) and np.array_equal(order, perms[perms != 3].reshape(n, 3))
 
 
@@ -302,8 +353,24 @@ def test_preview_draws_real_and_generated_rows(mix, tmp_path, read_samples):
     from loaders.__main__ import main
 
     out = tmp_path / "grid.png"
-    res = CliRunner().invoke(main, ["preview", "--shards", str(mix["real"]), "--shards", str(mix["generated"]),
-                                    "--out", str(out), "--n", "3", "--scale", "2", "--family", "asymmetric"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "preview",
+            "--shards",
+            str(mix["real"]),
+            "--shards",
+            str(mix["generated"]),
+            "--out",
+            str(out),
+            "--n",
+            "3",
+            "--scale",
+            "2",
+            "--family",
+            "asymmetric",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "real 3, generated 3" in res.output and "asymmetric_adainf" in res.output
     img = np.asarray(Image.open(out).convert("RGB"))
@@ -315,12 +382,13 @@ def test_preview_draws_real_and_generated_rows(mix, tmp_path, read_samples):
     # the "as stored" cells (rows counted from the bottom, ×2 nearest) are images of their own kind's set,
     # unchanged (±1 level: normalised and back), three different ones each
     for kind, x in (("real", 8), ("generated", 8 + 3 * cell + 2 * gap + 20)):
-        stored = np.stack([np.asarray(Image.open(io.BytesIO(s["image"])).convert("RGB"))
-                           for s in read_samples(mix[kind])]).astype(int)
+        stored = np.stack(
+            [np.asarray(Image.open(io.BytesIO(s["image"])).convert("RGB")) for s in read_samples(mix[kind])]
+        ).astype(int)
         shown = []
         for r in range(3):
             y = img.shape[0] - 8 - cell - (2 - r) * (cell + gap)
-            tile = img[y:y + cell, x:x + cell].astype(int)
+            tile = img[y : y + cell, x : x + cell].astype(int)
             assert np.array_equal(tile[::2, ::2], tile[1::2, 1::2])  # scaled ×2, nearest
             match = np.flatnonzero(np.abs(stored - tile[::2, ::2]).max(axis=(1, 2, 3)) <= 1)
             assert len(match) >= 1, (kind, r)
@@ -341,18 +409,34 @@ def test_jitter_slots_put_each_adjustment_before_or_after_hue_in_drawn_order():
     view = ViewAug(jitter_p=1.0, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
     b, c, s, h = range(4)
     order = np.array([[h, b, c, s], [b, c, s, h], [c, h, s, b], [s, b, h, c]], np.int32)
-    params = {"jitter_order": order, "brightness": np.full(4, 1.1), "contrast": np.full(4, 1.2),
-              "saturation": np.full(4, 1.3), "hue": np.full(4, 0.05)}
+    params = {
+        "jitter_order": order,
+        "brightness": np.full(4, 1.1),
+        "contrast": np.full(4, 1.2),
+        "saturation": np.full(4, 1.3),
+        "hue": np.full(4, 0.05),
+    }
     lay = _jitter_layout(view, params)
     # slots 0-2 before hue, 3-5 after; an unused slot is brightness with factor 1 (identity)
-    assert lay["jitter_order"].tolist() == [[b, b, b, b, c, s], [b, c, s, b, b, b], [c, b, b, s, b, b],
-                                            [s, b, b, c, b, b]]
+    assert lay["jitter_order"].tolist() == [
+        [b, b, b, b, c, s],
+        [b, c, s, b, b, b],
+        [c, b, b, s, b, b],
+        [s, b, b, c, b, b],
+    ]
     f = np.float32
-    assert lay["jitter_factors"].tolist() == [[1, 1, 1, f(1.1), f(1.2), f(1.3), f(0.05)],
-                                              [f(1.1), f(1.2), f(1.3), 1, 1, 1, f(0.05)],
-                                              [f(1.2), 1, 1, f(1.3), f(1.1), 1, f(0.05)],
-                                              [f(1.3), f(1.1), 1, f(1.2), 1, 1, f(0.05)]]
+    assert lay["jitter_factors"].tolist() == [
+        [1, 1, 1, f(1.1), f(1.2), f(1.3), f(0.05)],
+        [f(1.1), f(1.2), f(1.3), 1, 1, 1, f(0.05)],
+        [f(1.2), 1, 1, f(1.3), f(1.1), 1, f(0.05)],
+        [f(1.3), f(1.1), 1, f(1.2), 1, 1, f(0.05)],
+    ]
     # without brightness the identity slot is the next adjustment (contrast, factor 1)
     lay = _jitter_layout(dataclasses.replace(view, brightness=0.0), params)
-    assert lay["jitter_order"][0].tolist() == [c, c, c, s] and lay["jitter_factors"][0].tolist() == [1, 1, f(1.2),
-                                                                                                  f(1.3), f(0.05)]
+    assert lay["jitter_order"][0].tolist() == [c, c, c, s] and lay["jitter_factors"][0].tolist() == [
+        1,
+        1,
+        f(1.2),
+        f(1.3),
+        f(0.05),
+    ]

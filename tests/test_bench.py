@@ -2,6 +2,7 @@
 
 No timing is asserted; the checks are on shapes, exact counts and the report's files.
 """
+
 from __future__ import annotations
 
 import io
@@ -52,21 +53,72 @@ TIMING = {"warmup_batches": 10, "timed_batches": 60, "seconds": 10.5, "meets_min
 
 
 def test_report_draws_charts_and_table(tmp_path):
-    write_results("loader", {"batch_size": 8}, [
-        {"backend": "dali-cpu", "samples_per_s": 7900.0, "peak_pss_mb": 700.0, **TIMING},
-        {"backend": "reference", "samples_per_s": 1800.0, "peak_pss_mb": 900.0, **TIMING}], tmp_path)
-    write_results("end-to-end", {}, [
-        {"backend": "model-ceiling", "samples_per_s": 1000.0, "batch_size": 512, "peak_pss_mb": 800.0, **TIMING},
-        {"backend": "end-to-end", "samples_per_s": 980.0, "batch_size": 512, "data_wait_fraction": 0.02,
-         "ratio_to_ceiling": 0.98, "peak_pss_mb": 900.0, **TIMING}], tmp_path)
-    write_results("scale", {}, [
-        {"backend": "dali-cpu", "axis": axis, "planned_samples": n, "sources": k, "samples_per_s": 5000.0 - k,
-         "plan_s": n / 1e7, "plan_mb": n / 1e5, "peak_pss_mb": 600.0 + k, **TIMING}
-        for axis, n, k in [("epoch_size", 50_000, 2), ("epoch_size", 1_500_000, 2), ("sources", 500_000, 1),
-                           ("sources", 500_000, 8)]], tmp_path)
-    write_results("scale-full", {}, [{"backend": "dali-cpu", "axis": "epoch_size", "planned_samples": 1_500_000,
-                                      "samples_per_s": 6000.0, "epoch_s": 250.0, "peak_pss_mb": 900.0, **TIMING}],
-                  tmp_path)
+    write_results(
+        "loader",
+        {"batch_size": 8},
+        [
+            {"backend": "dali-cpu", "samples_per_s": 7900.0, "peak_pss_mb": 700.0, **TIMING},
+            {"backend": "reference", "samples_per_s": 1800.0, "peak_pss_mb": 900.0, **TIMING},
+        ],
+        tmp_path,
+    )
+    write_results(
+        "end-to-end",
+        {},
+        [
+            {"backend": "model-ceiling", "samples_per_s": 1000.0, "batch_size": 512, "peak_pss_mb": 800.0, **TIMING},
+            {
+                "backend": "end-to-end",
+                "samples_per_s": 980.0,
+                "batch_size": 512,
+                "data_wait_fraction": 0.02,
+                "ratio_to_ceiling": 0.98,
+                "peak_pss_mb": 900.0,
+                **TIMING,
+            },
+        ],
+        tmp_path,
+    )
+    write_results(
+        "scale",
+        {},
+        [
+            {
+                "backend": "dali-cpu",
+                "axis": axis,
+                "planned_samples": n,
+                "sources": k,
+                "samples_per_s": 5000.0 - k,
+                "plan_s": n / 1e7,
+                "plan_mb": n / 1e5,
+                "peak_pss_mb": 600.0 + k,
+                **TIMING,
+            }
+            for axis, n, k in [
+                ("epoch_size", 50_000, 2),
+                ("epoch_size", 1_500_000, 2),
+                ("sources", 500_000, 1),
+                ("sources", 500_000, 8),
+            ]
+        ],
+        tmp_path,
+    )
+    write_results(
+        "scale-full",
+        {},
+        [
+            {
+                "backend": "dali-cpu",
+                "axis": "epoch_size",
+                "planned_samples": 1_500_000,
+                "samples_per_s": 6000.0,
+                "epoch_s": 250.0,
+                "peak_pss_mb": 900.0,
+                **TIMING,
+            }
+        ],
+        tmp_path,
+    )
     (tmp_path / "zz-broken.json").write_text('{"bench": "x"}')
     out = tmp_path / "charts"
     result = CliRunner().invoke(report.main, ["--results-dir", str(tmp_path), "--out-dir", str(out)])
@@ -81,10 +133,18 @@ def test_report_draws_charts_and_table(tmp_path):
 
 
 def test_report_keeps_newest_full_run_per_bench(tmp_path):
-    for stamp, value, quick in (("20250101-000000", 1.0, False), ("20250102-000000", 2.0, False),
-                                ("20250103-000000", 3.0, True)):
-        doc = {"bench": "loader", "quick": quick, "hardware": {"cpu": "c", "cores": 2, "gpu": None, "torch": "t"},
-               "settings": {}, "results": [{"backend": "dali-cpu", "samples_per_s": value, "peak_pss_mb": 1.0, **TIMING}]}
+    for stamp, value, quick in (
+        ("20250101-000000", 1.0, False),
+        ("20250102-000000", 2.0, False),
+        ("20250103-000000", 3.0, True),
+    ):
+        doc = {
+            "bench": "loader",
+            "quick": quick,
+            "hardware": {"cpu": "c", "cores": 2, "gpu": None, "torch": "t"},
+            "settings": {},
+            "results": [{"backend": "dali-cpu", "samples_per_s": value, "peak_pss_mb": 1.0, **TIMING}],
+        }
         (tmp_path / f"cpu2-{stamp}-loader.json").write_text(json.dumps(doc))
     runs = report.load_runs(tmp_path)
     assert [r.results[0]["samples_per_s"] for r in runs] == [2.0]  # a newer quick run does not replace it
@@ -106,12 +166,23 @@ def test_check_doc_names_problems():
     bad = {"bench": "x", "hardware": hw, "settings": {}, "results": [{"backend": "dali-cpu"}]}
     assert report.check_doc(bad) == ["results[0] has no 'samples_per_s'"]
     # a timed benchmark: counts, peak PSS and the quick flag are required; the old summed-RSS field is refused
-    old = {"bench": "loader", "hardware": hw, "settings": {},
-           "results": [{"backend": "dali-cpu", "samples_per_s": 7037.0, "peak_rss_mb": 1069.9}]}
-    assert report.check_doc(old) == ["results[0] has the old memory field 'peak_rss_mb' (summed RSS); re-run for "
-                                     "peak_pss_mb", "no 'quick' flag (true/false) at the top level"]
-    uncounted = {"bench": "formats", "quick": False, "hardware": hw, "settings": {},
-                 "results": [{"backend": "dali-cpu", "samples_per_s": 7.0, "peak_pss_mb": 1.0, "seconds": 1.0}]}
+    old = {
+        "bench": "loader",
+        "hardware": hw,
+        "settings": {},
+        "results": [{"backend": "dali-cpu", "samples_per_s": 7037.0, "peak_rss_mb": 1069.9}],
+    }
+    assert report.check_doc(old) == [
+        "results[0] has the old memory field 'peak_rss_mb' (summed RSS); re-run for peak_pss_mb",
+        "no 'quick' flag (true/false) at the top level",
+    ]
+    uncounted = {
+        "bench": "formats",
+        "quick": False,
+        "hardware": hw,
+        "settings": {},
+        "results": [{"backend": "dali-cpu", "samples_per_s": 7.0, "peak_pss_mb": 1.0, "seconds": 1.0}],
+    }
     assert report.check_doc(uncounted) == ["results[0] has no 'warmup_batches'", "results[0] has no 'timed_batches'"]
     good = {**uncounted, "results": [{"backend": "dali-cpu", "samples_per_s": 7.0, "peak_pss_mb": 1.0, **TIMING}]}
     assert report.check_doc(good) == []
@@ -132,21 +203,42 @@ def test_standin_repeats_shards_exactly(demo, tmp_path):
     idx = read_index(tmp_path / "s" / manifest.shards[4].index)
     ref = read_index(base / original.shards[0].index)
     assert list(idx.keys) == list(ref.keys[:22])
-    with open(tmp_path / "s" / manifest.shards[4].file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+    with (
+        open(tmp_path / "s" / manifest.shards[4].file, "rb") as f,
+        mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m,
+    ):
         off, size = int(idx.offsets["png"][21]), int(idx.sizes["png"][21])
-        assert m[off:off + size][:8] == PNG_MAGIC
+        assert m[off : off + size][:8] == PNG_MAGIC
 
 
 def test_scale_plan_only_exact_sizes(demo, tmp_path):
     from bench.scale import main
 
-    args = ["--shards", f"{demo / 'real'}:10", "--shards", f"{demo / 'generated'}:1", "--sizes", "50,300,1000",
-            "--sources", "1,3", "--sources-size", "500", "--plan-only", "--out-dir", str(tmp_path)]
+    args = [
+        "--shards",
+        f"{demo / 'real'}:10",
+        "--shards",
+        f"{demo / 'generated'}:1",
+        "--sizes",
+        "50,300,1000",
+        "--sources",
+        "1,3",
+        "--sources-size",
+        "500",
+        "--plan-only",
+        "--out-dir",
+        str(tmp_path),
+    ]
     _invoke(main, args)
     (doc,) = _docs(tmp_path)
     rows = doc["results"]
     assert [(r["axis"], r["planned_samples"], r["sources"]) for r in rows] == [
-        ("epoch_size", 50, 1), ("epoch_size", 300, 2), ("epoch_size", 1000, 2), ("sources", 500, 1), ("sources", 500, 3)]
+        ("epoch_size", 50, 1),
+        ("epoch_size", 300, 2),
+        ("epoch_size", 1000, 2),
+        ("sources", 500, 1),
+        ("sources", 500, 3),
+    ]
     # 1000 = 64 real x 10 + a 360-sample generated stand-in; 300 = 64 x 4 + 44; 50 = a 50-subset of the real set
     assert rows[2]["weights"] == [10.0, 1.0] and rows[2]["source_counts"] == [64, 360]
     assert rows[1]["weights"] == [4.0, 1.0] and rows[1]["source_counts"] == [64, 44]
@@ -158,9 +250,32 @@ def test_scale_plan_only_exact_sizes(demo, tmp_path):
 def test_scale_loader_quick(demo, tmp_path):
     from bench.scale import main
 
-    args = ["--shards", f"{demo / 'real'}:10", "--shards", f"{demo / 'generated'}:1", "--sizes", "700",
-            "--sources", "2", "--sources-size", "64", "--batch-size", "16", "--max-batches", "2", "--warmup", "1",
-            "--min-seconds", "0", "--workers", "1", "--quick", "--no-isolate", "--out-dir", str(tmp_path)]
+    args = [
+        "--shards",
+        f"{demo / 'real'}:10",
+        "--shards",
+        f"{demo / 'generated'}:1",
+        "--sizes",
+        "700",
+        "--sources",
+        "2",
+        "--sources-size",
+        "64",
+        "--batch-size",
+        "16",
+        "--max-batches",
+        "2",
+        "--warmup",
+        "1",
+        "--min-seconds",
+        "0",
+        "--workers",
+        "1",
+        "--quick",
+        "--no-isolate",
+        "--out-dir",
+        str(tmp_path),
+    ]
     _invoke(main, args)
     (doc,) = _docs(tmp_path)
     assert doc["bench"] == "scale" and doc["quick"] is True and doc["settings"]["max_batches"] == 2
@@ -195,8 +310,25 @@ def test_formats_hold_the_same_images(demo, tmp_path):
 def test_formats_cli(demo, tmp_path):
     from bench.formats import main
 
-    args = ["--shards", str(demo / "real"), "--limit", "32", "--batch-size", "8", "--min-batches", "3",
-            "--min-seconds", "0", "--warmup", "1", "--workers", "1", "--no-isolate", "--out-dir", str(tmp_path)]
+    args = [
+        "--shards",
+        str(demo / "real"),
+        "--limit",
+        "32",
+        "--batch-size",
+        "8",
+        "--min-batches",
+        "3",
+        "--min-seconds",
+        "0",
+        "--warmup",
+        "1",
+        "--workers",
+        "1",
+        "--no-isolate",
+        "--out-dir",
+        str(tmp_path),
+    ]
     _invoke(main, args)
     (doc,) = _docs(tmp_path)
     assert doc["quick"] is True  # minimums below the rule's: marked, whatever flag lowered them
@@ -210,9 +342,26 @@ def test_formats_cli(demo, tmp_path):
 def test_end_to_end_cli(demo, tmp_path):
     from bench.end_to_end import main
 
-    args = ["--shards", f"{demo / 'real'}:10", "--shards", f"{demo / 'generated'}:1", "--batch-size", "4",
-            "--backbone", "convnet", "--min-steps", "3", "--min-seconds", "0", "--warmup", "1", "--device", "cpu",
-            "--out-dir", str(tmp_path)]
+    args = [
+        "--shards",
+        f"{demo / 'real'}:10",
+        "--shards",
+        f"{demo / 'generated'}:1",
+        "--batch-size",
+        "4",
+        "--backbone",
+        "convnet",
+        "--min-steps",
+        "3",
+        "--min-seconds",
+        "0",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(tmp_path),
+    ]
     _invoke(main, args)
     (doc,) = _docs(tmp_path)
     ceiling, e2e = doc["results"]  # on a CPU machine "both" loader devices is the CPU pipeline only
@@ -248,13 +397,19 @@ def test_bench_cli_lists_and_forwards():
 # the shared helpers: timed, PSS, fresh processes
 # ---------------------------------------------------------------------------------------------------
 def test_timed_counts_warmup_and_timed_batches_apart():
-    from bench.common import timed
-
     import time
 
+    from bench.common import timed
+
     calls, syncs = [], []
-    row = timed(lambda: calls.append(time.sleep(0.002)) or 4, warmup=3, min_batches=7, min_seconds=0.0, sync=lambda: syncs.append(1),
-                memory=False)
+    row = timed(
+        lambda: calls.append(time.sleep(0.002)) or 4,
+        warmup=3,
+        min_batches=7,
+        min_seconds=0.0,
+        sync=lambda: syncs.append(1),
+        memory=False,
+    )
     assert len(calls) == 10 and len(syncs) == 2
     assert (row["warmup_batches"], row["timed_batches"], row["timed_samples"]) == (3, 7, 28)
     assert row["stopped"] == "minimum" and row["meets_minimum"] is False
@@ -281,8 +436,12 @@ def test_timed_runs_until_both_minimums_and_stops_at_the_data_or_the_cap():
 def test_timing_settings_mark_lowered_minimums_quick():
     from bench.common import timing_settings
 
-    assert timing_settings(False, None, None, None) == {"warmup": 10, "min_batches": 50, "min_seconds": 10.0,
-                                                         "quick": False}
+    assert timing_settings(False, None, None, None) == {
+        "warmup": 10,
+        "min_batches": 50,
+        "min_seconds": 10.0,
+        "quick": False,
+    }
     assert timing_settings(True, None, None, None)["quick"] is True
     assert timing_settings(False, 1, 3, 0.0)["quick"] is True  # lowered by hand: still marked
     assert timing_settings(False, 1, 3, None)["quick"] is False  # >= 10 s still holds
@@ -377,9 +536,29 @@ def test_reference_baseline_reads_the_exact_weighted_epoch(demo):
 def test_loader_cli_same_workers_and_memory_for_every_backend(demo, tmp_path):
     from bench.loader import main
 
-    args = ["--shards", f"{demo / 'real'}:10", "--shards", f"{demo / 'generated'}:1", "--batch-size", "16",
-            "--workers", "1", "--warmup", "1", "--min-batches", "2", "--min-seconds", "0", "--no-isolate",
-            "--backends", "dali-cpu,reference,webdataset", "--device", "cpu", "--out-dir", str(tmp_path)]
+    args = [
+        "--shards",
+        f"{demo / 'real'}:10",
+        "--shards",
+        f"{demo / 'generated'}:1",
+        "--batch-size",
+        "16",
+        "--workers",
+        "1",
+        "--warmup",
+        "1",
+        "--min-batches",
+        "2",
+        "--min-seconds",
+        "0",
+        "--no-isolate",
+        "--backends",
+        "dali-cpu,reference,webdataset",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(tmp_path),
+    ]
     _invoke(main, args)
     (doc,) = _docs(tmp_path)
     assert doc["quick"] is True and doc["settings"]["workers"] == 1
@@ -412,9 +591,26 @@ def test_scale_full_builds_distinct_images_once_and_counts_every_key(demo, tmp_p
     from bench.scale import main
 
     work = tmp_path / "work"
-    args = ["--full", "--shards", f"{demo / 'real'}:10", "--generated", str(demo / "generated"),
-            "--generated-count", "150", "--work-dir", str(work), "--batch-size", "32", "--workers", "1",
-            "--device", "cpu", "--no-isolate", "--out-dir", str(tmp_path / "out")]
+    args = [
+        "--full",
+        "--shards",
+        f"{demo / 'real'}:10",
+        "--generated",
+        str(demo / "generated"),
+        "--generated-count",
+        "150",
+        "--work-dir",
+        str(work),
+        "--batch-size",
+        "32",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--no-isolate",
+        "--out-dir",
+        str(tmp_path / "out"),
+    ]
     _invoke(main, args)
     (doc,) = _docs(tmp_path / "out")
     (row,) = doc["results"]
@@ -452,7 +648,9 @@ def test_pack_bench_on_real_files_passes_jpeg_through(tmp_path):
         d = src / ("cat" if i % 2 else "dog")
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.jpg", quality=90)
-    result = CliRunner().invoke(main, ["--source", str(src), "--quick", "--workers", "1", "--out-dir", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        main, ["--source", str(src), "--quick", "--workers", "1", "--out-dir", str(tmp_path / "o")]
+    )
     assert result.exit_code == 0, result.output
     (doc,) = _docs(tmp_path / "o")
     rows = {r["backend"]: r for r in doc["results"]}
@@ -471,8 +669,9 @@ GPU_RUN = Path(__file__).resolve().parents[1] / "bench" / "gpu_run.sh"
 def test_gpu_run_dry_run_lists_every_step(tmp_path):
     import subprocess
 
-    out = subprocess.run(["bash", str(GPU_RUN), "--dry-run", "--work", str(tmp_path)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        ["bash", str(GPU_RUN), "--dry-run", "--work", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
     assert sum("-m shards pack" in c for c in cmds) == 3 and any("-m pytest -m gpu" in c for c in cmds)
@@ -505,9 +704,30 @@ def test_gpu_run_data_step_on_the_cpu(tmp_path):
             tar.add(f, f"edm-cifar10/fid-tmp/000000/{i:06d}.png")
     env = {**os.environ, "PYTHON": sys.executable}
     work = tmp_path / "work"
-    out = subprocess.run(["bash", str(GPU_RUN), "--device", "cpu", "--quick", "--data", str(data), "--bundle",
-                          str(tmp_path / "none"), "--limit", "8", "--work", str(work), "--out", str(tmp_path / "out"),
-                          "data"], capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run(
+        [
+            "bash",
+            str(GPU_RUN),
+            "--device",
+            "cpu",
+            "--quick",
+            "--data",
+            str(data),
+            "--bundle",
+            str(tmp_path / "none"),
+            "--limit",
+            "8",
+            "--work",
+            str(work),
+            "--out",
+            str(tmp_path / "out"),
+            "data",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     counts = {d: Manifest.load(work / "shards" / d).count for d in ("cifar10-train", "cifar10-test", "edm")}
     assert counts == {"cifar10-train": 8, "cifar10-test": 8, "edm": 8}

@@ -1,4 +1,5 @@
 """`python -m bench feed` on tiny demo shards: the rows and fields the targets are read from."""
+
 import json
 
 from click.testing import CliRunner
@@ -7,20 +8,56 @@ from bench.feed import main
 
 
 def test_feed_benchmark_rows(demo_shards, tmp_path):
-    args = ["--shards", f"{demo_shards['real']}:2", "--shards", f"{demo_shards['generated']}:1", "--formats", "png,raw",
-            "--batch-size", "16", "--batches", "5", "--min-seconds", "0", "--warmup", "1", "--loader-batches", "3",
-            "--boundary-batches", "2", "--large-size", "3000", "--large-format", "raw", "--out-dir", str(tmp_path),
-            "--work-dir", str(tmp_path / "work")]
+    args = [
+        "--shards",
+        f"{demo_shards['real']}:2",
+        "--shards",
+        f"{demo_shards['generated']}:1",
+        "--formats",
+        "png,raw",
+        "--batch-size",
+        "16",
+        "--batches",
+        "5",
+        "--min-seconds",
+        "0",
+        "--warmup",
+        "1",
+        "--loader-batches",
+        "3",
+        "--boundary-batches",
+        "2",
+        "--large-size",
+        "3000",
+        "--large-format",
+        "raw",
+        "--out-dir",
+        str(tmp_path),
+        "--work-dir",
+        str(tmp_path / "work"),
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     [path] = tmp_path.glob("*-feed.json")
     doc = json.loads(path.read_text())
     rows = {row["backend"]: row for row in doc["results"]}
     assert doc["bench"] == "feed" and "cpu" in doc["hardware"]
-    assert set(rows) == {"open-demo-real", "open-demo-generated", "feed-png", "feed-raw", "epoch-boundary",
-                         "open-large"}
-    timings = ("samples_per_s", "ms_per_batch", "ms_per_batch_p50", "training_thread_ms_per_batch",
-               "training_thread_ms_per_batch_inline", "loader_samples_per_s")
+    assert set(rows) == {
+        "open-demo-real",
+        "open-demo-generated",
+        "feed-png",
+        "feed-raw",
+        "epoch-boundary",
+        "open-large",
+    }
+    timings = (
+        "samples_per_s",
+        "ms_per_batch",
+        "ms_per_batch_p50",
+        "training_thread_ms_per_batch",
+        "training_thread_ms_per_batch_inline",
+        "loader_samples_per_s",
+    )
     for fmt in ("png", "raw"):
         row = rows[f"feed-{fmt}"]
         assert row["format"] == fmt and row["off_training_thread"] is True

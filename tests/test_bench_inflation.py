@@ -4,6 +4,7 @@ Checks the JSON shape, that each run trained with the weights and augmentation t
 curve, the random-init rows, the mean ± std summary and the comparison against the spread, and the chart;
 no timing and no accuracy level is asserted.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,40 @@ def tiny_demo(tmp_path_factory):
 
 def test_study_on_demo_data(tiny_demo, tmp_path):
     out = tmp_path / "results"
-    args = ["--demo-dir", str(tiny_demo), "--modes", "none,adainf", "--seeds", "0,1", "--backbone", "convnet",
-            "--steps", "4", "--batch-size", "16", "--warmup-steps", "0", "--eval-every", "2", "--knn-train-limit",
-            "0", "--eval-limit", "0", "--probe-epochs", "2", "--image-size", "16", "--num-threads", "1",
-            "--device", "cpu", "--work-dir", str(tmp_path / "work"), "--out-dir", str(out)]
+    args = [
+        "--demo-dir",
+        str(tiny_demo),
+        "--modes",
+        "none,adainf",
+        "--seeds",
+        "0,1",
+        "--backbone",
+        "convnet",
+        "--steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--warmup-steps",
+        "0",
+        "--eval-every",
+        "2",
+        "--knn-train-limit",
+        "0",
+        "--eval-limit",
+        "0",
+        "--probe-epochs",
+        "2",
+        "--image-size",
+        "16",
+        "--num-threads",
+        "1",
+        "--device",
+        "cpu",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out-dir",
+        str(out),
+    ]
     result = CliRunner().invoke(inflation.main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
 
@@ -37,8 +68,14 @@ def test_study_on_demo_data(tiny_demo, tmp_path):
     assert report.check_doc(doc) == []
     assert doc["bench"] == "inflation" and doc["settings"]["steps"] == 4 and doc["settings"]["seeds"] == [0, 1]
     rows = [r for r in doc["results"] if r["backend"] != "summary"]
-    assert [(r["mode"], r["seed"]) for r in rows] == [("random-init", 0), ("none", 0), ("adainf", 0),
-                                                      ("random-init", 1), ("none", 1), ("adainf", 1)]
+    assert [(r["mode"], r["seed"]) for r in rows] == [
+        ("random-init", 0),
+        ("none", 0),
+        ("adainf", 0),
+        ("random-init", 1),
+        ("none", 1),
+        ("adainf", 1),
+    ]
     none, adainf = rows[1], rows[2]
     # the policy, not the study, chose the weights and the augmentation (train.py's resolved config)
     assert none["weights"] == {"real": 1.0, "generated": 0.0} and none["effective_size"] == 96
@@ -59,7 +96,7 @@ def test_study_on_demo_data(tiny_demo, tmp_path):
         values = [r["knn_acc"] for r in runs]
         assert s["n"] == 2 and s["knn_acc"]["values"] == values
         assert s["knn_acc"]["mean"] == pytest.approx(sum(values) / 2, abs=1e-5)
-        assert s["knn_acc"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-5)
+        assert s["knn_acc"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5, abs=1e-5)
     (pair,) = [p for p in doc["settings"]["comparisons"] if p["metric"] == "knn_acc"]
     delta = summary["none"]["knn_acc"]["mean"] - summary["adainf"]["knn_acc"]["mean"]
     assert pair["delta"] == pytest.approx(delta, abs=1e-5)
@@ -73,16 +110,19 @@ def test_study_on_demo_data(tiny_demo, tmp_path):
 
 
 def test_throughput_and_curve_from_metrics():
-    records = [{"kind": "train", "step": 50, "samples_per_s": 100.0, "data_wait": 0.5},
-               {"kind": "eval", "step": 50, "knn_acc": 0.3, "online_probe_acc": 0.2},
-               {"kind": "train", "step": 100, "samples_per_s": 300.0, "data_wait": 0.0},
-               {"kind": "final", "step": 100, "knn_acc": 0.4, "online_probe_acc": 0.35, "linear_probe_acc": 0.5}]
+    records = [
+        {"kind": "train", "step": 50, "samples_per_s": 100.0, "data_wait": 0.5},
+        {"kind": "eval", "step": 50, "knn_acc": 0.3, "online_probe_acc": 0.2},
+        {"kind": "train", "step": 100, "samples_per_s": 300.0, "data_wait": 0.0},
+        {"kind": "final", "step": 100, "knn_acc": 0.4, "online_probe_acc": 0.35, "linear_probe_acc": 0.5},
+    ]
     # 50*128 samples at 100/s (64 s, half waiting) + 50*128 at 300/s (21.33 s): 12800 / 85.33 s
     sps, wait = inflation.throughput(records, 128)
     assert sps == pytest.approx(150.0) and wait == pytest.approx(32 / (64 + 64 / 3), abs=1e-4)
     assert inflation.curve(records) == [
         {"step": 50, "knn_acc": 0.3, "online_probe_acc": 0.2},
-        {"step": 100, "knn_acc": 0.4, "online_probe_acc": 0.35, "linear_probe_acc": 0.5}]
+        {"step": 100, "knn_acc": 0.4, "online_probe_acc": 0.35, "linear_probe_acc": 0.5},
+    ]
 
 
 def test_compare_flags_differences_beyond_the_spread():

@@ -4,6 +4,7 @@ The realistic bit rot is a JPEG whose body is flipped (bytes 4 … end−40) whi
 it passes a signature check and used to take DALI's decoder down with SIGSEGV. The loader runs in a
 subprocess here, so a segfault fails the test instead of killing pytest.
 """
+
 import io
 import json
 import subprocess
@@ -111,8 +112,9 @@ except ShardError as e:
 
 
 def run_loader(src: Path, mode: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", RUN, str(src), mode], capture_output=True, text=True, cwd=ROOT,
-                       timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", RUN, str(src), mode], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert r.returncode == 0, f"the loader process died (return code {r.returncode}): {r.stderr[-2000:]}"
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -141,8 +143,9 @@ def test_worker_processes_give_the_same_verdicts(rotten_set):
 
     m = Manifest.load(rotten_set)
     r = SourceReader(rotten_set, m, cache=False)
-    jobs = [(str(rotten_set / s.file), r.offsets[r.shard_of == k], r.sizes[r.shard_of == k])
-            for k, s in enumerate(m.shards)]
+    jobs = [
+        (str(rotten_set / s.file), r.offsets[r.shard_of == k], r.sizes[r.shard_of == k]) for k, s in enumerate(m.shards)
+    ]
     inline = check_members(jobs, "jpg", workers=1)
     pooled = check_members(jobs, "jpg", workers=2, chunk=8)
     assert all(np.array_equal(a, b) for a, b in zip(inline, pooled))

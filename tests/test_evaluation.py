@@ -47,7 +47,7 @@ def test_linear_probe_beats_chance_on_separable_features():
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(4, 64, generator=g)
     y = torch.arange(4).repeat_interleave(100)
-    x = centres[y] + 0.8 * torch.randn(len(y), 64, generator=g) + 5.0   # offset removed by standardising
+    x = centres[y] + 0.8 * torch.randn(len(y), 64, generator=g) + 5.0  # offset removed by standardising
     ty = torch.arange(4).repeat_interleave(50)
     tx = centres[ty] + 0.8 * torch.randn(len(ty), 64, generator=g) + 5.0
     acc = linear_probe(x, y, tx, ty, epochs=20, batch_size=64, num_classes=4)
@@ -62,17 +62,21 @@ def test_extract_features_drops_unlabelled_and_restores_mode():
     net = build_backbone("resnet18")
     net.train()
     images = torch.randn(6, 3, 8, 8)
-    batches = [(images[:3], torch.tensor([0, -1, 2])), SimpleNamespace(images=images[3:], labels=torch.tensor([-1, 4, 5]))]
+    batches = [
+        (images[:3], torch.tensor([0, -1, 2])),
+        SimpleNamespace(images=images[3:], labels=torch.tensor([-1, 4, 5])),
+    ]
     feats, labels = extract_features(net, batches, "cpu")
     assert feats.shape == (4, 512) and feats.dtype == torch.float32
     assert labels.tolist() == [0, 2, 4, 5]
-    assert net.training                                       # mode restored
+    assert net.training  # mode restored
     net.eval()
     with torch.no_grad():
         expected = net(images)[[0, 2, 4, 5]]
-    assert torch.allclose(feats, expected, atol=1e-5)         # eval-mode BN: per-sample features
-    all_feats, all_labels = extract_features(net, [SimpleNamespace(views=[images], labels=torch.tensor([-1] * 6))],
-                                             "cpu", labelled_only=False)
+    assert torch.allclose(feats, expected, atol=1e-5)  # eval-mode BN: per-sample features
+    all_feats, all_labels = extract_features(
+        net, [SimpleNamespace(views=[images], labels=torch.tensor([-1] * 6))], "cpu", labelled_only=False
+    )
     assert all_feats.shape == (6, 512) and all_labels.tolist() == [-1] * 6
     with pytest.raises(ValueError, match="no batch"):
         extract_features(net, [], "cpu")

@@ -1,5 +1,6 @@
 """The feed: one pipeline across epochs (batches()), resume at any position, the prefetch thread, the index
 cache, the batch gathering and the start-up of a GPU pipeline that cannot run."""
+
 import json
 import os
 from pathlib import Path
@@ -44,7 +45,7 @@ def test_batches_run_across_epochs_through_one_pipeline(data, monkeypatch, same_
     it = loader.batches()
     got = take(it, 3 * steps)
     same_batches(got, sum(per_epoch, []))
-    assert [(b.epoch, b.step) for b in got[steps - 1:steps + 1]] == [(0, steps - 1), (1, 0)]
+    assert [(b.epoch, b.step) for b in got[steps - 1 : steps + 1]] == [(0, steps - 1), (1, 0)]
     assert len(builds) == 1  # no rebuild at the epoch boundaries
     assert loader.stats.batches == 3 * steps and loader.stats.samples == 3 * steps * 12
     it.close()
@@ -263,8 +264,10 @@ def test_fast_and_line_by_line_parsers_agree(fresh_set):
     body = text.partition("\n")[2]
     fast, slow = _parse_uniform(body, 10), _parse_lines(idx, body.splitlines())
     assert fast is not None and fast.keys.tolist() == slow.keys.tolist() and set(fast.offsets) == set(slow.offsets)
-    assert all(np.array_equal(fast.offsets[e], slow.offsets[e]) and np.array_equal(fast.sizes[e], slow.sizes[e])
-               for e in slow.offsets)
+    assert all(
+        np.array_equal(fast.offsets[e], slow.offsets[e]) and np.array_equal(fast.sizes[e], slow.sizes[e])
+        for e in slow.offsets
+    )
     lines = body.splitlines()
     lines[4] = " ".join(lines[4].split()[4:] + lines[4].split()[:4])  # another member order on one line
     assert _parse_uniform("\n".join(lines) + "\n", 10) is None
@@ -289,7 +292,7 @@ def test_index_advice_only_when_the_index_is_stale(tmp_path, monkeypatch, fresh_
         SourceReader(src, m, cache=False)
     idx.write_text("\n".join(lines) + "\n")
     tar = src / m.shards[0].file
-    tar.write_bytes(tar.read_bytes()[:-12 * 1024])
+    tar.write_bytes(tar.read_bytes()[: -12 * 1024])
     r = SourceReader(src, m, cache=False)  # a truncated tar: its tail samples are damaged, no index advice
     assert (r.verdict[:10] != 0).any() and "`wds2idx" not in r.describe(int(np.flatnonzero(r.verdict)[0]))
     m2 = Manifest.load(src)
@@ -304,6 +307,7 @@ def test_index_advice_only_when_the_index_is_stale(tmp_path, monkeypatch, fresh_
         for mm, blob in members:
             t.addfile(mm, io.BytesIO(blob))
     from shards.writer import ShardSetWriter  # noqa: F401 - (the writer's index format is what read_index reads)
+
     idx2 = src / m2.shards[2].index
     head, *rest = idx2.read_text().splitlines()
     idx2.write_text("\n".join(["v1.2 8", *rest[:8]]) + "\n")
@@ -328,8 +332,19 @@ def test_a_gpu_pipeline_that_cannot_start_is_one_clear_line(data):
     loader = TrainLoader(parse_shards_args([str(data["gen"])]), preset("simclr"), 8)
     feed = pipeline._Feed(loader._readers, iter([]), None)
     with pytest.raises(ShardError) as e:
-        pipeline._build(loader._readers, feed, loader._augment, batch_size=8, loader_device="gpu", device_id=0,
-                        num_threads=1, seed=0, with_params=True)
+        pipeline._build(
+            loader._readers,
+            feed,
+            loader._augment,
+            batch_size=8,
+            loader_device="gpu",
+            device_id=0,
+            num_threads=1,
+            seed=0,
+            with_params=True,
+        )
     msg = str(e.value)
-    assert "GPU loader pipeline failed to start" in msg and "loader_device='cpu'" in msg and "--loader-device cpu" in msg
+    assert (
+        "GPU loader pipeline failed to start" in msg and "loader_device='cpu'" in msg and "--loader-device cpu" in msg
+    )
     assert "\n" not in msg

@@ -3,6 +3,7 @@ batch the two must agree op by op within interpolation tolerance; exactness and 
 
 Skipped without CUDA (``@pytest.mark.gpu``; ``pytest -m gpu`` runs only these).
 """
+
 import collections
 
 import numpy as np
@@ -81,8 +82,9 @@ def test_gpu_and_cpu_loaders_give_the_same_batches(data, shards):
 def test_cpu_pipeline_copies_to_the_gpu_bitwise(data):
     m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1"])
     aug = preset("byol")
-    on_gpu = batches(TrainLoader(m, aug, 12, seed=1, device="cuda", loader_device="cpu", dtype=torch.bfloat16,
-                                 channels_last=True), 5)
+    on_gpu = batches(
+        TrainLoader(m, aug, 12, seed=1, device="cuda", loader_device="cpu", dtype=torch.bfloat16, channels_last=True), 5
+    )
     on_cpu = batches(TrainLoader(m, aug, 12, seed=1, device="cpu", dtype=torch.bfloat16, channels_last=True), 5)
     for g, c in zip(on_gpu, on_cpu):
         assert g.labels.device.type == "cuda" and torch.equal(g.index.cpu(), c.index)

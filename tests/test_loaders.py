@@ -1,4 +1,5 @@
 """Mixture parsing, presets and the DALI loaders on the CPU backend, on tiny shards in tmp_path."""
+
 import collections
 import json
 
@@ -41,13 +42,16 @@ def test_parse_dir_weights_and_yaml(data, tmp_path):
     assert [s.name for s in m.sources] == ["cifar", "gen"] and m.weights == [2.5, 0.0]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["{tmp}/nope:1"], "no such directory"),
-    (["{real}:abc"], "not a number"),
-    (["{real}:-1"], "invalid"),
-    (["{real}:0"], "weight 0"),
-    (["{real}", "{real}"], "used twice"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["{tmp}/nope:1"], "no such directory"),
+        (["{real}:abc"], "not a number"),
+        (["{real}:-1"], "invalid"),
+        (["{real}:0"], "weight 0"),
+        (["{real}", "{real}"], "used twice"),
+    ],
+)
 def test_parse_errors_are_one_clear_line(data, tmp_path, args, needle):
     args = [a.format(tmp=tmp_path, real=data["real"]) for a in args]
     with pytest.raises(ShardError, match=needle) as e:
@@ -154,13 +158,17 @@ def test_augmentation_strength_changes_outputs(data, plain_view):
         clean = next(iter(TrainLoader(m, AugConfig((plain_view,)), 45, seed=0).epoch(0))).views[0]
         return (b.views[0] - clean).abs().mean().item()
 
-    plain, weak, strong = distance(AugConfig((plain_view,))), distance(preset("symmetric_adainf", num_views=1)), \
-        distance(preset("symmetric", num_views=1))
+    plain, weak, strong = (
+        distance(AugConfig((plain_view,))),
+        distance(preset("symmetric_adainf", num_views=1)),
+        distance(preset("symmetric", num_views=1)),
+    )
     assert plain == 0.0
     assert strong > weak > 0.05
     # each op alone visibly changes images
-    jitters = [{"jitter_p": 1.0, k: v} for k, v in (("brightness", 0.8), ("contrast", 0.8), ("saturation", 0.8),
-                                                    ("hue", 0.2))]
+    jitters = [
+        {"jitter_p": 1.0, k: v} for k, v in (("brightness", 0.8), ("contrast", 0.8), ("saturation", 0.8), ("hue", 0.2))
+    ]
     for kw in ({"gray_p": 1.0}, {"solarize_p": 1.0}, {"blur_p": 1.0}, {"flip_p": 1.0}, *jitters):
         assert distance(AugConfig((ViewAug(**{**plain_view.__dict__, **kw}),))) > 0.01, kw
 
@@ -273,8 +281,21 @@ def test_audit_json_counts_every_key(data):
 
     from loaders.__main__ import main
 
-    res = CliRunner().invoke(main, ["audit", "--shards", f"{data['real']}:2", "--shards", f"{data['gen']}:1",
-                                    "--batch-size", "16", "--epochs", "2", "--json"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "audit",
+            "--shards",
+            f"{data['real']}:2",
+            "--shards",
+            f"{data['gen']}:1",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "2",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert len(report["epochs"]) == 2
@@ -292,7 +313,9 @@ def test_eval_loader_limit_is_a_fixed_subset_across_classes(tmp_path, shard_fact
     """A class-ordered test set (4 samples per class, classes 0…9 in turn): the first 10 samples would hold
     classes 0-2 only; the limited loader keeps a fixed subset spread over the classes, in shard order, each
     image the one the full loader gives at that position."""
-    src = shard_factory(tmp_path, "ordered", 40, fmt="png", split="test", shard_size=16, labels=[i // 4 for i in range(40)])
+    src = shard_factory(
+        tmp_path, "ordered", 40, fmt="png", split="test", shard_size=16, labels=[i // 4 for i in range(40)]
+    )
     full_x, full_y = (torch.cat(t) for t in zip(*EvalLoader(src, 16)))
     sub_x, sub_y = (torch.cat(t) for t in zip(*EvalLoader(src, 4, limit=10)))
     again_x, again_y = (torch.cat(t) for t in zip(*EvalLoader(src, 4, limit=10)))

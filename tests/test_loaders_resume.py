@@ -1,4 +1,5 @@
 """Host-drawn augmentation parameters: exact resume, the crop box semantics and the sampler's statistics."""
+
 import json
 
 import numpy as np
@@ -68,14 +69,19 @@ def test_seed_and_step_change_the_draws(data):
 
 def test_each_view_draws_its_own_parameters(data, plain_view):
     m = parse_shards_args([f"{data['gen']}:1"])
-    b = next(iter(TrainLoader(m, AugConfig((ViewAug(**{**plain_view.__dict__, "crop_scale": (0.1, 0.5)}),) * 2),
-                              15).epoch(0)))
+    b = next(
+        iter(
+            TrainLoader(m, AugConfig((ViewAug(**{**plain_view.__dict__, "crop_scale": (0.1, 0.5)}),) * 2), 15).epoch(0)
+        )
+    )
     assert not torch.equal(b.views[0], b.views[1])  # same recipe, different crops
     rng = augment_rng(0, 0, 0, 0)
     v1, v2 = preset("byol").views
     n = 20_000
-    p1, p2 = sample_view_params(rng, v1, np.full(n, 32), np.full(n, 32)), sample_view_params(rng, v2, np.full(n, 32),
-                                                                                             np.full(n, 32))
+    p1, p2 = (
+        sample_view_params(rng, v1, np.full(n, 32), np.full(n, 32)),
+        sample_view_params(rng, v2, np.full(n, 32), np.full(n, 32)),
+    )
     assert p1["solarize"].mean() == 0.0 and abs(p2["solarize"].mean() - 0.2) < 0.02
     assert not np.array_equal(p1["crop_start"], p2["crop_start"])
 
@@ -108,8 +114,11 @@ def test_flags_drive_the_ops_per_sample(plain_view, run_augment):
     imgs = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     view = ViewAug(**{**plain_view.__dict__, "flip_p": 0.5, "solarize_p": 0.5, "gray_p": 0.5})
     full = {"crop_start": np.zeros((4, 2)), "crop_end": np.full((4, 2), 32.0)}
-    flags = {"flip": np.array([1, 0, 0, 0], bool), "solarize": np.array([0, 1, 0, 0], bool),
-             "gray": np.array([0, 0, 1, 0], bool)}
+    flags = {
+        "flip": np.array([1, 0, 0, 0], bool),
+        "solarize": np.array([0, 1, 0, 0], bool),
+        "gray": np.array([0, 0, 1, 0], bool),
+    }
     [out] = run_augment(imgs, [view], [{**full, **flags}])
     np.testing.assert_allclose(out[0], normalised(imgs[0, :, ::-1]), atol=1e-5)
     np.testing.assert_allclose(out[1], normalised(np.where(imgs[1] >= 128, 255 - imgs[1], imgs[1])), atol=1e-5)
@@ -122,8 +131,17 @@ def test_flags_drive_the_ops_per_sample(plain_view, run_augment):
 def test_param_names_resolve_p0_and_p1_at_build_time(plain_view):
     assert dali_param_names(plain_view) == ("crop_start", "crop_end")
     v = preset("symmetric").views[0]
-    assert dali_param_names(v) == ("crop_start", "crop_end", "flip", "jitter", "jitter_factors", "jitter_order", "gray",
-                                   "blur", "sigma")
+    assert dali_param_names(v) == (
+        "crop_start",
+        "crop_end",
+        "flip",
+        "jitter",
+        "jitter_factors",
+        "jitter_order",
+        "gray",
+        "blur",
+        "sigma",
+    )
     always = ViewAug(flip_p=1.0, jitter_p=1.0, brightness=0.8, contrast=0.8, blur_p=1.0, gray_p=0.0, solarize_p=1.0)
     assert dali_param_names(always) == ("crop_start", "crop_end", "jitter_factors", "jitter_order", "sigma")
     assert dali_param_names(ViewAug(jitter_p=1.0, hue=0.1)) == ("crop_start", "crop_end", "jitter_factors")
@@ -138,8 +156,13 @@ def test_sampler_statistics_match_the_preset(name):
         p = sample_view_params(augment_rng(0, 1, 0, 7), view, h, w)
         assert set(p) == set(PARAM_KEYS) and all(len(a) == n for a in p.values())
         tol = 5 * np.sqrt(0.25 / n)
-        for flag, prob in (("flip", view.flip_p), ("jitter", view.jitter_p), ("gray", view.gray_p),
-                           ("blur", view.blur_p), ("solarize", view.solarize_p)):
+        for flag, prob in (
+            ("flip", view.flip_p),
+            ("jitter", view.jitter_p),
+            ("gray", view.gray_p),
+            ("blur", view.blur_p),
+            ("solarize", view.solarize_p),
+        ):
             assert p[flag].dtype == bool and abs(p[flag].mean() - prob) < tol, flag
         for k in ("brightness", "contrast", "saturation"):
             x = getattr(view, k)
@@ -185,8 +208,9 @@ def test_crops_follow_torchvision_distribution():
     scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
     tv = np.array([RandomResizedCrop.get_params(img, scale, ratio) for _ in range(4000)], np.float64)  # i, j, h, w
     n = 200_000
-    p = sample_view_params(augment_rng(0, 0, 0, 0), ViewAug(crop_scale=scale, crop_ratio=ratio),
-                           np.full(n, 12), np.full(n, 40))
+    p = sample_view_params(
+        augment_rng(0, 0, 0, 0), ViewAug(crop_scale=scale, crop_ratio=ratio), np.full(n, 12), np.full(n, 40)
+    )
     ours = np.concatenate([p["crop_start"], p["crop_end"] - p["crop_start"]], axis=1)
     for col in range(4):
         assert abs(ours[:, col].mean() - tv[:, col].mean()) < 5 * tv[:, col].std() / np.sqrt(len(tv)) + 1e-9, col

@@ -11,7 +11,7 @@ def test_nt_xent_matches_hand_computed_value():
     z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     z2 = torch.tensor([[0.6, 0.8], [0.8, 0.6]])
     t = 0.5
-    emb = torch.cat([z1, z2])                       # rows: a0, a1, b0, b1
+    emb = torch.cat([z1, z2])  # rows: a0, a1, b0, b1
     sim = emb @ emb.T / t
     partner = [2, 3, 0, 1]
     expected = 0.0
@@ -69,8 +69,8 @@ def test_barlow_loss_zero_for_identical_decorrelated_features():
     torch.manual_seed(0)
     n, d = 64, 8
     x = torch.randn(n, d)
-    q, _ = torch.linalg.qr(x - x.mean(0))          # centred, orthonormal columns
-    z = q * 5.0 + 3.0                                # any per-column affine map is standardised away
+    q, _ = torch.linalg.qr(x - x.mean(0))  # centred, orthonormal columns
+    z = q * 5.0 + 3.0  # any per-column affine map is standardised away
     assert float(barlow_loss(z, z)) < 1e-3
     # correlated columns cost lamb * scale per off-diagonal squared correlation
     correlated = torch.cat([q[:, :1], q[:, :1]], dim=1) * 10.0

@@ -1,4 +1,5 @@
 """loaders.mixture: mixture YAML types, and weights whose epoch overflows or cannot be planned in memory."""
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -21,7 +22,13 @@ def sets(tmp_path_factory):
     for name, n, kind in (("real", 300, "real"), ("gen", 50, "generated")):
         with ShardSetWriter(root / name, name, kind=kind, format="raw", shard_size=1000) as w:
             for i in range(n):
-                w.add(f"{i:06d}", np.full((2, 2, 3), i % 256, np.uint8).tobytes(), i % 3 if kind == "real" else -1, "", (2, 2))
+                w.add(
+                    f"{i:06d}",
+                    np.full((2, 2, 3), i % 256, np.uint8).tobytes(),
+                    i % 3 if kind == "real" else -1,
+                    "",
+                    (2, 2),
+                )
     return root
 
 
@@ -39,13 +46,16 @@ def _one_line(e) -> str:
     return msg
 
 
-@pytest.mark.parametrize("entry,needle", [
-    ("{{path: {real}, weight: true}}", "weight True"),
-    ("{{path: {real}, weight: '10'}}", "weight '10'"),
-    ("{{path: {real}, name: 5}}", "name 5 (int)"),
-    ("{{path: {real}, name: [a, b]}}", "name ['a', 'b'] (list)"),
-    ("{{path: 2024, weight: 1}}", 'path: "2024"'),
-])
+@pytest.mark.parametrize(
+    "entry,needle",
+    [
+        ("{{path: {real}, weight: true}}", "weight True"),
+        ("{{path: {real}, weight: '10'}}", "weight '10'"),
+        ("{{path: {real}, name: 5}}", "name 5 (int)"),
+        ("{{path: {real}, name: [a, b]}}", "name ['a', 'b'] (list)"),
+        ("{{path: 2024, weight: 1}}", 'path: "2024"'),
+    ],
+)
 def test_yaml_wrong_types_are_refused(sets, tmp_path, entry, needle):
     mix = tmp_path / "mix.yaml"
     mix.write_text("- " + entry.format(real=sets / "real") + "\n")
@@ -82,4 +92,3 @@ def test_policy_weights_are_checked_too(sets, one_gib_free):
     assert m.weights == [10.0, 1.0] and m.expected_epoch_size == 3050
     with pytest.raises(ShardError, match="source 'gen'"):
         m.with_weights([10, 1e7])
-

@@ -25,13 +25,13 @@ def test_lars_adapts_weights_and_skips_bias_and_norm():
     w, g = before[0], torch.full_like(before[0], 0.5)
     trust = eta * w.norm() / (g.norm() + wd * w.norm() + 1e-8)
     assert torch.allclose(lin.weight, w - lr * trust * (g + wd * w), atol=1e-7)
-    for p, b in zip(params[1:], before[1:]):                # plain SGD, no weight decay
+    for p, b in zip(params[1:], before[1:]):  # plain SGD, no weight decay
         assert torch.allclose(p, b - lr * 0.5, atol=1e-7)
 
 
 def test_lars_clip_lr_and_non_lars_groups():
     lin, _ = _toy_groups()
-    lin.weight.grad = torch.full_like(lin.weight, 1e-6)       # tiny gradient: huge trust ratio, clipped to 1
+    lin.weight.grad = torch.full_like(lin.weight, 1e-6)  # tiny gradient: huge trust ratio, clipped to 1
     w = lin.weight.detach().clone()
     LARS([lin.weight], lr=0.1, momentum=0.0, weight_decay=0.0, eta=0.02, clip_lr=True).step()
     assert torch.allclose(lin.weight, w - 0.1 * 1e-6, atol=1e-9)
@@ -61,12 +61,14 @@ def test_build_optimizer_scales_lr_and_sets_probe_group():
     opt = build_optimizer(method, batch_size=512)
     assert isinstance(opt, LARS)
     by_name = {g["name"]: g for g in opt.param_groups}
-    assert by_name["ssl"]["lr"] == pytest.approx(0.4)          # 0.2 per 256 at batch 512
+    assert by_name["ssl"]["lr"] == pytest.approx(0.4)  # 0.2 per 256 at batch 512
     assert by_name["ssl"]["weight_decay"] == pytest.approx(1e-4)
     assert by_name["ssl_no_decay"]["weight_decay"] == 0.0
     assert by_name["probe"]["lr"] == pytest.approx(0.1) and by_name["probe"]["weight_decay"] == 0.0
     assert by_name["probe"]["lars"] and opt.defaults["eta"] == 0.02  # adapted as the release's LARS does
-    plain = build_optimizer(build_method("simclr", proj_hidden_dim=64, proj_output_dim=32, probe_lars=False), batch_size=512)
+    plain = build_optimizer(
+        build_method("simclr", proj_hidden_dim=64, proj_output_dim=32, probe_lars=False), batch_size=512
+    )
     assert not {g["name"]: g for g in plain.param_groups}["probe"]["lars"]
     moco = build_method("moco", proj_hidden_dim=64, proj_output_dim=32, queue_size=64)
     sgd = build_optimizer(moco, batch_size=512)
@@ -97,7 +99,9 @@ def test_scheduler_applies_to_every_group_and_resumes():
     opt = build_optimizer(method, batch_size=256)
     sched = build_scheduler(opt, total_steps=20, warmup_steps=4)
     base = [g["lr"] for g in opt.param_groups]
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([b / 5 for b in [g["initial_lr"] for g in opt.param_groups]])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx(
+        [b / 5 for b in [g["initial_lr"] for g in opt.param_groups]]
+    )
     for _ in range(7):
         opt.step()
         sched.step()
@@ -112,7 +116,7 @@ def test_scheduler_applies_to_every_group_and_resumes():
     opt.step()
     sched.step()
     assert [g["lr"] for g in opt2.param_groups] == pytest.approx([g["lr"] for g in opt.param_groups])
-    assert base[0] != base[-1]                                 # the probe group keeps its own lr
+    assert base[0] != base[-1]  # the probe group keeps its own lr
 
 
 def test_probe_weight_is_lars_adapted_like_the_release_and_its_bias_is_not():

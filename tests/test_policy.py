@@ -1,12 +1,23 @@
 """The AdaInf inflation policy: modes, the auto rule's anchors and monotonicity, overrides, errors."""
+
 import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from loaders.policy import (CROP_ANCHORS, DEFAULT_MODE, InflationDecision, SourceInfo, crop_min_scale_for_size,
-                            decide, jitter_for_size, preset_knobs, real_weight_for_fid, sources_from_mixture)
+from loaders.policy import (
+    CROP_ANCHORS,
+    DEFAULT_MODE,
+    InflationDecision,
+    SourceInfo,
+    crop_min_scale_for_size,
+    decide,
+    jitter_for_size,
+    preset_knobs,
+    real_weight_for_fid,
+    sources_from_mixture,
+)
 
 
 def cifar(count=50_000, weight=None):
@@ -18,6 +29,7 @@ def gen(count=1_000_000, fid=1.96, name="edm", weight=None):
 
 
 # ---- modes ------------------------------------------------------------------------------------------
+
 
 def test_none_keeps_real_only():
     d = decide([cifar(), gen()], "none", family="symmetric")
@@ -37,8 +49,10 @@ def test_vanilla_allows_generated_only():
     assert decide([gen()], "vanilla", family="symmetric").weights == (1.0,)
 
 
-@pytest.mark.parametrize("family,preset", [("symmetric", "symmetric_adainf"), ("symmetric_weak", "symmetric_adainf"),
-                                           ("asymmetric", "asymmetric_adainf")])
+@pytest.mark.parametrize(
+    "family,preset",
+    [("symmetric", "symmetric_adainf"), ("symmetric_weak", "symmetric_adainf"), ("asymmetric", "asymmetric_adainf")],
+)
 def test_adainf_is_the_release_recipe_and_the_default(family, preset):
     d = decide([cifar(), gen()], family=family)
     assert DEFAULT_MODE == "adainf" and d.mode == "adainf"
@@ -61,11 +75,17 @@ def test_none_and_vanilla_use_the_family_baseline():
 
 
 def test_preset_knobs_are_read_from_the_presets():
-    assert preset_knobs("symmetric_adainf", "symmetric") == {"crop_min_scale": 0.2, "jitter_strength": 0.5,
-                                                             "jitter_p": 0.4}
+    assert preset_knobs("symmetric_adainf", "symmetric") == {
+        "crop_min_scale": 0.2,
+        "jitter_strength": 0.5,
+        "jitter_p": 0.4,
+    }
     assert preset_knobs("symmetric_adainf", "symmetric_weak")["jitter_strength"] == 1.0
-    assert preset_knobs("asymmetric_adainf", "asymmetric") == {"crop_min_scale": 0.2, "jitter_strength": 1.0,
-                                                               "jitter_p": 0.4}
+    assert preset_knobs("asymmetric_adainf", "asymmetric") == {
+        "crop_min_scale": 0.2,
+        "jitter_strength": 1.0,
+        "jitter_p": 0.4,
+    }
 
 
 def test_auto_on_cifar10_plus_1m_edm():
@@ -133,6 +153,7 @@ def test_auto_ignores_generated_sources_switched_off():
 
 # ---- the rule -----------------------------------------------------------------------------------------
 
+
 def test_crop_anchors_exact_and_clamped():
     for size, crop in CROP_ANCHORS:
         assert crop_min_scale_for_size(size) == crop
@@ -171,6 +192,7 @@ def test_decide_weight_monotone_in_fid():
 
 # ---- explicit settings win ---------------------------------------------------------------------------
 
+
 def test_explicit_weights_win_in_every_mode():
     for mode in ("none", "vanilla", "adainf", "auto"):
         d = decide([cifar(weight=3), gen(weight=2)], mode, family="symmetric")
@@ -186,7 +208,9 @@ def test_explicit_weight_equal_to_policy_is_not_called_an_override():
 
 
 def test_explicit_augmentation_knobs_win_and_are_named():
-    d = decide([cifar(), gen()], "auto", explicit={"crop_min_scale": 0.5, "jitter_p": None, "blur_p": 0.0}, family="symmetric")
+    d = decide(
+        [cifar(), gen()], "auto", explicit={"crop_min_scale": 0.5, "jitter_p": None, "blur_p": 0.0}, family="symmetric"
+    )
     assert d.aug_overrides == {"crop_min_scale": 0.5, "jitter_strength": 0.5, "jitter_p": 0.4, "blur_p": 0.0}
     assert any("crop_min_scale 0.5 given explicitly (policy auto would use 0.3)" in r for r in d.reasons)
     assert any("blur_p 0.0 given explicitly" == r for r in d.reasons)
@@ -197,6 +221,7 @@ def test_explicit_augmentation_knobs_win_and_are_named():
 
 
 # ---- output ------------------------------------------------------------------------------------------
+
 
 def test_to_dict_is_json_and_describe_states_values_and_reasons():
     d = decide([cifar(), gen()], "auto", family="symmetric")
@@ -219,15 +244,18 @@ def test_sources_from_mixture_reads_manifests():
 
 def test_module_is_pure_python():
     import ast
+
     import loaders.policy as policy
+
     tree = ast.parse(open(policy.__file__).read())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     # .augment: the presets; shards(.errors): the one-line error classes, themselves pure Python
-    assert imported <= {"__future__", "math", "dataclasses", "typing", "numpy", "augment", "shards"}
+    assert imported <= {"__future__", "math", "dataclasses", "typing", "collections", "numpy", "augment", "shards"}
     from pathlib import Path
 
     from loaders import augment
+
     tree = ast.parse(Path(augment.__file__).read_text())
     top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
@@ -236,19 +264,23 @@ def test_module_is_pure_python():
 
 # ---- errors ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: decide([cifar()], "lots", family="symmetric"), "unknown inflation mode 'lots'"),
-    (lambda: decide([cifar()], "auto", family="weird"), "unknown augmentation family"),
-    (lambda: decide([], "auto", family="symmetric"), "no sources"),
-    (lambda: decide([gen()], "none", family="symmetric"), "needs a real source"),
-    (lambda: decide([gen()], "adainf", family="symmetric"), "needs a real source"),
-    (lambda: decide([gen()], "auto", family="symmetric"), "needs a real source"),
-    (lambda: decide([cifar(weight=0)], "vanilla", family="symmetric"), "every source has weight 0"),
-    (lambda: cifar(weight=-1), "weight -1 must be a finite number >= 0"),
-    (lambda: gen(fid=float("nan")), "fid nan"),
-    (lambda: SourceInfo("x", "fake", 1), "kind 'fake'"),
-    (lambda: SourceInfo("x", "real", -3), "count -3 is negative"),
-])
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: decide([cifar()], "lots", family="symmetric"), "unknown inflation mode 'lots'"),
+        (lambda: decide([cifar()], "auto", family="weird"), "unknown augmentation family"),
+        (lambda: decide([], "auto", family="symmetric"), "no sources"),
+        (lambda: decide([gen()], "none", family="symmetric"), "needs a real source"),
+        (lambda: decide([gen()], "adainf", family="symmetric"), "needs a real source"),
+        (lambda: decide([gen()], "auto", family="symmetric"), "needs a real source"),
+        (lambda: decide([cifar(weight=0)], "vanilla", family="symmetric"), "every source has weight 0"),
+        (lambda: cifar(weight=-1), "weight -1 must be a finite number >= 0"),
+        (lambda: gen(fid=float("nan")), "fid nan"),
+        (lambda: SourceInfo("x", "fake", 1), "kind 'fake'"),
+        (lambda: SourceInfo("x", "real", -3), "count -3 is negative"),
+    ],
+)
 def test_errors_are_one_clear_line(call, message):
     with pytest.raises(ValueError, match=message) as info:
         call()

@@ -1,4 +1,5 @@
 """The epoch plan: exact multiplicities, the mixing bound, determinism, rank split."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """shards/: packing every kind of source, bad input, verify, info, demo."""
+
 from __future__ import annotations
 
 import io
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
 
 def run(*args):
     """Run the CLI in-process; returns (exit code, output)."""
@@ -59,11 +61,14 @@ def imagefolder(tmp_path):
 
 # -- tar layout, DALI index ------------------------------------------------------------------------
 
+
 def test_ustar_header_is_tarfiles():
     for name, size in (("a.cls", 1), ("000001.json", 77), ("x" * 99, 123456789)):
         t = tarfile.TarInfo(name)
         t.size, t.mode, t.mtime, t.uname, t.gname = size, 0o444, 0, "", ""
-        assert ustar_header(name, size) == t.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="surrogateescape")
+        assert ustar_header(name, size) == t.tobuf(
+            format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="surrogateescape"
+        )
 
 
 def test_index_equals_dalis_wds2idx(tmp_path):
@@ -74,16 +79,20 @@ def test_index_equals_dalis_wds2idx(tmp_path):
     assert [s.count for s in m.shards] == [4, 3]
     for s in m.shards:
         dali_idx = tmp_path / (s.file + ".dali.idx")
-        subprocess.run([sys.executable, "-m", "wds2idx", str(tmp_path / "s" / s.file), str(dali_idx)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "wds2idx", str(tmp_path / "s" / s.file), str(dali_idx)],
+            check=True,
+            capture_output=True,
+        )
         assert dali_idx.read_text() == (tmp_path / "s" / s.index).read_text()
         ours = read_index(tmp_path / "s" / s.index)
         data = (tmp_path / "s" / s.file).read_bytes()
-        first = data[ours.offsets["png"][0]: ours.offsets["png"][0] + ours.sizes["png"][0]]
+        first = data[ours.offsets["png"][0] : ours.offsets["png"][0] + ours.sizes["png"][0]]
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(first))), arr[int(ours.keys[0])])
 
 
 # -- sources ---------------------------------------------------------------------------------------
+
 
 def test_imagefolder_labels_skips_and_passthrough(imagefolder, tmp_path, read_samples):
     code, out = run("pack", imagefolder, "--out", tmp_path / "o", "--format", "jpg", "--workers", "1", "-q")
@@ -94,10 +103,18 @@ def test_imagefolder_labels_skips_and_passthrough(imagefolder, tmp_path, read_sa
     assert m.label_counts == {"0": 2, "1": 2, "2": 2}
     reasons = {Path(s["path"]).name: s["reason"] for s in m.skipped}
     assert set(reasons) == {"zero.jpg", "junk.png", "notes.txt"}
-    assert "empty" in reasons["zero.jpg"] and "decodable" in reasons["junk.png"] and "not an image" in reasons["notes.txt"]
+    assert (
+        "empty" in reasons["zero.jpg"] and "decodable" in reasons["junk.png"] and "not an image" in reasons["notes.txt"]
+    )
     got = {s["meta"]["origin"]: s for s in read_samples(tmp_path / "o")}
     assert {k: v["label"] for k, v in got.items()} == {
-        "ant/c.bmp": 0, "ant/d.webp": 0, "bee/e.jpeg": 1, "bee/f.png": 1, "cat/a.jpg": 2, "cat/deep/er/b.png": 2}
+        "ant/c.bmp": 0,
+        "ant/d.webp": 0,
+        "bee/e.jpeg": 1,
+        "bee/f.png": 1,
+        "cat/a.jpg": 2,
+        "cat/deep/er/b.png": 2,
+    }
     # JPEG inputs pass through byte for byte, the rest are encoded (lossily: --format jpg was asked for)
     assert got["cat/a.jpg"]["image"] == (imagefolder / "cat" / "a.jpg").read_bytes()
     assert "2 passthrough" in out and "4 lossy JPEG q95" in out
@@ -118,7 +135,9 @@ def test_png_to_png_lossless_and_flat_numbered(tmp_path, read_samples):
     for i in range(5):
         arrs[f"{i // 2:06d}/{i:06d}.png"] = img(10 + i, (6, 6))
         save(src / f"{i // 2:06d}" / f"{i:06d}.png", arrs[f"{i // 2:06d}/{i:06d}.png"])
-    code, out = run("pack", src, "--out", tmp_path / "o", "--kind", "generated", "--format", "png", "--fid", "2.5", "-q")
+    code, out = run(
+        "pack", src, "--out", tmp_path / "o", "--kind", "generated", "--format", "png", "--fid", "2.5", "-q"
+    )
     assert code == 0, out
     assert "flat folder" in out and "5 passthrough" in out
     m = Manifest.load(tmp_path / "o")
@@ -132,7 +151,9 @@ def test_npz_raw_shuffle_limit_per_class(tmp_path, read_samples):
     arr = np.stack([img(i, (4, 4)) for i in range(60)])
     lab = np.arange(60) % 3
     np.savez(tmp_path / "a.npz", image=arr, label=lab)
-    cfg = PackConfig(out=tmp_path / "o", name="x", format="raw", shard_size=7, shuffle_seed=3, per_class=5, progress=False)
+    cfg = PackConfig(
+        out=tmp_path / "o", name="x", format="raw", shard_size=7, shuffle_seed=3, per_class=5, progress=False
+    )
     r = pack(tmp_path / "a.npz", cfg)
     assert "memory-mapped" in r.detected  # np.savez is uncompressed: no copy of the array
     got = read_samples(tmp_path / "o")
@@ -144,14 +165,20 @@ def test_npz_raw_shuffle_limit_per_class(tmp_path, read_samples):
         assert s["label"] == lab[k] and s["meta"]["origin"] == f"a.npz[{k}]"
         assert np.array_equal(np.frombuffer(s["image"], np.uint8).reshape(4, 4, 3), arr[k])
     # same seed, same shards; no seed: first N in order
-    r2 = pack(tmp_path / "a.npz", PackConfig(out=tmp_path / "o2", name="x", format="raw", shard_size=7, shuffle_seed=3,
-                                             per_class=5, progress=False))
+    r2 = pack(
+        tmp_path / "a.npz",
+        PackConfig(
+            out=tmp_path / "o2", name="x", format="raw", shard_size=7, shuffle_seed=3, per_class=5, progress=False
+        ),
+    )
     assert [s.sha256 for s in r2.manifest.shards] == [s.sha256 for s in r.manifest.shards]
     pack(tmp_path / "a.npz", PackConfig(out=tmp_path / "o3", format="raw", limit=10, kind="generated", progress=False))
     got3 = read_samples(tmp_path / "o3")
     assert [int(s["key"]) for s in got3] == list(range(10)) and {s["label"] for s in got3} == {-1}
-    pack(tmp_path / "a.npz", PackConfig(out=tmp_path / "o4", format="raw", limit=10, kind="generated",
-                                        keep_labels=True, progress=False))
+    pack(
+        tmp_path / "a.npz",
+        PackConfig(out=tmp_path / "o4", format="raw", limit=10, kind="generated", keep_labels=True, progress=False),
+    )
     assert [s["label"] for s in read_samples(tmp_path / "o4")] == list(lab[:10])
 
 
@@ -160,8 +187,19 @@ def test_parallel_equals_serial(tmp_path):
     np.save(tmp_path / "a.npy", arr)
     shas = []
     for w in (1, 2):
-        m = pack(tmp_path / "a.npy", PackConfig(out=tmp_path / f"o{w}", name="x", format="jpg", shard_size=300, workers=w,
-                                                batch_size=64, shuffle_seed=0, progress=False)).manifest
+        m = pack(
+            tmp_path / "a.npy",
+            PackConfig(
+                out=tmp_path / f"o{w}",
+                name="x",
+                format="jpg",
+                shard_size=300,
+                workers=w,
+                batch_size=64,
+                shuffle_seed=0,
+                progress=False,
+            ),
+        ).manifest
         shas.append([s.sha256 for s in m.shards])
         assert m.count == 700 and [s.count for s in m.shards] == [300, 300, 100]
     assert shas[0] == shas[1]
@@ -202,17 +240,30 @@ def test_tar_of_imagefolder_with_splits(tmp_path, read_samples):
     assert code == 1 and "--subdir ds/train" in out and "Traceback" not in out
     for name in ("d.tar.gz", "d.tar"):  # streamed / read in place, shuffled
         out_dir = tmp_path / f"o-{name}"
-        code, out = run("pack", tmp_path / name, "--out", out_dir, "--subdir", "ds/test", "--split", "test",
-                        "--shuffle-seed", "1", "-q")
+        code, out = run(
+            "pack",
+            tmp_path / name,
+            "--out",
+            out_dir,
+            "--subdir",
+            "ds/test",
+            "--split",
+            "test",
+            "--shuffle-seed",
+            "1",
+            "-q",
+        )
         assert code == 0, out
         m = Manifest.load(out_dir)
         assert m.classes == ("cat", "dog") and m.count == 6 and m.split == "test"
         assert sorted(s["meta"]["origin"] for s in read_samples(out_dir)) == sorted(
-            f"ds/test/{c}/{i}.jpg" for c in ("cat", "dog") for i in range(3))
+            f"ds/test/{c}/{i}.jpg" for c in ("cat", "dog") for i in range(3)
+        )
         assert verify_dir(out_dir) == []
 
 
 # -- bad input -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("case", ["no-image-key", "wrong-shape", "wrong-dtype", "missing", "empty-dir", "empty-file"])
 def test_bad_sources_one_line(tmp_path, case):
@@ -233,8 +284,14 @@ def test_bad_sources_one_line(tmp_path, case):
     assert code == 1 and "Traceback" not in out
     line = out.strip()
     assert len(line.splitlines()) == 1 and str(src) in line
-    assert {"no-image-key": "'image'", "wrong-shape": "N×H×W×3", "wrong-dtype": "uint8", "missing": "no such",
-            "empty-dir": "empty", "empty-file": "tar"}[case] in line
+    assert {
+        "no-image-key": "'image'",
+        "wrong-shape": "N×H×W×3",
+        "wrong-dtype": "uint8",
+        "missing": "no such",
+        "empty-dir": "empty",
+        "empty-file": "tar",
+    }[case] in line
     assert not (tmp_path / "o").exists()
 
 
@@ -258,12 +315,15 @@ def test_refuses_existing_then_overwrites_atomically(tmp_path, monkeypatch):
         return real(*a)
 
     monkeypatch.setattr(packmod, "encode_batch", dying)
-    code, out = run("pack", tmp_path / "a.npy", "--out", tmp_path / "o", "--overwrite", "--workers", "1",
-                    "--shard-size", "10", "-q")
+    code, out = run(
+        "pack", tmp_path / "a.npy", "--out", tmp_path / "o", "--overwrite", "--workers", "1", "--shard-size", "10", "-q"
+    )
     assert code == 130 and len(calls) == 2  # died in the middle: 256 samples = 25 shards were written
     assert {p.name: p.read_bytes() for p in (tmp_path / "o").iterdir()} == before
     monkeypatch.setattr(packmod, "encode_batch", real)
-    code, out = run("pack", tmp_path / "a.npy", "--out", tmp_path / "o", "--overwrite", "--limit", "5", "--format", "png", "-q")
+    code, out = run(
+        "pack", tmp_path / "a.npy", "--out", tmp_path / "o", "--overwrite", "--limit", "5", "--format", "png", "-q"
+    )
     assert code == 0, out
     # the new set's files never clash with the old set's: NAME-… and NAME-g1-… alternate
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["manifest.json", "o-g1-00000.idx", "o-g1-00000.tar"]
@@ -272,6 +332,7 @@ def test_refuses_existing_then_overwrites_atomically(tmp_path, monkeypatch):
 
 # -- verify / info ---------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def small_set(tmp_path):
     np.savez(tmp_path / "a.npz", image=np.stack([img(i, (6, 6)) for i in range(12)]), label=np.arange(12) % 2)
@@ -279,9 +340,18 @@ def small_set(tmp_path):
     return tmp_path / "s"
 
 
-@pytest.mark.parametrize("damage,expect", [
-    ("truncate", "bytes, manifest says"), ("empty", "empty file"), ("not-tar", "broken tar"),
-    ("index", "re-create it with `wds2idx`"), ("flip", "sha256"), ("missing", "missing"), ("extra", "not listed")])
+@pytest.mark.parametrize(
+    "damage,expect",
+    [
+        ("truncate", "bytes, manifest says"),
+        ("empty", "empty file"),
+        ("not-tar", "broken tar"),
+        ("index", "re-create it with `wds2idx`"),
+        ("flip", "sha256"),
+        ("missing", "missing"),
+        ("extra", "not listed"),
+    ],
+)
 def test_verify_names_file_and_problem(small_set, damage, expect):
     tar = small_set / "s-00001.tar"
     data = tar.read_bytes()
@@ -298,7 +368,7 @@ def test_verify_names_file_and_problem(small_set, damage, expect):
         idx.write_text("\n".join(lines) + "\n")
     elif damage == "flip":
         off = read_index(small_set / "s-00001.idx").offsets["png"][0] + 40
-        tar.write_bytes(data[:off] + bytes([data[off] ^ 0xFF]) + data[off + 1:])
+        tar.write_bytes(data[:off] + bytes([data[off] ^ 0xFF]) + data[off + 1 :])
     elif damage == "missing":
         tar.unlink()
     elif damage == "extra":
@@ -332,6 +402,7 @@ def test_info_table_and_verify_ok(small_set, tmp_path):
 
 
 # -- demo ------------------------------------------------------------------------------------------
+
 
 def test_demo_fixture_and_determinism(demo_shards, tmp_path):
     real, gen, test = (Manifest.load(demo_shards[k]) for k in ("real", "generated", "test"))

@@ -1,6 +1,7 @@
 """Faithful by default: `shards pack --format auto` never re-encodes lossily, says what it did, and
 records it in the manifest; plus the smaller packing fixes (webdataset labels, --per-class, skip
 reasons, verify's advice)."""
+
 from __future__ import annotations
 
 import io
@@ -54,8 +55,15 @@ def test_png_inputs_stay_png_byte_for_byte_by_default(tmp_path, read_samples):
     assert code == 0, out + err
     m = Manifest.load(tmp_path / "o")
     assert m.format == "png" and m.lossless is True
-    assert m.encoding == {"format": "png", "requested": "auto", "source_formats": {"png": 5}, "passthrough": 5,
-                          "reencoded": 0, "lossy_reencoded": 0, "quality": None}
+    assert m.encoding == {
+        "format": "png",
+        "requested": "auto",
+        "source_formats": {"png": 5},
+        "passthrough": 5,
+        "reencoded": 0,
+        "lossy_reencoded": 0,
+        "quality": None,
+    }
     for origin, s in by_origin(read_samples(tmp_path / "o")).items():
         assert s["image"] == (tmp_path / "gen" / origin).read_bytes()
     assert "5 passthrough" in out and "PNG inputs kept as they are" in out and "warning" not in err
@@ -197,14 +205,17 @@ def test_per_class_shortfall_says_how_many_per_class(tmp_path):
     code, out, err = run("pack", tmp_path / "a.npz", "--out", tmp_path / "o", "--per-class", "5", "-q")
     assert code == 0, out + err
     warnings = [line for line in err.splitlines() if line.startswith("warning")]
-    assert warnings == ["warning: --per-class 5 not met for 1 of 3 classes (got 1 3; the others 5); the set is unbalanced"]
+    assert warnings == [
+        "warning: --per-class 5 not met for 1 of 3 classes (got 1 3; the others 5); the set is unbalanced"
+    ]
     assert Manifest.load(tmp_path / "o").label_counts == {"0": 5, "1": 3, "2": 5}
     r = pack(tmp_path / "a.npz", PackConfig(out=tmp_path / "o2", per_class=3, progress=False))
     assert r.warnings == []
     # counted on the source's labels, also when a generated set drops them
     r = pack(tmp_path / "a.npz", PackConfig(out=tmp_path / "o3", per_class=5, kind="generated", progress=False))
     assert r.manifest.label_counts == {"-1": 13} and r.warnings == [
-        "warning: --per-class 5 not met for 1 of 3 classes (got 1 3; the others 5); the set is unbalanced"]
+        "warning: --per-class 5 not met for 1 of 3 classes (got 1 3; the others 5); the set is unbalanced"
+    ]
 
 
 def test_skip_reason_names_the_file_not_a_buffer(tmp_path):

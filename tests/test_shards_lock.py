@@ -1,4 +1,5 @@
 """shards.lock.OutputLock: one writer per folder, stale locks taken over, live ones named."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,14 @@ def _holder_process(directory: Path) -> subprocess.Popen:
             print("locked", flush=True)
             sys.stdin.readline()
     """)
-    p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    p = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert p.stdout.readline().strip() == "locked"
     return p
 
@@ -98,7 +105,9 @@ def test_reused_pid_is_stale_but_same_process_without_flock_is_live(tmp_path):
     """A lock file naming a running pid whose start time differs (the pid was reused) is stale; one
     whose start time matches is a live holder, even without its flock (filesystems without flock)."""
     me = psutil.Process(os.getpid()).create_time()
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "start_time": me - 1000}))
+    (tmp_path / LOCK_NAME).write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "start_time": me - 1000})
+    )
     with OutputLock(tmp_path, "new"):
         pass
     (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "start_time": me}))

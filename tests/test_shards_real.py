@@ -1,4 +1,5 @@
 """The two shared archives pack, verify and describe correctly (a slice of each, via --limit)."""
+
 from __future__ import annotations
 
 import tarfile
@@ -24,8 +25,22 @@ def run(*args):
 
 def test_cifar10_both_splits_from_one_archive(tmp_path):
     for split, extra in (("train", ["--shuffle-seed", "0", "--per-class", "20"]), ("test", ["--limit", "200"])):
-        code, out = run("pack", CIFAR, "--out", tmp_path / split, "--subdir", f"cifar10/{split}", "--split", split,
-                        "--name", f"cifar10-{split}", "--shard-size", "64", "-q", *extra)
+        code, out = run(
+            "pack",
+            CIFAR,
+            "--out",
+            tmp_path / split,
+            "--subdir",
+            f"cifar10/{split}",
+            "--split",
+            split,
+            "--name",
+            f"cifar10-{split}",
+            "--shard-size",
+            "64",
+            "-q",
+            *extra,
+        )
         assert code == 0, out
         assert "ImageFolder tree" in out and "200 passthrough" in out
         m = Manifest.load(tmp_path / split)
@@ -43,8 +58,21 @@ def test_cifar10_both_splits_from_one_archive(tmp_path):
 
 def test_edm_generated_slice_stops_early(tmp_path):
     # no --format: the README's command must keep the generated PNGs PNG (pass-through, nothing lossy)
-    code, out = run("pack", EDM, "--out", tmp_path / "edm", "--kind", "generated", "--limit", "200",
-                    "--fid", "1.97", "--shard-size", "100", "-q")
+    code, out = run(
+        "pack",
+        EDM,
+        "--out",
+        tmp_path / "edm",
+        "--kind",
+        "generated",
+        "--limit",
+        "200",
+        "--fid",
+        "1.97",
+        "--shard-size",
+        "100",
+        "-q",
+    )
     assert code == 0, out
     assert "flat folder of unlabelled images" in out and "listing stopped after the first 200" in out
     m = Manifest.load(tmp_path / "edm")

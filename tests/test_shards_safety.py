@@ -1,5 +1,6 @@
 """shards pack never loses data: it removes only files its manifest owns, leaves a valid set at every
 instant (even when killed), cleans up after packs that died, and turns OSErrors into one line."""
+
 from __future__ import annotations
 
 import errno
@@ -128,6 +129,7 @@ def _die_at(k: int):
             if calls[0] == k:
                 os._exit(17)
             return real(*a, **kw)
+
         return f
 
     os.replace, os.unlink = counted(real_replace), counted(real_unlink)
@@ -240,7 +242,11 @@ def test_disk_full_while_packing(arrays, tmp_path, monkeypatch, existing):
     import shards.writer as writer
 
     def full(path, mode="r", *a, **kw):
-        return builtins.open("/dev/full", mode, *a, **kw) if str(path).endswith(".tmp") and "w" in mode else builtins.open(path, mode, *a, **kw)
+        return (
+            builtins.open("/dev/full", mode, *a, **kw)
+            if str(path).endswith(".tmp") and "w" in mode
+            else builtins.open(path, mode, *a, **kw)
+        )
 
     monkeypatch.setattr(writer, "open", full, raising=False)
     line = one_line_error(*run("pack", arrays[1], "--out", out, "--overwrite", "--format", "png", "-q"))
@@ -292,9 +298,28 @@ def test_sigterm_during_a_parallel_pack_cleans_up_without_tracebacks(tmp_path):
 
     np.save(tmp_path / "a.npy", np.random.default_rng(0).integers(0, 256, (40_000, 16, 16, 3), dtype=np.uint8))
     out = tmp_path / "o"
-    p = subprocess.Popen([sys.executable, "-m", "shards", "pack", str(tmp_path / "a.npy"), "--out", str(out),
-                          "--format", "png", "--workers", "2", "--shard-size", "1000", "-q"],
-                         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shards",
+            "pack",
+            str(tmp_path / "a.npy"),
+            "--out",
+            str(out),
+            "--format",
+            "png",
+            "--workers",
+            "2",
+            "--shard-size",
+            "1000",
+            "-q",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while not list(out.glob(".pack-*/.*.tar.*.tmp")) and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)  # until the workers are encoding and the first tar is being written

@@ -1,4 +1,5 @@
 """Shared BatchNorm statistics across DDP ranks on CPU (gloo): two processes, different data per rank."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ from models.syncbn import CpuSyncBatchNorm, convert_sync_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WORKER = r'''
+WORKER = r"""
 import sys, torch, torch.distributed as dist, torch.nn as nn, torch.nn.functional as F
 from models.syncbn import convert_sync_batchnorm
 dist.init_process_group("gloo")
@@ -39,17 +40,25 @@ ok_stats = all(torch.allclose(getattr(model[i], k), getattr(ref[i], k), atol=1e-
 ok_grad = torch.allclose(model[0].weight.grad * world, ref[0].weight.grad, rtol=1e-4, atol=1e-5)
 print(f"rank {rank} out {ok_out} stats {ok_stats} grad {ok_grad}")
 sys.exit(0 if ok_out and ok_stats and ok_grad else 1)
-'''
+"""
 
 
 def test_statistics_and_gradients_are_those_of_the_union_of_batches(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script)], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "rank 0 out True stats True grad True" in proc.stdout and "rank 1 out True stats True grad True" in proc.stdout
+    assert (
+        "rank 0 out True stats True grad True" in proc.stdout and "rank 1 out True stats True grad True" in proc.stdout
+    )
 
 
 def test_conversion_keeps_parameters_and_is_plain_batchnorm_outside_ddp():

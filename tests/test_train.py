@@ -2,6 +2,7 @@
 
 An epoch of ``real:1 + generated:1`` is 48 samples = 3 steps of 16, so steps 3 and 6 are epoch boundaries.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,10 +37,37 @@ def data(demo_sets):
 
 
 def base_args(data, out, steps=6, **extra):
-    args = ["--shards", f"{data['real']}:1", "--shards", f"{data['generated']}:1", "--eval-shards",
-            str(data["test"]), "--train-labels", str(data["real"]), "--steps", str(steps), "--batch-size", "16",
-            "--image-size", "8", "--log-every", "1", "--eval-every", "0", "--probe-epochs", "2", "--knn-k", "5",
-            "--eval-batch-size", "32", "--no-progress", "--device", "cpu", "--out", str(out)]
+    args = [
+        "--shards",
+        f"{data['real']}:1",
+        "--shards",
+        f"{data['generated']}:1",
+        "--eval-shards",
+        str(data["test"]),
+        "--train-labels",
+        str(data["real"]),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "16",
+        "--image-size",
+        "8",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "0",
+        "--probe-epochs",
+        "2",
+        "--knn-k",
+        "5",
+        "--eval-batch-size",
+        "32",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}"] + ([] if v is None else [str(v)])
     return args
@@ -56,6 +84,7 @@ def records(out, kind="train"):
 
 def _delayed(batches):
     """``TrainLoader.batches`` whose every batch arrives ``FEED_DELAY_S`` late: a slow data feed."""
+
     def slow(self):
         it = batches(self)
         try:
@@ -115,7 +144,8 @@ def test_run_writes_config_metrics_checkpoint_and_events(straight):
     tb = EventAccumulator(str(out / "tb"))
     tb.Reload()
     assert {e.step: e.value for e in tb.Scalars("train/loss")} == pytest.approx(
-        {r["step"]: r["loss"] for r in train_recs}, rel=1e-6)  # TensorBoard holds the same curve (float32)
+        {r["step"]: r["loss"] for r in train_recs}, rel=1e-6
+    )  # TensorBoard holds the same curve (float32)
     assert [e.step for e in tb.Scalars("eval/knn_acc")] == [4, 8]
     assert not list(out.glob(".*.tmp"))
 
@@ -206,8 +236,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
 
 def test_eval_only_on_checkpoint(straight):
     out, _ = straight
-    result = run(["--eval-only", "--checkpoint", str(out / "ckpt-3.pt"), "--probe-epochs", "2", "--knn-k", "5",
-                  "--image-size", "8", "--device", "cpu"])
+    result = run(
+        [
+            "--eval-only",
+            "--checkpoint",
+            str(out / "ckpt-3.pt"),
+            "--probe-epochs",
+            "2",
+            "--knn-k",
+            "5",
+            "--image-size",
+            "8",
+            "--device",
+            "cpu",
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert "final accuracy at step 3 on 40 test images" in result.output
     (rec,) = records(out, "eval_only")
@@ -215,8 +258,10 @@ def test_eval_only_on_checkpoint(straight):
     assert rec["eval_samples"] == 40 and rec["knn_train_samples"] == 24
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "unlabelled-eval", "batch-too-large", "unknown-method",
-                                  "steps-and-epochs", "resume-clash"])
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "empty", "unlabelled-eval", "batch-too-large", "unknown-method", "steps-and-epochs", "resume-clash"],
+)
 def test_bad_input_is_one_line_and_nonzero_exit(case, data, tmp_path, straight):
     out = tmp_path / "bad"
     args = base_args(data, out)
@@ -232,7 +277,7 @@ def test_bad_input_is_one_line_and_nonzero_exit(case, data, tmp_path, straight):
     if case == "missing" or case == "empty":
         args = [a for a in args]  # replace both --shards with the bad one
         i = args.index("--shards")
-        del args[i:i + 4]
+        del args[i : i + 4]
     args += expect[0]
     result = CliRunner().invoke(train.main, args)
     assert result.exit_code != 0
@@ -257,8 +302,18 @@ def test_torchrun_two_gloo_processes(data, tmp_path):
     """DDP on CPU: 2 ranks × 8 samples, each reading its half of the epoch plan; rank 0 writes the run."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "train.py"), *base_args(data, out, steps=2, ckpt_every=1), "--num-threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "train.py"),
+        *base_args(data, out, steps=2, ckpt_every=1),
+        "--num-threads",
+        "1",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     cfg = yaml.safe_load((out / "config.yaml").read_text())
@@ -276,8 +331,9 @@ def test_config_file_with_flags_overriding(straight, tmp_path):
     """A previous run's config.yaml is a recipe: its settings (not its run directory) apply, flags win."""
     out, _ = straight
     new = tmp_path / "from-config"
-    result = run(["--config", str(out / "config.yaml"), "--seed", "5", "--steps", "2", "--out", str(new),
-                  "--print-config"])
+    result = run(
+        ["--config", str(out / "config.yaml"), "--seed", "5", "--steps", "2", "--out", str(new), "--print-config"]
+    )
     assert result.exit_code == 0, result.output
     doc = yaml.safe_load(result.output)
     old = yaml.safe_load((out / "config.yaml").read_text())["settings"]
@@ -300,7 +356,9 @@ def test_print_config_resolves_everything_and_writes_nothing(data, tmp_path):
     views = resolved["augmentation"]["views"]
     assert len(views) == 2 and all(v["size"] == 8 for v in views)
     assert resolved["total_steps"] == 6 and resolved["steps_per_epoch"] == 3 and resolved["device"] == "cpu"
-    assert [m["count"] for m in resolved["mixture"]] == [24, 24] and all(len(m["digest"]) == 16 for m in resolved["mixture"])
+    assert [m["count"] for m in resolved["mixture"]] == [24, 24] and all(
+        len(m["digest"]) == 16 for m in resolved["mixture"]
+    )
     assert not out.exists()
 
 
@@ -368,13 +426,18 @@ def test_resume_refuses_changed_data_unless_allowed(straight, tmp_path, demo_cop
     run_dir = tmp_path / "run"
     args = base_args({**d, "generated": copy["generated"]}, run_dir, steps=4, keep_every=2)
     assert run(args).exit_code == 0
-    make_demo(copy["real"].parent, n_real=24, n_generated=16, n_test=40, seed=1, shard_size=16,
-              overwrite=True)  # re-packed
+    make_demo(
+        copy["real"].parent, n_real=24, n_generated=16, n_test=40, seed=1, shard_size=16, overwrite=True
+    )  # re-packed
     result = CliRunner().invoke(train.main, ["--resume", str(run_dir / "ckpt-2.pt"), "--out", str(tmp_path / "r2")])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "the data changed since the checkpoint" in result.output and "count 24 at the checkpoint, 16 now" in result.output
-    result = run(["--resume", str(run_dir / "ckpt-2.pt"), "--out", str(tmp_path / "r3"), "--allow-data-change",
-                  "--no-progress"])
+    assert (
+        "the data changed since the checkpoint" in result.output
+        and "count 24 at the checkpoint, 16 now" in result.output
+    )
+    result = run(
+        ["--resume", str(run_dir / "ckpt-2.pt"), "--out", str(tmp_path / "r3"), "--allow-data-change", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "the epoch plan differs from the checkpoint's" in result.output
 
@@ -389,7 +452,9 @@ def test_skipped_corrupt_samples_are_counted_and_reported(tmp_path, demo_copy, c
     assert recs[-1]["corrupt_skipped"] == 1 and recs[-1]["corrupt_keys"] == [f"demo-generated/{key}"]
     (final,) = records(out, "final")
     assert final["corrupt_skipped"] == 1
-    assert f"1 corrupt training sample(s) were skipped (--on-corrupt skip), first: demo-generated/{key}" in result.output
+    assert (
+        f"1 corrupt training sample(s) were skipped (--on-corrupt skip), first: demo-generated/{key}" in result.output
+    )
     result = CliRunner().invoke(train.main, base_args(d, tmp_path / "err", steps=3))
     assert result.exit_code == 1 and "Traceback" not in result.output and key in result.output
 
@@ -397,7 +462,7 @@ def test_skipped_corrupt_samples_are_counted_and_reported(tmp_path, demo_copy, c
 def test_policy_refusal_is_one_line(data, tmp_path):
     args = base_args(data, tmp_path / "gen-only")
     i = args.index("--shards")
-    del args[i:i + 4]
+    del args[i : i + 4]
     result = CliRunner().invoke(train.main, args + ["--shards", str(data["generated"]), "--inflation", "none"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "needs a real source" in result.output

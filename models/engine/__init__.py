@@ -12,6 +12,7 @@ Modules: ``config`` (Settings, the CLI options), ``runtime`` (device, precision,
 (kNN, online and offline probes), ``checkpoint`` (atomic save / load), ``metrics`` (metrics.jsonl,
 TensorBoard, progress), ``rundir`` (the run directory, never clobbered).
 """
+
 from __future__ import annotations
 
 from models import METHODS, build_method
@@ -41,7 +42,27 @@ def aug_family(method: str) -> str:
     return METHODS[method].aug_family
 
 
-__all__ = ["CKPT_LAST", "CheckpointError", "DataPlan", "Evaluator", "Interrupted", "Metrics", "NonFiniteLoss",
-           "Progress", "RunDir", "Runtime", "Settings", "Trainer", "aug_family", "build_method_for", "format_result",
-           "load_checkpoint", "plan_data", "plan_eval", "read_records", "save_checkpoint", "seed_everything",
-           "setup_runtime"]
+__all__ = [
+    "CKPT_LAST",
+    "CheckpointError",
+    "DataPlan",
+    "Evaluator",
+    "Interrupted",
+    "Metrics",
+    "NonFiniteLoss",
+    "Progress",
+    "RunDir",
+    "Runtime",
+    "Settings",
+    "Trainer",
+    "aug_family",
+    "build_method_for",
+    "format_result",
+    "load_checkpoint",
+    "plan_data",
+    "plan_eval",
+    "read_records",
+    "save_checkpoint",
+    "seed_everything",
+    "setup_runtime",
+]

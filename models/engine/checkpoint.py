@@ -6,6 +6,7 @@ taken), ``model`` (the method without any DDP / compile wrapper), ``optimizer``,
 ``scaler``, ``loader`` (the position of the next batch: the only source of the epoch and in-epoch step),
 ``rng`` (one state per rank).
 """
+
 from __future__ import annotations
 
 import errno
@@ -37,8 +38,10 @@ def save_checkpoint(path: Path, state: dict) -> Path:
         os.replace(tmp, path)
     except OSError as e:
         why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-        raise CheckpointError(f"{path}: cannot write the checkpoint ({why}); free space or fix the "
-                              f"permissions of {path.parent}, then continue with --resume") from None
+        raise CheckpointError(
+            f"{path}: cannot write the checkpoint ({why}); free space or fix the "
+            f"permissions of {path.parent}, then continue with --resume"
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()

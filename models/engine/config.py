@@ -6,6 +6,7 @@ inflation modes and augmentation presets from ``loaders``); ``from_dict`` / ``fr
 settings (a previous run's ``config.yaml``) where an unknown key or a wrong type is an error, as in
 nanoGPT's configurator.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import click
 
-from loaders.policy import DEFAULT_MODE, MODES as INFLATION_MODES
+from loaders.policy import DEFAULT_MODE
+from loaders.policy import MODES as INFLATION_MODES
 from loaders.recipe import AUG_CHOICES
 from models.backbone import BACKBONES
 from models.methods import METHODS
@@ -33,25 +35,39 @@ class Settings:
     # data
     shards: tuple[str, ...] = _opt((), "Training shard set as DIR[:WEIGHT] or a mixture YAML; repeat for more sources.")
     eval_shards: tuple[str, ...] = _opt((), "Labelled test shard set(s) for kNN / linear-probe accuracy; repeat.")
-    train_labels: tuple[str, ...] = _opt((), "Labelled real shard set(s) giving kNN / linear-probe training "
-                                             "features (no augmentation). Default: the labelled real --shards.")
-    inflation: str = _opt(DEFAULT_MODE, "How to weight generated data and weaken augmentation (loaders.policy): "
-                                        "adainf = the release's recipe (real x10, the method's AdaInf preset; "
-                                        "the no-inflation recipe when no generated set is given), none, vanilla, "
-                                        "or auto (this project's extrapolation beyond the paper).",
-                          choices=INFLATION_MODES)
-    aug: str = _opt("auto", "Augmentation: 'auto' (the inflation policy's choice), 'baseline' / 'adainf' (the "
-                            "method's family presets) or a preset name.", choices=AUG_CHOICES)
+    train_labels: tuple[str, ...] = _opt(
+        (),
+        "Labelled real shard set(s) giving kNN / linear-probe training "
+        "features (no augmentation). Default: the labelled real --shards.",
+    )
+    inflation: str = _opt(
+        DEFAULT_MODE,
+        "How to weight generated data and weaken augmentation (loaders.policy): "
+        "adainf = the release's recipe (real x10, the method's AdaInf preset; "
+        "the no-inflation recipe when no generated set is given), none, vanilla, "
+        "or auto (this project's extrapolation beyond the paper).",
+        choices=INFLATION_MODES,
+    )
+    aug: str = _opt(
+        "auto",
+        "Augmentation: 'auto' (the inflation policy's choice), 'baseline' / 'adainf' (the "
+        "method's family presets) or a preset name.",
+        choices=AUG_CHOICES,
+    )
     crop_min_scale: float | None = _opt(None, "RandomResizedCrop minimum area (overrides the policy/preset).")
     jitter_strength: float | None = _opt(None, "Colour-jitter strength multiplier (overrides the policy/preset).")
     jitter_p: float | None = _opt(None, "Colour-jitter probability (overrides the policy/preset).")
     image_size: int = _opt(32, "Side of the training crops and evaluation images (shard images are resized).")
     num_threads: int = _opt(2, "DALI CPU threads per process.")
-    loader_device: str = _opt("auto", "Where the DALI pipeline runs: gpu (mixed decoder, GPU ops), cpu (CPU "
-                                      "threads, batches copied to the GPU), auto (gpu when the model is on a GPU).",
-                              choices=("auto", "cpu", "gpu"))
-    on_corrupt: str = _opt("error", "What the loaders do with an undecodable sample (training and evaluation).",
-                           choices=("error", "skip"))
+    loader_device: str = _opt(
+        "auto",
+        "Where the DALI pipeline runs: gpu (mixed decoder, GPU ops), cpu (CPU "
+        "threads, batches copied to the GPU), auto (gpu when the model is on a GPU).",
+        choices=("auto", "cpu", "gpu"),
+    )
+    on_corrupt: str = _opt(
+        "error", "What the loaders do with an undecodable sample (training and evaluation).", choices=("error", "skip")
+    )
     # model and optimisation
     method: str = _opt("simclr", "Contrastive method.", choices=tuple(METHODS))
     backbone: str = _opt("resnet18", "Backbone (CIFAR stem for the ResNets).", choices=tuple(BACKBONES))
@@ -59,19 +75,28 @@ class Settings:
     epochs: int | None = _opt(None, "Train for this many epochs of the mixture instead of --steps.")
     batch_size: int = _opt(512, "Global batch size (split evenly over the DDP ranks).")
     lr: float | None = _opt(None, "Learning rate per 256 samples (scaled by batch/256). Default: the method's.")
-    optimizer: str | None = _opt(None, "Optimizer. Default: the method's (LARS for simclr/byol/barlow, SGD for "
-                                       "mocov2plus).", choices=("lars", "sgd"))
+    optimizer: str | None = _opt(
+        None,
+        "Optimizer. Default: the method's (LARS for simclr/byol/barlow, SGD for mocov2plus).",
+        choices=("lars", "sgd"),
+    )
     weight_decay: float | None = _opt(None, "Weight decay. Default: the method's.")
     warmup_steps: int = _opt(1000, "Linear warm-up steps before the cosine decay (at most a tenth of the run).")
     seed: int = _opt(0, "Seed for the model, the epoch plans and the augmentation.")
     # system
     device: str = _opt("auto", "cuda, cpu or auto (cuda when available).", choices=("auto", "cuda", "cpu"))
-    precision: str = _opt("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16, fp16 or fp32.",
-                          choices=("auto", "bf16", "fp16", "fp32"))
+    precision: str = _opt(
+        "auto",
+        "auto (bf16 autocast on GPU, fp32 on CPU), bf16, fp16 or fp32.",
+        choices=("auto", "bf16", "fp16", "fp32"),
+    )
     compile: bool = _opt(False, "torch.compile the training step.")
     channels_last: bool = _opt(True, "channels_last memory format on GPU.")
-    sync_batchnorm: bool = _opt(True, "Share BatchNorm statistics across DDP ranks (the release's "
-                                      "sync_batchnorm: True); --no-sync-batchnorm keeps them per rank.")
+    sync_batchnorm: bool = _opt(
+        True,
+        "Share BatchNorm statistics across DDP ranks (the release's "
+        "sync_batchnorm: True); --no-sync-batchnorm keeps them per rank.",
+    )
     # evaluation
     eval_every: int = _opt(5000, "Steps between kNN / online-probe evaluations on --eval-shards (0: end only).")
     knn_k: int = _opt(200, "Neighbours for the kNN monitor.")
@@ -86,15 +111,21 @@ class Settings:
     ckpt_every: int = _opt(1000, "Steps between writes of ckpt-last.pt (0: only at the end and on a signal).")
     keep_every: int = _opt(0, "Also keep ckpt-STEP.pt every this many steps (0: never).")
     resume: str | None = _opt(None, "Continue a run: its directory or a checkpoint file.")
-    allow_data_change: bool = _opt(False, "With --resume: continue although a source's count or content changed "
-                                          "since the checkpoint (the epoch plan then differs).")
+    allow_data_change: bool = _opt(
+        False,
+        "With --resume: continue although a source's count or content changed "
+        "since the checkpoint (the epoch plan then differs).",
+    )
     eval_only: bool = _opt(False, "Only evaluate --checkpoint (kNN and offline linear probe), then exit.")
     checkpoint: str | None = _opt(None, "Checkpoint for --eval-only.")
     demo: bool = _opt(False, "Build the demo mixture (if missing) and train on it with small defaults.")
     demo_data: str = _opt("runs/demo-data", "Where --demo builds / finds its shard sets.")
     progress: bool = _opt(True, "Progress bar on a terminal (elsewhere: a plain line every --log-every steps).")
-    compare_random: bool = _opt(False, "After training, evaluate a randomly initialised backbone the same way "
-                                       "and print both (what training has to beat; on by default with --demo).")
+    compare_random: bool = _opt(
+        False,
+        "After training, evaluate a randomly initialised backbone the same way "
+        "and print both (what training has to beat; on by default with --demo).",
+    )
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -109,7 +140,7 @@ class Settings:
                 raise ConfigError(f"setting {f.name}={value!r}: expected one of {', '.join(choices)}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Settings":
+    def from_dict(cls, d: dict) -> Settings:
         """Settings from a saved dict; an unknown key or a wrong type is a ConfigError."""
         unknown = sorted(set(d) - set(names()))
         if unknown:
@@ -119,7 +150,7 @@ class Settings:
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
-    def replace(self, **changes) -> "Settings":
+    def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
@@ -131,8 +162,15 @@ class Settings:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"--{name} {v}: must be at least 1")
-        for name in ("warmup_steps", "eval_every", "ckpt_every", "keep_every", "knn_train_limit", "eval_limit",
-                     "probe_epochs"):
+        for name in (
+            "warmup_steps",
+            "eval_every",
+            "ckpt_every",
+            "keep_every",
+            "knn_train_limit",
+            "eval_limit",
+            "probe_epochs",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} {getattr(self, name)}: must be 0 or more")
         if self.steps is not None and self.epochs is not None:
@@ -170,15 +208,47 @@ def read_yaml(path: str | Path) -> dict:
 # Settings of a run's config.yaml that name that run, not its recipe: not taken by --config.
 RUN_IDENTITY = ("out", "resume", "eval_only", "checkpoint", "allow_data_change")
 # Defaults of --demo for every option the user did not give: a few minutes on a 2-core CPU.
-DEMO_DEFAULTS = dict(method="simclr", batch_size=128, steps=300, warmup_steps=30, eval_every=0, log_every=10,
-                     ckpt_every=100, knn_k=50, knn_train_limit=2000, eval_limit=1000, probe_epochs=30,
-                     eval_batch_size=256, inflation="adainf", aug="auto")
+DEMO_DEFAULTS = dict(
+    method="simclr",
+    batch_size=128,
+    steps=300,
+    warmup_steps=30,
+    eval_every=0,
+    log_every=10,
+    ckpt_every=100,
+    knn_k=50,
+    knn_train_limit=2000,
+    eval_limit=1000,
+    probe_epochs=30,
+    eval_batch_size=256,
+    inflation="adainf",
+    aug="auto",
+)
 # On a CPU a ResNet-18 cannot learn in minutes: the demo trains the small convnet backbone instead.
 DEMO_CPU_DEFAULTS = dict(backbone="convnet", batch_size=128, steps=500, warmup_steps=50, log_every=10, ckpt_every=100)
 # Settings that may differ from the checkpoint's when resuming (everything else must match).
-RESUME_MAY_CHANGE = ("steps", "epochs", "device", "loader_device", "num_threads", "compile", "eval_every", "log_every", "compare_random",
-                     "ckpt_every", "keep_every", "progress", "resume", "out", "eval_limit", "knn_train_limit",
-                     "probe_epochs", "eval_batch_size", "on_corrupt", "allow_data_change")
+RESUME_MAY_CHANGE = (
+    "steps",
+    "epochs",
+    "device",
+    "loader_device",
+    "num_threads",
+    "compile",
+    "eval_every",
+    "log_every",
+    "compare_random",
+    "ckpt_every",
+    "keep_every",
+    "progress",
+    "resume",
+    "out",
+    "eval_limit",
+    "knn_train_limit",
+    "probe_epochs",
+    "eval_batch_size",
+    "on_corrupt",
+    "allow_data_change",
+)
 
 
 # ----------------------------------------------------------------------------------------------------

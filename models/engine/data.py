@@ -7,6 +7,7 @@ method's augmentation family, explicit flags). ``DataPlan.train_loader`` / ``eva
 loaders the run uses; evaluation loaders are built at start-up, so a damaged evaluation set is found
 before hours of training, not after.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,23 +44,43 @@ class DataPlan:
 
     def sources(self) -> list[dict]:
         """Each source as the run saw it, with the digest a resume compares (see ``check_sources``)."""
-        return [{**d, "digest": manifest_digest(src.manifest)}
-                for d, src in zip(self.mixture.describe(), self.mixture.sources)]
+        return [
+            {**d, "digest": manifest_digest(src.manifest)}
+            for d, src in zip(self.mixture.describe(), self.mixture.sources)
+        ]
 
     def train_loader(self, s, rt):
         from loaders.pipeline import TrainLoader
 
-        return TrainLoader(self.mixture, self.aug, s.batch_size // rt.world_size, seed=s.seed, device=rt.device,
-                           rank=rt.rank, world_size=rt.world_size, num_threads=s.num_threads,
-                           channels_last=rt.is_cuda and s.channels_last, drop_last=True, on_corrupt=s.on_corrupt,
-                           loader_device=s.loader_device)
+        return TrainLoader(
+            self.mixture,
+            self.aug,
+            s.batch_size // rt.world_size,
+            seed=s.seed,
+            device=rt.device,
+            rank=rt.rank,
+            world_size=rt.world_size,
+            num_threads=s.num_threads,
+            channels_last=rt.is_cuda and s.channels_last,
+            drop_last=True,
+            on_corrupt=s.on_corrupt,
+            loader_device=s.loader_device,
+        )
 
     def eval_loader(self, dirs, s, rt, limit: int):
         from loaders.pipeline import EvalLoader
 
         # a fixed random subset when capped: test sets are often packed in class order
-        return EvalLoader(list(dirs), s.eval_batch_size, rt.device, size=s.image_size, num_threads=s.num_threads,
-                          limit=limit, on_corrupt=s.on_corrupt, loader_device=s.loader_device)
+        return EvalLoader(
+            list(dirs),
+            s.eval_batch_size,
+            rt.device,
+            size=s.image_size,
+            num_threads=s.num_threads,
+            limit=limit,
+            on_corrupt=s.on_corrupt,
+            loader_device=s.loader_device,
+        )
 
 
 def manifest_digest(m: Manifest) -> str:
@@ -79,24 +100,35 @@ def plan_data(s, world_size: int, aug_family: str) -> DataPlan:
     for src in mixture.sources:
         if src.manifest.count == 0:
             raise ConfigError(f"{src.path}: shard set is empty; pack images into it with `python -m shards pack`")
-    label_dirs = s.train_labels or tuple(str(src.path) for src in mixture.sources
-                                         if src.manifest.kind == "real" and src.manifest.labelled)
+    label_dirs = s.train_labels or tuple(
+        str(src.path) for src in mixture.sources if src.manifest.kind == "real" and src.manifest.labelled
+    )
     eval_plan = plan_eval(s.eval_shards, label_dirs, required=False)
     if s.eval_shards and not label_dirs:
-        raise ConfigError("evaluation needs labelled training features: give --train-labels DIR "
-                          "(a labelled real shard set)")
+        raise ConfigError(
+            "evaluation needs labelled training features: give --train-labels DIR (a labelled real shard set)"
+        )
     try:
-        recipe = resolve_recipe(mixture, family=aug_family, aug=s.aug, inflation=s.inflation,
-                                overrides={k: getattr(s, k) for k in AUG_KNOBS}, size=s.image_size)
+        recipe = resolve_recipe(
+            mixture,
+            family=aug_family,
+            aug=s.aug,
+            inflation=s.inflation,
+            overrides={k: getattr(s, k) for k in AUG_KNOBS},
+            size=s.image_size,
+        )
     except ValueError as e:  # a mixture the policy cannot serve, a knob out of range: one line
         raise ConfigError(str(e)) from None
     epoch_size = int(round(recipe.mixture.expected_epoch_size))
     if s.batch_size % world_size:
-        raise ConfigError(f"--batch-size {s.batch_size} does not split over {world_size} processes; "
-                          f"use a multiple of {world_size}")
+        raise ConfigError(
+            f"--batch-size {s.batch_size} does not split over {world_size} processes; use a multiple of {world_size}"
+        )
     if s.batch_size > epoch_size:
-        raise ConfigError(f"--batch-size {s.batch_size} is larger than an epoch of the mixture "
-                          f"({epoch_size} samples); lower --batch-size or add data")
+        raise ConfigError(
+            f"--batch-size {s.batch_size} is larger than an epoch of the mixture "
+            f"({epoch_size} samples); lower --batch-size or add data"
+        )
     classes = max([eval_plan.num_classes] + [len(src.manifest.classes) for src in mixture.sources])
     return DataPlan(recipe.mixture, recipe, eval_plan.train_labels, eval_plan.eval_shards, classes)
 
@@ -135,14 +167,21 @@ def check_sources(saved: list[dict], now: list[dict], allow_change: bool) -> lis
                 lines.append(f"source {d['name']!r} ({d['path']}): {what} {o[key]} at the checkpoint, {d[key]} now")
     lines += [f"source {n!r} ({o['path']}) is gone" for n, o in old.items()]
     if lines and not allow_change:
-        raise ConfigError(f"--resume: the data changed since the checkpoint ({lines[0]}"
-                          f"{f'; {len(lines) - 1} more' if len(lines) > 1 else ''}); restore it, start a new run, "
-                          f"or pass --allow-data-change to continue with a new epoch plan")
+        raise ConfigError(
+            f"--resume: the data changed since the checkpoint ({lines[0]}"
+            f"{f'; {len(lines) - 1} more' if len(lines) > 1 else ''}); restore it, start a new run, "
+            f"or pass --allow-data-change to continue with a new epoch plan"
+        )
     return lines
 
 
 def describe_resolved(plan: DataPlan) -> dict[str, Any]:
     """The data part of a run's ``resolved`` record (config.yaml and every checkpoint)."""
-    return {"inflation": plan.decision.to_dict() if plan.decision else None, "augmentation": plan.aug.to_dict(),
-            "mixture": plan.sources(), "epoch_size": plan.epoch_size,
-            "train_labels": list(plan.train_labels), "eval_shards": list(plan.eval_shards)}
+    return {
+        "inflation": plan.decision.to_dict() if plan.decision else None,
+        "augmentation": plan.aug.to_dict(),
+        "mixture": plan.sources(),
+        "epoch_size": plan.epoch_size,
+        "train_labels": list(plan.train_labels),
+        "eval_shards": list(plan.eval_shards),
+    }

@@ -4,6 +4,7 @@ The loaders of the labelled training features (``--train-labels``) and of the te
 (``--eval-shards``) are built once, when the ``Evaluator`` is made at start-up: opening them reads and
 checks every shard's index, so a damaged evaluation set stops the run before training, not after it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,14 +32,18 @@ class Evaluator:
                 train_f, train_y = extract_features(method.backbone, self.train_loader, rt.device)
                 test_f, test_y = extract_features(method.backbone, self.test_loader, rt.device)
             train_f, test_f = train_f.float(), test_f.float()
-            result = {"knn_acc": float(knn_accuracy(train_f, train_y, test_f, test_y, k=s.knn_k, T=s.knn_t)),
-                      "eval_samples": int(len(test_y)), "knn_train_samples": int(len(train_y))}
+            result = {
+                "knn_acc": float(knn_accuracy(train_f, train_y, test_f, test_y, k=s.knn_k, T=s.knn_t)),
+                "eval_samples": int(len(test_y)),
+                "knn_train_samples": int(len(train_y)),
+            }
             with torch.no_grad():
                 logits = method.probe(test_f.to(next(method.probe.parameters()).dtype))
                 result["online_probe_acc"] = float((logits.argmax(1) == test_y.to(logits.device)).float().mean())
             if probe_epochs:
-                result["linear_probe_acc"] = float(linear_probe(train_f, train_y, test_f, test_y,
-                                                                epochs=probe_epochs, seed=s.seed))
+                result["linear_probe_acc"] = float(
+                    linear_probe(train_f, train_y, test_f, test_y, epochs=probe_epochs, seed=s.seed)
+                )
             if self.corrupt_skipped:
                 result["eval_corrupt_skipped"] = self.corrupt_skipped
         finally:

@@ -7,6 +7,7 @@ TensorBoard, on rank 0 only. On resume it keeps the records up to the checkpoint
 ``Progress`` is a tqdm bar when stderr is a terminal; anywhere else (CI, ``> run.log``, a cluster job) it
 writes one plain line every ``--log-every`` steps instead of carriage-return redraws.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,8 +101,12 @@ class Progress:
         """Show the figures of a log step: bar postfix, or one line ``step S/T (P%) epoch E loss ... eta``."""
         if not self.enabled:
             return
-        shown = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.3g}",
-                 "sps": f"{record['samples_per_s']:.0f}", "wait": f"{record['data_wait']:.0%}"}
+        shown = {
+            "loss": f"{record['loss']:.4f}",
+            "lr": f"{record['lr']:.3g}",
+            "sps": f"{record['samples_per_s']:.0f}",
+            "wait": f"{record['data_wait']:.0%}",
+        }
         if record.get("corrupt_skipped"):
             shown["skipped"] = str(record["corrupt_skipped"])
         if self.bar is not None:
@@ -111,8 +116,10 @@ class Progress:
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
         figures = " ".join(f"{k} {v}" for k, v in shown.items())
-        self.write(f"step {step}/{self.total} ({step / self.total:.0%}) epoch {record.get('epoch', 0)} {figures}"
-                   f" eta {_duration(eta)}")
+        self.write(
+            f"step {step}/{self.total} ({step / self.total:.0%}) epoch {record.get('epoch', 0)} {figures}"
+            f" eta {_duration(eta)}"
+        )
 
     def write(self, message: str) -> None:
         if not self.enabled:

@@ -6,6 +6,7 @@ holds an exclusive lock on its directory (``shards.lock.OutputLock``) while it w
 ``train.py`` with the same ``--out`` (or a resume of a run still going) refuses instead of interleaving
 records and checkpoints. Only rank 0 writes.
 """
+
 from __future__ import annotations
 
 import errno
@@ -28,16 +29,19 @@ def check_out(path: Path, continues: bool = False) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {path}: exists and is not a directory; choose another --out")
     if path.is_dir() and holds_run(path) and not continues:
-        raise ConfigError(f"--out {path}: already holds a run (config.yaml / metrics.jsonl / {CKPT_LAST}); "
-                          f"continue it with `python train.py --resume {path}` or choose a new --out")
+        raise ConfigError(
+            f"--out {path}: already holds a run (config.yaml / metrics.jsonl / {CKPT_LAST}); "
+            f"continue it with `python train.py --resume {path}` or choose a new --out"
+        )
 
 
 class RunDir:
     """Open with ``RunDir(path, resume_step=..., master=...)``; ``resume_step`` is None for a new run (the
     directory must not hold a run) or the checkpoint's step (records past it are dropped)."""
 
-    def __init__(self, path: str | Path, *, resume_step: int | None = None, master: bool = True,
-                 continues: bool = False):
+    def __init__(
+        self, path: str | Path, *, resume_step: int | None = None, master: bool = True, continues: bool = False
+    ):
         self.path = Path(path)
         self.master = master
         self.metrics = Metrics(None)

@@ -4,6 +4,7 @@
 process group (NCCL on GPU, gloo on CPU). Precision costs the loop no branches (nanoGPT's habit): one
 autocast context, a null context in fp32, and a GradScaler that is enabled only for fp16.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,8 +91,9 @@ def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
         if rt.precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name()} has no bf16; use --precision fp16")
     if rt.distributed and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if rt.is_cuda else "gloo",
-                                             device_id=torch.device(rt.device) if rt.is_cuda else None)
+        torch.distributed.init_process_group(
+            backend="nccl" if rt.is_cuda else "gloo", device_id=torch.device(rt.device) if rt.is_cuda else None
+        )
     return rt
 
 
@@ -102,8 +104,12 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict) -> None:

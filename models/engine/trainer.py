@@ -9,6 +9,7 @@ position of the next batch), so a resumed run logs the same epochs as the uninte
 
 Host synchronisation happens only at log, checkpoint and evaluation steps (``.item()`` there only).
 """
+
 from __future__ import annotations
 
 import signal
@@ -70,11 +71,20 @@ def resolved_run(s, rt, steps_per_epoch: int, method_cfg) -> dict:
     import dataclasses
 
     total, warmup = schedule(s, steps_per_epoch)
-    return {"device": rt.device, "precision": rt.precision, "world_size": rt.world_size, "total_steps": total,
-            "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup,
-            "per_rank_batch_size": s.batch_size // rt.world_size, "lr": method_cfg.lr * s.batch_size / 256,
-            "lr_per_256": method_cfg.lr, "optimizer": method_cfg.optimizer, "weight_decay": method_cfg.weight_decay,
-            "method_config": dataclasses.asdict(method_cfg)}
+    return {
+        "device": rt.device,
+        "precision": rt.precision,
+        "world_size": rt.world_size,
+        "total_steps": total,
+        "steps_per_epoch": steps_per_epoch,
+        "warmup_steps": warmup,
+        "per_rank_batch_size": s.batch_size // rt.world_size,
+        "lr": method_cfg.lr * s.batch_size / 256,
+        "lr_per_256": method_cfg.lr,
+        "optimizer": method_cfg.optimizer,
+        "weight_decay": method_cfg.weight_decay,
+        "method_config": dataclasses.asdict(method_cfg),
+    }
 
 
 class Trainer:
@@ -93,7 +103,8 @@ class Trainer:
         self.model = torch.compile(self.method) if s.compile else self.method  # forward(views, labels) = a step
         if rt.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[rt.local_rank] if rt.is_cuda else None)
+                self.model, device_ids=[rt.local_rank] if rt.is_cuda else None
+            )
         self.step_count = 0  # optimizer steps taken
 
     # -- one step ------------------------------------------------------------------------------------
@@ -113,9 +124,14 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything but the settings and RNG (``fit`` adds them): model, optimizer, schedule, loader."""
-        return {"step": self.step_count, "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "loader": self.loader.state_dict()}
+        return {
+            "step": self.step_count,
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loader": self.loader.state_dict(),
+        }
 
     def load_state_dict(self, ckpt: dict) -> None:
         self.method.load_state_dict(ckpt["model"])
@@ -146,8 +162,7 @@ class _Loop:
         self.t, self.run_dir, self.evaluator, self.resolved = trainer, run, evaluator, resolved
         self.s, self.rt = trainer.s, trainer.rt
         self.metrics = run.metrics if run is not None else Metrics(None)
-        self.progress = Progress(trainer.total_steps, trainer.step_count, enabled=self.rt.master,
-                                 bar=self.s.progress)
+        self.progress = Progress(trainer.total_steps, trainer.step_count, enabled=self.rt.master, bar=self.s.progress)
         self.last_good, self.last_checked = last_good, trainer.step_count
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.rt.device)
         self.sums: dict[str, torch.Tensor] = {}
@@ -185,8 +200,11 @@ class _Loop:
                         break
             if stopping:
                 name = signal.Signals(stop.signum or signal.SIGTERM).name
-                raise Interrupted(f"{name} at step {t.step_count}: checkpoint saved to {self.last_good}; continue "
-                                  f"with `python train.py --resume {self.run_dir.path if self.run_dir else '<run dir>'}`", stop.signum or signal.SIGTERM)
+                raise Interrupted(
+                    f"{name} at step {t.step_count}: checkpoint saved to {self.last_good}; continue "
+                    f"with `python train.py --resume {self.run_dir.path if self.run_dir else '<run dir>'}`",
+                    stop.signum or signal.SIGTERM,
+                )
             self.progress.close()
             final = {}
             if self.evaluator and self.rt.master:
@@ -217,16 +235,24 @@ class _Loop:
 
     def check_finite(self, upto: int) -> None:
         if self.rt.any_rank(bool(self.nonfinite.item())):
-            where = (f"the last good checkpoint {self.last_good} is kept" if self.last_good
-                     else "no checkpoint was written yet")
-            when = f"at step {upto}" if upto == self.last_checked + 1 else \
-                f"between steps {self.last_checked + 1} and {upto}"
+            where = (
+                f"the last good checkpoint {self.last_good} is kept"
+                if self.last_good
+                else "no checkpoint was written yet"
+            )
+            when = (
+                f"at step {upto}"
+                if upto == self.last_checked + 1
+                else f"between steps {self.last_checked + 1} and {upto}"
+            )
             raise NonFiniteLoss(f"loss became NaN/inf {when}; stopped, {where}; lower --lr or check the data")
         self.last_checked = upto
 
     def skipped(self) -> dict:
         stats = self.t.loader.stats
-        return {"corrupt_skipped": stats.corrupt, "corrupt_keys": list(stats.corrupt_keys[:10])} if stats.corrupt else {}
+        return (
+            {"corrupt_skipped": stats.corrupt, "corrupt_keys": list(stats.corrupt_keys[:10])} if stats.corrupt else {}
+        )
 
     def log(self, step: int) -> None:
         self.rt.synchronize()
@@ -234,16 +260,22 @@ class _Loop:
         now = time.perf_counter()
         elapsed = max(now - self.t_interval, 1e-9)
         record = {k: v.item() / self.interval_steps for k, v in self.sums.items()}
-        record.update(epoch=self.epoch, lr=self.t.optimizer.param_groups[0]["lr"],
-                      samples_per_s=self.interval_steps * self.s.batch_size / elapsed, data_wait=self.wait / elapsed)
+        record.update(
+            epoch=self.epoch,
+            lr=self.t.optimizer.param_groups[0]["lr"],
+            samples_per_s=self.interval_steps * self.s.batch_size / elapsed,
+            data_wait=self.wait / elapsed,
+        )
         record.update(self.skipped())
         if self.rt.master:
             self.metrics.write("train", step, **record)
             self.progress.log(step, record)
             corrupt = self.t.loader.stats.corrupt
             if corrupt > self.skipped_reported:
-                self.progress.write(f"step {step}: {corrupt} corrupt sample(s) skipped so far (--on-corrupt skip), "
-                                    f"first: {', '.join(self.t.loader.stats.corrupt_keys[:3])}")
+                self.progress.write(
+                    f"step {step}: {corrupt} corrupt sample(s) skipped so far (--on-corrupt skip), "
+                    f"first: {', '.join(self.t.loader.stats.corrupt_keys[:3])}"
+                )
                 self.skipped_reported = corrupt
         self.sums, self.interval_steps, self.wait = {}, 0, 0.0
         self.t_interval = self.t_step_end = time.perf_counter()
@@ -264,6 +296,7 @@ class _Loop:
         if self.rt.master:
             result = self.evaluator(self.t.method)
             self.metrics.write("eval", step, **result)
-            self.progress.write(f"step {step}: kNN {result['knn_acc']:.2%}, online probe "
-                                f"{result['online_probe_acc']:.2%}")
+            self.progress.write(
+                f"step {step}: kNN {result['knn_acc']:.2%}, online probe {result['online_probe_acc']:.2%}"
+            )
         self.rt.barrier()

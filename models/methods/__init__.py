@@ -4,6 +4,7 @@ Adding a method: one file here with a ``Method`` subclass (its ``name``, ``aug_f
 with the release's defaults), plus its class in ``_REGISTERED`` below. The command-line choices
 (``train.py --method``), the augmentation family and the defaults all come from the class.
 """
+
 from models.methods.barlow import BarlowTwins, BarlowTwinsConfig
 from models.methods.base import Method, MethodConfig
 from models.methods.byol import BYOL, BYOLConfig
@@ -16,6 +17,18 @@ _REGISTERED: tuple[type[Method], ...] = (SimCLR, MoCoV2Plus, BYOL, BarlowTwins)
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _REGISTERED}
 
 __all__ = [
-    "BYOL", "BYOLConfig", "BarlowTwins", "BarlowTwinsConfig", "METHODS", "Method", "MethodConfig", "MoCoV2Plus",
-    "MoCoV2PlusConfig", "MomentumConfig", "MomentumMethod", "SimCLR", "SimCLRConfig", "momentum_tau",
+    "BYOL",
+    "BYOLConfig",
+    "BarlowTwins",
+    "BarlowTwinsConfig",
+    "METHODS",
+    "Method",
+    "MethodConfig",
+    "MoCoV2Plus",
+    "MoCoV2PlusConfig",
+    "MomentumConfig",
+    "MomentumMethod",
+    "SimCLR",
+    "SimCLRConfig",
+    "momentum_tau",
 ]

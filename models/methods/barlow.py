@@ -4,6 +4,7 @@ Release defaults (AdaInf, CIFAR): projector 512→2048→2048→2048 (BN, ReLU o
 lambda 0.0051, loss scale 0.1, LARS lr 0.15 per 256 (0.3 at batch 512), eta 0.02, clip_lr, weight decay
 1e-4, probe lr 0.05 per 256.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ the parameter groups and the per-view forward.  A method adds its heads and impl
 ``forward(views, labels)`` is ``training_step`` so that a DDP or compiled wrapper can be called directly:
 ``out = model(views, labels); out["loss"].backward(); optimizer.step(); method.on_train_step_end(step, total)``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,18 +25,18 @@ class MethodConfig:
 
     backbone: str = "resnet18"
     num_classes: int = 10
-    optimizer: str = "lars"          # "lars" | "sgd"
-    lr: float = 0.2                  # base lr per 256 samples
-    probe_lr: float = 0.05           # online probe lr per 256 samples (no weight decay)
+    optimizer: str = "lars"  # "lars" | "sgd"
+    lr: float = 0.2  # base lr per 256 samples
+    probe_lr: float = 0.05  # online probe lr per 256 samples (no weight decay)
     # The release's LARS adapts every parameter that is not 1-D, the online classifier's weight included
     # (solo-learn/solo/utils/lars.py in PKU-ML/adainf; its bias is 1-D and is not): False makes the probe
     # plain SGD (this project's earlier choice, opt-in).
     probe_lars: bool = True
     weight_decay: float = 1e-4
-    momentum: float = 0.9            # SGD/LARS momentum
-    lars_eta: float = 0.02           # LARS trust coefficient
-    lars_clip_lr: bool = True        # clip the LARS-adapted lr at the group lr (solo-learn's clip_lr)
-    exclude_bias_norm: bool = True   # biases and norm weights: no weight decay, no LARS adaptation
+    momentum: float = 0.9  # SGD/LARS momentum
+    lars_eta: float = 0.02  # LARS trust coefficient
+    lars_clip_lr: bool = True  # clip the LARS-adapted lr at the group lr (solo-learn's clip_lr)
+    exclude_bias_norm: bool = True  # biases and norm weights: no weight decay, no LARS adaptation
     zero_init_residual: bool = False
 
 
@@ -142,8 +143,16 @@ class Method(nn.Module):
             (no_decay if exclude_bias_norm and p.ndim <= 1 else decay).append(p)
         groups = [{"name": "ssl", "params": decay, "lars": True, "probe": False}]
         if no_decay:
-            groups.append({"name": "ssl_no_decay", "params": no_decay, "weight_decay": 0.0, "lars": False,
-                           "probe": False})
-        groups.append({"name": "probe", "params": list(self.probe.parameters()), "weight_decay": 0.0,
-                       "lars": bool(self.cfg.probe_lars), "probe": True})
+            groups.append(
+                {"name": "ssl_no_decay", "params": no_decay, "weight_decay": 0.0, "lars": False, "probe": False}
+            )
+        groups.append(
+            {
+                "name": "probe",
+                "params": list(self.probe.parameters()),
+                "weight_decay": 0.0,
+                "lars": bool(self.cfg.probe_lars),
+                "probe": True,
+            }
+        )
         return groups

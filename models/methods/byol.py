@@ -4,6 +4,7 @@ Release defaults (AdaInf, CIFAR): projector 512→4096(BN,ReLU)→256, predictor
 momentum 0.99→1.0 (cosine), LARS lr 0.5 per 256 (1.0 at batch 512), eta 0.02, clip_lr, weight decay 1e-5,
 probe lr 0.05 per 256.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ Release defaults (AdaInf, CIFAR): projector 512→2048→ReLU→256 (no BatchNor
 weight decay 1e-4 on every parameter (the release keeps solo-learn's default of decaying biases under SGD).
 The queue is a registered buffer (2, dim, size): one queue of keys per view.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,7 +65,8 @@ class MoCoV2Plus(MomentumMethod):
         with torch.no_grad():
             k1, k2 = (F.normalize(self.momentum_projector(f).float(), dim=1) for f in self.momentum_forward(views))
         queue = self.queue.clone()
-        loss = (moco_loss(q1, k2, queue[1], self.cfg.temperature)
-                + moco_loss(q2, k1, queue[0], self.cfg.temperature)) / 2
+        loss = (
+            moco_loss(q1, k2, queue[1], self.cfg.temperature) + moco_loss(q2, k1, queue[0], self.cfg.temperature)
+        ) / 2
         self.enqueue(torch.stack([gather(k1), gather(k2)]))
         return loss, {}

@@ -5,6 +5,7 @@ the backbone pair is registered here.  ``on_train_step_end(step, total)`` moves 
 online module with tau(step) (no state: resuming at a step gives the same tau), on the cosine schedule
 ``tau(step) = final - (final - base) * (cos(pi * step / total) + 1) / 2``.
 """
+
 from __future__ import annotations
 
 import copy

@@ -3,6 +3,7 @@
 Release defaults (AdaInf, CIFAR): projector 512→2048→ReLU→256 (no BatchNorm), temperature 0.2, LARS with
 lr 0.2 per 256 (0.4 at batch 512), eta 0.02, clip_lr, weight decay 1e-4, probe lr 0.05 per 256.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
