@@ -148,123 +148,53 @@ class AugConfig:
 #: Where every preset value comes from (PKU-ML/adainf).
 RELEASE_AUGMENTATIONS = "solo-learn/scripts/pretrain/cifar/augmentations"
 
+
 #: The release's CIFAR presets, named as its files ``RELEASE_AUGMENTATIONS/<name>.yaml``; one
 #: :class:`ViewAug` per crop. Each value is the file's: ``crop_size`` → size, ``rrc.crop_min_scale`` /
 #: ``crop_max_scale`` → crop_scale, ``color_jitter.prob`` / ``brightness`` / ``contrast`` /
 #: ``saturation`` / ``hue``, ``grayscale.prob``, ``gaussian_blur.prob``, ``solarization.prob``,
 #: ``horizontal_flip.prob`` (``equalization.prob`` is 0 in all five). A symmetric file has one
 #: pipeline with ``num_crops: 2``; an asymmetric one two pipelines of one crop each.
+def _release_views(
+    crop_min: float,
+    jitter_p: float,
+    jitter: tuple[float, float, float, float],
+    blur_p: float,
+    solarize_p: tuple[float, float],
+) -> tuple[ViewAug, ViewAug]:
+    """The two crops of one release file; what all five files share is written once here: crop size 32,
+    crop_max_scale 1.0, grayscale.prob 0.2, horizontal_flip.prob 0.5."""
+    b, c, s, h = jitter
+    common = dict(
+        size=32,
+        crop_scale=(crop_min, 1.0),
+        jitter_p=jitter_p,
+        brightness=b,
+        contrast=c,
+        saturation=s,
+        hue=h,
+        gray_p=0.2,
+        blur_p=blur_p,
+        flip_p=0.5,
+    )
+    return ViewAug(**common, solarize_p=solarize_p[0]), ViewAug(**common, solarize_p=solarize_p[1])
+
+
+# fmt: off
 PRESETS: dict[str, tuple[ViewAug, ...]] = {
+    # name (file)            crop min  jitter p  (brightness, contrast, saturation, hue)  blur p  solarize p (crop 1, 2)
     # symmetric.yaml: SimCLR without inflation and with vanilla inflation (the README's commands)
-    "symmetric": (
-        ViewAug(
-            size=32,
-            crop_scale=(0.08, 1.0),
-            jitter_p=0.8,
-            brightness=0.8,
-            contrast=0.8,
-            saturation=0.8,
-            hue=0.2,
-            gray_p=0.2,
-            blur_p=0.5,
-            solarize_p=0.0,
-            flip_p=0.5,
-        ),
-    )
-    * 2,
+    "symmetric":         _release_views(0.08, 0.8, (0.8, 0.8, 0.8, 0.2), 0.5, (0.0, 0.0)),
     # symmetric_weak.yaml: MoCo v2+ (scripts/pretrain/cifar/mocov2plus.yaml's default)
-    "symmetric_weak": (
-        ViewAug(
-            size=32,
-            crop_scale=(0.08, 1.0),
-            jitter_p=0.8,
-            brightness=0.4,
-            contrast=0.4,
-            saturation=0.4,
-            hue=0.1,
-            gray_p=0.2,
-            blur_p=0.5,
-            solarize_p=0.0,
-            flip_p=0.5,
-        ),
-    )
-    * 2,
+    "symmetric_weak":    _release_views(0.08, 0.8, (0.4, 0.4, 0.4, 0.1), 0.5, (0.0, 0.0)),
     # symmetric_adainf.yaml: AdaInf for SimCLR and MoCo v2 (the README; simclr.yaml's default)
-    "symmetric_adainf": (
-        ViewAug(
-            size=32,
-            crop_scale=(0.2, 1.0),
-            jitter_p=0.4,
-            brightness=0.4,
-            contrast=0.4,
-            saturation=0.4,
-            hue=0.1,
-            gray_p=0.2,
-            blur_p=0.5,
-            solarize_p=0.0,
-            flip_p=0.5,
-        ),
-    )
-    * 2,
+    "symmetric_adainf":  _release_views(0.2, 0.4, (0.4, 0.4, 0.4, 0.1), 0.5, (0.0, 0.0)),
     # asymmetric.yaml: BYOL and Barlow Twins (byol.yaml's and barlow.yaml's default); solarization on crop 2
-    "asymmetric": (
-        ViewAug(
-            size=32,
-            crop_scale=(0.08, 1.0),
-            jitter_p=0.8,
-            brightness=0.4,
-            contrast=0.4,
-            saturation=0.2,
-            hue=0.1,
-            gray_p=0.2,
-            blur_p=0.0,
-            solarize_p=0.0,
-            flip_p=0.5,
-        ),
-        ViewAug(
-            size=32,
-            crop_scale=(0.08, 1.0),
-            jitter_p=0.8,
-            brightness=0.4,
-            contrast=0.4,
-            saturation=0.2,
-            hue=0.1,
-            gray_p=0.2,
-            blur_p=0.0,
-            solarize_p=0.2,
-            flip_p=0.5,
-        ),
-    ),
+    "asymmetric":        _release_views(0.08, 0.8, (0.4, 0.4, 0.2, 0.1), 0.0, (0.0, 0.2)),
     # asymmetric_adainf.yaml: AdaInf for BYOL and Barlow Twins (the README); jitter values not halved
-    "asymmetric_adainf": (
-        ViewAug(
-            size=32,
-            crop_scale=(0.2, 1.0),
-            jitter_p=0.4,
-            brightness=0.4,
-            contrast=0.4,
-            saturation=0.2,
-            hue=0.1,
-            gray_p=0.2,
-            blur_p=0.0,
-            solarize_p=0.0,
-            flip_p=0.5,
-        ),
-        ViewAug(
-            size=32,
-            crop_scale=(0.2, 1.0),
-            jitter_p=0.4,
-            brightness=0.4,
-            contrast=0.4,
-            saturation=0.2,
-            hue=0.1,
-            gray_p=0.2,
-            blur_p=0.0,
-            solarize_p=0.2,
-            flip_p=0.5,
-        ),
-    ),
+    "asymmetric_adainf": _release_views(0.2, 0.4, (0.4, 0.4, 0.2, 0.1), 0.0, (0.0, 0.2)),
 }
+# fmt: on
 PRESET_NAMES = tuple(PRESETS)
 
 #: Augmentation families: ``family -> (no-inflation / vanilla preset, AdaInf preset)``. From the release's
