@@ -84,11 +84,11 @@ def run(ctx, config_file, print_config, options) -> dict:
     if s.out is None:
         s = s.replace(out=str(Path("runs") / f"{s.method}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"))
     continues = ckpt is not None and Path(s.out).resolve() == Path(s.resume).resolve().parent
-    if not print_config:
-        check_out(Path(s.out), continues)  # before any work: never start inside another run's directory
 
     # -- where and how to compute (device, precision, DDP); --print-config touches no GPU
     rt = plan_runtime(s.device, s.precision) if print_config else setup_runtime(s.device, s.precision)
+    if rt.master and not print_config:
+        check_out(Path(s.out), continues)  # before any work: never start inside another run's directory
 
     # -- data: shards → mixture, weighted by the inflation policy → augmentation recipe → the DALI loader
     data = plan_data(s, rt.world_size, aug_family(s.method))
