@@ -31,9 +31,10 @@ The feed is the Python code on the training thread, so it is vectorised end to e
 * labels, source ids and sample indices never go through DALI: the feed keeps them with the step
   it fed, and the loader pairs them with DALI's outputs, which come back in feeding order.
 
-Decoding: JPEG/PNG with ``fn.decoders.image`` (``mixed`` = nvJPEG on a GPU, CPU otherwise; PNG is
-always decoded on the CPU); raw pixels skip the decoder. A mixture of raw and encoded sources takes
-both paths per sample through a DALI conditional, decoding on the CPU (then moving to the GPU).
+Decoding: JPEG/PNG with ``fn.decoders.image`` (``mixed`` = nvJPEG on a GPU with libjpeg-turbo's
+chroma upsampling, CPU otherwise; PNG is always decoded on the CPU); raw pixels skip the decoder. A
+mixture of raw and encoded sources takes both paths per sample through a DALI conditional, decoding on
+the CPU (then moving to the GPU).
 
 Where the pipeline runs (``loader_device``) is independent of where the model runs (``device``):
 ``"gpu"`` runs the ``mixed`` decoder and GPU ops; ``"cpu"`` runs the CPU pipeline with
@@ -292,7 +293,10 @@ def _decode(enc, meta, readers: _Readers, device: str):
         return images.gpu() if device == "gpu" else images
     enc = fn.slice(enc, start=[0], shape=meta[0:1], axes=[0])  # the sample's bytes out of its tar blocks
     if readers.mode == "encoded":
-        return fn.decoders.image(enc, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB)
+        # fancy upsampling: nvJPEG upsamples chroma as libjpeg-turbo does, so both loader devices decode alike
+        # (without it, on an H200, JPEG-only batches differed by 3.3 levels on average after augmentation)
+        gpu = {"jpeg_fancy_upsampling": True} if device == "gpu" else {}
+        return fn.decoders.image(enc, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB, **gpu)
     if fn.cast(meta[1], dtype=types.BOOL):  # raw and encoded sources in one batch: per-sample branch, on the CPU
         images = fn.reshape(enc, shape=meta[2:5], layout="HWC")
     else:

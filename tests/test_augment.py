@@ -204,7 +204,7 @@ def run_jitter(images: np.ndarray, view: ViewAug, params: dict, device: str = "c
     named = [
         (k, a)
         for k, a in zip(dali_param_names(view), dali_param_arrays(view, params, np.full(n, 32), np.full(n, 32), False))
-        if k.startswith("jitter_")
+        if k in ("jitter_coef", "hue_centres")
     ]
     names = [k for k, _ in named]
     batch = [images, *(a for _, a in named)]
@@ -321,16 +321,20 @@ def test_order_is_a_uniform_permutation_drawn_with_the_rest():
     assert np.abs(p["hue"]).max() <= view.hue and abs(p["hue"].mean()) < 0.01 * view.hue  # turns, not degrees
     again = draws(view, n)
     assert all(np.array_equal(p[k], again[k]) for k in p)  # a pure function of (seed, epoch, rank, step)
-    # the DALI order keeps the drawn order of the view's adjustments
+    # the DALI slots keep the drawn order of the view's adjustments (and skip the samples the jitter skips)
     no_hue = dataclasses.replace(view, hue=0.0)
-    [order] = [
+    [coef] = [
         a
         for name, a in zip(
             dali_param_names(no_hue), dali_param_arrays(no_hue, p, np.full(n, 32), np.full(n, 32), False)
         )
-        if name == "jitter_order"
+        if name == "jitter_coef"
     ]
-    assert order.shape == (n, 3) and np.array_equal(order, perms[perms != 3].reshape(n, 3))
+    f, a, b = (coef.reshape(n, 3, 3)[:, :, i] for i in range(3))
+    slot_ops = np.where(a != 0, 1, np.where(b != 0, 2, 0))  # contrast, saturation, else brightness
+    on = p["jitter"]
+    assert np.array_equal(slot_ops[on], perms[perms != 3].reshape(n, 3)[on])
+    assert (f[~on] == 1).all() and (a[~on] == 0).all() and (b[~on] == 0).all()
 
 
 @pytest.mark.gpu
@@ -406,37 +410,42 @@ def test_preview_draws_real_and_generated_rows(mix, tmp_path, read_samples):
 def test_jitter_slots_put_each_adjustment_before_or_after_hue_in_drawn_order():
     from loaders.augment import _jitter_layout
 
-    view = ViewAug(jitter_p=1.0, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
+    view = ViewAug(jitter_p=0.5, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
     b, c, s, h = range(4)
-    order = np.array([[h, b, c, s], [b, c, s, h], [c, h, s, b], [s, b, h, c]], np.int32)
+    order = np.array([[h, b, c, s], [b, c, s, h], [c, h, s, b], [s, b, h, c], [b, c, s, h]], np.int32)
     params = {
+        "jitter": np.array([1, 1, 1, 1, 0], bool),
         "jitter_order": order,
-        "brightness": np.full(4, 1.1),
-        "contrast": np.full(4, 1.2),
-        "saturation": np.full(4, 1.3),
-        "hue": np.full(4, 0.05),
+        "brightness": np.full(5, 1.1),
+        "contrast": np.full(5, 1.2),
+        "saturation": np.full(5, 1.3),
+        "hue": np.full(5, 0.05),
     }
     lay = _jitter_layout(view, params)
-    # slots 0-2 before hue, 3-5 after; an unused slot is brightness with factor 1 (identity)
-    assert lay["jitter_order"].tolist() == [
-        [b, b, b, b, c, s],
-        [b, c, s, b, b, b],
-        [c, b, b, s, b, b],
-        [s, b, b, c, b, b],
-    ]
     f = np.float32
-    assert lay["jitter_factors"].tolist() == [
-        [1, 1, 1, f(1.1), f(1.2), f(1.3), f(0.05)],
-        [f(1.1), f(1.2), f(1.3), 1, 1, 1, f(0.05)],
-        [f(1.2), 1, 1, f(1.3), f(1.1), 1, f(0.05)],
-        [f(1.3), f(1.1), 1, f(1.2), 1, 1, f(0.05)],
+    B, C, S, ID = (f(1.1), 0, 0), (f(1.2), f(1 - f(1.2).item()), 0), (f(1.3), 0, f(1 - f(1.3).item())), (1, 0, 0)
+    # slots 0-2 before hue, 3-5 after; an unused slot, and every slot of a sample the jitter skips, is (1, 0, 0)
+    want = [
+        [ID, ID, ID, B, C, S],
+        [B, C, S, ID, ID, ID],
+        [C, ID, ID, S, B, ID],
+        [S, B, ID, C, ID, ID],
+        [ID, ID, ID, ID, ID, ID],
     ]
-    # without brightness the identity slot is the next adjustment (contrast, factor 1)
+    assert lay["jitter_coef"].tolist() == [[x for slot in row for x in slot] for row in want]
+    centres = np.array([3, 5, 1], np.float64)
+    np.testing.assert_array_equal(lay["hue_centres"][:4], np.tile(f(centres - 6 * f(0.05).item()), (4, 1)))
+    np.testing.assert_array_equal(lay["hue_centres"][4], f(centres))  # skipped: hue 0
+    # without brightness: two slots each side
     lay = _jitter_layout(dataclasses.replace(view, brightness=0.0), params)
-    assert lay["jitter_order"][0].tolist() == [c, c, c, s] and lay["jitter_factors"][0].tolist() == [
-        1,
-        1,
-        f(1.2),
-        f(1.3),
-        f(0.05),
-    ]
+    assert lay["jitter_coef"][0].tolist() == [*ID, *ID, *C, *S]
+
+
+def test_a_sample_the_jitter_skips_is_unchanged_exactly():
+    """Identity coefficients and hue 0 give back every one of the 2^24 colours exactly (all slots and hue run)."""
+    view = ViewAug(jitter_p=0.5, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
+    rgb = np.arange(2**24, dtype=np.uint32)
+    image = np.stack([rgb >> 16, (rgb >> 8) & 255, rgb & 255], axis=-1).astype(np.uint8).reshape(1, 4096, 4096, 3)
+    params = draws(view, 1)
+    params["jitter"] = np.zeros(1, bool)
+    np.testing.assert_array_equal(run_jitter(image, view, params), image)

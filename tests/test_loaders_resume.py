@@ -135,16 +135,15 @@ def test_param_names_resolve_p0_and_p1_at_build_time(plain_view):
         "crop_start",
         "crop_end",
         "flip",
-        "jitter",
-        "jitter_factors",
-        "jitter_order",
+        "jitter_coef",
+        "hue_centres",
         "gray",
         "blur",
         "sigma",
     )
     always = ViewAug(flip_p=1.0, jitter_p=1.0, brightness=0.8, contrast=0.8, blur_p=1.0, gray_p=0.0, solarize_p=1.0)
-    assert dali_param_names(always) == ("crop_start", "crop_end", "jitter_factors", "jitter_order", "sigma")
-    assert dali_param_names(ViewAug(jitter_p=1.0, hue=0.1)) == ("crop_start", "crop_end", "jitter_factors")
+    assert dali_param_names(always) == ("crop_start", "crop_end", "jitter_coef", "sigma")
+    assert dali_param_names(ViewAug(jitter_p=1.0, hue=0.1)) == ("crop_start", "crop_end", "hue_centres")
 
 
 @pytest.mark.parametrize("name", ["symmetric", "symmetric_adainf", "asymmetric"])
