@@ -438,6 +438,7 @@ def time_train_loader(
     max_batches: int | None = None,
     seed: int = 0,
     num_threads: int = 2,
+    jitter_impl: str = "exact",
 ) -> dict:
     """Build the real `loaders.pipeline.TrainLoader` over ``shards`` (``DIR[:W]`` arguments) and :func:`timed`
     it, epoch after epoch (an epoch boundary costs what it costs in training: the next epoch's pipeline is
@@ -450,7 +451,12 @@ def time_train_loader(
 
     t0 = time.perf_counter()
     loader = TrainLoader(
-        parse_shards_args(shards), preset(aug), batch_size=batch_size, seed=seed, device=device, num_threads=num_threads
+        parse_shards_args(shards),
+        preset(aug, jitter_impl=jitter_impl),
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        num_threads=num_threads,
     )
 
     def batches():

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import click
@@ -367,7 +368,8 @@ def run(shards: list[str], cfg: FeedConfig, work: Path) -> list[dict]:
             click.echo(f"  open {s.name}: {rows[-1]}", err=True)
         for fmt, mix in sets.items():
             t = time.perf_counter()
-            loader = TrainLoader(
+            make = partial(
+                TrainLoader,
                 parse_shards_args(mix),
                 preset(cfg.aug),
                 cfg.batch_size,
@@ -375,6 +377,7 @@ def run(shards: list[str], cfg: FeedConfig, work: Path) -> list[dict]:
                 loader_device="cpu",
                 num_threads=cfg.cores,
             )
+            loader = make()  # the feed in a prefetch thread, as in training
             opened = time.perf_counter() - t
             row = {
                 "backend": f"feed-{fmt}",
@@ -384,15 +387,7 @@ def run(shards: list[str], cfg: FeedConfig, work: Path) -> list[dict]:
                 "off_training_thread": loader.prefetch_batches > 0,
             }
             real = time_loader(loader, cfg.loader_batches)
-            inline = TrainLoader(
-                parse_shards_args(mix),
-                preset(cfg.aug),
-                cfg.batch_size,
-                seed=cfg.seed,
-                loader_device="cpu",
-                num_threads=cfg.cores,
-                prefetch_batches=0,
-            )
+            inline = make(prefetch_batches=0)  # the feed on the calling thread
             inl = time_loader(inline, cfg.loader_batches)
             row.update(
                 training_thread_ms_per_batch=real["thread_ms"],

@@ -43,6 +43,7 @@ from bench.common import (
     timing_settings,
     write_results,
 )
+from loaders.augment import JITTER_IMPLS
 
 BACKENDS = ("dali-cpu", "dali-gpu", "reference", "webdataset")
 
@@ -158,8 +159,10 @@ def _to_device(views, device: str):
     return [v.to(device, non_blocking=True) for v in views] if device.startswith("cuda") else views
 
 
-def bench_dali(shards, preset_name, device, batch_size, workers, timing) -> dict:
-    return time_train_loader(shards, preset_name, batch_size, device=device, num_threads=workers, **timing)
+def bench_dali(shards, preset_name, device, batch_size, workers, timing, jitter_impl="exact") -> dict:
+    return time_train_loader(
+        shards, preset_name, batch_size, device=device, num_threads=workers, jitter_impl=jitter_impl, **timing
+    )
 
 
 def reference_loader(mixture, aug, batch_size: int, workers: int, device: str):
@@ -336,6 +339,13 @@ RUNNERS = {"dali-cpu": bench_dali, "dali-gpu": bench_dali, "reference": bench_re
     help="auto | cpu | cuda: with a GPU, dali-gpu runs and every backend's views end on the GPU",
 )
 @click.option("--backends", default=",".join(BACKENDS), show_default=True)
+@click.option(
+    "--jitter-impl",
+    default="exact",
+    show_default=True,
+    help="the DALI backends' colour jitter, comma-separated: exact (the default, torchvision's) and/or fused "
+    "(one color_twist, opt-in); a fused row is named dali-cpu-fused / dali-gpu-fused",
+)
 @click.option("--warmup", type=click.IntRange(0), default=None, help="untimed batches first [10; --quick 2]")
 @click.option("--min-batches", type=click.IntRange(1), default=None, help="timed batches at least [50; --quick 5]")
 @click.option("--min-seconds", type=float, default=None, help="timed seconds at least [10; --quick 1]")
@@ -358,6 +368,7 @@ def main(
     workers,
     device,
     backends,
+    jitter_impl,
     warmup,
     min_batches,
     min_seconds,
@@ -378,30 +389,37 @@ def main(
     unknown = [b for b in names if b not in RUNNERS]
     if unknown:
         raise click.BadParameter(f"{', '.join(unknown)}: choose from {', '.join(BACKENDS)}", param_hint="--backends")
+    impls = [j.strip() for j in jitter_impl.split(",") if j.strip()]
+    if not impls or set(impls) - set(JITTER_IMPLS):
+        raise click.BadParameter(f"{jitter_impl!r}: choose from {', '.join(JITTER_IMPLS)}", param_hint="--jitter-impl")
+    runs = [(name, impl) for name in names for impl in (impls if name.startswith("dali") else ["exact"])]
     results = [bench_plan(timing)]
     if not plan_only:
         shards = resolve_shards(shards)  # the built-in demo mixture when none are given
-        for name in names:
+        for name, impl in runs:
             if name == "dali-gpu" and not device.startswith("cuda"):
                 continue
             dev = "cpu" if name == "dali-cpu" else device
             args = (shards, preset_name, dev, batch_size, workers, timing_kwargs(timing))
-            click.echo(f"  {name} ...", err=True)
+            args += (impl,) if name.startswith("dali") else ()
+            label = name if impl == "exact" else f"{name}-{impl}"
+            click.echo(f"  {label} ...", err=True)
             try:
                 row = in_fresh_process(RUNNERS[name], *args) if isolate else RUNNERS[name](*args)
             except ShardError as e:
                 raise click.ClickException(str(e)) from None
             results.append(
                 {
-                    "backend": name,
+                    "backend": label,
                     "device": dev,
+                    "jitter_impl": impl,
                     **row,
                     "views": len(preset(preset_name).views),
                     "workers": workers,
                     "batch_size": batch_size,
                 }
             )
-            click.echo(f"  {name}: {row['samples_per_s']} samples/s, peak PSS {row['peak_pss_mb']} MiB", err=True)
+            click.echo(f"  {label}: {row['samples_per_s']} samples/s, peak PSS {row['peak_pss_mb']} MiB", err=True)
         ref = next((r["samples_per_s"] for r in results if r["backend"] == "reference"), None)
         for r in results[1:]:
             r["vs_reference"] = round(r["samples_per_s"] / ref, 2) if ref and r["samples_per_s"] else None
@@ -411,6 +429,7 @@ def main(
         "batch_size": batch_size,
         "workers": workers,
         "device": device,
+        "jitter_impl": impls,
         "isolate": isolate,
         **timing,
     }

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from loaders.augment import (
+    CIFAR_MEAN,
+    CIFAR_STD,
     JITTER_OPS,
     PRESET_ALIASES,
     PRESETS,
@@ -38,6 +40,7 @@ COMMON = dict(
     flip_p=0.5,
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2470, 0.2435, 0.2616),
+    jitter_impl="exact",  # torchvision's ColorJitter, as the release runs it
 )
 # solo-learn/scripts/pretrain/cifar/augmentations/<file>: one row per crop
 _SYM = dict(
@@ -449,3 +452,57 @@ def test_a_sample_the_jitter_skips_is_unchanged_exactly():
     params = draws(view, 1)
     params["jitter"] = np.zeros(1, bool)
     np.testing.assert_array_equal(run_jitter(image, view, params), image)
+
+
+def normalised_hwc(images: np.ndarray) -> np.ndarray:
+    return (images.astype(np.float64) / 255 - np.array(CIFAR_MEAN)) / np.array(CIFAR_STD)
+
+
+def test_fused_jitter_is_one_color_twist_with_the_drawn_factors(cifar_images):
+    """The opt-in ``fused`` jitter: DALI's color_twist fed the same draws (hue in degrees); a skipped sample is
+    unchanged, brightness alone is torchvision's within rounding, and the graph is one operator."""
+    from nvidia.dali import fn, pipeline_def
+
+    from loaders.augment import augment_view
+
+    n = len(cifar_images)
+    view = ViewAug(jitter_p=0.5, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, jitter_impl="fused")
+    p = draws(view, n, step=5)
+    names = dali_param_names(view)
+    assert names == ("crop_start", "crop_end", "twist")
+    arrays = dali_param_arrays(view, p, np.full(n, 32), np.full(n, 32), False)
+    twist = arrays[-1]
+    on = p["jitter"]
+    assert 0 < on.sum() < n
+    np.testing.assert_array_equal(twist[~on], np.tile(np.float32([1, 1, 1, 0]), ((~on).sum(), 1)))
+    np.testing.assert_allclose(twist[on, 3], 360 * p["hue"][on], rtol=1e-6)
+
+    def run(v, prm):
+        batch = [cifar_images, *dali_param_arrays(v, prm, np.full(n, 32), np.full(n, 32), False)]
+
+        @pipeline_def(batch_size=n, num_threads=1, device_id=None)
+        def pipe():
+            outs = fn.external_source(source=lambda: batch, num_outputs=len(batch), batch=True)
+            x = fn.reshape(outs[0], layout="HWC")
+            return augment_view(x, v, dict(zip(dali_param_names(v), outs[1:])), "cpu", "HWC")
+
+        pl = pipe()
+        pl.build()
+        return np.asarray(pl.run()[0].as_tensor()), pl
+
+    whole = dataclasses.replace(view, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))  # the crop is the image
+    p = draws(whole, n, step=5)  # the same flags and factors, whole-image boxes
+    assert np.array_equal(p["jitter"], on)
+    out, pl = run(whole, p)
+    plain = normalised_hwc(cifar_images)
+    np.testing.assert_allclose(out[~on], plain[~on], atol=1e-5)  # skipped: unchanged
+    assert np.abs(out[on] - plain[on]).mean() > 0.1  # jittered: changed
+    ops = len(pl._ops)
+    exact_out, exact_pl = run(dataclasses.replace(whole, jitter_impl="exact"), p)
+    assert ops * 3 < len(exact_pl._ops)  # far fewer operators than the exact jitter
+    # brightness alone: torchvision's adjust_brightness within one level (round against truncate)
+    bright = dataclasses.replace(whole, contrast=0.0, saturation=0.0, hue=0.0, jitter_p=1.0)
+    pb = draws(bright, n, step=6)
+    got, _ = run(bright, pb)
+    want = run_torchvision(cifar_images, bright, pb)
+    assert np.abs(got - normalised_hwc(want)).max() <= 1.01 / 255 / min(CIFAR_STD)

@@ -554,6 +554,8 @@ def test_loader_cli_same_workers_and_memory_for_every_backend(demo, tmp_path):
         "--no-isolate",
         "--backends",
         "dali-cpu,reference,webdataset",
+        "--jitter-impl",
+        "exact,fused",
         "--device",
         "cpu",
         "--out-dir",
@@ -564,10 +566,11 @@ def test_loader_cli_same_workers_and_memory_for_every_backend(demo, tmp_path):
     assert doc["quick"] is True and doc["settings"]["workers"] == 1
     plan, *rows = doc["results"]
     assert plan["backend"] == "plan_epoch" and plan["planned_samples"] == 1_500_000 and plan["timed_batches"] == 2
-    assert [r["backend"] for r in rows] == ["dali-cpu", "reference", "webdataset"]
+    assert [r["backend"] for r in rows] == ["dali-cpu", "dali-cpu-fused", "reference", "webdataset"]
+    assert [r["jitter_impl"] for r in rows] == ["exact", "fused", "exact", "exact"]
     for r in rows:
         assert r["workers"] == 1 and r["timed_batches"] == 2 and r["timed_samples"] == 32 and r["peak_pss_mb"] > 0
-    assert rows[1]["vs_reference"] == 1.0
+    assert rows[2]["vs_reference"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from loaders.augment import JITTER_IMPLS
 from loaders.policy import DEFAULT_MODE
 from loaders.policy import MODES as INFLATION_MODES
 from loaders.recipe import AUG_CHOICES
@@ -57,6 +58,12 @@ class Settings:
     crop_min_scale: float | None = _opt(None, "RandomResizedCrop minimum area (overrides the policy/preset).")
     jitter_strength: float | None = _opt(None, "Colour-jitter strength multiplier (overrides the policy/preset).")
     jitter_p: float | None = _opt(None, "Colour-jitter probability (overrides the policy/preset).")
+    jitter_impl: str = _opt(
+        "exact",
+        "Colour jitter: exact (torchvision's ColorJitter in random order, the release's) or fused (one DALI "
+        "color_twist per view, fixed order, YIQ hue/saturation as solo-learn's DALI pipeline: far fewer GPU ops).",
+        choices=JITTER_IMPLS,
+    )
     image_size: int = _opt(32, "Side of the training crops and evaluation images (shard images are resized).")
     num_threads: int = _opt(2, "DALI CPU threads per process.")
     loader_device: str = _opt(

@@ -116,6 +116,7 @@ def plan_data(s, world_size: int, aug_family: str) -> DataPlan:
             inflation=s.inflation,
             overrides={k: getattr(s, k) for k in AUG_KNOBS},
             size=s.image_size,
+            jitter_impl=s.jitter_impl,
         )
     except ValueError as e:  # a mixture the policy cannot serve, a knob out of range: one line
         raise ConfigError(str(e)) from None
