@@ -57,6 +57,7 @@ class EndToEndConfig:
     num_threads: int = 2
     inflation: str = "adainf"
     aug: str = "auto"
+    jitter_impl: str = "exact"
     seed: int = 0
     loader_devices: tuple[str, ...] = ("auto",)  # one end-to-end row each
 
@@ -78,6 +79,7 @@ def build(shards: list[str], cfg: EndToEndConfig):
         num_threads=cfg.num_threads,
         inflation=cfg.inflation,
         aug=cfg.aug,
+        jitter_impl=cfg.jitter_impl,
         seed=cfg.seed,
         progress=False,
     )
@@ -198,6 +200,7 @@ def run(shards: list[str], cfg: EndToEndConfig, timing: dict) -> tuple[list[dict
                 "loader": f"dali-{loader.loader_device}",
                 "loader_device": loader.loader_device,
                 "num_threads": cfg.num_threads,
+                "jitter_impl": cfg.jitter_impl,
                 "ratio_to_ceiling": round(e2e["samples_per_s"] / ceiling["samples_per_s"], 4),
             }
         )
@@ -245,6 +248,13 @@ def run(shards: list[str], cfg: EndToEndConfig, timing: dict) -> tuple[list[dict
 @click.option("--num-threads", type=int, default=2, show_default=True, help="DALI CPU threads.")
 @click.option("--inflation", default="adainf", show_default=True, help="As train.py --inflation.")
 @click.option("--aug", default="auto", show_default=True, help="As train.py --aug.")
+@click.option(
+    "--jitter-impl",
+    default="exact",
+    show_default=True,
+    type=click.Choice(["exact", "fused"]),
+    help="As train.py --jitter-impl.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Lower minimums (marked quick in the JSON): minutes on a CPU.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON goes [bench/results].")
@@ -264,6 +274,7 @@ def main(
     num_threads,
     inflation,
     aug,
+    jitter_impl,
     seed,
     quick,
     out_dir,
@@ -286,6 +297,7 @@ def main(
         num_threads=num_threads,
         inflation=inflation,
         aug=aug,
+        jitter_impl=jitter_impl,
         seed=seed,
         loader_devices=devices,
     )

@@ -4,8 +4,10 @@
 #   data   pack the shared archives into shards: CIFAR-10 train and test (JPEG, passed through) and the
 #          50k EDM images (PNG, passed through)
 #   tests  pytest -m gpu
-#   bench  python -m bench all --only NAME, one benchmark at a time (each under its own time limit), on the
-#          CIFAR-10 ×10 + EDM ×1 mixture, JSON (with the hardware) into the results folder, then the report
+#   bench  one benchmark at a time (each under its own time limit) on the CIFAR-10 ×10 + EDM ×1 mixture, JSON (with
+#          the hardware) into the results folder, then the report: the loader with both jitters (exact, fused) and
+#          all cores; end to end with the default 2 loader threads, with all cores, and fused with all cores; the
+#          others through `python -m bench all --only NAME`
 #   train  a short ResNet-18 SimCLR train.py run (batch 512), its config and metrics into the results folder
 #
 #   bash bench/gpu_run.sh [options] [STEP ...]          STEP: data tests bench train (default: all four)
@@ -121,10 +123,25 @@ for step in "${stepnames[@]}"; do
       ;;
     bench)
       IFS=, read -ra names <<<"$only"
+      mix=(--shards "$shards/cifar10-train:10" --shards "$shards/edm:1")
+      threads=$(nproc)
       for name in "${names[@]}"; do
-        run 420 "bench-$name" "$py" -m bench all --only "$name" --device "$device" "${qflag[@]}" \
-          --shards "$shards/cifar10-train:10" --shards "$shards/edm:1" --out-dir "$results"
+        case "$name" in
+          loader)  # the exact and the fused jitter side by side, every backend with the machine's cores
+            run 420 bench-loader "$py" -m bench loader --device "$device" "${qflag[@]}" --jitter-impl exact,fused \
+              --workers "$threads" "${mix[@]}" --out-dir "$results" ;;
+          end-to-end)  # the default loader threads, then all cores; then the fused jitter
+            run 300 bench-end-to-end "$py" -m bench end-to-end --device "$device" "${qflag[@]}" "${mix[@]}" --out-dir "$results"
+            run 300 bench-end-to-end-threads "$py" -m bench end-to-end --device "$device" "${qflag[@]}" \
+              --num-threads "$threads" --loader-device auto "${mix[@]}" --out-dir "$results"
+            run 300 bench-end-to-end-fused "$py" -m bench end-to-end --device "$device" "${qflag[@]}" \
+              --num-threads "$threads" --loader-device auto --jitter-impl fused "${mix[@]}" --out-dir "$results" ;;
+          *)
+            run 420 "bench-$name" "$py" -m bench all --only "$name" --device "$device" "${qflag[@]}" "${mix[@]}" \
+              --out-dir "$results" ;;
+        esac
       done
+      [ $dry = 0 ] && "$py" -m bench.report --results-dir "$results" >/dev/null 2>&1
       ;;
     train)
       n=${steps:-1000} bs=512 extra=()

@@ -603,8 +603,8 @@ def color_jitter(images, view: ViewAug, params: dict, device: str = "cpu"):
     the graph: the slots before it take the adjustments a sample draws before hue, the slots after it
     those drawn after. (Without hue, one slot per adjustment.) A DALI conditional per slot would split
     and merge the batch and every parameter at each branch; on a GPU, where a 32×32 batch costs little
-    per op and much per op launch, the op count is the price (the whole jitter is about a third of the
-    ops it took with conditionals).
+    per op and much per op launch, the op count is the price (for the ``simclr`` views the pipeline went
+    from 484 operators to 294).
     """
     ops = set(view.jitter_ops)
     coef, centres = params.get("jitter_coef"), params.get("hue_centres")

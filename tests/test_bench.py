@@ -678,9 +678,12 @@ def test_gpu_run_dry_run_lists_every_step(tmp_path):
     assert out.returncode == 0, out.stderr
     cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
     assert sum("-m shards pack" in c for c in cmds) == 3 and any("-m pytest -m gpu" in c for c in cmds)
-    bench = [c for c in cmds if "-m bench all --only" in c]
-    assert [c.split("--only ")[1].split()[0] for c in bench] == ["loader", "model", "end-to-end", "scale", "formats"]
+    bench = [c for c in cmds if "-m bench " in c]
+    names = [c.split("--only ")[1].split()[0] if "--only" in c else c.split("-m bench ")[1].split()[0] for c in bench]
+    assert names == ["loader", "model", "end-to-end", "end-to-end", "end-to-end", "scale", "formats"]
     assert all("--device cuda" in c and f"{tmp_path}/shards/cifar10-train:10" in c and "edm:1" in c for c in bench)
+    assert "--jitter-impl exact,fused" in bench[0]  # the loader: both jitters side by side
+    assert "--jitter-impl" not in bench[2] and "--jitter-impl fused" in bench[4]  # end to end: exact, then fused
     (train,) = [c for c in cmds if "train.py" in c]
     assert "--backbone resnet18 " in train and "--batch-size 512 " in train and "--steps 1000 " in train
 
