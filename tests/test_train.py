@@ -479,3 +479,17 @@ def test_second_writer_of_a_run_directory_refuses(data, tmp_path):
     assert not (out / "config.yaml").exists() and not (out / ".lock").exists()
     assert run(base_args(data, out, steps=1)).exit_code == 0  # once released, the run goes ahead
     assert not (out / ".lock").exists()
+
+
+def test_a_waiting_gpu_gets_one_line_naming_the_levers():
+    from models.engine.trainer import data_wait_hint
+
+    s = Settings(num_threads=1)
+    hint = data_wait_hint(0.46, s, on_gpu=True)
+    assert hint.startswith("the GPU waited for data 46% of the last interval")
+    assert "--num-threads" in hint or os.cpu_count() == 1
+    assert "--jitter-impl fused" in hint and "--loader-device" not in hint  # auto already runs DALI on the GPU
+    assert "--loader-device gpu" in data_wait_hint(0.5, s.replace(loader_device="cpu"), on_gpu=True)
+    assert "--jitter-impl" not in data_wait_hint(0.5, s.replace(jitter_impl="fused"), on_gpu=True)
+    assert data_wait_hint(0.1, s, on_gpu=True) is None  # a fed GPU
+    assert data_wait_hint(0.9, s, on_gpu=False) is None  # on a CPU the figure is core sharing, not GPU idling

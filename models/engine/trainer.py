@@ -12,6 +12,7 @@ Host synchronisation happens only at log, checkpoint and evaluation steps (``.it
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -155,6 +156,24 @@ class Trainer:
         return loop.run()
 
 
+def data_wait_hint(wait: float, s, on_gpu: bool, threshold: float = 0.2) -> str | None:
+    """One line for a user whose GPU waits for data (``wait``: the fraction of an interval spent waiting
+    for the next batch), naming the levers this trainer has; None when it does not wait (or on a CPU,
+    where loader and model share the cores and the figure measures that, not the GPU idling)."""
+    if not on_gpu or wait < threshold:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    levers = []
+    if s.num_threads < cores:
+        levers.append(f"more loader threads (--num-threads, now {s.num_threads}; {cores} cores here)")
+    if s.jitter_impl == "exact":
+        levers.append("--jitter-impl fused (one DALI op instead of torchvision's exact jitter; not the release's)")
+    if s.loader_device == "cpu":
+        levers.append("--loader-device gpu (DALI on the GPU was the faster one on an H200)")
+    advice = f"; try {' or '.join(levers)}" if levers else ""
+    return f"the GPU waited for data {wait:.0%} of the last interval: the loader is the bottleneck{advice}"
+
+
 class _Loop:
     """The state of one ``fit`` call: intervals, the non-finite flag, the last good checkpoint."""
 
@@ -168,6 +187,7 @@ class _Loop:
         self.sums: dict[str, torch.Tensor] = {}
         self.interval_steps, self.wait, self.epoch = 0, 0.0, 0
         self.skipped_reported = trainer.loader.stats.corrupt
+        self.logs, self.hinted = 0, False
 
     def run(self) -> dict:
         t, s = self.t, self.s
@@ -267,9 +287,14 @@ class _Loop:
             data_wait=self.wait / elapsed,
         )
         record.update(self.skipped())
+        self.logs += 1
         if self.rt.master:
             self.metrics.write("train", step, **record)
             self.progress.log(step, record)
+            hint = data_wait_hint(record["data_wait"], self.s, self.rt.is_cuda) if self.logs > 1 else None
+            if hint and not self.hinted:  # once per run, after the first interval (start-up is not waiting)
+                self.progress.write(f"step {step}: {hint}")
+                self.hinted = True
             corrupt = self.t.loader.stats.corrupt
             if corrupt > self.skipped_reported:
                 self.progress.write(
