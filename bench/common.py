@@ -38,6 +38,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import click
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # The rule every quoted figure follows (the project's developer guide): >= 50 batches or >= 10 s after warm-up.
@@ -85,6 +87,12 @@ def host_kind(hw: dict | None = None) -> str:
     if hw.get("gpu"):
         return hw["gpu"].lower().replace("nvidia ", "").replace(" ", "-")
     return f"cpu{hw.get('cores')}"
+
+
+#: Every benchmark's ``--out-dir``: where :func:`write_results` puts its JSON.
+out_dir_option = click.option(
+    "--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON goes [bench/results]."
+)
 
 
 def write_results(bench: str, settings: dict, results: list[dict], out_dir: str | os.PathLike | None = None) -> Path:

@@ -35,6 +35,7 @@ import click
 
 from bench.common import (
     device_sync,
+    out_dir_option,
     pick_device,
     print_table,
     resolve_shards,
@@ -257,7 +258,7 @@ def run(shards: list[str], cfg: EndToEndConfig, timing: dict) -> tuple[list[dict
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Lower minimums (marked quick in the JSON): minutes on a CPU.")
-@click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON goes [bench/results].")
+@out_dir_option
 def main(
     shards,
     method,

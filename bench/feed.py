@@ -45,7 +45,7 @@ from pathlib import Path
 
 import click
 
-from bench.common import print_table, run_in_workdir, write_results
+from bench.common import out_dir_option, print_table, run_in_workdir, write_results
 from shards.manifest import FORMATS, Manifest, ShardError
 
 
@@ -485,7 +485,7 @@ def run(shards: list[str], cfg: FeedConfig, work: Path) -> list[dict]:
 )
 @click.option("--device", default="cpu", show_default=True, help="Accepted for `bench all`; the feed is host work.")
 @click.option("--quick", is_flag=True, help="Small sizes: 50 feed batches or 1 s, 10 loader batches, a 100k large set.")
-@click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON goes [bench/results].")
+@out_dir_option
 def main(
     shards,
     formats,

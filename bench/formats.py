@@ -32,6 +32,7 @@ import numpy as np
 from bench.common import (
     default_workers,
     in_fresh_process,
+    out_dir_option,
     pick_device,
     print_table,
     run_in_workdir,
@@ -192,7 +193,7 @@ def run(shards: list[str], cfg: FormatsConfig, work: Path) -> list[dict]:
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="2,048 images, lower timing minimums (marked quick in the JSON).")
-@click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON goes [bench/results].")
+@out_dir_option
 def main(
     shards,
     formats,

@@ -39,6 +39,7 @@ from pathlib import Path
 import click
 
 from bench.common import RESULTS_DIR, host_kind, pick_device, resolve_shards, write_results
+from models.engine.config import DEMO_DEFAULTS
 
 MODES = ("none", "vanilla", "adainf", "auto")
 METRICS = ("knn_acc", "linear_probe_acc", "online_probe_acc")
@@ -66,19 +67,10 @@ class StudyConfig:
     baseline: bool = True
 
 
-# Smallest sizes that still show learning: the convnet at full resolution, a few hundred steps.
-QUICK = dict(
-    backbone="convnet",
-    steps=300,
-    batch_size=128,
-    warmup_steps=30,
-    eval_every=100,
-    knn_k=50,
-    knn_train_limit=2000,
-    eval_limit=1000,
-    probe_epochs=30,
-    seeds=(0, 1),
-)
+# Smallest sizes that still show learning: train.py --demo's run and evaluation sizes on the convnet, with an
+# evaluation every 100 steps for the curve, two seeds.
+_DEMO_SIZES = ("steps", "batch_size", "warmup_steps", "knn_k", "knn_train_limit", "eval_limit", "probe_epochs")
+QUICK = dict(backbone="convnet", **{k: DEMO_DEFAULTS[k] for k in _DEMO_SIZES}, eval_every=100, seeds=(0, 1))
 
 
 @dataclass(frozen=True)

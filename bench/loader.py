@@ -34,6 +34,7 @@ from bench.common import (
     default_workers,
     device_sync,
     in_fresh_process,
+    out_dir_option,
     pick_device,
     print_table,
     resolve_shards,
@@ -358,9 +359,7 @@ RUNNERS = {"dali-cpu": bench_dali, "dali-gpu": bench_dali, "reference": bench_re
 )
 @click.option("--plan-only", is_flag=True, help="only time the 1.5M-sample epoch plan")
 @click.option("--no-save", is_flag=True, help="do not write bench/results/*.json")
-@click.option(
-    "--out-dir", default=None, type=click.Path(file_okay=False), help="where the JSON goes (default bench/results)"
-)
+@out_dir_option
 def main(
     shards,
     preset_name,

@@ -20,7 +20,7 @@ import click
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import device_sync, print_table, timed, timing_settings, write_results
+from bench.common import device_sync, out_dir_option, print_table, timed, timing_settings, write_results
 from models import build_method, build_optimizer
 
 
@@ -158,7 +158,7 @@ def measure_model_ceiling(
 @click.option(
     "--quick", is_flag=True, help="small CPU-friendly run (batch 16, lower minimums; marked quick in the JSON)"
 )
-@click.option("--out-dir", default=None, type=click.Path(file_okay=False), help="default bench/results")
+@out_dir_option
 def main(
     method_name, backbone, batch_size, warmup, min_batches, min_seconds, max_batches, image_size, device, quick, out_dir
 ):

@@ -24,7 +24,15 @@ from pathlib import Path
 
 import click
 
-from bench.common import MIN_SECONDS, QUICK_MIN_SECONDS, in_fresh_process, print_table, timed, write_results
+from bench.common import (
+    MIN_SECONDS,
+    QUICK_MIN_SECONDS,
+    in_fresh_process,
+    out_dir_option,
+    print_table,
+    timed,
+    write_results,
+)
 
 
 def _make_demo_inputs(tmp: str, n: int, n_folder: int, size: int) -> dict:
@@ -141,9 +149,7 @@ def pack_timed(
 @click.option(
     "--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality when encoding."
 )
-@click.option(
-    "--out-dir", type=click.Path(path_type=Path), default=None, help="Results folder (default bench/results)."
-)
+@out_dir_option
 def main(n, source, subdir, quick, workers, size, quality, out_dir):
     """Packing speed and memory of `shards pack` per input kind and format."""
     from shards.manifest import ShardError

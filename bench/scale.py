@@ -58,6 +58,7 @@ from bench.common import (
     PssSampler,
     default_workers,
     in_fresh_process,
+    out_dir_option,
     pick_device,
     print_table,
     run_in_workdir,
@@ -579,7 +580,7 @@ def _ints(text: str) -> tuple[int, ...]:
     help="--full: where the generated set is built once and reused [~/.cache/adainf-bench/scale-full].",
 )
 @click.option("--no-isolate", is_flag=True, help="Run loaders in this process (memory figures then accumulate).")
-@click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON goes [bench/results].")
+@out_dir_option
 def main(
     shards,
     sizes,
