@@ -446,34 +446,28 @@ def time_train_loader(
     max_batches: int | None = None,
     seed: int = 0,
     num_threads: int = 2,
-    jitter_impl: str = "exact",
+    compile: bool | None = None,
 ) -> dict:
-    """Build the real `loaders.pipeline.TrainLoader` over ``shards`` (``DIR[:W]`` arguments) and :func:`timed`
-    it, epoch after epoch (an epoch boundary costs what it costs in training: the next epoch's pipeline is
-    built then). Returns the timed row plus ``startup_s`` (construction to first batch, which is also the
-    first warm-up batch) and ``steps_per_epoch``. Call it through :func:`in_fresh_process` for a memory
-    figure of its own."""
+    """Build the real `loaders.loader.TrainLoader` over ``shards`` (``DIR[:W]`` arguments) and :func:`timed`
+    its ``batches()`` — the training path: one pipeline across epochs. ``compile``: compile the colour stage
+    (None: the loader's default, on for CUDA). Returns the timed row plus ``startup_s`` (construction to first
+    batch, which is also the first warm-up batch, compilation included), ``steps_per_epoch`` and
+    ``dali_operators``. Call it through :func:`in_fresh_process` for a memory figure of its own."""
     from loaders.augment import preset
+    from loaders.loader import TrainLoader
     from loaders.mixture import parse_shards_args
-    from loaders.pipeline import TrainLoader
 
     t0 = time.perf_counter()
     loader = TrainLoader(
         parse_shards_args(shards),
-        preset(aug, jitter_impl=jitter_impl),
+        preset(aug),
         batch_size=batch_size,
         seed=seed,
         device=device,
         num_threads=num_threads,
+        compile=compile,
     )
-
-    def batches():
-        epoch = 0
-        while True:
-            yield from loader.epoch(epoch, 0)
-            epoch += 1
-
-    it = batches()
+    it = loader.batches()
     startup: list[float] = []
 
     def run_one() -> int:
@@ -491,7 +485,13 @@ def time_train_loader(
         sync=device_sync(device),
     )
     it.close()
-    row.update(startup_s=round(startup[0], 2), steps_per_epoch=loader.steps_per_epoch, num_threads=num_threads)
+    row.update(
+        startup_s=round(startup[0], 2),
+        steps_per_epoch=loader.steps_per_epoch,
+        num_threads=num_threads,
+        dali_operators=loader.dali_operators,
+        colour_compiled=loader.colour.compiled,
+    )
     return row
 
 

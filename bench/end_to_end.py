@@ -58,7 +58,6 @@ class EndToEndConfig:
     num_threads: int = 2
     inflation: str = "adainf"
     aug: str = "auto"
-    jitter_impl: str = "exact"
     seed: int = 0
     loader_devices: tuple[str, ...] = ("auto",)  # one end-to-end row each
 
@@ -80,7 +79,6 @@ def build(shards: list[str], cfg: EndToEndConfig):
         num_threads=cfg.num_threads,
         inflation=cfg.inflation,
         aug=cfg.aug,
-        jitter_impl=cfg.jitter_impl,
         seed=cfg.seed,
         progress=False,
     )
@@ -201,7 +199,6 @@ def run(shards: list[str], cfg: EndToEndConfig, timing: dict) -> tuple[list[dict
                 "loader": f"dali-{loader.loader_device}",
                 "loader_device": loader.loader_device,
                 "num_threads": cfg.num_threads,
-                "jitter_impl": cfg.jitter_impl,
                 "ratio_to_ceiling": round(e2e["samples_per_s"] / ceiling["samples_per_s"], 4),
             }
         )
@@ -249,13 +246,6 @@ def run(shards: list[str], cfg: EndToEndConfig, timing: dict) -> tuple[list[dict
 @click.option("--num-threads", type=int, default=2, show_default=True, help="DALI CPU threads.")
 @click.option("--inflation", default="adainf", show_default=True, help="As train.py --inflation.")
 @click.option("--aug", default="auto", show_default=True, help="As train.py --aug.")
-@click.option(
-    "--jitter-impl",
-    default="exact",
-    show_default=True,
-    type=click.Choice(["exact", "fused"]),
-    help="As train.py --jitter-impl.",
-)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Lower minimums (marked quick in the JSON): minutes on a CPU.")
 @out_dir_option
@@ -275,7 +265,6 @@ def main(
     num_threads,
     inflation,
     aug,
-    jitter_impl,
     seed,
     quick,
     out_dir,
@@ -298,7 +287,6 @@ def main(
         num_threads=num_threads,
         inflation=inflation,
         aug=aug,
-        jitter_impl=jitter_impl,
         seed=seed,
         loader_devices=devices,
     )

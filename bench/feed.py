@@ -9,7 +9,7 @@ converted (once, with ``bench.formats.convert``) into each of ``--formats`` (raw
 
 * ``feed-<format>`` rows — the host feed alone, i.e. what the external source computes per batch: the
   batch gathered from the memory-mapped tars, the validity of its samples and every augmentation
-  parameter drawn (``loaders.pipeline._Feed``, no DALI): ``samples_per_s``, ``ms_per_batch`` over at
+  parameter drawn (``TrainLoader.feed``, no DALI): ``samples_per_s``, ``ms_per_batch`` over at
   least ``--batches`` batches and ``--min-seconds`` seconds after ``--warmup`` (means, and medians
   ``..._p50``, which a shared machine's stalls do not move). The feed runs in the
   loader's prefetch thread, off the training thread, so the row also gives what the training thread
@@ -92,22 +92,18 @@ def timed_calls(fn, warmup: int, min_calls: int, min_seconds: float) -> list[flo
 def time_feed(loader, cfg: FeedConfig) -> dict:
     """The host feed of ``loader`` alone (gather, validity, parameters), epoch after epoch from (0, 0), with the
     next epoch planned in a background thread as the loader does."""
-    from loaders.pipeline import _Feed, _Plans
+    from loaders.feed import Plans
 
-    plans = _Plans(loader.plan)
-
-    def batch_of(e, k):
-        b = plans.get(e, ahead=True).batch(k, loader.batch_size)
-        return b.source, b.index, loader.steps_per_epoch
+    plans = Plans(loader.plan)
 
     def positions():
         e = 0
         while True:
-            for k in range(loader._steps(plans.get(e, ahead=True))):
+            for k in range(loader.steps_per_epoch):
                 yield e, k
             e += 1
 
-    feed = _Feed(loader._readers, positions(), batch_of, params=loader._packed_params)
+    feed = loader.feed(positions(), plans)
 
     def one():
         feed()
@@ -246,7 +242,10 @@ os.sched_setaffinity(0, set(args["cpus"]))
 import numpy as np
 from loaders.augment import preset
 from loaders.mixture import parse_shards_args
-from loaders.pipeline import TrainLoader
+try:
+    from loaders.loader import TrainLoader
+except ImportError:  # a checkout from before the loader's modules were split
+    from loaders.pipeline import TrainLoader
 rows = []
 for fmt, shards in args["formats"].items():
     loader = TrainLoader(parse_shards_args(shards), preset(args["aug"]), args["batch_size"], seed=args["seed"])
@@ -353,8 +352,8 @@ def large_set(sets: list[str], cfg: FeedConfig, work: Path) -> Path:
 
 def run(shards: list[str], cfg: FeedConfig, work: Path) -> list[dict]:
     from loaders.augment import preset
+    from loaders.loader import TrainLoader
     from loaders.mixture import parse_shards_args
-    from loaders.pipeline import TrainLoader
 
     work = Path(cfg.work_dir) if cfg.work_dir else work
     work.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ once and writes three shard sets of exactly those images with ``shards.writer.Sh
 * ``png`` — lossless, PIL's default compression,
 * ``raw`` — H·W·3 uint8 pixels (no decoding at all in the loader).
 
-Each set is then read by the real ``loaders.pipeline.TrainLoader`` (weight 1, the given augmentation), one
+Each set is then read by the real ``loaders.loader.TrainLoader`` (weight 1, the given augmentation), one
 format after the other in the same run, each in a fresh process (``bench.common.in_fresh_process``: its
 memory figure is its own), timed by ``bench.common.timed`` (warm-up, then ≥ 50 batches and ≥ 10 s, epoch
 after epoch if the set is small). On the GPU the DALI ``mixed`` decoder decodes JPEG with nvJPEG while PNG

@@ -5,8 +5,8 @@
 #          50k EDM images (PNG, passed through)
 #   tests  pytest -m gpu
 #   bench  one benchmark at a time (each under its own time limit) on the CIFAR-10 ×10 + EDM ×1 mixture, JSON (with
-#          the hardware) into the results folder, then the report: the loader with both jitters (exact, fused) and
-#          all cores; end to end with the default 2 loader threads, with all cores, and fused with all cores; the
+#          the hardware) into the results folder, then the report: the loader with the colour stage eager and
+#          compiled, all cores, and a batch-size sweep; end to end with the default 2 loader threads and with all cores; the
 #          others through `python -m bench all --only NAME`
 #   train  a short ResNet-18 SimCLR train.py run (batch 512), its config and metrics into the results folder
 #
@@ -127,15 +127,14 @@ for step in "${stepnames[@]}"; do
       threads=$(nproc)
       for name in "${names[@]}"; do
         case "$name" in
-          loader)  # the exact and the fused jitter side by side, every backend with the machine's cores
-            run 420 bench-loader "$py" -m bench loader --device "$device" "${qflag[@]}" --jitter-impl exact,fused \
-              --workers "$threads" "${mix[@]}" --out-dir "$results" ;;
-          end-to-end)  # the default loader threads, then all cores; then the fused jitter
+          loader)  # every backend with the machine's cores, the colour stage eager and compiled, batch 512,
+            # then a batch-size sweep of the DALI rows (a per-batch overhead shows as a rising curve)
+            run 420 bench-loader "$py" -m bench loader --device "$device" "${qflag[@]}" --colour eager,compiled \
+              --batch-size 512 --sweep 64,128,256,1024 --workers "$threads" "${mix[@]}" --out-dir "$results" ;;
+          end-to-end)  # the default loader threads, then all cores
             run 300 bench-end-to-end "$py" -m bench end-to-end --device "$device" "${qflag[@]}" "${mix[@]}" --out-dir "$results"
             run 300 bench-end-to-end-threads "$py" -m bench end-to-end --device "$device" "${qflag[@]}" \
-              --num-threads "$threads" --loader-device auto "${mix[@]}" --out-dir "$results"
-            run 300 bench-end-to-end-fused "$py" -m bench end-to-end --device "$device" "${qflag[@]}" \
-              --num-threads "$threads" --loader-device auto --jitter-impl fused "${mix[@]}" --out-dir "$results" ;;
+              --num-threads "$threads" --loader-device auto "${mix[@]}" --out-dir "$results" ;;
           *)
             run 420 "bench-$name" "$py" -m bench all --only "$name" --device "$device" "${qflag[@]}" "${mix[@]}" \
               --out-dir "$results" ;;

@@ -6,7 +6,7 @@ Backends, all producing two augmented views per sample of the same mixture (the 
 same recipe (``--preset``) and the same number of workers / threads (``--workers``, default: the cores
 this process may use):
 
-* ``dali-cpu`` — ``loaders.pipeline.TrainLoader`` on the CPU backend (``num_threads=workers``);
+* ``dali-cpu`` — ``loaders.loader.TrainLoader`` on the CPU backend (``num_threads=workers``);
 * ``dali-gpu`` — the same on ``cuda`` when the device is a GPU;
 * ``reference`` — what the AdaInf release does: every image decoded once into one uint8 array in RAM,
   then a PyTorch ``DataLoader`` (``num_workers=workers``) with PIL + torchvision transforms, fed the
@@ -44,7 +44,6 @@ from bench.common import (
     timing_settings,
     write_results,
 )
-from loaders.augment import JITTER_IMPLS
 
 BACKENDS = ("dali-cpu", "dali-gpu", "reference", "webdataset")
 
@@ -160,9 +159,12 @@ def _to_device(views, device: str):
     return [v.to(device, non_blocking=True) for v in views] if device.startswith("cuda") else views
 
 
-def bench_dali(shards, preset_name, device, batch_size, workers, timing, jitter_impl="exact") -> dict:
+COLOUR = ("eager", "compiled")
+
+
+def bench_dali(shards, preset_name, device, batch_size, workers, timing, colour="eager") -> dict:
     return time_train_loader(
-        shards, preset_name, batch_size, device=device, num_threads=workers, jitter_impl=jitter_impl, **timing
+        shards, preset_name, batch_size, device=device, num_threads=workers, compile=colour == "compiled", **timing
     )
 
 
@@ -325,8 +327,20 @@ RUNNERS = {"dali-cpu": bench_dali, "dali-gpu": bench_dali, "reference": bench_re
 
 @click.command()
 @click.option("--shards", multiple=True, help="DIR[:WEIGHT] (repeatable) or mix.yaml; default: the demo mixture")
-@click.option("--preset", "preset_name", default="simclr", show_default=True)
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--preset",
+    "preset_name",
+    default="symmetric_adainf",
+    show_default=True,
+    help="the recipe (default: what train.py resolves for SimCLR on real + generated data, the release's AdaInf)",
+)
+@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--sweep",
+    default="",
+    help="more batch sizes for the DALI rows, comma-separated (e.g. 64,128,256,1024): samples/s against batch "
+    "size shows a per-batch overhead (a flat cost per batch makes small batches slow)",
+)
 @click.option(
     "--workers",
     default=None,
@@ -341,11 +355,11 @@ RUNNERS = {"dali-cpu": bench_dali, "dali-gpu": bench_dali, "reference": bench_re
 )
 @click.option("--backends", default=",".join(BACKENDS), show_default=True)
 @click.option(
-    "--jitter-impl",
-    default="exact",
+    "--colour",
+    default="eager,compiled",
     show_default=True,
-    help="the DALI backends' colour jitter, comma-separated: exact (the default, torchvision's) and/or fused "
-    "(one color_twist, opt-in); a fused row is named dali-cpu-fused / dali-gpu-fused",
+    help="the DALI backends' colour stage, comma-separated: eager and/or compiled (torch.compile; its "
+    "compilation is in the row's startup_s); a compiled row is named dali-cpu-compiled / dali-gpu-compiled",
 )
 @click.option("--warmup", type=click.IntRange(0), default=None, help="untimed batches first [10; --quick 2]")
 @click.option("--min-batches", type=click.IntRange(1), default=None, help="timed batches at least [50; --quick 5]")
@@ -364,10 +378,11 @@ def main(
     shards,
     preset_name,
     batch_size,
+    sweep,
     workers,
     device,
     backends,
-    jitter_impl,
+    colour,
     warmup,
     min_batches,
     min_seconds,
@@ -388,20 +403,24 @@ def main(
     unknown = [b for b in names if b not in RUNNERS]
     if unknown:
         raise click.BadParameter(f"{', '.join(unknown)}: choose from {', '.join(BACKENDS)}", param_hint="--backends")
-    impls = [j.strip() for j in jitter_impl.split(",") if j.strip()]
-    if not impls or set(impls) - set(JITTER_IMPLS):
-        raise click.BadParameter(f"{jitter_impl!r}: choose from {', '.join(JITTER_IMPLS)}", param_hint="--jitter-impl")
-    runs = [(name, impl) for name in names for impl in (impls if name.startswith("dali") else ["exact"])]
+    impls = [j.strip() for j in colour.split(",") if j.strip()]
+    if not impls or set(impls) - set(COLOUR):
+        raise click.BadParameter(f"{colour!r}: choose from {', '.join(COLOUR)}", param_hint="--colour")
+    sizes = [batch_size] + [int(x) for x in sweep.split(",") if x.strip() and int(x) != batch_size]
+    dali = [(n, impl) for n in names if n.startswith("dali") for impl in impls]
+    # the DALI rows at --batch-size, then the sweep's sizes, then the peers at --batch-size
+    runs = [(n, impl, bs) for bs in sizes for n, impl in dali]
+    runs += [(n, "eager", batch_size) for n in names if not n.startswith("dali")]
     results = [bench_plan(timing)]
     if not plan_only:
         shards = resolve_shards(shards)  # the built-in demo mixture when none are given
-        for name, impl in runs:
+        for name, impl, bs in runs:
             if name == "dali-gpu" and not device.startswith("cuda"):
                 continue
             dev = "cpu" if name == "dali-cpu" else device
-            args = (shards, preset_name, dev, batch_size, workers, timing_kwargs(timing))
+            args = (shards, preset_name, dev, bs, workers, timing_kwargs(timing))
             args += (impl,) if name.startswith("dali") else ()
-            label = name if impl == "exact" else f"{name}-{impl}"
+            label = name if impl == "eager" else f"{name}-{impl}"
             click.echo(f"  {label} ...", err=True)
             try:
                 row = in_fresh_process(RUNNERS[name], *args) if isolate else RUNNERS[name](*args)
@@ -411,24 +430,25 @@ def main(
                 {
                     "backend": label,
                     "device": dev,
-                    "jitter_impl": impl,
+                    "colour": impl if name.startswith("dali") else None,
                     **row,
                     "views": len(preset(preset_name).views),
                     "workers": workers,
-                    "batch_size": batch_size,
+                    "batch_size": bs,
                 }
             )
             click.echo(f"  {label}: {row['samples_per_s']} samples/s, peak PSS {row['peak_pss_mb']} MiB", err=True)
-        ref = next((r["samples_per_s"] for r in results if r["backend"] == "reference"), None)
+        ref = next((r["samples_per_s"] for r in results if r["backend"] == "reference"), None)  # at batch_size
         for r in results[1:]:
             r["vs_reference"] = round(r["samples_per_s"] / ref, 2) if ref and r["samples_per_s"] else None
     settings = {
         "shards": list(shards),
         "preset": preset_name,
         "batch_size": batch_size,
+        "sweep": sizes[1:],
         "workers": workers,
         "device": device,
-        "jitter_impl": impls,
+        "colour": impls,
         "isolate": isolate,
         **timing,
     }
@@ -437,7 +457,18 @@ def main(
     )
     print_table(
         results,
-        ["backend", "samples_per_s", "peak_pss_mb", "vs_reference", "timed_batches", "seconds", "warmup_batches"],
+        [
+            "backend",
+            "samples_per_s",
+            "peak_pss_mb",
+            "vs_reference",
+            "batch_size",
+            "dali_operators",
+            "startup_s",
+            "timed_batches",
+            "seconds",
+            "warmup_batches",
+        ],
     )
     if not no_save:
         print("wrote", write_results("loader", settings, results, out_dir))

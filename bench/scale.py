@@ -22,7 +22,7 @@ Number of sources (``--sources``, default 1, 2, 4, 8) at a fixed planned size (`
 ``n`` stand-in sources of ``N / n`` samples each, weight 1, repeating the ``--shards`` sets in turn.
 
 For every configuration: planning time of ``loaders.sampler.plan_epoch`` (mean over ≥ 50 plans) and its
-memory (``tracemalloc`` peak, which counts numpy's buffers), then the real ``loaders.pipeline.TrainLoader``
+memory (``tracemalloc`` peak, which counts numpy's buffers), then the real ``loaders.loader.TrainLoader``
 built and run in a fresh process (so its memory is its own), timed by ``bench.common.timed`` (warm-up,
 then ≥ 50 batches and ≥ 10 s): two-view samples/s, peak PSS of the loader's process tree, start-up time.
 
@@ -441,8 +441,8 @@ def run_full_epoch(shards: list[str], aug: str, batch_size: int, num_threads: in
     every key, memory. Meant to run in a fresh process."""
     from bench.common import device_sync
     from loaders.augment import preset
+    from loaders.loader import TrainLoader
     from loaders.mixture import parse_shards_args
-    from loaders.pipeline import TrainLoader
 
     sync = device_sync(device)
     with PssSampler(interval=1.0) as mem:

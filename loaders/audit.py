@@ -13,8 +13,8 @@ import time
 import numpy as np
 
 from .augment import AugConfig
+from .loader import TrainLoader
 from .mixture import Mixture
-from .pipeline import TrainLoader
 
 
 def run_audit(

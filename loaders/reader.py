@@ -20,7 +20,7 @@ chunks with their CRCs, and (2) a full PIL decode; with both, no corruption in t
 DALI. The verdicts are cached with the index, so the cost (about 30–50 µs per 32×32 image, spread
 over worker processes for large sets) is paid once per set.
 
-``gather`` (in ``loaders.pipeline``) reads a batch through :class:`Region`: every tar of the loader
+``loaders.table.SampleTable.gather`` reads a batch through :class:`Region`: every tar of the loader
 mapped back to back into one reserved address range, viewed as 512-byte blocks (tar members start on
 block boundaries), so the encoded bytes of a whole batch are one ``np.take`` however many shards the
 batch touches. Where that mapping is unavailable (not Linux), a per-sample copy does the same.
@@ -172,6 +172,11 @@ class SourceReader:
     @property
     def files(self) -> list[Path]:
         return list(self._files)
+
+    @property
+    def hw(self) -> np.ndarray:
+        """(N, 2) int64: each sample's image height and width (0 where the manifest records no size)."""
+        return np.broadcast_to(np.array(self.manifest.image_size or (0, 0), np.int64), (len(self), 2))
 
     @property
     def raw_shape(self) -> tuple[int, int, int] | None:

@@ -85,14 +85,13 @@ def resolve_recipe(
     aug: str = "auto",
     overrides: Mapping[str, Any] | None = None,
     size: int | None = None,
-    jitter_impl: str = "exact",
 ) -> Recipe:
     """The run's mixture and augmentation; ValueError (one line) for an unknown choice.
 
     ``family``: a ``loaders.augment.FAMILIES`` name. ``inflation``: a policy mode (``None`` = the default,
     ``adainf``). ``aug``: ``auto`` = the policy's preset and knobs; ``baseline`` / ``adainf`` = the
     family's presets; or a preset name. ``overrides`` (``None`` values ignored) always win; ``size`` sets
-    the output side; ``jitter_impl`` how the colour jitter is computed (``loaders.augment.JITTER_IMPLS``).
+    the output side.
     """
     if aug not in AUG_CHOICES:
         raise ConfigError(f"--aug {aug!r}: choose one of {', '.join(AUG_CHOICES)}")
@@ -110,6 +109,4 @@ def resolve_recipe(
         knobs = dict(explicit)
     if size is not None:
         knobs["size"] = size
-    if jitter_impl != "exact":
-        knobs["jitter_impl"] = jitter_impl
     return Recipe(mixture, preset(name, **knobs), name, knobs, decision)

@@ -182,40 +182,51 @@ def same_batches():
 
 @pytest.fixture(scope="session")
 def run_augment():
-    """``run_augment(images, views, params_per_view, device="cpu", relative=False)``: ``augment_view`` for each
-    view on a fixed uint8 NHWC batch with given parameters (crop boxes in pixels, made relative by
-    ``dali_param_arrays`` when ``relative``), in a DALI pipeline on "cpu" or "gpu"; float32 NCHW numpy arrays."""
+    """``run_augment(images, views, params_per_view, device="cpu", relative=False, compile=False)``: the
+    training path of each view on a fixed uint8 NHWC batch with given parameters (dicts as
+    ``loaders.params.sample_view_params`` returns, crop boxes in pixels, made relative when ``relative``):
+    the DALI training graph's crop (``loaders.graph``, on "cpu" or "gpu") and then the colour stage
+    (``loaders.colour``, on the CPU or the GPU); float32 NCHW numpy arrays."""
 
-    def run(images: np.ndarray, views, params_per_view, device: str = "cpu", relative: bool = False):
-        from nvidia.dali import fn, pipeline_def
+    def run(images: np.ndarray, views, params_per_view, device: str = "cpu", relative: bool = False, compile=False):
+        import torch
 
-        from loaders.augment import augment_view, dali_param_arrays, dali_param_names
+        from loaders.augment import AugConfig
+        from loaders.colour import ColourStage
+        from loaders.graph import train_pipeline
+        from loaders.params import ParamLayout
 
-        names = [dali_param_names(v) for v in views]
-        n = len(images)
-        arrays = [
-            a
-            for v, p in zip(views, params_per_view)
-            for a in dali_param_arrays(v, p, np.full(n, images.shape[1]), np.full(n, images.shape[2]), relative)
-        ]
-        batch = [images, *arrays]
+        aug = AugConfig(tuple(views))
+        layout = ParamLayout.of(aug)
+        n, (h, w) = len(images), images.shape[1:3]
+        crops = np.empty((n, 4 * len(views)), np.float32)
+        colour = np.zeros((n, layout.width), np.float32)
+        for v, (cols, p) in enumerate(zip(layout.views, params_per_view)):
+            box = np.concatenate([p["crop_start"], p["crop_end"]], axis=1)
+            crops[:, 4 * v : 4 * v + 4] = box / np.array([h, w, h, w]) if relative else box
+            cols.fill(colour, p)
+        batch = [images, crops]
 
-        def feed():  # defined outside the pipeline function (DALI's autograph would convert a lambda inside)
+        def feed():
             return batch
 
-        @pipeline_def(enable_conditionals=True, batch_size=n, num_threads=1, device_id=0 if device == "gpu" else None)
-        def pipe():
-            outs = fn.external_source(source=feed, num_outputs=len(batch), batch=True)
-            decoded, it = fn.reshape(outs[0], layout="HWC"), iter(outs[1:])
-            decoded = decoded.gpu() if device == "gpu" else decoded
-            return tuple(
-                augment_view(decoded, v, {k: next(it) for k in ns}, device, "CHW", relative)
-                for v, ns in zip(views, names)
-            )
-
-        p = pipe()
-        p.build()
-        return [np.asarray((o.as_cpu() if device == "gpu" else o).as_tensor()) for o in p.run()]
+        pipe = train_pipeline(
+            feed,
+            "raw",
+            [v.size for v in views],
+            relative=relative,
+            batch_size=n,
+            device=device,
+            device_id=0,
+            num_threads=1,
+        )
+        outs = pipe.run()
+        dev = torch.device("cuda" if device == "gpu" else "cpu")
+        tensors = [
+            torch.from_numpy(np.asarray((o.as_cpu() if device == "gpu" else o).as_tensor())).to(dev) for o in outs
+        ]
+        stage = ColourStage(aug, layout, compile=compile)
+        return [v.cpu().numpy() for v in stage(tensors, torch.from_numpy(colour).to(dev))]
 
     return run
 

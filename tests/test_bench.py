@@ -554,8 +554,12 @@ def test_loader_cli_same_workers_and_memory_for_every_backend(demo, tmp_path):
         "--no-isolate",
         "--backends",
         "dali-cpu,reference,webdataset",
-        "--jitter-impl",
-        "exact,fused",
+        "--colour",
+        "eager,compiled",
+        "--sweep",
+        "8",
+        "--preset",
+        "symmetric_adainf",
         "--device",
         "cpu",
         "--out-dir",
@@ -566,11 +570,15 @@ def test_loader_cli_same_workers_and_memory_for_every_backend(demo, tmp_path):
     assert doc["quick"] is True and doc["settings"]["workers"] == 1
     plan, *rows = doc["results"]
     assert plan["backend"] == "plan_epoch" and plan["planned_samples"] == 1_500_000 and plan["timed_batches"] == 2
-    assert [r["backend"] for r in rows] == ["dali-cpu", "dali-cpu-fused", "reference", "webdataset"]
-    assert [r["jitter_impl"] for r in rows] == ["exact", "fused", "exact", "exact"]
+    backends = ["dali-cpu", "dali-cpu-compiled", "dali-cpu", "dali-cpu-compiled", "reference", "webdataset"]
+    assert [r["backend"] for r in rows] == backends
+    assert [r["batch_size"] for r in rows] == [16, 16, 8, 8, 16, 16]  # batch 16, the sweep's 8, the peers at 16
+    assert [r["colour"] for r in rows] == ["eager", "compiled", "eager", "compiled", None, None]
     for r in rows:
-        assert r["workers"] == 1 and r["timed_batches"] == 2 and r["timed_samples"] == 32 and r["peak_pss_mb"] > 0
-    assert rows[2]["vs_reference"] == 1.0
+        assert r["workers"] == 1 and r["timed_batches"] == 2 and r["timed_samples"] == 2 * r["batch_size"]
+        assert r["peak_pss_mb"] > 0
+    assert all(r["dali_operators"] == 13 for r in rows[:4])  # decode + two crops: the graph of every DALI row
+    assert rows[4]["vs_reference"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -680,10 +688,9 @@ def test_gpu_run_dry_run_lists_every_step(tmp_path):
     assert sum("-m shards pack" in c for c in cmds) == 3 and any("-m pytest -m gpu" in c for c in cmds)
     bench = [c for c in cmds if "-m bench " in c]
     names = [c.split("--only ")[1].split()[0] if "--only" in c else c.split("-m bench ")[1].split()[0] for c in bench]
-    assert names == ["loader", "model", "end-to-end", "end-to-end", "end-to-end", "scale", "formats"]
+    assert names == ["loader", "model", "end-to-end", "end-to-end", "scale", "formats"]
     assert all("--device cuda" in c and f"{tmp_path}/shards/cifar10-train:10" in c and "edm:1" in c for c in bench)
-    assert "--jitter-impl exact,fused" in bench[0]  # the loader: both jitters side by side
-    assert "--jitter-impl" not in bench[2] and "--jitter-impl fused" in bench[4]  # end to end: exact, then fused
+    assert "--colour eager,compiled" in bench[0] and "--sweep " in bench[0]  # the loader: both stages, a sweep
     (train,) = [c for c in cmds if "train.py" in c]
     assert "--backbone resnet18 " in train and "--batch-size 512 " in train and "--steps 1000 " in train
 

@@ -95,7 +95,7 @@ RUN = """
 import json, sys
 from loaders.augment import preset
 from loaders.mixture import parse_shards_args
-from loaders.pipeline import TrainLoader
+from loaders.loader import TrainLoader
 from shards.manifest import ShardError
 src, mode = sys.argv[1], sys.argv[2]
 loader = TrainLoader(parse_shards_args([src + ":3"]), preset("simclr"), 16, on_corrupt=mode, num_threads=2,

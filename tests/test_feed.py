@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import loaders.pipeline as pipeline
+import loaders.loader as loader_module
 from loaders.augment import AugConfig, preset
+from loaders.graph import train_pipeline
+from loaders.loader import TrainLoader
 from loaders.mixture import parse_shards_args
-from loaders.pipeline import TrainLoader, _Readers
 from loaders.reader import SourceReader
+from loaders.table import SampleTable
 from shards.index import cache_paths, read_index
 from shards.manifest import Manifest, ShardError
 
@@ -39,8 +41,8 @@ def test_batches_run_across_epochs_through_one_pipeline(data, monkeypatch, same_
     steps = TrainLoader(m, aug, 12, seed=3).steps_per_epoch
     assert steps == 10 and all(len(p) == steps for p in per_epoch)  # 125 samples, drop_last
     builds = []
-    real_build = pipeline._build
-    monkeypatch.setattr(pipeline, "_build", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    real_build = loader_module.train_pipeline
+    monkeypatch.setattr(loader_module, "train_pipeline", lambda *a, **k: builds.append(1) or real_build(*a, **k))
     loader = TrainLoader(m, aug, 12, seed=3)
     it = loader.batches()
     got = take(it, 3 * steps)
@@ -120,27 +122,28 @@ def test_an_error_in_the_feed_reaches_the_consumer_in_order(tmp_path, plain_view
 
 # -- batch gathering ----------------------------------------------------------------------------------
 def test_one_take_and_the_per_sample_copy_gather_the_same_bytes(data):
-    sources = [(n, None, Manifest.load(data[k]), str(data[k])) for n, k in (("r", "real"), ("g", "gen"), ("w", "raw"))]
-    fast, slow = _Readers(sources, "error"), _Readers(sources, "error", contiguous=False)
+    sources = [(n, data[k], Manifest.load(data[k])) for n, k in (("r", "real"), ("g", "gen"), ("w", "raw"))]
+    fast, slow = SampleTable(sources, "error"), SampleTable(sources, "error", contiguous=False)
     assert fast.region is not None and slow.region is None and fast.mode == "mixed"
     rng = np.random.default_rng(0)
     source = rng.integers(0, 3, 40)
     index = np.array([rng.integers(0, [30, 45, 20][s]) for s in source])
-    g, keep, _, error = fast.select(source, index)
-    assert keep is None and error is None
-    (a, meta), (b, meta_b) = fast.encode(g, source), slow.encode(g, source)
-    assert np.array_equal(meta, meta_b)
+    sel = fast.select(source, index)
+    assert sel.keep is None and sel.error is None
+    (a, spans), (b, spans_b) = fast.gather(sel.ids, source), slow.gather(sel.ids, source)
+    assert np.array_equal(spans, spans_b)
+    ppm = b"P6\n32 32\n255\n"  # a raw sample of a mixed batch: a PPM header in front of its pixels
     for j, (s, i) in enumerate(zip(source, index)):
-        n = meta[j, 0]
-        want = fast.readers[s].bytes_of(i)
-        assert np.array_equal(a[j, :n], want) and np.array_equal(b[j, :n], want)
-        assert meta[j, 1] == (s == 2) and tuple(meta[j, 2:]) == (32, 32, 3)
+        start, n = spans[j]
+        want = fast.readers[s].bytes_of(i).tobytes()
+        want = ppm + want if s == 2 else want
+        assert a[j, start : start + n].tobytes() == want and b[j, start : start + n].tobytes() == want
 
 
 def test_raw_batches_arrive_as_one_hwc_array(data, sample_image):
-    r = _Readers([("w", None, Manifest.load(data["raw"]), str(data["raw"]))], "error")
+    r = SampleTable([("w", data["raw"], Manifest.load(data["raw"]))], "error")
     assert r.mode == "raw"
-    [images] = r.encode(np.array([3, 0, 19]), np.zeros(3, np.int64))
+    [images] = r.gather(np.array([3, 0, 19]), np.zeros(3, np.int64))
     assert images.shape == (3, 32, 32, 3) and images.flags.c_contiguous
     assert all(np.array_equal(images[j], sample_image(i, seed=2)) for j, i in enumerate([3, 0, 19]))
 
@@ -156,7 +159,7 @@ def test_raw_sets_of_different_sizes_mix(tmp_path, plain_view, shard_factory):
     a = shard_factory(tmp_path, "a", 12, fmt="raw", size=32)
     b = shard_factory(tmp_path, "b", 12, fmt="raw", size=48, kind="generated", seed=1)
     loader = TrainLoader(parse_shards_args([str(a), str(b)]), AugConfig((plain_view,)), 8, drop_last=False)
-    assert loader._readers.mode == "mixed"
+    assert loader.table.mode == "mixed"
     batches = list(loader.epoch(0))
     assert sum(len(x) for x in batches) == 24 and all(x.views[0].shape[1:] == (3, 32, 32) for x in batches)
 
@@ -323,28 +326,18 @@ def test_loader_device_choices(data, plain_view):
     with pytest.raises(ValueError, match="loader_device"):
         TrainLoader(m, AugConfig((plain_view,)), 8, loader_device="tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ShardError, match="loader_device='cpu'"):
+        with pytest.raises(ShardError, match="--loader-device cpu"):
             TrainLoader(m, AugConfig((plain_view,)), 8, loader_device="gpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the start-up failure of a GPU pipeline without a GPU")
 def test_a_gpu_pipeline_that_cannot_start_is_one_clear_line(data):
     loader = TrainLoader(parse_shards_args([str(data["gen"])]), preset("simclr"), 8)
-    feed = pipeline._Feed(loader._readers, iter([]), None)
+    feed = loader.feed(iter([]))
     with pytest.raises(ShardError) as e:
-        pipeline._build(
-            loader._readers,
-            feed,
-            loader._augment,
-            batch_size=8,
-            loader_device="gpu",
-            device_id=0,
-            num_threads=1,
-            seed=0,
-            with_params=True,
+        train_pipeline(
+            feed, loader.table.mode, [32, 32], relative=False, batch_size=8, device="gpu", device_id=0, num_threads=1
         )
     msg = str(e.value)
-    assert (
-        "GPU loader pipeline failed to start" in msg and "loader_device='cpu'" in msg and "--loader-device cpu" in msg
-    )
+    assert "GPU loader pipeline failed to start" in msg and "--loader-device cpu" in msg
     assert "\n" not in msg

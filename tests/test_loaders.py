@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from loaders.augment import CIFAR_MEAN, CIFAR_STD, AugConfig, ViewAug, preset
+from loaders.loader import EvalLoader, TrainLoader
 from loaders.mixture import parse_shards_args
-from loaders.pipeline import EvalLoader, TrainLoader
 from shards.manifest import Manifest, ShardError
 
 

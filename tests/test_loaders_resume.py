@@ -6,20 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from loaders.augment import (
-    CIFAR_MEAN,
-    CIFAR_STD,
-    PARAM_KEYS,
-    AugConfig,
-    ViewAug,
-    augment_rng,
-    dali_param_arrays,
-    dali_param_names,
-    preset,
-    sample_view_params,
-)
+from loaders.augment import CIFAR_MEAN, CIFAR_STD, AugConfig, ViewAug, preset
+from loaders.loader import TrainLoader
 from loaders.mixture import parse_shards_args
-from loaders.pipeline import TrainLoader
+from loaders.params import PARAM_KEYS, ParamLayout, ViewColumns, augment_rng, sample_view_params
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +50,13 @@ def test_seed_and_step_change_the_draws(data):
     b = next(iter(TrainLoader(m, aug, 15, seed=1).epoch(0)))
     assert not torch.equal(a.views[0], b.views[0]) and not torch.equal(a.views[1], b.views[1])
     loader = TrainLoader(m, aug, 15, seed=0)
-    src = np.zeros(15, np.int64)
-    p0, p0_again, p1 = (loader.aug_params(0, s, src) for s in (0, 0, 1))
+    ids = np.arange(15)
+    p0, p0_again, p1 = (loader.aug_params(0, s, ids) for s in (0, 0, 1))
     assert all(np.array_equal(x, y) for x, y in zip(p0, p0_again))
-    assert not all(np.array_equal(x, y) for x, y in zip(p0, p1))
-    assert not np.array_equal(loader.aug_params(1, 0, src)[0], p0[0])  # the epoch is part of the key
+    assert not any(np.array_equal(x, y) for x, y in zip(p0, p1))
+    assert not np.array_equal(loader.aug_params(1, 0, ids)[0], p0[0])  # the epoch is part of the key
+    crops, colour = p0
+    assert crops.shape == (15, 8) and colour.shape == (15, loader.layout.width)
 
 
 def test_each_view_draws_its_own_parameters(data, plain_view):
@@ -128,22 +120,24 @@ def test_flags_drive_the_ops_per_sample(plain_view, run_augment):
 
 
 # -- the host-side sampler (pure numpy) ----------------------------------------------------------------
-def test_param_names_resolve_p0_and_p1_at_build_time(plain_view):
-    assert dali_param_names(plain_view) == ("crop_start", "crop_end")
+def test_columns_resolve_p0_and_p1_at_build_time(plain_view):
+    """The one contract of which parameters a view feeds: a probability of 0 or 1 needs no flag, an adjustment
+    of strength 0 no factor; the DALI graph reads only crop boxes."""
+    assert ViewColumns.build(plain_view).names == ()
     v = preset("symmetric").views[0]
-    assert dali_param_names(v) == (
-        "crop_start",
-        "crop_end",
-        "flip",
-        "jitter_coef",
-        "hue_centres",
-        "gray",
-        "blur",
-        "sigma",
-    )
+    assert ViewColumns.build(v).names == ("flip", "jitter", "slots", "hue", "gray", "blur", "taps")
+    cols = ViewColumns.build(v)
+    assert [w for _, _, w in cols.columns] == [1, 1, 18, 1, 1, 1, 5]  # 6 slots of (f, a, b); 5 blur taps
     always = ViewAug(flip_p=1.0, jitter_p=1.0, brightness=0.8, contrast=0.8, blur_p=1.0, gray_p=0.0, solarize_p=1.0)
-    assert dali_param_names(always) == ("crop_start", "crop_end", "jitter_coef", "sigma")
-    assert dali_param_names(ViewAug(jitter_p=1.0, hue=0.1)) == ("crop_start", "crop_end", "hue_centres")
+    assert ViewColumns.build(always).names == ("slots", "taps")
+    assert ViewColumns.build(ViewAug(jitter_p=1.0, hue=0.1)).names == ("hue",)
+    # two views: the second view's columns follow the first's; draw fills every column, crops go apart
+    lay = ParamLayout.of(preset("byol"))
+    assert lay.views[1].columns[0][1] == lay.views[0].stop and lay.width == lay.views[1].stop
+    crops, colour = lay.draw(augment_rng(0, 0, 0, 0), np.full(7, 32), np.full(7, 32))
+    assert crops.shape == (7, 8) and colour.shape == (7, lay.width) and np.isfinite(colour).all()
+    with pytest.raises(KeyError, match="no 'blur'"):
+        lay.views[0].slice(colour, "blur")
 
 
 @pytest.mark.parametrize("name", ["symmetric", "symmetric_adainf", "asymmetric"])
@@ -190,11 +184,12 @@ def test_unknown_size_gives_relative_boxes_of_a_square():
     ch, cw = e[:, 0] - s[:, 0], e[:, 1] - s[:, 1]
     assert (ch * cw >= view.crop_scale[0] - 1e-9).all() and (ch * cw <= 1 + 1e-9).all()
     assert (cw / ch >= view.crop_ratio[0] - 1e-9).all() and (cw / ch <= view.crop_ratio[1] + 1e-9).all()
-    # a mixed batch: the known rows are pixels, and dali_param_arrays makes everything relative
+    # a mixed batch: the known rows are pixels, and the layout makes everything relative
+    lay = ParamLayout.of(AugConfig((view,)))
     p = sample_view_params(augment_rng(1, 0, 0, 0), view, np.array([32, 0]), np.array([32, 0]))
-    start, end = dali_param_arrays(view, p, np.array([32, 0]), np.array([32, 0]), relative=True)[:2]
-    assert start.dtype == np.float32 and (end <= 1).all() and (start >= 0).all()
-    np.testing.assert_allclose(start[0], p["crop_start"][0] / 32, rtol=1e-6)
+    crops, _ = lay.draw(augment_rng(1, 0, 0, 0), np.array([32, 0]), np.array([32, 0]), relative=True)
+    assert crops.dtype == np.float32 and (crops[:, 2:] <= 1).all() and (crops[:, :2] >= 0).all()
+    np.testing.assert_allclose(crops[0, :2], p["crop_start"][0] / 32, rtol=1e-6)
 
 
 def test_crops_follow_torchvision_distribution():
@@ -218,4 +213,4 @@ def test_crops_follow_torchvision_distribution():
     assert abs(ours_fallback.mean() - fallback.mean()) < 0.03
 
 
-# ColorJitter against torchvision's functional ops, op by op and in random order: tests/test_augment.py
+# The colour stage against torchvision's functional ops and PIL, op by op and in random order: tests/test_colour.py

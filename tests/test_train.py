@@ -18,7 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 import train
-from loaders.pipeline import TrainLoader
+from loaders.loader import TrainLoader
 from models.engine import Settings, read_records
 from models.methods.simclr import SimCLR
 from shards.errors import ConfigError
@@ -488,8 +488,7 @@ def test_a_waiting_gpu_gets_one_line_naming_the_levers():
     hint = data_wait_hint(0.46, s, on_gpu=True)
     assert hint.startswith("the GPU waited for data 46% of the last interval")
     assert "--num-threads" in hint or os.cpu_count() == 1
-    assert "--jitter-impl fused" in hint and "--loader-device" not in hint  # auto already runs DALI on the GPU
+    assert "--loader-device" not in hint  # auto already runs DALI on the GPU
     assert "--loader-device gpu" in data_wait_hint(0.5, s.replace(loader_device="cpu"), on_gpu=True)
-    assert "--jitter-impl" not in data_wait_hint(0.5, s.replace(jitter_impl="fused"), on_gpu=True)
     assert data_wait_hint(0.1, s, on_gpu=True) is None  # a fed GPU
     assert data_wait_hint(0.9, s, on_gpu=False) is None  # on a CPU the figure is core sharing, not GPU idling

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import click
 
-from loaders.augment import JITTER_IMPLS
 from loaders.policy import DEFAULT_MODE
 from loaders.policy import MODES as INFLATION_MODES
 from loaders.recipe import AUG_CHOICES
@@ -58,12 +57,6 @@ class Settings:
     crop_min_scale: float | None = _opt(None, "RandomResizedCrop minimum area (overrides the policy/preset).")
     jitter_strength: float | None = _opt(None, "Colour-jitter strength multiplier (overrides the policy/preset).")
     jitter_p: float | None = _opt(None, "Colour-jitter probability (overrides the policy/preset).")
-    jitter_impl: str = _opt(
-        "exact",
-        "Colour jitter: exact (torchvision's ColorJitter in random order, the release's) or fused (one DALI "
-        "color_twist per view, fixed order, YIQ hue/saturation as solo-learn's DALI pipeline: far fewer GPU ops).",
-        choices=JITTER_IMPLS,
-    )
     image_size: int = _opt(32, "Side of the training crops and evaluation images (shard images are resized).")
     num_threads: int = _opt(2, "DALI CPU threads per process.")
     loader_device: str = _opt(
@@ -149,6 +142,11 @@ class Settings:
     @classmethod
     def from_dict(cls, d: dict) -> Settings:
         """Settings from a saved dict; an unknown key or a wrong type is a ConfigError."""
+        d = dict(d)
+        if d.pop("jitter_impl", "exact") != "exact":  # retired: the colour stage is torchvision's exact jitter, fast
+            raise ConfigError(
+                "jitter_impl: fused is gone (the exact colour jitter now runs as fast); remove the key to train with it"
+            )
         unknown = sorted(set(d) - set(names()))
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: see `python train.py --help`")

@@ -50,7 +50,7 @@ class DataPlan:
         ]
 
     def train_loader(self, s, rt):
-        from loaders.pipeline import TrainLoader
+        from loaders.loader import TrainLoader
 
         return TrainLoader(
             self.mixture,
@@ -68,7 +68,7 @@ class DataPlan:
         )
 
     def eval_loader(self, dirs, s, rt, limit: int):
-        from loaders.pipeline import EvalLoader
+        from loaders.loader import EvalLoader
 
         # a fixed random subset when capped: test sets are often packed in class order
         return EvalLoader(
@@ -116,7 +116,6 @@ def plan_data(s, world_size: int, aug_family: str) -> DataPlan:
             inflation=s.inflation,
             overrides={k: getattr(s, k) for k in AUG_KNOBS},
             size=s.image_size,
-            jitter_impl=s.jitter_impl,
         )
     except ValueError as e:  # a mixture the policy cannot serve, a knob out of range: one line
         raise ConfigError(str(e)) from None

@@ -166,8 +166,6 @@ def data_wait_hint(wait: float, s, on_gpu: bool, threshold: float = 0.2) -> str 
     levers = []
     if s.num_threads < cores:
         levers.append(f"more loader threads (--num-threads, now {s.num_threads}; {cores} cores here)")
-    if s.jitter_impl == "exact":
-        levers.append("--jitter-impl fused (one DALI op instead of torchvision's exact jitter; not the release's)")
     if s.loader_device == "cpu":
         levers.append("--loader-device gpu (DALI on the GPU was the faster one on an H200)")
     advice = f"; try {' or '.join(levers)}" if levers else ""
