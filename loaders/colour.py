@@ -33,6 +33,8 @@ Semantics, op by op (tests/test_colour.py holds each to its reference on real CI
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .augment import AugConfig, ViewAug
@@ -222,9 +224,18 @@ def finish(x, view: ViewAug, cols: ViewColumns, packed, masked: bool = True) -> 
 
 def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     """``x / 255``, then ``(x − mean) / std`` per channel (torchvision's ``ToTensor`` + ``Normalize``)."""
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    if torch.compiler.is_compiling():  # constants of the compiled program
+        m, s = (torch.tensor(v, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) for v in (mean, std))
+    else:
+        m, s = _channel_constants(tuple(mean), tuple(std), x.device)
     return (x / 255.0 - m) / s
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_constants(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (1, 3, 1, 1) float32 tensors on ``device``, made once (a new one per batch would be a
+    synchronous host-to-device copy on a GPU)."""
+    return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in (mean, std))
 
 
 def colour_view(crops, view: ViewAug, cols: ViewColumns, packed, masked: bool = True) -> torch.Tensor:
@@ -248,8 +259,8 @@ class ColourStage:
     the CPU: to-float fused into the jitter made it 3x slower). ``chunk``: process the batch in pieces of
     this many samples when compiled (the last one padded, so compiled shapes never change): on a CPU a piece
     then stays in cache between phases; on a GPU the loader sets it to the batch size (a batch that lost
-    corrupt samples is padded back). Eager mode computes each op only for the samples it applies to
-    (:func:`apply`); compiled mode selects with masks. Both give the same values."""
+    corrupt samples is padded back). Eager mode on a CPU computes each op only for the samples it applies
+    to (:func:`apply`); compiled, or on a GPU, it selects with masks. Both give the same values."""
 
     def __init__(
         self,
@@ -265,14 +276,13 @@ class ColourStage:
         self.dtype, self.channels_last, self.compiled, self.chunk = dtype, channels_last, bool(compile), chunk
         self._programs: dict[ViewAug, tuple] = {}
 
-    def _program(self, view: ViewAug, cols: ViewColumns) -> tuple:
-        key = (view, cols.columns)
+    def _program(self, view: ViewAug, cols: ViewColumns, masked: bool) -> tuple:
+        key = (view, cols.columns, masked)
         if key not in self._programs:
 
             def wrap(fn):
                 return torch.compile(fn, dynamic=False) if self.compiled else fn
 
-            masked = self.compiled  # eager: each op on the samples it applies to only
             phases = [lambda x, p: jitter_gray(x, view, cols, p, masked)]
             if view.blur_p > 0:
                 phases.append(lambda x, p: blur(x, view, cols, p, masked))
@@ -282,8 +292,11 @@ class ColourStage:
 
     def _views(self, crops: list[torch.Tensor], packed: torch.Tensor) -> list[torch.Tensor]:
         out = []
+        # masks when compiled (fixed shapes) or on a GPU (selecting samples would sync with the host); eager on
+        # a CPU computes each op only for the samples it applies to
+        masked = self.compiled or packed.device.type != "cpu"
         for x, view, cols in zip(crops, self.aug.views, self.layout.views):
-            ingest, phases = self._program(view, cols)
+            ingest, phases = self._program(view, cols, masked)
             y = ingest(x)
             for phase in phases:
                 y = phase(y, packed)
