@@ -127,7 +127,7 @@ class _Readers:
             raise ValueError(f"on_corrupt={on_corrupt!r}: use 'error' or 'skip'")
         self.on_corrupt = on_corrupt
         self.names = [name for name, *_ in sources]
-        self.readers = [SourceReader(path, manifest) for _, _, manifest, path in sources]
+        self.readers = [SourceReader(path, manifest, on_corrupt=on_corrupt) for _, _, manifest, path in sources]
         self.stats = LoaderStats()
         formats = {r.format for r in self.readers}
         shapes = {r.raw_shape for r in self.readers}

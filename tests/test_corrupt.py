@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loaders.reader import BAD_STRUCTURE, OK, SourceReader, check_bytes
+from loaders.reader import SourceReader
+from shards.check import BAD_STRUCTURE, OK, check_bytes
 from shards.manifest import Manifest
 from shards.writer import ShardSetWriter
 
@@ -139,14 +140,22 @@ def test_skip_mode_runs_on_without_them_and_counts_them(rotten_set):
 
 
 def test_worker_processes_give_the_same_verdicts(rotten_set):
-    from loaders.reader import check_members
+    from shards.check import check_members
 
     m = Manifest.load(rotten_set)
     r = SourceReader(rotten_set, m, cache=False)
     jobs = [
-        (str(rotten_set / s.file), r.offsets[r.shard_of == k], r.sizes[r.shard_of == k]) for k, s in enumerate(m.shards)
+        {
+            "tar": str(rotten_set / s.file),
+            "ext": "jpg",
+            "off": r.offsets[r.shard_of == k],
+            "size": r.sizes[r.shard_of == k],
+        }
+        for k, s in enumerate(m.shards)
     ]
-    inline = check_members(jobs, "jpg", workers=1)
-    pooled = check_members(jobs, "jpg", workers=2, chunk=8)
+    inline = check_members(jobs, workers=1)
+    pooled = check_members(jobs, workers=2, chunk=8)
     assert all(np.array_equal(a, b) for a, b in zip(inline, pooled))
-    assert np.array_equal(np.concatenate(inline), r.verdict)
+    assert np.array_equal(np.concatenate(inline)[:, 0], r.verdict)
+    good = r.verdict == OK
+    assert (np.concatenate(inline)[good, 1:3] == 32).all() and (r.hw[good] == 32).all()  # the real (H, W)
