@@ -30,10 +30,12 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "feed": ("bench.feed", "host feed per batch on one core, the training thread's share, epoch boundary, set opening"),
     "pack": ("bench.pack", "packing speed of `shards pack`"),
 }
-# Commands outside `all`: the report, and the inflation study (it trains models, see bench/inflation.py).
+# Commands outside `all`: the report, the inflation study (it trains models, see bench/inflation.py) and the
+# cost of confirming shards at open (on sets you give it).
 EXTRA: dict[str, tuple[str, str]] = {
     "report": ("bench.report", "PNG charts and a Markdown table from the JSON files"),
     "inflation": ("bench.inflation", "the AdaInf study: SimCLR under --inflation none/vanilla/adainf/auto (trains)"),
+    "confirm": ("bench.confirm", "what confirming every shard's sha256 costs when a set is opened (your sets)"),
 }
 # Options `all` forwards to every benchmark that has them.
 SHARED = ("quick", "shards", "out_dir", "device")

@@ -41,6 +41,7 @@ from bench.common import (
     timing_settings,
     write_results,
 )
+from shards.check import npy_shape
 from shards.index import read_index
 from shards.manifest import FORMATS, Manifest, ShardError
 from shards.writer import ShardSetWriter
@@ -66,7 +67,7 @@ class FormatsConfig:
 def iter_samples(directory: Path, limit: int | None = None):
     """(key, image bytes, label, origin) of a shard set, in shard order, via its DALI index files."""
     manifest = Manifest.load(directory)
-    ext = manifest.format
+    ext = manifest.ext  # npy for raw sets since manifest version 2: the pixels follow the .npy header
     seen = 0
     for info in manifest.shards:
         index = read_index(directory / info.index)
@@ -77,6 +78,8 @@ def iter_samples(directory: Path, limit: int | None = None):
                 if limit is not None and seen >= limit:
                     return
                 image = bytes(_member(mm, index, ext, i))
+                if ext == "npy":
+                    image = image[npy_shape(image)[0] :]
                 label = int(_member(mm, index, "cls", i) or b"-1")
                 meta = _member(mm, index, "json", i)
                 origin = str(json.loads(meta).get("origin", "")) if meta else ""

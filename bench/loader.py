@@ -132,6 +132,15 @@ def _raw_to_pil(shape, data):
     return Image.frombuffer("RGB", (shape[1], shape[0]), data, "raw", "RGB", 0, 1)
 
 
+def _npy_to_pil(data):
+    """A ``.npy`` shard member (one H×W×3 uint8 array) as a PIL image, for the torchvision transforms."""
+    import io
+
+    from PIL import Image
+
+    return Image.fromarray(np.load(io.BytesIO(data), allow_pickle=False))
+
+
 def _load_arrays(mixture):
     """Every sample of every source decoded once into one uint8 array (what the release keeps in RAM);
     returns (images, labels, offset of each source's first sample)."""
@@ -237,8 +246,9 @@ def webdataset_loader(mixture, aug, batch_size: int, workers: int, device: str, 
       :func:`webdataset_urls` (10:1 for CIFAR-10 ×10 + EDM ×1);
     * ``.shuffle(1000)``: the documented sample-buffer size, applied to the encoded samples before decoding;
     * ``.decode("pil")``: the torchvision transforms of the recipe take PIL images ("rgb8"/"torchrgb"
-      would only add a conversion back to PIL); raw shards get a small ``.raw`` handler;
-    * ``.to_tuple("jpg;png;raw", "cls")`` then ``.map`` to (view 1, view 2, label), so that
+      would only add a conversion back to PIL); raw shards get a small ``.npy`` (or, before manifest
+      version 2, ``.raw``) handler;
+    * ``.to_tuple("jpg;png;raw;npy", "cls")`` then ``.map`` to (view 1, view 2, label), so that
     * ``.batched(batch_size)`` in the dataset (batching inside the workers; ``WebLoader(batch_size=None)``)
       stacks each view into one tensor — transferring single samples between processes is slow;
     * ``WebLoader(num_workers=workers, persistent_workers, pin_memory only with a GPU)``; node splitting is
@@ -252,11 +262,12 @@ def webdataset_loader(mixture, aug, batch_size: int, workers: int, device: str, 
     if len(raw_shapes) > 1:
         raise click.ClickException(f"the webdataset backend needs one raw image size, got {sorted(raw_shapes)}")
     handlers = [wds.handle_extension("raw", partial(_raw_to_pil, next(iter(raw_shapes))))] if raw_shapes else []
+    handlers.append(wds.handle_extension("npy", _npy_to_pil))  # raw pixels since manifest version 2
     ds = (
         wds.WebDataset(webdataset_urls(mixture), resampled=True, shardshuffle=False)
         .shuffle(1000)
         .decode(*handlers, "pil")
-        .to_tuple("jpg;png;raw", "cls")
+        .to_tuple("jpg;png;raw;npy", "cls")
         .map(_ViewsAndLabel([torchvision_transform(v) for v in aug.views]))
         .batched(batch_size, partial=False)
     )

@@ -133,6 +133,7 @@ def make_standin(bases: list[Path], count: int, out: Path, name: str) -> Manifes
         shards=tuple(shards),
         label_counts={},
         command=f"bench.scale stand-in of {', '.join(map(str, bases))} ({copy} pass(es))",
+        standin=", ".join(map(str, bases)),  # repeated tars and keys, prefix-cut indexes: allowed for a stand-in
     )
     manifest.save(out)
     return manifest

@@ -91,6 +91,7 @@ def run_audit(
                 else {},
                 "labels": {str(k): v for k, v in sorted(labels.items())},
                 "corrupt_skipped": loader.stats.corrupt,
+                "corrupt_keys": sorted(set(loader.stats.corrupt_keys)),  # SOURCE/KEY, the first 100 skipped
                 "seconds": round(elapsed, 3),
                 "samples_per_s": round(n / elapsed, 1) if elapsed > 0 else None,
             }

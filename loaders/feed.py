@@ -41,6 +41,7 @@ class Fed:
     colour: np.ndarray | None = None  # (B, P) float32 colour parameters of the samples fed (None: eval)
     error: str | None = None  # a damaged sample at or before this batch (on_corrupt="error")
     skipped: tuple[np.ndarray, np.ndarray] | None = None  # damaged (source, index) skipped up to this batch
+    carried: int = 0  # how many of ``skipped`` come from earlier positions (batches with nothing usable)
 
 
 #: ``batch_of(epoch, step) -> (source, index, steps of that epoch)``
@@ -87,7 +88,9 @@ class Feed:
             done = (
                 (np.concatenate([a for a, _ in skipped]), np.concatenate([b for _, b in skipped])) if skipped else None
             )
-            self.fed.append(Fed(epoch, step, steps, source, index, self.table.labels[sel.ids], colour, pending, done))
+            carried = (len(done[0]) - len(sel.bad[0])) if done is not None else 0
+            labels = self.table.labels[sel.ids]
+            self.fed.append(Fed(epoch, step, steps, source, index, labels, colour, pending, done, carried))
             return outs
         if pending:
             raise ShardError(pending)

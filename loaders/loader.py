@@ -31,6 +31,7 @@ Damaged samples: labels and the validity of every sample were decided once per s
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from .params import ParamLayout, augment_rng
 from .sampler import EpochPlan, plan_epoch
 from .table import LoaderStats, SampleTable
 
+log = logging.getLogger("loaders")
 LOADER_DEVICES = ("auto", "cpu", "gpu")
 #: samples per piece of the colour stage on a CPU (a piece stays in cache between its phases)
 CPU_CHUNK = 64
@@ -182,10 +184,9 @@ class TrainLoader:
     def batches(self) -> Iterator[Batch]:
         """Batches without end from the current position, across epochs, through one DALI pipeline."""
         plans = Plans(self.plan)
-        epoch, step = self._start(plans, *self._position)
 
-        def positions():
-            e, first = epoch, step
+        def positions_from(epoch: int, step: int) -> Iterator[tuple[int, int]]:
+            e, first = self._start(plans, epoch, step)
             while True:
                 steps = self._steps(plans.get(e, ahead=True))
                 for k in range(first, steps):
@@ -193,7 +194,7 @@ class TrainLoader:
                 e, first = e + 1, 0
 
         try:
-            yield from self._stream(plans, positions())
+            yield from self._stream(plans, positions_from, self._position)
         finally:
             plans.close()
 
@@ -204,7 +205,11 @@ class TrainLoader:
         plans = Plans(self.plan)
         epoch, start = self._start(plans, int(epoch), 0 if start_step is None else int(start_step))
         steps = self._steps(plans.get(epoch))
-        yield from self._stream(plans, ((epoch, k) for k in range(start, steps)))
+
+        def positions_from(e: int, k: int) -> Iterator[tuple[int, int]]:
+            return ((epoch, j) for j in range(k, steps)) if e == epoch else iter(())
+
+        yield from self._stream(plans, positions_from, (epoch, start))
 
     def feed(self, positions: Iterator[tuple[int, int]], plans: Plans | None = None) -> Feed:
         """The feed of this loader over ``positions``: what the DALI graph reads, one planned batch a call
@@ -227,10 +232,24 @@ class TrainLoader:
             return epoch + 1, 0
         return epoch, step
 
-    def _stream(self, plans: Plans, positions: Iterator[tuple[int, int]]) -> Iterator[Batch]:
+    def _stream(self, plans: Plans, positions_from, start: tuple[int, int]) -> Iterator[Batch]:
+        """Deliver the batches of ``positions_from(*start)`` through one pipeline. Should DALI's decoder reject a
+        batch with ``on_corrupt="skip"``, its culprits are marked (never fed again) and a new pipeline goes on
+        from that batch, which it delivers without them (counted as skipped; the others keep their draws)."""
+        position = start
+        while True:
+            try:
+                yield from self._stream_once(plans, positions_from(*position))
+                return
+            except Rejected as r:
+                log.warning("%s; skipped, the loader goes on with a new pipeline", r)
+                if r.fed.carried:  # damage skipped at earlier positions, which are not fed again
+                    self.table.count_skipped(tuple(a[: r.fed.carried] for a in r.fed.skipped))
+                position = self._position = (r.fed.epoch, r.fed.step)  # fed again without the culprits
+
+    def _stream_once(self, plans: Plans, positions: Iterator[tuple[int, int]]) -> Iterator[Batch]:
         """Build one pipeline, feed it ``positions`` and deliver its batches (made ready by a background
         thread when ``prefetch_batches`` > 0); the position advances as each batch is delivered."""
-        positions = iter(positions)
         first = next(positions, None)
         if first is None:
             return
@@ -366,9 +385,19 @@ class EvalLoader:
             del pipe
 
 
+class Rejected(ShardError):
+    """DALI's decoder failed on the batch fed for ``fed`` (``on_corrupt="skip"``): its culprits are marked, the
+    pipeline is rebuilt and the run goes on from that batch, without them."""
+
+    def __init__(self, line: str, fed: Fed, bad: np.ndarray):
+        super().__init__(line)
+        self.fed, self.bad = fed, bad
+
+
 def run(pipe, table: SampleTable, feed: Feed) -> Iterator[tuple[list, Fed]]:
-    """Yield (the pipeline's outputs, what was fed for them) until the feed's StopIteration; name the shard
-    when DALI fails."""
+    """Yield (the pipeline's outputs, what was fed for them) until the feed's StopIteration. When DALI fails on
+    a batch, its samples are checked again (:meth:`SampleTable.rejected`): a one-line :class:`ShardError`
+    naming the culprit, or with ``on_corrupt="skip"`` a :class:`Rejected` the loader recovers from."""
     while True:
         try:
             outs = pipe.run()
@@ -377,10 +406,13 @@ def run(pipe, table: SampleTable, feed: Feed) -> Iterator[tuple[list, Fed]]:
         except ShardError:
             raise
         except RuntimeError as e:
-            fed = list(feed.fed)
-            srcs = np.concatenate([f.source for f in fed]) if fed else np.zeros(0, int)
-            idxs = np.concatenate([f.index for f in fed]) if fed else np.zeros(0, int)
-            raise ShardError(table.culprit(srcs, idxs) + f" [DALI: {first_line(e)}]") from None
+            if not feed.fed:
+                raise ShardError(f"the DALI pipeline failed before any batch was fed [DALI: {first_line(e)}]") from None
+            fed = feed.fed[0]  # outputs come back in feeding order: the failure is the oldest batch's
+            bad, line = table.rejected(fed.source, fed.index)
+            if table.on_corrupt == "skip":
+                raise Rejected(line, fed, bad) from None
+            raise ShardError(line) from None
         fed = feed.fed.popleft()
         if fed.error:
             raise ShardError(fed.error)

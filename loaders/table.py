@@ -28,7 +28,7 @@ import numpy as np
 
 from shards.manifest import Manifest
 
-from .reader import BLOCK, OK, Region, SourceReader
+from .reader import BLOCK, OK, UNDECODABLE, Region, SourceReader
 
 #: bytes reserved in front of each row of a mixed batch for a raw sample's PPM header
 _HEADER_ROOM = 32
@@ -78,7 +78,7 @@ class SampleTable:
             raise ValueError(f"on_corrupt={on_corrupt!r}: use 'error' or 'skip'")
         self.on_corrupt = on_corrupt
         self.names = [name for name, _, _ in sources]
-        self.readers = [SourceReader(path, manifest) for _, path, manifest in sources]
+        self.readers = [SourceReader(path, manifest, on_corrupt=on_corrupt) for _, path, manifest in sources]
         self.stats = LoaderStats()
         formats = {r.format for r in self.readers}
         shapes = {r.raw_shape for r in self.readers}
@@ -182,13 +182,27 @@ class SampleTable:
             if len(self.stats.corrupt_keys) < 100:
                 self.stats.corrupt_keys.append(f"{self.names[s]}/{self.readers[s].keys[i]}")
 
-    def culprit(self, source: np.ndarray, index: np.ndarray) -> str:
-        """One line naming the first sample of a batch that fails the host checks (DALI's decoder failed)."""
-        for s, i in zip(source.tolist(), index.tolist()):
-            if not self.readers[s].decodes(i):
-                return self.readers[s].describe(i, "undecodable")
-        files = sorted({str(self.readers[s].shard_file(i)) for s, i in zip(source.tolist(), index.tolist())})
-        return f"DALI failed on a batch from {', '.join(files[:4])}; run `python -m shards verify` on these shard sets"
+    def rejected(self, source: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, str]:
+        """DALI's decoder failed on a batch whose bytes passed the checks when their sets were opened: find the
+        culprits by checking every sample of the batch again (bytes that changed since, or a check weaker
+        than DALI's), mark them undecodable for the rest of the run, and return (their positions in the batch
+        — every position when no check fails, the batch then being unusable as a whole —, one line naming the
+        first). Labels, verdicts and keys stay consistent with the sets; nothing is decoded by DALI here."""
+        bad = np.array([not self.readers[s].decodes(i) for s, i in zip(source.tolist(), index.tolist())], bool)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            line = self.readers[source[j]].describe(
+                int(index[j]), "rejected by DALI's decoder (it fails the checks now)"
+            )
+        else:
+            bad[:] = True
+            files = sorted({str(self.readers[s].shard_file(i)) for s, i in zip(source.tolist(), index.tolist())})
+            line = (
+                f"DALI's decoder rejected a batch of {len(bad)} samples from {', '.join(files[:4])} that pass every "
+                f"check; run `python -m shards verify` on these shard sets"
+            )
+        self.verdict[self.ids(source[bad], index[bad])] = UNDECODABLE
+        return np.flatnonzero(bad), line
 
     def keys(self, source, index) -> list[str]:
         """``SOURCE_NAME/KEY`` of each ``(source, index)`` pair."""

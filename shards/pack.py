@@ -292,7 +292,7 @@ def _write_and_install(
                         skipped.append(item)
                         continue
                     label = -1 if drop_labels else int(source.labels[pos])
-                    writer.add(f"{pos:0{width}d}", data, label, source.origin(pos), size)
+                    writer.add(f"{name}/{pos:0{width}d}", data, label, source.origin(pos), size)  # keys unique per set
                     how[info] += 1
                     formats[src_fmt] += 1
                     per_label[int(source.labels[pos])] += 1

@@ -1,24 +1,26 @@
 """``shards verify`` and ``shards info``: re-read shard sets and report on them.
 
 ``verify_dir`` re-reads every shard of a set: the tar structure (regular USTAR members grouped by
-key, each sample with ``cls``, ``json`` and the image), the DALI index against the tar, every image
-decoded to the recorded size, and counts, label counts, bytes and sha256 against the manifest.
-It returns one line per problem (empty: all good).
+key, each sample with ``cls``, ``json`` and the image), the DALI index against the tar, every image judged
+by the loaders' own check (``shards.check``: structure, decode, size against the manifest's), labels in the
+set's range, each sample's ``.json`` record (its label and image sha256 since manifest version 2), keys
+unique across the whole set, no tar listed twice, and counts, label counts, bytes and sha256 against the
+manifest (whose fields ``Manifest.load`` has checked). It returns one line per problem (empty: all good).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import multiprocessing as mp
 import os
 import tarfile
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
 
+from .check import OK, WHY, check_image, check_meta, labels_in_range, parse_label, sizes_match
 from .index import read_index
 from .manifest import MANIFEST_NAME, Manifest, ShardError, ShardInfo
 
@@ -38,6 +40,8 @@ def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = Tr
     for p in sorted(directory.iterdir()):
         if p.is_file() and p.suffix in (".tar", ".idx") and p.name not in listed:
             problems.append(f"{p}: not listed in {MANIFEST_NAME}; remove it or re-pack")
+    if not m.standin:
+        problems += _repeated_tars(directory, m)
     jobs = [(str(directory), s, m, decode) for s in m.shards]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     if workers > 1:
@@ -47,10 +51,19 @@ def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = Tr
         results = [verify_shard(*j) for j in jobs]
     labels: Counter = Counter()
     total = 0
-    for shard_problems, n, lab in results:
+    where: dict[str, str] = {}
+    repeated: list[str] = []
+    for s, (shard_problems, n, lab, keys) in zip(m.shards, results):
         problems += shard_problems
         total += n
         labels.update(lab)
+        for k in keys:
+            if k in where and not m.standin:
+                repeated.append(f"{directory / s.file}: sample key {k!r} is also in {where[k]}")
+            where.setdefault(k, s.file)
+    if repeated:
+        more = f" ({len(repeated) - 1} more repeated keys)" if len(repeated) > 1 else ""
+        problems.append(f"{repeated[0]}; keys must be unique across a shard set{more}: re-pack the set")
     if total != m.count:
         problems.append(f"{directory / MANIFEST_NAME}: manifest says {m.count} samples, shards hold {total}")
     if total == m.count and m.label_counts and dict(labels) != {k: v for k, v in m.label_counts.items() if v}:
@@ -61,62 +74,74 @@ def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = Tr
     return problems
 
 
-def verify_shard(directory: str, s: ShardInfo, m: Manifest, decode: bool = True) -> tuple[list[str], int, Counter]:
-    """Problems found in one tar and its index, its sample count and label counts."""
-    path, idx_path = Path(directory) / s.file, Path(directory) / s.index
+def _repeated_tars(directory: Path, m: Manifest) -> list[str]:
+    """Shards of the manifest that are one file (symbolic links to one tar): its samples would come twice."""
+    seen: dict[str, str] = {}
+    out = []
+    for s in m.shards:
+        real = os.path.realpath(directory / s.file)
+        if real in seen:
+            out.append(f"{directory / s.file}: is the same file as {seen[real]}; a shard set lists each tar once")
+        seen.setdefault(real, s.file)
+    return out
+
+
+def verify_shard(
+    directory: str, s: ShardInfo, m: Manifest, decode: bool = True
+) -> tuple[list[str], int, Counter, list[str]]:
+    """Problems found in one tar and its index, its sample count, label counts and keys."""
+    path = Path(directory) / s.file
+    try:
+        return _verify_shard(path, Path(directory) / s.index, s, m, decode)
+    except OSError as e:
+        return [f"{path}: cannot be read ({e.strerror or e}); check it or re-pack the set"], 0, Counter(), []
+
+
+def _verify_shard(path: Path, idx_path: Path, s: ShardInfo, m: Manifest, decode: bool):
     if not path.is_file():
-        return [f"{path}: missing (listed in {MANIFEST_NAME}); re-pack the set"], 0, Counter()
+        return [f"{path}: missing (listed in {MANIFEST_NAME}); re-pack the set"], 0, Counter(), []
     problems = []
     data = path.read_bytes()
     if len(data) != s.bytes:
         problems.append(f"{path}: {len(data)} bytes, manifest says {s.bytes} (truncated or changed); re-pack the set")
-    elif hashlib.sha256(data).hexdigest() != s.sha256:
+    elif hashlib.sha256(data).hexdigest().lower() != s.sha256.lower():
         problems.append(f"{path}: sha256 differs from the manifest (file changed or corrupt); re-pack the set")
     tar_intact = not problems
     if not data:
-        return problems + [f"{path}: empty file, not a tar"], 0, Counter()
+        return problems + [f"{path}: empty file, not a tar"], 0, Counter(), []
     try:
         samples = _read_tar(data)
     except (tarfile.TarError, ValueError, EOFError) as e:
-        return problems + [f"{path}: broken tar ({e})"], 0, Counter()
+        return problems + [f"{path}: broken tar ({e})"], 0, Counter(), []
+    if m.standin:  # a stand-in may use a prefix of a tar, through its index
+        samples = samples[: s.count]
     problems += _check_index(idx_path, samples, path if tar_intact else None)
     labels: Counter = Counter()
-    n_classes = len(m.classes)
+    ext = m.ext
     for key, members in samples:
-        exts = {ext for ext, _, _ in members}
-        want = {"cls", "json", m.format}
-        if exts != want:
+        exts = [e for e, _, _ in members]
+        want = {"cls", "json", ext}
+        if set(exts) != want or len(exts) != len(want):
             problems.append(f"{path}: sample {key} has members {sorted(exts)}, want {sorted(want)}")
             continue
-        blob = {ext: data[off : off + size] for ext, off, size in members}
-        try:
-            label = int(blob["cls"])
-        except ValueError:
+        blob = {e: data[off : off + size] for e, off, size in members}
+        label = parse_label(blob["cls"])
+        if label is None:
             problems.append(f"{path}: sample {key}.cls is {blob['cls'][:20]!r}, not an integer")
             continue
-        if (
-            label < -1
-            or (label >= 0 and n_classes and label >= n_classes)
-            or (m.kind == "generated" and label >= 0 and not n_classes)
-        ):
-            problems.append(f"{path}: sample {key} has label {label}, outside the manifest's {n_classes} classes")
+        if not labels_in_range(np.array([label]), m)[0]:
+            problems.append(f"{path}: sample {key} has label {label}, outside the manifest's {m.num_classes} classes")
         labels[str(label)] += 1
-        try:
-            meta = json.loads(blob["json"])
-            if meta.get("source") != m.name or meta.get("kind") != m.kind:
-                problems.append(
-                    f"{path}: sample {key}.json says source {meta.get('source')!r} kind {meta.get('kind')!r}, "
-                    f"manifest says {m.name!r} {m.kind!r}"
-                )
-        except (ValueError, AttributeError):
-            problems.append(f"{path}: sample {key}.json is not a JSON object")
-        if decode:
-            err = _check_image(blob[m.format], m)
+        verdict = check_meta(blob["json"], label, blob[ext], m.name, m.kind, m.digests)
+        if verdict != OK:
+            problems.append(f"{path}: sample {key} {WHY[verdict]}")
+        if decode or ext in ("npy", "raw"):
+            err = _image_problem(blob[ext], ext, m)
             if err:
-                problems.append(f"{path}: sample {key}.{m.format} {err}")
+                problems.append(f"{path}: sample {key}.{ext} {err}")
     if len(samples) != s.count:
         problems.append(f"{path}: holds {len(samples)} samples, manifest says {s.count}")
-    return problems, len(samples), labels
+    return problems, len(samples), labels, [k for k, _ in samples]
 
 
 def _read_tar(data: bytes) -> list[tuple[str, list[tuple[str, int, int]]]]:
@@ -169,17 +194,16 @@ def _check_index(idx_path: Path, samples, intact_tar: Path | None) -> list[str]:
     return []
 
 
-def _check_image(blob: bytes, m: Manifest) -> str | None:
-    if m.format == "raw":
+def _image_problem(blob: bytes, ext: str, m: Manifest) -> str | None:
+    """What is wrong with one image member (``shards.check.check_image``, the loaders' check), or None."""
+    verdict, h, w = check_image(blob, ext)
+    if verdict != OK:
+        return WHY[verdict]
+    if ext == "raw":
         h, w = m.image_size
         return None if len(blob) == h * w * 3 else f"has {len(blob)} bytes, want {h}×{w}×3 = {h * w * 3}"
-    try:
-        im = Image.open(io.BytesIO(blob))
-        im.load()
-    except Exception as e:  # PIL raises many types on corrupt data
-        return f"does not decode ({type(e).__name__}: {str(e)[:60]})"
-    if m.image_size and (im.height, im.width) != tuple(m.image_size):
-        return f"is {im.height}×{im.width}, manifest says {m.image_size[0]}×{m.image_size[1]}"
+    if not sizes_match(np.array([h, w]), m)[0]:
+        return f"is {h}×{w}, manifest says {m.image_size[0]}×{m.image_size[1]}"
     return None
 
 

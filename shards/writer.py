@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
-import json
 import os
 import secrets
 import tarfile
@@ -18,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .check import npy_header, sample_record
 from .index import format_index
 from .manifest import FORMATS, KINDS, Manifest, ShardError, ShardInfo, check_name
 
@@ -55,7 +55,8 @@ class _HashingWriter(io.RawIOBase):
 
 
 class ShardSetWriter:
-    """Streams samples into ``OUT/STEM-00000.tar …`` with ``shard_size`` samples per tar.
+    """Streams samples into ``OUT/STEM-00000.tar …`` with ``shard_size`` samples per tar (the members of
+    ``shards.manifest``, manifest version 2).
 
     ``stem`` (default: ``name``) names the files only; ``shards.pack`` picks one that does not clash
     with a set already in the folder. ``encoding`` (a dict, see ``shards.manifest``) is recorded in
@@ -96,6 +97,7 @@ class ShardSetWriter:
         self.shard_size, self.classes, self.fid, self.command = shard_size, tuple(classes), fid, command
         self.skipped = list(skipped)
         self.stem, self.encoding = stem, encoding
+        self.ext = "npy" if format == "raw" else format  # the image member's extension
         self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._shard: _OpenShard | None = None
         self._done: list[ShardInfo] = []
@@ -109,16 +111,21 @@ class ShardSetWriter:
 
     # -- writing -------------------------------------------------------------------------------
     def add(self, key: str, image: bytes, label: int, origin: str = "", size: tuple[int, int] | None = None) -> None:
-        """Append one sample. ``image`` is already encoded (jpg/png) or raw HWC uint8 bytes;
-        ``size`` is its (H, W) when known (required to record ``image_size``)."""
+        """Append one sample. ``image`` is already encoded (jpg/png) or raw HWC uint8 bytes (stored as a
+        ``KEY.npy`` member: a 512-byte ``.npy`` header, then the pixels); ``size`` is its (H, W) when known
+        (required to record ``image_size``, and for raw pixels)."""
+        if self.format == "raw":
+            if size is None or len(image) != int(size[0]) * int(size[1]) * 3:
+                raise ShardError(f"sample {key}: raw pixels need their (H, W) and H*W*3 bytes, got {len(image)} bytes")
+            image = npy_header(*size) + bytes(image)
         if self._shard is None or len(self._shard.members) >= self.shard_size:
             self._finish_shard()
             self._open_shard()
         label = int(label) if self.kind == "real" or label >= 0 else -1
-        meta = json.dumps({"source": self.name, "kind": self.kind, "origin": origin}).encode()
+        meta = sample_record(self.name, self.kind, origin, label, image)
         members = []
         out = self._shard.out
-        for ext, data in (("cls", str(label).encode()), ("json", meta), (self.format, image)):
+        for ext, data in (("cls", str(label).encode()), ("json", meta), (self.ext, image)):
             name = f"{key}.{ext}"
             # USTAR: one 512-byte header per member, data padded to whole blocks follows it
             out.write(ustar_header(name, len(data)))
@@ -202,6 +209,7 @@ class ShardSetWriter:
             skipped=tuple(self.skipped),
             command=self.command,
             encoding=self.encoding,
+            image_ext="npy" if self.format == "raw" else None,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
         manifest.save(self.out)

@@ -80,7 +80,8 @@ def _corrupt_sample(directory: Path, shard: int, sample: int) -> tuple[str, str]
 
 
 def _read_samples(directory) -> list[dict]:
-    """Every sample of a shard set, in shard order, read back with ``tarfile`` (not with the code under test)."""
+    """Every sample of a shard set, in shard order, read back with ``tarfile`` (not with the code under test);
+    ``image`` is the stored bytes, for ``.npy`` members the array's pixels."""
     import json
     import tarfile
 
@@ -91,7 +92,9 @@ def _read_samples(directory) -> list[dict]:
         with tarfile.open(Path(directory) / s.file) as tf:
             cur: dict = {}
             for info in tf:
-                key, ext = info.name.split(".", 1)
+                folder, _, base = info.name.rpartition("/")  # webdataset's key: up to the file name's first dot
+                stem, _, ext = base.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
                 if cur.get("key") != key:
                     cur = {"key": key}
                     out.append(cur)
@@ -100,6 +103,10 @@ def _read_samples(directory) -> list[dict]:
                     cur["label"] = int(data)
                 elif ext == "json":
                     cur["meta"] = json.loads(data)
+                elif ext == "npy":  # raw pixels: the array's bytes (read with numpy's own .npy reader)
+                    import numpy as np
+
+                    cur["ext"], cur["image"] = ext, np.load(io.BytesIO(data), allow_pickle=False).tobytes()
                 else:
                     cur["ext"], cur["image"] = ext, data
     return out

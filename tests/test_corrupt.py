@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loaders.reader import BAD_STRUCTURE, OK, SourceReader, check_bytes
-from shards.manifest import Manifest
+from loaders.reader import SourceReader
+from shards.check import BAD_STRUCTURE, OK, check_bytes
+from shards.manifest import Manifest, ShardError
 from shards.writer import ShardSetWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,14 +140,55 @@ def test_skip_mode_runs_on_without_them_and_counts_them(rotten_set):
 
 
 def test_worker_processes_give_the_same_verdicts(rotten_set):
-    from loaders.reader import check_members
+    from shards.check import check_members
 
     m = Manifest.load(rotten_set)
     r = SourceReader(rotten_set, m, cache=False)
     jobs = [
-        (str(rotten_set / s.file), r.offsets[r.shard_of == k], r.sizes[r.shard_of == k]) for k, s in enumerate(m.shards)
+        {
+            "tar": str(rotten_set / s.file),
+            "ext": "jpg",
+            "off": r.offsets[r.shard_of == k],
+            "size": r.sizes[r.shard_of == k],
+        }
+        for k, s in enumerate(m.shards)
     ]
-    inline = check_members(jobs, "jpg", workers=1)
-    pooled = check_members(jobs, "jpg", workers=2, chunk=8)
+    inline = check_members(jobs, workers=1)
+    pooled = check_members(jobs, workers=2, chunk=8)
     assert all(np.array_equal(a, b) for a, b in zip(inline, pooled))
-    assert np.array_equal(np.concatenate(inline), r.verdict)
+    assert np.array_equal(np.concatenate(inline)[:, 0], r.verdict)
+    good = r.verdict == OK
+    assert (np.concatenate(inline)[good, 1:3] == 32).all() and (r.hw[good] == 32).all()  # the real (H, W)
+
+
+# -- a sample that goes bad while the loader runs (the bytes changed after they were checked) --------------
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_a_sample_rotting_during_the_run_is_reported_never_a_crash(tmp_path, mode, shard_factory, corrupt_sample):
+    """The tars are mapped; damaging one image in place after the set was opened makes DALI's decoder fail on
+    its batch. error: one line naming the sample. skip: the culprit is counted and skipped, a new pipeline goes
+    on, and every other sample of the epoch arrives exactly once."""
+    import collections
+
+    from loaders.augment import AugConfig, ViewAug
+    from loaders.loader import TrainLoader
+    from loaders.mixture import parse_shards_args
+
+    src = shard_factory(tmp_path, "rot", 48, fmt="png", shard_size=16, seed=7)
+    view = ViewAug(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    loader = TrainLoader(parse_shards_args([str(src)]), AugConfig((view,)), 8, on_corrupt=mode, drop_last=False)
+    it = loader.epoch(0)
+    first = next(it)  # the set is open and checked; now the bytes of a later sample rot
+    seen = collections.Counter(loader.keys_for(first))
+    plan = loader.plan(0)
+    later = int(plan.index[40])  # in the last batch: fed after the damage
+    _, key = corrupt_sample(src, later // 16, later % 16)
+    if mode == "error":
+        with pytest.raises(ShardError) as e:
+            for _ in it:
+                pass
+        assert key in str(e.value) and "rejected by DALI's decoder" in str(e.value) and "\n" not in str(e.value)
+        return
+    for b in it:
+        seen.update(loader.keys_for(b))
+    assert loader.stats.corrupt == 1 and loader.stats.corrupt_keys == [f"rot/{key}"]
+    assert sum(seen.values()) == 47 and all(n == 1 for n in seen.values()) and f"rot/{key}" not in seen

@@ -88,7 +88,9 @@ def test_index_equals_dalis_wds2idx(tmp_path):
         ours = read_index(tmp_path / "s" / s.index)
         data = (tmp_path / "s" / s.file).read_bytes()
         first = data[ours.offsets["png"][0] : ours.offsets["png"][0] + ours.sizes["png"][0]]
-        assert np.array_equal(np.asarray(Image.open(io.BytesIO(first))), arr[int(ours.keys[0])])
+        assert np.array_equal(
+            np.asarray(Image.open(io.BytesIO(first))), arr[int(ours.keys[0].rsplit("/", 1)[-1])]
+        )  # keys are NAME/POSITION
 
 
 # -- sources ---------------------------------------------------------------------------------------
@@ -118,7 +120,11 @@ def test_imagefolder_labels_skips_and_passthrough(imagefolder, tmp_path, read_sa
     # JPEG inputs pass through byte for byte, the rest are encoded (lossily: --format jpg was asked for)
     assert got["cat/a.jpg"]["image"] == (imagefolder / "cat" / "a.jpg").read_bytes()
     assert "2 passthrough" in out and "4 lossy JPEG q95" in out
-    assert all(s["meta"] == {"source": "o", "kind": "real", "origin": s["meta"]["origin"]} for s in got.values())
+    assert all(
+        {k: s["meta"][k] for k in ("source", "kind", "label")} == {"source": "o", "kind": "real", "label": s["label"]}
+        for s in got.values()
+    )
+    assert all(s["key"].startswith("o/") for s in got.values())  # keys unique per set: NAME/POSITION
     assert verify_dir(tmp_path / "o") == []
 
 
@@ -158,10 +164,10 @@ def test_npz_raw_shuffle_limit_per_class(tmp_path, read_samples):
     assert "memory-mapped" in r.detected  # np.savez is uncompressed: no copy of the array
     got = read_samples(tmp_path / "o")
     assert len(got) == 15 and r.manifest.label_counts == {"0": 5, "1": 5, "2": 5}
-    keys = [int(s["key"]) for s in got]
+    keys = [int(s["key"].removeprefix("x/")) for s in got]
     assert keys != sorted(keys) and len(set(keys)) == 15  # shuffled, unique
     for s in got:
-        k = int(s["key"])
+        k = int(s["key"].removeprefix("x/"))
         assert s["label"] == lab[k] and s["meta"]["origin"] == f"a.npz[{k}]"
         assert np.array_equal(np.frombuffer(s["image"], np.uint8).reshape(4, 4, 3), arr[k])
     # same seed, same shards; no seed: first N in order
@@ -174,7 +180,7 @@ def test_npz_raw_shuffle_limit_per_class(tmp_path, read_samples):
     assert [s.sha256 for s in r2.manifest.shards] == [s.sha256 for s in r.manifest.shards]
     pack(tmp_path / "a.npz", PackConfig(out=tmp_path / "o3", format="raw", limit=10, kind="generated", progress=False))
     got3 = read_samples(tmp_path / "o3")
-    assert [int(s["key"]) for s in got3] == list(range(10)) and {s["label"] for s in got3} == {-1}
+    assert [s["key"] for s in got3] == [f"o3/{i:06d}" for i in range(10)] and {s["label"] for s in got3} == {-1}
     pack(
         tmp_path / "a.npz",
         PackConfig(out=tmp_path / "o4", format="raw", limit=10, kind="generated", keep_labels=True, progress=False),
@@ -219,7 +225,7 @@ def test_cifar_pickles_folder_and_tar(tmp_path, read_samples):
     r = pack(tmp_path / "cifar-10-batches-py", PackConfig(out=tmp_path / "tr", format="png", progress=False))
     assert "CIFAR-10" in r.detected and r.manifest.count == 40 and r.manifest.classes[:2] == ("c0", "c1")
     d = pickle.loads((tmp_path / "cifar-10-batches-py" / "data_batch_2").read_bytes())
-    s = [x for x in read_samples(tmp_path / "tr") if x["key"] == "000025"][0]
+    s = [x for x in read_samples(tmp_path / "tr") if x["key"] == "tr/000025"][0]
     want = d[b"data"][5].reshape(3, 32, 32).transpose(1, 2, 0)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(s["image"]))), want) and s["label"] == 5
     with tarfile.open(tmp_path / "c.tar.gz", "w:gz") as tf:
@@ -382,7 +388,7 @@ def test_verify_detects_undecodable_image_with_valid_checksums(tmp_path):
     with ShardSetWriter(tmp_path / "s", "s", kind="real", format="png") as w:
         w.add("000000", b"\x89PNG garbage", 0, "x", (4, 4))
     code, out = run("verify", tmp_path / "s")
-    assert code == 1 and "000000.png does not decode" in out
+    assert code == 1 and "sample 000000.png is damaged (broken JPEG markers, PNG chunks" in out
 
 
 def test_info_table_and_verify_ok(small_set, tmp_path):

@@ -83,7 +83,7 @@ def test_edm_generated_slice_stops_early(tmp_path):
         first = next(t for t in tf if t.isfile())
         original = tf.extractfile(first).read()
     with tarfile.open(tmp_path / "edm" / m.shards[0].file) as tf:
-        assert tf.extractfile("000000.png").read() == original
+        assert tf.extractfile("edm/000000.png").read() == original  # keys: NAME/POSITION
     code, out = run("verify", tmp_path / "edm")
     assert code == 0, out
     code, out = run("info", tmp_path / "edm")

@@ -129,7 +129,7 @@ def plan_data(s, world_size: int, aug_family: str) -> DataPlan:
             f"--batch-size {s.batch_size} is larger than an epoch of the mixture "
             f"({epoch_size} samples); lower --batch-size or add data"
         )
-    classes = max([eval_plan.num_classes] + [len(src.manifest.classes) for src in mixture.sources])
+    classes = max([eval_plan.num_classes] + [src.manifest.num_classes for src in mixture.sources])
     return DataPlan(recipe.mixture, recipe, eval_plan.train_labels, eval_plan.eval_shards, classes)
 
 
@@ -145,7 +145,7 @@ def plan_eval(eval_shards, train_labels, required: bool = True) -> DataPlan:
             m = Manifest.load(d)
             if not m.labelled:
                 raise ConfigError(f"{opt} {d}: shard set has no labels ({m.kind}); give a labelled real set")
-            classes.append(len(m.classes))
+            classes.append(m.num_classes)  # class names, or the labels a set without names uses
     return DataPlan(None, None, tuple(map(str, train_labels)), tuple(map(str, eval_shards)), max(classes))
 
 
