@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shards.confirm import Confirmation
 from shards.manifest import Manifest
 
 from .reader import BLOCK, OK, UNDECODABLE, Region, SourceReader
@@ -78,7 +79,12 @@ class SampleTable:
             raise ValueError(f"on_corrupt={on_corrupt!r}: use 'error' or 'skip'")
         self.on_corrupt = on_corrupt
         self.names = [name for name, _, _ in sources]
-        self.readers = [SourceReader(path, manifest, on_corrupt=on_corrupt) for _, path, manifest in sources]
+        # every set's shards are hashed in background threads at once (shards.confirm), not one set after another
+        confirming = [Confirmation(path, manifest) for _, path, manifest in sources]
+        self.readers = [
+            SourceReader(path, manifest, on_corrupt=on_corrupt, confirmation=c)
+            for (_, path, manifest), c in zip(sources, confirming)
+        ]
         self.stats = LoaderStats()
         formats = {r.format for r in self.readers}
         shapes = {r.raw_shape for r in self.readers}
@@ -178,9 +184,9 @@ class SampleTable:
     def count_skipped(self, skipped: tuple[np.ndarray, np.ndarray]) -> None:
         source, index = skipped
         self.stats.corrupt += len(index)
-        for s, i in zip(source.tolist(), index.tolist()):
-            if len(self.stats.corrupt_keys) < 100:
-                self.stats.corrupt_keys.append(f"{self.names[s]}/{self.readers[s].keys[i]}")
+        room = 100 - len(self.stats.corrupt_keys)
+        if room > 0:
+            self.stats.corrupt_keys += self.keys(source[:room], index[:room])
 
     def rejected(self, source: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, str]:
         """DALI's decoder failed on a batch whose bytes passed the checks when their sets were opened: find the
@@ -205,6 +211,7 @@ class SampleTable:
         return np.flatnonzero(bad), line
 
     def keys(self, source, index) -> list[str]:
-        """``SOURCE_NAME/KEY`` of each ``(source, index)`` pair."""
+        """``SOURCE_NAME/KEY`` of each ``(source, index)`` pair (the source's name in the mixture, then the
+        sample's key in its set: keys packed by ``shards pack`` start with the set's name themselves)."""
         source, index = np.asarray(source), np.asarray(index)
         return [f"{self.names[s]}/{self.readers[s].keys[i]}" for s, i in zip(source.tolist(), index.tolist())]

@@ -10,6 +10,7 @@ nanoGPT's configurator.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -178,6 +179,10 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} {getattr(self, name)}: must be 0 or more")
+        for name in ("lr", "weight_decay", "crop_min_scale", "jitter_strength", "jitter_p"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise ConfigError(f"--{_flag(name)} {v}: must be a finite number")
         if self.steps is not None and self.epochs is not None:
             raise ConfigError("give --steps or --epochs, not both")
         if self.batch_size < 2:
