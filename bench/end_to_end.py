@@ -12,7 +12,10 @@ Measurements in one process, same model, optimizer, batch size and step code, ea
 ``bench.common.timed`` (warm-up, then at least 50 steps and 10 s; the counts are in every row):
 
 * ``model-ceiling`` — the step on one batch of views already on the device (cloned from the loader's
-  first batch), repeated: the most the GPU can do with this model.
+  first batch), repeated: the most the GPU can do with this model. With ``--compile`` (``auto``: on with a
+  GPU, as train.py) the ceiling is the compiled step's and the fed step is the same compiled step, so
+  ``ratio_to_ceiling`` compares compiled with compiled; its warm-up (at least 4 steps) absorbs compiling,
+  reported as ``compile_s``.
 * ``end-to-end`` — the step fed by the loader, one row per ``--loader-device``: on a GPU machine by default
   both the GPU pipeline (``mixed`` decoder, GPU ops) and the CPU pipeline (``--num-threads`` threads, batches
   copied to the GPU), so the first GPU run shows which is faster and whether the CPU path alone keeps up.
@@ -54,7 +57,7 @@ class EndToEndConfig:
     device: str = "cuda"
     precision: str = "auto"  # train.py's rule: bf16 autocast on GPU, fp32 on CPU
     channels_last: bool = True
-    compile: bool = False
+    compile: str = "auto"  # train.py's --compile: on with a GPU, off on the CPU
     num_threads: int = 2
     inflation: str = "adainf"
     aug: str = "auto"
@@ -182,10 +185,16 @@ def run(shards: list[str], cfg: EndToEndConfig, timing: dict) -> tuple[list[dict
         "batch_size": cfg.batch_size,
         "precision": resolved["precision"],
         "device": device,
+        "compile": trainer.compile,
+        "variant": {"off": "eager", "on": "compiled", "cudagraphs": "compiled+cudagraphs"}[trainer.compile],
     }
+    if trainer.compile != "off":  # the ceiling's warm-up absorbs compiling (StepClock times the first 4 steps)
+        timing = {**timing, "warmup": max(timing["warmup"], 4)}
     first = next(trainer.loader.batches())
     click.echo(f"  model ceiling: steps on resident tensors ({timing})", err=True)
     ceiling = timed_steps(trainer, resident(first, device), device, timing)
+    compiled = trainer.compile_report(final=True) or {}
+    ceiling.update(compile_s=compiled.get("compile_s"), first_step_s=compiled.get("first_step_s"))
     rows = [{"backend": "model-ceiling", **common, **ceiling, "data_wait_fraction": None, "wall_wait_fraction": None}]
     for i, loader_device in enumerate(cfg.loader_devices):
         loader = trainer.loader if i == 0 else loader_for(loader_device)
@@ -242,7 +251,14 @@ def run(shards: list[str], cfg: EndToEndConfig, timing: dict) -> tuple[list[dict
     "--precision", default="auto", show_default=True, help="auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32."
 )
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the step, as train.py --compile.")
+@click.option(
+    "--compile",
+    "compile_",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "on", "off", "cudagraphs"]),
+    help="As train.py --compile (auto: on with a GPU, off on the CPU); the ceiling and the fed step both use it.",
+)
 @click.option("--num-threads", type=int, default=2, show_default=True, help="DALI CPU threads.")
 @click.option("--inflation", default="adainf", show_default=True, help="As train.py --inflation.")
 @click.option("--aug", default="auto", show_default=True, help="As train.py --aug.")

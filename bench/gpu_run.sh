@@ -6,8 +6,9 @@
 #   tests  pytest -m gpu
 #   bench  one benchmark at a time (each under its own time limit) on the CIFAR-10 ×10 + EDM ×1 mixture, JSON (with
 #          the hardware) into the results folder, then the report: the loader with the colour stage eager and
-#          compiled, all cores, and a batch-size sweep; end to end with the default 2 loader threads and with all cores; the
-#          others through `python -m bench all --only NAME`
+#          compiled, all cores, and a batch-size sweep; end to end with the default 2 loader threads and with all
+#          cores; the model ceiling of SimCLR and BYOL (ResNet-18, batch 512) eager, compiled and compiled with
+#          CUDA graphs side by side; the others through `python -m bench all --only NAME`
 #   train  a short ResNet-18 SimCLR train.py run (batch 512), its config and metrics into the results folder
 #
 #   bash bench/gpu_run.sh [options] [STEP ...]          STEP: data tests bench train (default: all four)
@@ -135,6 +136,9 @@ for step in "${stepnames[@]}"; do
             run 300 bench-end-to-end "$py" -m bench end-to-end --device "$device" "${qflag[@]}" "${mix[@]}" --out-dir "$results"
             run 300 bench-end-to-end-threads "$py" -m bench end-to-end --device "$device" "${qflag[@]}" \
               --num-threads "$threads" --loader-device auto "${mix[@]}" --out-dir "$results" ;;
+          model)  # SimCLR and BYOL: eager, --compile on, --compile cudagraphs (bench model's defaults on a GPU)
+            run 540 bench-model "$py" -m bench all --only model --device "$device" "${qflag[@]}" "${mix[@]}" \
+              --out-dir "$results" ;;
           *)
             run 420 "bench-$name" "$py" -m bench all --only "$name" --device "$device" "${qflag[@]}" "${mix[@]}" \
               --out-dir "$results" ;;

@@ -119,6 +119,7 @@ def test_moco_loss_falls():
     with torch.no_grad():
         for views in pool[2:]:
             method.training_step(views, labels)
+            method.enqueue_pending()
     losses = []
     for step in range(12):
         out = method.training_step(pool[step % 4], labels)
@@ -183,11 +184,16 @@ def test_moco_queue_is_a_buffer_and_updates():
     before = method.queue.clone()
     views = _views(n=16, size=8)
     method.training_step(views, torch.zeros(16, dtype=torch.long))
+    # the step's keys wait for the end of the step (after its backward and optimizer step), then join the queue
+    assert int(method.queue_ptr) == 0 and torch.equal(method.queue, before)
+    method.on_train_step_end(0, 10)
     assert int(method.queue_ptr) == 16
     assert not torch.equal(method.queue[:, :, :16], before[:, :, :16])
     assert torch.equal(method.queue[:, :, 16:], before[:, :, 16:])
     assert torch.allclose(method.queue[:, :, :16].norm(dim=1), torch.ones(2, 16), atol=1e-5)
     method.training_step(views, torch.zeros(16, dtype=torch.long))  # wraps around
+    method.enqueue_pending()
+    method.enqueue_pending()  # once only
     assert int(method.queue_ptr) == (32 % 24)
     assert not torch.equal(method.queue[:, :, :8], before[:, :, :8])
 

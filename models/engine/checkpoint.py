@@ -2,7 +2,8 @@
 
 A checkpoint holds ``settings`` (the run's Settings as a dict), ``resolved`` (what they resolved to:
 device, schedule, mixture with each source's count and digest, augmentation), ``step`` (optimizer steps
-taken), ``model`` (the method without any DDP / compile wrapper), ``optimizer``, ``scheduler``,
+taken), ``model`` (the method without any DDP / compile wrapper: no ``module.`` or ``_orig_mod.`` key prefix,
+so a checkpoint loads into a plain method whatever ``--compile`` wrote or reads it), ``optimizer``, ``scheduler``,
 ``scaler``, ``loader`` (the position of the next batch: the only source of the epoch and in-epoch step),
 ``rng`` (one state per rank).
 """
@@ -19,6 +20,7 @@ import torch
 from shards.errors import ConfigError, UserError
 
 CKPT_LAST = "ckpt-last.pt"
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's attribute names in a wrapped state_dict
 
 
 class CheckpointError(UserError):
@@ -61,4 +63,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
         raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or "settings" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{p}: not a train.py checkpoint (no settings/model)")
+    ckpt["model"] = plain_state_dict(ckpt["model"])
     return p, ckpt
+
+
+def plain_state_dict(state: dict) -> dict:
+    """``state`` with DDP / compile wrapper prefixes removed from its keys (a state_dict saved from a wrapped
+    module elsewhere); this project's checkpoints have none."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out

@@ -22,6 +22,7 @@ from loaders.policy import DEFAULT_MODE
 from loaders.policy import MODES as INFLATION_MODES
 from loaders.recipe import AUG_CHOICES
 from models.backbone import BACKBONES
+from models.engine.compiling import COMPILE_CHOICES
 from models.methods import METHODS
 from shards.errors import ConfigError
 
@@ -91,7 +92,13 @@ class Settings:
         "auto (bf16 autocast on GPU, fp32 on CPU), bf16, fp16 or fp32.",
         choices=("auto", "bf16", "fp16", "fp32"),
     )
-    compile: bool = _opt(False, "torch.compile the training step.")
+    compile: str = _opt(
+        "auto",
+        "torch.compile the step (the method's forward and loss, LARS's update) and the loader's colour stage "
+        "(auto: on with a GPU, off on the CPU, where compiling takes tens of seconds; cudagraphs: on plus CUDA "
+        "graphs for the step, one GPU without DDP). A saved true/false reads as on/off.",
+        choices=COMPILE_CHOICES,
+    )
     channels_last: bool = _opt(True, "channels_last memory format on GPU.")
     sync_batchnorm: bool = _opt(
         True,
@@ -129,6 +136,8 @@ class Settings:
     )
 
     def __post_init__(self):
+        if isinstance(self.compile, bool):  # configs and checkpoints written when --compile was a flag
+            object.__setattr__(self, "compile", "on" if self.compile else "off")
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

@@ -65,6 +65,7 @@ class DataPlan:
             drop_last=True,
             on_corrupt=s.on_corrupt,
             loader_device=s.loader_device,
+            compile={"auto": None, "off": False}.get(s.compile, True),  # the loader's colour stage, like the step
         )
 
     def eval_loader(self, dirs, s, rt, limit: int):

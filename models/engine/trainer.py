@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from models.engine.checkpoint import CKPT_LAST, save_checkpoint
+from models.engine.compiling import StepClock, compile_method, compile_optimizer, describe, resolve_compile
 from models.engine.metrics import Metrics, Progress
 from models.engine.runtime import rng_state, set_rng_state
 from models.optim import build_optimizer, build_scheduler
@@ -83,6 +84,7 @@ def resolved_run(s, rt, steps_per_epoch: int, method_cfg) -> dict:
         "lr": method_cfg.lr * s.batch_size / 256,
         "lr_per_256": method_cfg.lr,
         "optimizer": method_cfg.optimizer,
+        "compile": resolve_compile(s.compile, cuda=rt.is_cuda, distributed=rt.distributed),
         "weight_decay": method_cfg.weight_decay,
         "method_config": dataclasses.asdict(method_cfg),
     }
@@ -101,16 +103,27 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
         self.scaler = rt.grad_scaler()
         self.autocast = rt.autocast()
-        self.model = torch.compile(self.method) if s.compile else self.method  # forward(views, labels) = a step
+        # compile (models/engine/compiling.py) after building and moving, before the DDP wrap (nanoGPT's order);
+        # self.method stays the unwrapped reference that checkpoints and evaluation use
+        self.compile = resolve_compile(s.compile, cuda=rt.is_cuda, distributed=rt.distributed)
+        compile_optimizer(self.optimizer, self.compile)
+        self.model = compile_method(self.method, self.compile)  # forward(views, labels) = a step
         if rt.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[rt.local_rank] if rt.is_cuda else None
             )
+        self.clock = StepClock(rt.synchronize) if self.compile != "off" else None  # what compiling cost
+        self.compile_reported = False
         self.step_count = 0  # optimizer steps taken
 
     # -- one step ------------------------------------------------------------------------------------
     def step(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict:
-        """Forward under autocast, scaled backward, optimizer, schedule, the method's EMA; the method's outputs."""
+        """Forward under autocast, scaled backward, optimizer, schedule, the method's EMA; the method's outputs.
+        With ``--compile cudagraphs`` the outputs live until the next step (CUDA graph memory is reused)."""
+        if self.clock is not None:
+            self.clock.start()
+        if self.compile == "cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()
         with self.autocast:
             out = self.model(views, labels.to(self.rt.device, non_blocking=True))
         self.optimizer.zero_grad(set_to_none=True)
@@ -120,7 +133,19 @@ class Trainer:
         self.scheduler.step()
         self.method.on_train_step_end(self.step_count, self.total_steps)
         self.step_count += 1
+        if self.clock is not None:
+            self.clock.stop()
         return out
+
+    def compile_report(self, final: bool = False) -> dict | None:
+        """Once per process, when compiled: what compiling cost (``StepClock.report`` plus ``mode`` and ``line``,
+        one log line), after the clock's steps or, with ``final``, at the end of a shorter run; else None."""
+        clock = self.clock
+        if clock is None or self.compile_reported or not clock.times or not (clock.done or final):
+            return None
+        self.compile_reported = True
+        report = {"mode": self.compile, **clock.report()}
+        return {**report, "line": describe(self.compile, report)}
 
     # -- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -289,6 +314,10 @@ class _Loop:
         if self.rt.master:
             self.metrics.write("train", step, **record)
             self.progress.log(step, record)
+            compiled = self.t.compile_report(final=step == self.t.total_steps)  # once: what compiling cost
+            if compiled:
+                self.metrics.write("compile", step, **{k: v for k, v in compiled.items() if k != "line"})
+                self.progress.write(f"step {step}: {compiled['line']}")
             hint = data_wait_hint(record["data_wait"], self.s, self.rt.is_cuda) if self.logs > 1 else None
             if hint and not self.hinted:  # once per run, after the first interval (start-up is not waiting)
                 self.progress.write(f"step {step}: {hint}")

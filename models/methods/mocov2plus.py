@@ -4,7 +4,8 @@ symmetric InfoNCE loss.
 Release defaults (AdaInf, CIFAR): projector 512→2048→ReLU→256 (no BatchNorm), queue 32768, temperature
 0.2, momentum 0.99→0.999 (cosine), SGD lr 0.15 per 256 (0.3 at batch 512), probe lr 0.15 per 256,
 weight decay 1e-4 on every parameter (the release keeps solo-learn's default of decaying biases under SGD).
-The queue is a registered buffer (2, dim, size): one queue of keys per view.
+The queue is a registered buffer (2, dim, size): one queue of keys per view; a step's keys join it after the
+step's optimizer update (``on_train_step_end``), so the next step's loss sees them, as in the release.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class MoCoV2Plus(MomentumMethod):
         queue = F.normalize(torch.randn(2, cfg.proj_output_dim, cfg.queue_size), dim=1)
         self.register_buffer("queue", queue)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._pending_keys: torch.Tensor | None = None  # this step's keys, enqueued by on_train_step_end
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -58,15 +60,28 @@ class MoCoV2Plus(MomentumMethod):
         self.queue[:, :, idx] = keys.permute(0, 2, 1).to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + n) % size)
 
+    def enqueue_pending(self) -> None:
+        """Enqueue the keys of the last ``training_step`` (once; ``on_train_step_end`` calls it)."""
+        keys, self._pending_keys = self._pending_keys, None
+        if keys is not None:
+            self.enqueue(keys)
+
+    def on_train_step_end(self, step: int, total_steps: int) -> None:
+        self.enqueue_pending()  # the keys computed with the target before its EMA step, as in the release
+        super().on_train_step_end(step, total_steps)
+
     def ssl_loss(self, feats: list[torch.Tensor], views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         if len(views) != 2:
             raise ValueError(f"mocov2plus uses exactly two views, got {len(views)}")
         q1, q2 = (self.projector(f) for f in feats)
         with torch.no_grad():
             k1, k2 = (F.normalize(self.momentum_projector(f).float(), dim=1) for f in self.momentum_forward(views))
-        queue = self.queue.clone()
         loss = (
-            moco_loss(q1, k2, queue[1], self.cfg.temperature) + moco_loss(q2, k1, queue[0], self.cfg.temperature)
+            moco_loss(q1, k2, self.queue[1], self.cfg.temperature)
+            + moco_loss(q2, k1, self.queue[0], self.cfg.temperature)
         ) / 2
-        self.enqueue(torch.stack([gather(k1), gather(k2)]))
+        # The step's keys join the queue after its optimizer step (``on_train_step_end``), not here: the loss's
+        # backward reads the queue, and a compiled graph that also wrote it let that backward see the new keys
+        # (torch 2.14: gradients ~5 % off; tests/test_compile.py). The next step sees them, as in the release.
+        self._pending_keys = torch.stack([gather(k1), gather(k2)]).detach()
         return loss, {}

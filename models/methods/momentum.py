@@ -64,9 +64,10 @@ class MomentumMethod(Method):
 
     @torch.no_grad()
     def ema_update(self, tau: float) -> None:
+        """``target = tau * target + (1 - tau) * online`` for every pair: one multi-tensor ``_foreach_lerp_``."""
         online, target = [], []
         for a, b in self.momentum_pairs:
-            online += [p.detach() for p in a.parameters()]
+            online += list(a.parameters())
             target += list(b.parameters())
         torch._foreach_lerp_(target, online, 1.0 - tau)
 
