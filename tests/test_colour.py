@@ -323,7 +323,7 @@ def test_compiled_stage_equals_the_eager_one():
         diff = (c - e).abs() / level
         assert c.shape == e.shape == (n, 3, 32, 32)
         # a level lost to rounding early in the jitter can be amplified by later factors (up to 1.4 each): rare
-        assert diff.mean() < 0.02 and (diff > 0.01).float().mean() < 1e-3 and diff.max() <= 3, (
+        assert diff.mean() < 0.02 and (diff > 0.01).float().mean() < 1e-3 and diff.max() <= 4, (
             diff.mean(),
             (diff > 0.01).float().mean(),
             diff.max(),
