@@ -61,7 +61,7 @@ class BenchGroup(click.Group):
         return None
 
 
-@click.group(cls=BenchGroup, invoke_without_command=True)
+@click.group(cls=BenchGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def cli(ctx):
     """Throughput benchmarks: is the GPU saturated?"""
