@@ -3,8 +3,9 @@
 ``interrupts()`` makes SIGINT and SIGTERM raise :class:`Interrupt` (a ``KeyboardInterrupt`` that knows its
 signal) in the process that entered it — also where the shell started the command with SIGINT ignored
 (a background job), so ``kill -INT`` stops a job the way Ctrl-C stops a foreground command. Processes
-forked from it (worker pools) ignore both: their parent stops them, so a Ctrl-C that reaches the whole
-process group prints no worker tracebacks. The command catches ``Interrupt`` (or ``KeyboardInterrupt``)
+forked from it (worker pools) that inherit the handler ignore SIGINT — their parent stops them, so a
+Ctrl-C that reaches the whole process group prints no worker tracebacks — and die of SIGTERM as by
+default (pools stop their workers with it). The command catches ``Interrupt`` (or ``KeyboardInterrupt``)
 and prints one line saying what was kept and how to continue, then exits ``e.exit_code``.
 """
 
@@ -46,7 +47,7 @@ def interrupts():
     pid = os.getpid()
 
     def handle(signum, frame):
-        if os.getpid() != pid:  # a forked worker that inherited this handler: its parent stops it
+        if in_forked_child(pid, signum):
             return
         raise Interrupt(signum)
 
@@ -56,6 +57,18 @@ def interrupts():
     finally:
         for sig, h in before.items():
             signal.signal(sig, h)
+
+
+def in_forked_child(pid: int, signum: int) -> bool:
+    """For a handler installed by process ``pid``: True when it runs in a child forked from it (a pool's
+    worker), after acting as a worker should: SIGINT is left to the parent, SIGTERM ends the worker as
+    the default action would (``Pool.terminate`` relies on it)."""
+    if os.getpid() == pid:
+        return False
+    if signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 @contextmanager

@@ -130,8 +130,18 @@ def test_dash_h_is_help_in_every_command_line(cli, args):
         from shards.cli import main as command
     elif cli == "loaders":
         command = main
-    else:
-        from bench.__main__ import cli as command
+    else:  # a fresh process, as the user runs it (click caches a command's help option per process)
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parents[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench", *args, "-h"], cwd=root, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("Usage: python -m bench") and "-h, --help" in proc.stdout
+        return
     res = CliRunner().invoke(command, [*args, "-h"])
     assert res.exit_code == 0, res.output
     assert res.output.startswith("Usage: ") and "-h, --help" in res.output

@@ -188,3 +188,19 @@ def test_pack_writes_no_bar_frames_when_not_on_a_terminal(tmp_path):
     np.save(tmp_path / "a.npy", np.random.default_rng(0).integers(0, 256, (600, 4, 4, 3), dtype=np.uint8))
     code, out = run("pack", tmp_path / "a.npy", "--out", tmp_path / "o")  # progress on (no -q), not a tty
     assert code == 0 and "\r" not in out and "it/s" not in out and "img/s]" not in out, out
+
+
+def test_worker_pools_under_the_interrupt_handler_still_stop(tmp_path, shard_factory):
+    """Forked workers inherit the CLI's Ctrl-C handler: they leave SIGINT to the parent but must still die
+    of SIGTERM, which Pool.terminate sends (a verify with two workers hung at exit, joining a worker that
+    ignored it)."""
+    src = shard_factory(tmp_path, "real", 40, fmt="png", shard_size=16)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shards", "verify", str(src), "--workers", "2"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{src}: OK (40 samples in 3 shard(s)"), proc.stderr

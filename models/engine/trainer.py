@@ -25,7 +25,7 @@ from models.engine.runtime import rng_state, set_rng_state
 from models.optim import build_optimizer, build_scheduler
 from models.syncbn import convert_sync_batchnorm
 from shards.errors import UserError
-from shards.interrupt import Interrupt, interrupts, signal_of
+from shards.interrupt import Interrupt, in_forked_child, interrupts, signal_of
 from shards.progress import duration
 
 DEFAULT_STEPS = 100_000  # the release's budget for every CIFAR setting (scripts/pretrain/cifar/*.yaml)
@@ -58,7 +58,7 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if os.getpid() != self._pid:
+        if in_forked_child(self._pid, signum):
             return
         if self.signum and signum == signal.SIGINT:
             raise Interrupt(signum)
