@@ -20,6 +20,8 @@ events under ``tb/``, ``ckpt-last.pt`` (and ``ckpt-STEP.pt`` with ``--keep-every
 from __future__ import annotations
 
 import datetime as _dt
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -39,11 +41,13 @@ from models.engine import (
     setup_runtime,
 )
 from models.engine.config import DEMO_CPU_DEFAULTS, DEMO_DEFAULTS, RESUME_MAY_CHANGE, click_options, read_yaml
-from models.engine.data import check_sources, describe_resolved
+from models.engine.data import check_sources, data_notes, describe_resolved
+from models.engine.metrics import read_records
 from models.engine.rundir import check_out
 from models.engine.runtime import plan_runtime
-from models.engine.trainer import resolved_run
-from shards.errors import UserError
+from models.engine.trainer import Interrupted, resolved_run, schedule
+from shards.errors import ConfigError, UserError
+from shards.interrupt import interrupts, signal_of
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -60,11 +64,35 @@ from shards.errors import UserError
 def main(ctx: click.Context, config_file, print_config, **options) -> None:
     """Train a contrastive model on a weighted mixture of real and generated shards (AdaInf)."""
     try:
-        run(ctx, config_file, print_config, options)
+        with interrupts():  # Ctrl-C / SIGTERM anywhere: one line saying what was kept, exit 128 + signal
+            run(ctx, config_file, print_config, options)
+    except Interrupted as e:
+        click.echo(str(e), err=True)
+        ctx.exit(e.exit_code)
+    except KeyboardInterrupt as e:  # reading settings or a checkpoint, building the demo data: before any run
+        signum = signal_of(e)
+        click.echo(
+            f"{signal.Signals(signum).name} before the run started: nothing was trained (demo shard sets already "
+            "built are kept); run the command again",
+            err=True,
+        )
+        ctx.exit(128 + signum)
     except UserError as e:  # one line for anything the user can fix; programming errors keep their traceback
         err = click.ClickException(str(e))
         err.exit_code = getattr(e, "exit_code", 1)
         raise err from None
+
+
+@contextmanager
+def on_interrupt(what: str):
+    """A Ctrl-C / SIGTERM in the block becomes ``Interrupted`` saying ``what`` (what was kept, how to go on)."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt as e:
+        signum = signal_of(e)
+        raise Interrupted(f"{signal.Signals(signum).name} {what}", signum) from None
 
 
 def run(ctx, config_file, print_config, options) -> dict:
@@ -75,58 +103,74 @@ def run(ctx, config_file, print_config, options) -> dict:
     given |= set(base)
     s.validate()
     if s.eval_only:
-        return evaluate_checkpoint(s, given)
+        with on_interrupt("during --eval-only: nothing was recorded; run the command again"):
+            return evaluate_checkpoint(s, given)
     ckpt = None
     if s.resume:
         s, ckpt = resume_settings(s, given)
+        if not print_config and finished(s, ckpt):
+            return {}
     elif s.demo:
         s = demo_settings(s, given)
     if s.out is None:
         s = s.replace(out=str(Path("runs") / f"{s.method}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"))
     continues = ckpt is not None and Path(s.out).resolve() == Path(s.resume).resolve().parent
+    startup = (
+        f"during start-up: nothing was trained, the run is as it was; continue with `python train.py --resume {s.out}`"
+        if continues
+        else "during start-up: nothing was trained or written; run the command again"
+    )
+    with on_interrupt(startup):
+        # -- where and how to compute (device, precision, DDP); --print-config touches no GPU
+        rt = plan_runtime(s.device, s.precision) if print_config else setup_runtime(s.device, s.precision)
+        if rt.master and not print_config:
+            check_out(Path(s.out), continues)  # before any work: never start inside another run's directory
 
-    # -- where and how to compute (device, precision, DDP); --print-config touches no GPU
-    rt = plan_runtime(s.device, s.precision) if print_config else setup_runtime(s.device, s.precision)
-    if rt.master and not print_config:
-        check_out(Path(s.out), continues)  # before any work: never start inside another run's directory
+        # -- data: shards → mixture, weighted by the inflation policy → augmentation recipe → the DALI loader
+        data = plan_data(s, rt.world_size, aug_family(s.method))
+        loader = data.train_loader(s, rt)  # exact epoch plan → DALI pipeline → augmented views on the device
 
-    # -- data: shards → mixture, weighted by the inflation policy → augmentation recipe → the DALI loader
-    data = plan_data(s, rt.world_size, aug_family(s.method))
-    loader = data.train_loader(s, rt)  # exact epoch plan → DALI pipeline → augmented views on the device
-
-    # -- method: backbone + projector/predictor + loss (+ online probe); resolved record of the whole run
-    seed_everything(s.seed + rt.rank)
-    method = build_method_for(s, data.num_classes)
-    resolved = {**resolved_run(s, rt, loader.steps_per_epoch, method.cfg), **describe_resolved(data)}
-    if ckpt is not None:
-        resolved["data_changes"] = check_sources(
-            ckpt.get("resolved", {}).get("mixture", []), resolved["mixture"], s.allow_data_change
-        )
-    doc = {"settings": s.to_dict(), "resolved": resolved}
-    if print_config:
-        import yaml
-
-        click.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
-        return {}
-
-    # -- trainer: optimizer, schedule, precision, compile, DDP; then the run
-    trainer = Trainer(s, rt, loader, method)
-    if ckpt is not None:
-        trainer.load_state_dict(ckpt)
-    evaluator = Evaluator(data, s, rt) if data.eval_shards else None  # opened now: a bad set fails before training
-    run_dir = RunDir(s.out, resume_step=trainer.step_count if ckpt else None, master=rt.master, continues=continues)
-    try:
-        run_dir.write_config(doc)
-        if rt.master:
-            _log(data.recipe.describe())
-            _log(
-                f"{s.method}/{s.backbone} on {rt.device} x{rt.world_size} ({rt.precision}), "
-                f"{trainer.total_steps} steps of batch {s.batch_size} ({loader.steps_per_epoch} steps/epoch of "
-                f"{data.epoch_size} samples), lr {resolved['lr']:.4g}; run directory {s.out}"
-                + (f"; resumed at step {trainer.step_count}" if ckpt else "")
+        # -- method: backbone + projector/predictor + loss (+ online probe); resolved record of the whole run
+        seed_everything(s.seed + rt.rank)
+        method = build_method_for(s, data.num_classes)
+        resolved = {**resolved_run(s, rt, loader.steps_per_epoch, method.cfg), **describe_resolved(data)}
+        if ckpt is not None:
+            resolved["data_changes"] = check_sources(
+                ckpt.get("resolved", {}).get("mixture", []), resolved["mixture"], s.allow_data_change
             )
-            for line in resolved.get("data_changes", []):
-                _log(f"warning: {line} (--allow-data-change): the epoch plan differs from the checkpoint's")
+        doc = {"settings": s.to_dict(), "resolved": resolved}
+        if print_config:
+            import yaml
+
+            click.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
+            return {}
+
+        # -- trainer: optimizer, schedule, precision, compile, DDP; then the run
+        trainer = Trainer(s, rt, loader, method)
+        if ckpt is not None:
+            trainer.load_state_dict(ckpt)
+        evaluator = Evaluator(data, s, rt) if data.eval_shards else None  # opened now: a bad set fails before training
+    run_dir = RunDir(s.out, resume_step=trainer.step_count if ckpt else None, master=rt.master, continues=continues)
+    started = (
+        startup
+        if continues
+        else f"during start-up: nothing was trained; {s.out} holds no checkpoint: remove it and run the command again"
+    )
+    try:
+        with on_interrupt(started):
+            run_dir.write_config(doc)
+            if rt.master:
+                _log(data.recipe.describe())
+                _log(
+                    f"{s.method}/{s.backbone} on {rt.device} x{rt.world_size} ({rt.precision}), "
+                    f"{trainer.total_steps} steps of batch {s.batch_size} ({loader.steps_per_epoch} steps/epoch "
+                    f"of {data.epoch_size} samples), lr {resolved['lr']:.4g}; run directory {s.out}"
+                    + (f"; resumed at step {trainer.step_count}" if ckpt else "")
+                )
+                for line in data_notes(data, s) + (resume_notes(trainer, ckpt) if ckpt else []):
+                    _log(line)
+                for line in resolved.get("data_changes", []):
+                    _log(f"warning: {line} (--allow-data-change): the epoch plan differs from the checkpoint's")
         final = trainer.fit(run_dir, evaluator, resolved, last_good=Path(s.resume) if ckpt else None)
     finally:
         run_dir.close()
@@ -138,8 +182,58 @@ def run(ctx, config_file, print_config, options) -> dict:
                 f"{', '.join(final['corrupt_keys'])}"
             )
         if (s.demo or s.compare_random) and rt.master:
-            compare_with_random_init(s, final)
+            with on_interrupt(f"during the random-init comparison: the run is complete and saved in {s.out}"):
+                compare_with_random_init(s, final)
     return final
+
+
+def finished(s: Settings, ckpt: dict) -> bool:
+    """For ``--resume``: True (after one line saying so) when the checkpoint's run has nothing left to do;
+    a ConfigError when the asked ``--steps`` / ``--epochs`` end before the checkpoint's step. A run whose
+    training is complete but whose final evaluation was not recorded (interrupted) goes on: it evaluates."""
+    per_epoch = ckpt.get("resolved", {}).get("steps_per_epoch")
+    if per_epoch is None and s.epochs:
+        return False  # an old checkpoint: decided once the loader is built (the loop then does nothing)
+    total, _ = schedule(s, per_epoch or 1)
+    done = int(ckpt["step"])
+    run = Path(s.resume).parent
+    if done > total:
+        asked = f"--epochs {s.epochs} ({total} steps)" if s.epochs else f"--steps {total}"
+        raise ConfigError(
+            f"{asked}: the checkpoint {s.resume} is already at step {done}; give more than {done} steps "
+            f"to train further, or evaluate it with `python train.py --eval-only --checkpoint {s.resume}`"
+        )
+    if done < total:
+        return False
+    finals = [r for r in read_records(run, "final") if r.get("step") == done]
+    evaluates = bool(s.eval_shards or ckpt.get("resolved", {}).get("eval_shards"))
+    if evaluates and not finals:
+        _log(f"{run}: training is complete ({done} steps) but no final evaluation was recorded; running it now")
+        return False
+    result = f"; {format_result(finals[-1], done)}" if finals else ""
+    _log(
+        f"{run}: the run is complete ({done} of {total} steps{result}); nothing to do. To train it further give "
+        f"--steps above {done} (e.g. --steps {2 * done}): the learning rate then follows warm-up + cosine over the "
+        f"new total from step {done} on; `python train.py --eval-only --checkpoint {run}` evaluates it again"
+    )
+    return True
+
+
+def resume_notes(trainer: Trainer, ckpt: dict) -> list[str]:
+    """A line when the resumed run's schedule differs from the checkpoint's (another --steps / --epochs)."""
+    old = ckpt.get("resolved", {}).get("total_steps")
+    if old is None or old == trainer.total_steps:
+        return []
+    try:
+        was = float(ckpt["optimizer"]["param_groups"][0]["lr"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        was = float("nan")
+    now = trainer.optimizer.param_groups[0]["lr"]
+    return [
+        f"schedule: {trainer.total_steps} steps instead of the checkpoint's {old}: the learning rate follows "
+        f"warm-up + cosine over {trainer.total_steps} steps (warm-up {trainer.warmup_steps}) from step "
+        f"{trainer.step_count} on, {was:.4g} -> {now:.4g} now"
+    ]
 
 
 def resume_settings(s: Settings, given: set[str]) -> tuple[Settings, dict]:

@@ -44,7 +44,9 @@ SHARED = ("quick", "shards", "out_dir", "device")
 def load_command(name: str) -> click.Command:
     module, _ = EXTRA[name] if name in EXTRA else BENCHMARKS[name]
     try:
-        return importlib.import_module(module).main
+        command = importlib.import_module(module).main
+        command.context_settings.setdefault("help_option_names", ["-h", "--help"])  # -h, also when run alone
+        return command
     except (ImportError, AttributeError) as e:
         raise click.ClickException(f"benchmark {name!r} is not available ({module}: {e})") from None
 
@@ -63,7 +65,7 @@ class BenchGroup(click.Group):
         return None
 
 
-@click.group(cls=BenchGroup, invoke_without_command=True)
+@click.group(cls=BenchGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def cli(ctx):
     """Throughput benchmarks: is the GPU saturated?"""

@@ -4,18 +4,24 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import sys
+import time
 
 import click
 
 from shards.errors import UserError
+from shards.interrupt import interrupts, signal_of
+from shards.progress import duration, progress
 
-from .audit import format_report, run_audit
+from .audit import format_plan, format_report, plan_report, run_audit
 from .mixture import parse_shards_args
 from .policy import DEFAULT_MODE
 from .recipe import AUG_CHOICES, FAMILY_CHOICES, INFLATION_CHOICES, resolve_recipe
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Plan, audit and preview training mixtures."""
 
@@ -91,7 +97,12 @@ def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
     help="drop the last partial batch (as training does) or count it",
 )
 @click.option("--on-corrupt", type=click.Choice(["error", "skip"]), default="error", show_default=True)
-@click.option("--plan-only", is_flag=True, help="show the policy's choices and the plan; do not run the pipeline")
+@click.option(
+    "--plan-only",
+    is_flag=True,
+    help="show the policy's choices and the plan (per-source samples per epoch, batch shares, steps); "
+    "do not run the pipeline",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 def audit(
     shards,
@@ -112,37 +123,98 @@ def audit(
     plan_only,
     as_json,
 ):
-    """Run the real pipeline over whole epochs and report what it delivers."""
-    from tqdm import tqdm
-
+    """Run the real pipeline over whole epochs and report what it delivers (--plan-only: the plan alone)."""
     try:
-        recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
-        if plan_only:
-            report = {"recipe": recipe.to_dict(), "epochs": []}
-        else:
-            with tqdm(total=None, unit="sample", disable=as_json, leave=False) as bar:
-                report = run_audit(
-                    recipe.mixture,
-                    recipe.aug,
-                    batch_size=batch_size,
-                    epochs=epochs,
-                    seed=seed,
-                    device=device,
-                    loader_device=loader_device,
-                    num_threads=threads,
-                    drop_last=drop_last,
-                    on_corrupt=on_corrupt,
-                    progress=bar.update,
-                )
-            report["recipe"] = recipe.to_dict()
+        with interrupts():
+            check_devices(device, loader_device)
+            recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
+            plan = plan_report(recipe.mixture, batch_size=batch_size, epochs=epochs, seed=seed, drop_last=drop_last)
+            if plan_only:
+                report = {"recipe": recipe.to_dict(), "plan": plan, "epochs": []}
+            else:
+                total = sum(e["samples"] for e in plan["epochs"])
+                if not as_json:
+                    click.echo(
+                        f"auditing {epochs} epoch(s): {total:,} samples in {plan['total_steps']:,} batches through "
+                        "the real loader; an estimate follows after the first batches (--plan-only shows the plan "
+                        "without running it)",
+                        err=True,
+                    )
+                with progress(total, "audit", "samples", enabled=not as_json) as bar:
+                    report = run_audit(
+                        recipe.mixture,
+                        recipe.aug,
+                        batch_size=batch_size,
+                        epochs=epochs,
+                        seed=seed,
+                        device=device,
+                        loader_device=loader_device,
+                        num_threads=threads,
+                        drop_last=drop_last,
+                        on_corrupt=on_corrupt,
+                        progress=Estimate(bar, total, quiet=as_json).update,
+                    )
+                report["recipe"] = recipe.to_dict()
+                report["plan"] = plan
     except UserError as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(flag_spelling(str(e))) from None
+    except KeyboardInterrupt as e:
+        name = signal.Signals(signal_of(e)).name
+        click.echo(f"interrupted ({name}): nothing was written (audit only reads); run it again", err=True)
+        sys.exit(128 + signal_of(e))
     if as_json:
         click.echo(json.dumps(report))
     else:
         click.echo(recipe.describe())
+        click.echo(format_plan(plan))
         if not plan_only:
             click.echo(format_report(report))
+
+
+class Estimate:
+    """Passes progress on to ``bar`` and, once the first batches took ``after_s`` seconds, says (one line)
+    how long the whole audit will take at that rate when that is more than ``min_s``."""
+
+    def __init__(self, bar, total: int, *, quiet: bool = False, after_s: float = 5.0, min_s: float = 30.0):
+        self.bar, self.total, self.quiet, self.after_s, self.min_s = bar, total, quiet, after_s, min_s
+        self.n, self.t0, self.said = 0, None, False
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        now = time.perf_counter()
+        if self.t0 is None:  # from the first batch on: opening the sets and building the pipeline excluded
+            self.t0 = now
+            return
+        self.n += n
+        if self.said or self.quiet or now - self.t0 < self.after_s:
+            return
+        self.said = True
+        rate = self.n / (now - self.t0)
+        left = (self.total - self.n - n) / rate
+        if left >= self.min_s:
+            write = getattr(self.bar, "write", None) or (lambda m: click.echo(m, err=True))
+            write(
+                f"estimate: about {duration(left)} left at {rate:,.0f} samples/s (fewer --epochs or a smaller "
+                "mixture shortens it)"
+            )
+
+
+def check_devices(device: str, loader_device: str) -> None:
+    """A device this machine lacks, refused in one line naming the flag (before any work)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        if str(device).startswith("cuda"):
+            raise UserError(f"--device {device}: no GPU is visible here; use --device cpu")
+        if loader_device == "gpu":
+            raise UserError("--loader-device gpu: no GPU is visible here; use --loader-device cpu (or auto)")
+
+
+def flag_spelling(message: str) -> str:
+    """The loaders' messages name Python arguments (``device='cpu'``); on the command line, the flags."""
+    for arg, flag in (("loader_device", "--loader-device"), ("device", "--device"), ("num_threads", "--threads")):
+        message = re.sub(rf"(?<![\w-]){arg}=['\"]?([\w:]+)['\"]?", rf"{flag} \1", message)
+    return message
 
 
 @main.command()
@@ -157,10 +229,14 @@ def preview(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
     from .preview import preview as draw
 
     try:
-        recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
-        info = draw(recipe, out, n=n, seed=seed, scale=scale, num_threads=threads)
+        with interrupts():
+            recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
+            info = draw(recipe, out, n=n, seed=seed, scale=scale, num_threads=threads)
     except UserError as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(flag_spelling(str(e))) from None
+    except KeyboardInterrupt as e:
+        click.echo(f"interrupted ({signal.Signals(signal_of(e)).name}): {out} was not written", err=True)
+        sys.exit(128 + signal_of(e))
     rows = ", ".join(f"{k} {v}" for k, v in info["rows"].items())
     click.echo(
         f"wrote {info['path']} ({info['size'][0]}x{info['size'][1]} px; samples: {rows}; preset {recipe.aug_name})"

@@ -3,6 +3,10 @@
 Reports samples per epoch, per-source counts, how many times each key appeared (a histogram per
 source), per-batch source fractions (mean, min, max, std), label counts and samples/s. Counting is
 by ``(source, index)`` with ``np.bincount`` — no Python object per sample.
+
+:func:`plan_report` is the same plan without running the pipeline (``--plan-only``, under a second):
+the epoch plans themselves (``loaders.sampler.plan_epoch``), per source the samples per epoch and the
+share of every batch with its guaranteed bound, and the steps.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 from .augment import AugConfig
 from .loader import TrainLoader
 from .mixture import Mixture
+from .sampler import mixing_bound, plan_epoch
 
 
 def run_audit(
@@ -97,6 +102,74 @@ def run_audit(
             }
         )
     return report
+
+
+def plan_report(mixture: Mixture, *, batch_size: int, epochs: int = 1, seed: int = 0, drop_last: bool = False) -> dict:
+    """The plan of ``epochs`` epochs as the loader will serve it (one process), without running it: per
+    epoch the samples and steps, per source its samples, the share of a batch it gets (expected, the
+    guaranteed bound, and the fewest / most it has in any batch of the plan)."""
+    counts, weights = mixture.counts, mixture.weights
+    names = [s.name for s in mixture.sources]
+    out = {"batch_size": batch_size, "seed": seed, "drop_last": drop_last, "epochs": []}
+    for epoch in range(epochs):
+        plan = plan_epoch(counts, weights, seed, epoch, names=names)
+        n = len(plan)
+        steps = plan.num_batches(batch_size, drop_last)
+        per_source = plan.counts(len(names))
+        p = per_source / max(n, 1)
+        bound = mixing_bound(p)
+        full = (n // batch_size) * batch_size
+        per_batch = (
+            np.stack([np.bincount(b, minlength=len(names)) for b in plan.source[:full].reshape(-1, batch_size)])
+            if full
+            else np.zeros((0, len(names)), np.int64)
+        )
+        out["epochs"].append(
+            {
+                "epoch": epoch,
+                "samples": n,
+                "steps": steps,
+                "sources": {
+                    name: {
+                        "count": int(mixture.sources[s].count),
+                        "weight": float(weights[s]),
+                        "samples": int(per_source[s]),
+                        "share": float(p[s]),
+                        "per_batch": float(p[s] * batch_size),
+                        "per_batch_bound": float(bound[s]),
+                        "per_batch_min": int(per_batch[:, s].min()) if len(per_batch) else None,
+                        "per_batch_max": int(per_batch[:, s].max()) if len(per_batch) else None,
+                    }
+                    for s, name in enumerate(names)
+                },
+            }
+        )
+    out["total_steps"] = sum(e["steps"] for e in out["epochs"])
+    return out
+
+
+def format_plan(plan: dict) -> str:
+    b = plan["batch_size"]
+    lines = []
+    for e in plan["epochs"]:
+        lines.append(
+            f"epoch {e['epoch']}: {e['samples']:,} samples = {e['steps']:,} steps of {b}"
+            f"{' (the last partial batch dropped)' if plan['drop_last'] else ''}"
+        )
+        for name, v in e["sources"].items():
+            seen = (
+                f", {v['per_batch_min']}-{v['per_batch_max']} in the plan's batches"
+                if v["per_batch_min"] is not None
+                else ""
+            )
+            lines.append(
+                f"  {name}: {v['samples']:,} samples ({v['count']:,} x weight {v['weight']:g}), "
+                f"{v['share']:.2%} of every batch = {v['per_batch']:.1f} of {b} "
+                f"(guaranteed within ±{v['per_batch_bound']:.2f}{seen})"
+            )
+    if len(plan["epochs"]) > 1:
+        lines.append(f"{plan['total_steps']:,} steps in {len(plan['epochs'])} epochs")
+    return "\n".join(lines)
 
 
 def format_report(report: dict) -> str:

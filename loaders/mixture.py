@@ -19,10 +19,11 @@ A mixture whose epoch could not be planned in the memory available (``DIR:1e6``)
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards.manifest import Manifest, ShardError
+from shards.manifest import MANIFEST_NAME, Manifest, ShardError
 
 from .sampler import check_epoch_size
 
@@ -102,7 +103,7 @@ def parse_shards_args(args) -> Mixture:
         entries = [_split_arg(a) for a in args]
     sources = []
     for path, weight, name in entries:
-        manifest = Manifest.load(path)
+        manifest = load_manifest(path)
         given = weight is not None
         sources.append(Source(name or manifest.name, Path(path), manifest, 1.0 if weight is None else weight, given))
     names = [s.name for s in sources]
@@ -115,6 +116,86 @@ def parse_shards_args(args) -> Mixture:
     if not any(s.weight > 0 and s.count > 0 for s in sources):
         raise ShardError("every source has weight 0; give at least one source a positive weight")
     return _checked(Mixture(tuple(sources)))
+
+
+def load_manifest(path: str | Path, option: str = "--shards") -> Manifest:
+    """``Manifest.load(path)``, except that a path which is not a shard set at all (an image folder, an
+    archive, a single tar) is refused with what it is and a pack command that writes somewhere else."""
+    p = Path(path)
+    if not (p / MANIFEST_NAME).is_file():
+        hint = not_a_shard_set(p, option)
+        if hint:
+            raise ShardError(hint)
+    return Manifest.load(p)
+
+
+def not_a_shard_set(p: Path, option: str = "--shards") -> str | None:
+    """One line for ``option p`` when ``p`` exists but is not a shard set: what it is, and the ``shards
+    pack`` command that packs it into a folder of its own (never into ``p``). None when there is nothing
+    better to say than ``Manifest.load``'s (missing path, empty folder)."""
+    archives = (".tar.gz", ".tgz", ".tar")
+    name = p.name.lower()
+    if p.is_file():
+        if name.endswith((".tar.gz", ".tgz")):
+            what = "a compressed tar archive"
+        elif name.endswith(".tar"):
+            what = "a single .tar file"
+        elif name.endswith((".npz", ".npy")):
+            what = "a numpy array file"
+        else:
+            what = "a file"
+        stem = next((p.name[: -len(a)] for a in archives if name.endswith(a)), p.stem)
+    elif p.is_dir():
+        what = _describe_folder(p)
+        if what is None:
+            return None
+        stem = p.resolve().name
+    else:
+        return None
+    out = Path("data") / stem  # as the README's commands: a folder of its own, never inside the images
+    inside = out.resolve() == p.resolve() or p.resolve() in out.resolve().parents
+    if inside or out.exists():
+        out = Path("data") / f"{stem}-shards"
+    return (
+        f"{option} {p}: {what}, not a shard set (a folder with {MANIFEST_NAME}, written by `python -m shards "
+        f"pack`); pack it into a folder of its own first: `python -m shards pack {p} --out {out}` (add --kind "
+        f"generated for generator output; pack names the folders inside when --subdir is needed), then "
+        f"{option} {out}"
+    )
+
+
+def _describe_folder(p: Path, peek: int = 200) -> str | None:
+    """What a folder without a manifest holds, from a look at its first entries (never a full walk)."""
+    from shards.sources import IMAGE_EXTS
+
+    try:
+        entries = sorted(os.scandir(p), key=lambda e: e.name)
+    except OSError:
+        return None
+    entries = [e for e in entries if not e.name.startswith(".")]
+    if not entries:
+        return None
+    files = [e.name for e in entries if e.is_file()]
+    dirs = [e for e in entries if e.is_dir()]
+    images = [f for f in files if f.lower().endswith(IMAGE_EXTS)]
+    tars = [f for f in files if f.lower().endswith((".tar", ".tar.gz", ".tgz"))]
+    if images:
+        return f"a folder of images ({images[0]}, …)"
+    if tars:
+        return f"a folder of tar files without {MANIFEST_NAME} ({', '.join(tars[:3])}{', …' if len(tars) > 3 else ''})"
+    with_images = []
+    for d in dirs[:peek]:
+        try:
+            if any(e.name.lower().endswith(IMAGE_EXTS) for _, e in zip(range(peek), os.scandir(d.path))):
+                with_images.append(d.name)
+        except OSError:
+            continue
+    if with_images:
+        names = ", ".join(with_images[:4]) + (", …" if len(dirs) > 4 else "")
+        return f"an ImageFolder tree of images (class folders {names})"
+    if dirs:
+        return f"a folder of folders ({', '.join(d.name for d in dirs[:4])}{', …' if len(dirs) > 4 else ''})"
+    return f"a folder without {MANIFEST_NAME}"
 
 
 def _checked(m: Mixture) -> Mixture:

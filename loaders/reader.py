@@ -132,7 +132,7 @@ class SourceReader:
                 if not manifest.digests and on_corrupt == "error":
                     raise ShardError(
                         f"{self._changed(s)}; re-pack {self.directory} with `python -m shards pack` (check it with "
-                        "`python -m shards verify`), or pass on_corrupt='skip' to check its samples one by one and "
+                        "`python -m shards verify`), or pass --on-corrupt skip to check its samples one by one and "
                         "skip the damaged ones"
                     )
         damaged = set(self._differs)
@@ -399,7 +399,7 @@ class SourceReader:
         return (
             f"{self.shard_file(i)}: sample {self.keys[i]!s} (member {self.keys[i]!s}.{self.ext} at byte "
             f"{int(self.offsets[i])}) {why}; re-pack {self.directory} with `python -m shards pack` "
-            f"(or check it with `python -m shards verify`), or pass on_corrupt='skip' to skip such samples"
+            f"(or check it with `python -m shards verify`), or pass --on-corrupt skip to skip such samples"
         )
 
     def decodes(self, i: int) -> bool:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import shlex
 import signal
 import sys
-from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 
 import click
 
 from .errors import UserError
+from .interrupt import interrupts, signal_of
 from .manifest import FORMATS, PACK_FORMATS
 from .sources import LAYOUTS
 
@@ -20,20 +20,27 @@ def _command_line() -> str:
     return "python -m shards " + shlex.join(sys.argv[1:])
 
 
-def _clean_errors(fn):
-    """A UserError (bad input) becomes one line on stderr and exit status 1, never a traceback."""
+def _clean_errors(kept: str = "nothing was changed"):
+    """A UserError (bad input) becomes one line on stderr and exit status 1, never a traceback; Ctrl-C or
+    SIGTERM (see ``shards.interrupt``) one line saying what was kept (``kept``, formatted with the
+    command's arguments) and how to continue, exit 128 + the signal (130 for Ctrl-C)."""
 
-    @wraps(fn)
-    def run(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted; the output folder was left as it was", err=True)
-            sys.exit(130)
+    def wrap(fn):
+        @wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                with interrupts():
+                    return fn(*args, **kwargs)
+            except UserError as e:
+                raise click.ClickException(str(e)) from None
+            except KeyboardInterrupt as e:
+                signum = signal_of(e)
+                click.echo(f"interrupted ({signal.Signals(signum).name}): {kept.format(**kwargs)}", err=True)
+                sys.exit(128 + signum)
 
-    return run
+        return run
+
+    return wrap
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,8 +110,8 @@ def main():
     is_flag=True,
     help="Replace the shard set in --out (its manifest's files only, once the new set is complete).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_clean_errors
+@click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, a line per tenth elsewhere).")
+@_clean_errors("nothing was written and {out} is as it was (a shard set already there is intact); pack again")
 def pack(
     src,
     out,
@@ -149,37 +156,18 @@ def pack(
         progress=not quiet,
         command=_command_line(),
     )
-    with _sigterm_interrupts():
-        result = run_pack(src, cfg, subdir=subdir, layout=layout)
+    result = run_pack(src, cfg, subdir=subdir, layout=layout)
     click.echo(result.summary())
     click.echo(f"output:  {out}")
     for w in result.warnings:
         click.echo(w, err=True)
 
 
-@contextmanager
-def _sigterm_interrupts():
-    """SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so pack removes its temporary folder."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        before = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
-
-
 @main.command()
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="Processes (0 = one per core).")
 @click.option("--no-decode", is_flag=True, help="Skip decoding every image (structure, index and checksums only).")
-@_clean_errors
+@_clean_errors("nothing was changed (verify only reads); run it again")
 def verify(dirs, workers, no_decode):
     """Re-read every shard with the loader's own checks: tar structure, index, every image (structure, decode,
     size), labels, each sample's recorded sha256, unique keys, counts and sha256 against the manifest."""
@@ -206,7 +194,7 @@ def verify(dirs, workers, no_decode):
 
 @main.command()
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@_clean_errors
+@_clean_errors()
 def info(dirs):
     """A table of shard sets: name, kind, count, shards, format, classes, bytes, fid."""
     from .verify import INFO_COLUMNS, format_table, info_rows
@@ -221,7 +209,7 @@ def info(dirs):
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0)
 @click.option("--overwrite", is_flag=True, help="Replace demo shard sets already in --out.")
-@_clean_errors
+@_clean_errors("the demo sets already complete in {out} are kept, a set being written was left out; run it again")
 def demo(out, size, seed, fmt, workers, overwrite):
     """Make the built-in procedural demo data set (no download): real, generated and test shard sets."""
     from .demo import SIZES, make_demo
@@ -254,7 +242,7 @@ def demo(out, size, seed, fmt, workers, overwrite):
 )
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True, help="Seconds per command.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report here.")
-@_clean_errors
+@_clean_errors()
 def fuzz(cases, seed, work, in_process, timeout, json_path):
     """Damage tiny packed sets at random (seeded) and hold verify, the audit and train.py to the contract."""
     import json

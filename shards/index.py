@@ -11,6 +11,10 @@ million samples), so readers keep what they parse in a cache (:func:`load_cache`
 time of the index and its tar, so an edited, re-packed or re-indexed shard is parsed again. A
 read-only shard folder falls back to a per-user cache folder, and a cache that cannot be written
 is simply not written: caching never turns into an error.
+
+The caches are the project's own files: ``shards pack`` does not take them for inputs, ``--overwrite``
+removes the old set's (:func:`existing_caches`), and they are created readable by everyone the umask
+allows (0644 under the usual 022), like the shards, so the other users of a shared data folder reuse them.
 """
 
 from __future__ import annotations
@@ -126,6 +130,9 @@ def _parse_lines(path: Path, body: list[str]) -> ShardIndex:
 # ---------------------------------------------------------------------------------------------------
 # The cache of parsed (and derived) per-sample arrays
 # ---------------------------------------------------------------------------------------------------
+CACHE_SUFFIX = ".loader-cache.npz"  # beside the index: f".{index name}{CACHE_SUFFIX}"
+
+
 def file_stamp(*paths: str | Path) -> np.ndarray:
     """Size and modification time (ns) of each file, following symbolic links (int64 array)."""
     out = []
@@ -137,15 +144,40 @@ def file_stamp(*paths: str | Path) -> np.ndarray:
 
 def cache_paths(index_path: str | Path) -> list[Path]:
     """Where the cache of ``index_path`` may live, in the order they are tried: beside the index
-    (``.NAME.idx.loader-cache.npz``), then the user's cache folder (``$XDG_CACHE_HOME`` or
+    (``.NAME-00000.idx.loader-cache.npz``), then the user's cache folder (``$XDG_CACHE_HOME`` or
     ``~/.cache``, ``adainf-loader/index/``, named by a hash of the index's absolute path)."""
     index_path = Path(index_path).absolute()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     digest = hashlib.sha256(str(index_path).encode()).hexdigest()[:32]
     return [
-        index_path.parent / f".{index_path.name}.loader-cache.npz",
+        index_path.parent / f".{index_path.name}{CACHE_SUFFIX}",
         Path(base) / "adainf-loader" / "index" / f"{digest}.npz",
     ]
+
+
+def is_cache_file(name: str) -> bool:
+    """True for the name of a cache beside an index (``.NAME-00000.idx.loader-cache.npz``) or of one
+    being written (``.{that}.XXXX.tmp``)."""
+    return name.startswith(".") and (name.endswith(CACHE_SUFFIX) or (CACHE_SUFFIX + ".") in name)
+
+
+def existing_caches(index_path: str | Path) -> list[Path]:
+    """The cache files of ``index_path`` that exist now (beside it and in the user's cache folder)."""
+    return [p for p in cache_paths(index_path) if p.is_file()]
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it (briefly) and restore it
+    os.umask(mask)
+    return mask
 
 
 def load_cache(index_path: str | Path, stamp: np.ndarray) -> dict[str, np.ndarray] | None:
@@ -170,6 +202,7 @@ def save_cache(index_path: str | Path, stamp: np.ndarray, arrays: dict[str, np.n
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: other users of the folder could not read it
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, stamp=stamp, **arrays)
             os.replace(tmp, path)

@@ -32,19 +32,19 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .encode import EncodeConfig, encode_batch
+from .index import existing_caches
+from .interrupt import deferred, ignore_in_worker
 from .lock import OutputLock
 from .manifest import MANIFEST_NAME, PACK_FORMATS, Manifest, ShardError, atomic_write_text, check_name
+from .progress import progress
 from .sources import ArraySource, Source, open_source
 from .writer import ShardSetWriter
 
@@ -203,6 +203,7 @@ def pack(src: str | os.PathLike | Source, cfg: PackConfig, *, subdir: str = "", 
     except OSError as e:
         raise ShardError(describe_os_error(e, out)) from None
     warnings += _per_class_warning(cfg.per_class, source, per_label)
+    warnings += _unlabelled_real_warning(manifest, source)
     return PackResult(manifest, source.detected, manifest.count, skipped, how, time.perf_counter() - t0, note, warnings)
 
 
@@ -269,17 +270,7 @@ def _write_and_install(
             command=cfg.command,
             stem=stem,
         )
-        with (
-            writer,
-            tqdm(
-                total=len(order),
-                unit="img",
-                desc=f"pack {name}",
-                disable=not cfg.progress,
-                file=sys.stderr,
-                mininterval=0.5,
-            ) as bar,
-        ):
+        with writer, progress(len(order), f"pack {name}", "img", enabled=cfg.progress) as bar:
             for batch, results in _encoded(source, order, ecfg, cfg, lock.fd):
                 for pos, (data, size, info, src_fmt) in zip(batch.positions, results):
                     pos = int(pos)
@@ -341,6 +332,20 @@ def _lossy_warning(m: Manifest, formats: Counter, cfg: PackConfig) -> list[str]:
     ]
 
 
+def _unlabelled_real_warning(m: Manifest, source: Source) -> list[str]:
+    """A set packed as ``--kind real`` (the default) without a single label: most likely generator output
+    that was not marked, which train.py would weight as real data (and then use the no-inflation recipe)."""
+    if m.kind != "real" or m.labelled:
+        return []
+    what = "an unlabelled flat folder" if "flat folder" in source.detected else "an unlabelled source"
+    return [
+        f"warning: {m.name!r} has no labels and was packed as --kind real (the default); {what} looks like "
+        "generator output: if it is, re-pack with --kind generated --overwrite (train.py would otherwise weight "
+        "it as real data, and with no generated source drop the AdaInf recipe); labelled real images come as "
+        "one folder per class (ImageFolder) or with KEY.cls labels"
+    ]
+
+
 def _per_class_warning(per_class: int | None, source: Source, per_label: Counter) -> list[str]:
     """--per-class N that the source cannot meet gives what it has, unbalanced: say so, per class.
 
@@ -376,7 +381,8 @@ def _encoded(source: Source, order: np.ndarray, ecfg: EncodeConfig, cfg: PackCon
         return
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
     lock_fd = lock_fd if ctx.get_start_method() == "fork" else None
-    pool = ctx.Pool(workers, initializer=_worker_init, initargs=(lock_fd,))
+    with deferred():  # a signal during the forks would be lost (see shards.interrupt.deferred)
+        pool = ctx.Pool(workers, initializer=_worker_init, initargs=(lock_fd,))
     try:
         pending: deque = deque()
         for b in batches:
@@ -394,11 +400,12 @@ def _encoded(source: Source, order: np.ndarray, ecfg: EncodeConfig, cfg: PackCon
     pool.join()
 
 
-def _stop_pool(pool, timeout: float = 10.0) -> None:
+def _stop_pool(pool, timeout: float = 0.3) -> None:
     """Stop a pool whose work is abandoned, in bounded time. ``Pool.terminate`` can hang for good when the
     interruption lands while its task thread is writing a batch to the workers (seen here: the task thread
     waiting on the queue's write lock, ``terminate`` joining it). So: kill the workers, then terminate in a
-    daemon thread for at most ``timeout`` seconds; the pool's threads are daemons and die with the process."""
+    daemon thread for at most ``timeout`` seconds (the workers are gone by then: what is left is bookkeeping);
+    the pool's threads are daemons and die with the process."""
     import threading
 
     for w in getattr(pool, "_pool", []):  # the worker processes (not public API; absent, terminate alone)
@@ -410,11 +417,13 @@ def _stop_pool(pool, timeout: float = 10.0) -> None:
 
 
 def _worker_init(lock_fd: int | None) -> None:
-    """In each forked encoding worker: SIGTERM back to its default (the pool stops its workers with
-    SIGTERM; the CLI's handler, inherited by the fork, would turn that into a KeyboardInterrupt inside
-    the worker and hang the pool's shutdown), and close the inherited lock fd (its flock belongs to the
-    open file: a worker outliving a killed pack would keep --out locked)."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """In each forked encoding worker: SIGINT ignored (a Ctrl-C reaches the whole process group; the
+    parent stops the workers, which would otherwise each print a KeyboardInterrupt traceback), SIGTERM
+    back to its default (the pool stops its workers with SIGTERM; the CLI's handler, inherited by the fork,
+    would turn that into a KeyboardInterrupt inside the worker and hang the pool's shutdown), and close the
+    inherited lock fd (its flock belongs to the open file: a worker outliving a killed pack would keep
+    --out locked)."""
+    ignore_in_worker()
     if lock_fd is not None:
         try:
             os.close(lock_fd)
@@ -569,17 +578,26 @@ def pending_install_files(out: Path) -> set[str]:
 
 
 def _remove(out: Path, names) -> list[str]:
-    """Remove ``out/name`` for plain names inside ``out``; the names that could not be removed."""
+    """Remove ``out/name`` for plain names inside ``out``, and the loaders' caches of the indexes among
+    them (``shards.index.existing_caches``: beside the index and in the user's cache folder, which would
+    otherwise outlive the set); the names that could not be removed."""
     left = []
     root = out.resolve()
     for f in names:
         p = out / f
         if root not in p.resolve().parents:  # a manifest never names files outside its folder
             continue
+        caches = existing_caches(p) if p.suffix == ".idx" else []
         try:
             p.unlink(missing_ok=True)
         except OSError:
             left.append(f)
+            continue
+        for c in caches:
+            try:
+                c.unlink(missing_ok=True)
+            except OSError:
+                pass  # a stale cache is never used (it is stamped with the index's size and time)
     return left
 
 

@@ -452,6 +452,101 @@ class TarSource(Source):
             ) from None
 
 
+@dataclass
+class ShardSetSource(Source):
+    """A shard set written by ``shards pack`` (a folder with ``manifest.json``), read back from its tars
+    through their indexes: re-pack it to take a subset (``--per-class``, ``--limit``) or change the format.
+    Labels come from the ``KEY.cls`` members, classes from the manifest."""
+
+    root: Path = None
+    format: str = "jpg"
+    image_size: tuple[int, int] | None = None
+    members: list[tuple[str, int, int]] = None  # (tar, data offset, size) of each sample's image
+    keys: list[str] = None
+
+    @classmethod
+    def open(cls, root: Path) -> ShardSetSource:
+        from .index import read_index
+        from .manifest import Manifest
+
+        m = Manifest.load(root)
+        members, keys, labels = [], [], []
+        for shard in m.shards:
+            idx = read_index(root / shard.index)
+            tar = str(root / shard.file)
+            images = [e for e in idx.offsets if e not in ("cls", "json")]  # the image member: KEY.<format>
+            ext = m.format if m.format in idx.offsets else (images[0] if len(images) == 1 else None)
+            if ext is None or "cls" not in idx.offsets:
+                raise ShardError(f"{root / shard.index}: no {m.format}/cls members listed; verify the set")
+            with open(tar, "rb") as f:
+                for key, off, size, c_off, c_size in zip(
+                    idx.keys.tolist(),
+                    idx.offsets[ext].tolist(),
+                    idx.sizes[ext].tolist(),
+                    idx.offsets["cls"].tolist(),
+                    idx.sizes["cls"].tolist(),
+                ):
+                    f.seek(c_off)
+                    try:
+                        labels.append(int(f.read(c_size)))
+                    except ValueError:
+                        raise ShardError(f"{tar}: {key}.cls is not an integer; verify the set") from None
+                    members.append((tar, off, size))
+                    keys.append(f"{shard.file}:{key}")
+        detected = (
+            f"shard set {root} (name {m.name!r}, kind {m.kind}, {m.count} {m.format} samples, "
+            f"{len(m.classes)} classes; read from its tars)"
+        )
+        return cls(
+            detected,
+            np.asarray(labels, dtype=np.int64),
+            tuple(m.classes),
+            root=root,
+            format=m.format,
+            image_size=tuple(m.image_size) if m.image_size else None,
+            members=members,
+            keys=keys,
+        )
+
+    def origin(self, pos: int) -> str:
+        return self.keys[pos]
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        return self.image_size
+
+    def input_formats(self, order: np.ndarray) -> Counter:
+        return Counter({{"jpg": "jpeg", "raw": "array"}.get(self.format, self.format): len(order)})
+
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
+        files: dict[str, object] = {}
+        try:
+            for start in range(0, len(order), batch_size):
+                chunk = np.asarray(order[start : start + batch_size])
+                data = []
+                for i in chunk.tolist():
+                    tar, off, size = self.members[i]
+                    f = files.get(tar) or files.setdefault(tar, open(tar, "rb"))
+                    f.seek(off)
+                    data.append(f.read(size))
+                if self.format == "raw":  # raw uint8 HWC bytes (or a .npy member holding them)
+                    h, w = self.image_size
+                    pixels = np.stack(
+                        [
+                            (np.load(io.BytesIO(d)) if d[:6] == b"\x93NUMPY" else np.frombuffer(d, np.uint8)).reshape(
+                                h, w, 3
+                            )
+                            for d in data
+                        ]
+                    )
+                    yield Batch(chunk, "pixels", pixels)
+                else:
+                    yield Batch(chunk, "bytes", data)
+        finally:
+            for f in files.values():
+                f.close()
+
+
 def zlib_error():
     import zlib
 
@@ -464,11 +559,16 @@ def _list_tar(archive: Path, subdir: str, where: str, stop_after: int | None = N
     ``stop_after`` the pass ends after that many image members."""
     prefix = subdir.strip("/") + "/" if subdir else ""
     names, offsets, blobs = [], [], {}
+    folders: set[str] = set()  # folders down to --subdir's depth, to name the ones that exist
+    depth = len(PurePosixPath(prefix).parts)
     n_images = 0
     try:
         with tarfile.open(archive, "r|*") as tf:
             for m in tf:
                 if not m.isfile() or not m.name.startswith(prefix):
+                    if prefix and not names:  # only while --subdir was not found: it may be a typo
+                        parts = PurePosixPath(m.name if m.isdir() else PurePosixPath(m.name).parent).parts
+                        folders.update("/".join(parts[: k + 1]) for k in range(min(depth, len(parts))))
                     continue
                 rel = m.name[len(prefix) :]
                 names.append(m.name)
@@ -484,9 +584,53 @@ def _list_tar(archive: Path, subdir: str, where: str, stop_after: int | None = N
     except (tarfile.TarError, EOFError, OSError, zlib_error()) as e:
         raise ShardError(f"{where}: not a readable tar archive ({e}); check the file or re-download it") from None
     if not names:
-        fix = f"check --subdir {subdir!r}" if subdir else "it holds no files"
+        fix = _subdir_hint(subdir, _children(folders, subdir)) if subdir else "it holds no files"
         raise ShardError(f"{where}: no files{' under ' + prefix if prefix else ''} in the archive; {fix}")
     return names, offsets, blobs, prefix
+
+
+def _children(folders: set[str], subdir: str) -> tuple[str, list[str]]:
+    """The deepest folder above ``subdir`` that exists among ``folders`` ("" for the top) and the folders
+    directly inside it."""
+    parts = PurePosixPath(subdir.strip("/")).parts
+    for k in range(len(parts) - 1, -1, -1):
+        base = "/".join(parts[:k])
+        if not base or base in folders:
+            return base, sorted(f for f in folders if str(PurePosixPath(f).parent) == (base or "."))
+    return "", []
+
+
+def _folders_of(src: Path, subdir: str) -> tuple[str, list[str]]:
+    """As :func:`_children` for a folder on disk."""
+    parts = PurePosixPath(subdir.strip("/")).parts
+    for k in range(len(parts) - 1, -1, -1):
+        base = "/".join(parts[:k])
+        here = src / base if base else src
+        if here.is_dir():
+            try:
+                names = sorted(e.name for e in os.scandir(here) if e.is_dir() and not e.name.startswith("."))
+            except OSError:
+                names = []
+            return base, [f"{base}/{n}" if base else n for n in names]
+    return "", []
+
+
+def _subdir_hint(subdir: str, found: tuple[str, list[str]]) -> str:
+    """ "check --subdir: the folders inside X are ...; did you mean ...?" for a --subdir that does not exist."""
+    import difflib
+
+    base, inside = found
+    if not inside:
+        return f"check --subdir {subdir!r}: {'folder ' + base if base else 'the top level'} has no folders"
+    parts = PurePosixPath(subdir.strip("/")).parts
+    k = len(PurePosixPath(base).parts) if base else 0  # the first part of --subdir that is not there
+    names = {PurePosixPath(f).name: f for f in inside}
+    close = difflib.get_close_matches(parts[k], list(names), n=1, cutoff=0.5)
+    listed = ", ".join(inside[:12]) + (", …" if len(inside) > 12 else "")
+    hint = f"check --subdir: the folders {'inside ' + base if base else 'at the top'} are {listed}"
+    if close:
+        hint += f"; did you mean --subdir {'/'.join((names[close[0]], *parts[k + 1 :]))}?"
+    return hint
 
 
 # -- entry point -----------------------------------------------------------------------------------
@@ -526,7 +670,9 @@ def open_source(
         raise ShardError(f"{src}: unsupported file type; {_FIX}")
     root = src / subdir if subdir else src
     if not root.is_dir():
-        raise ShardError(f"{root}: no such folder; check --subdir")
+        raise ShardError(f"{root}: no such folder; {_subdir_hint(subdir, _folders_of(src, subdir))}")
+    if (root / "manifest.json").is_file():
+        return ShardSetSource.open(root)
     paths = _walk(root)
     if not paths:
         raise ShardError(f"{root}: empty folder; {_FIX}")
@@ -557,13 +703,23 @@ def _read_small(path: Path) -> bytes:
         return b""  # reported as a bad label by webdataset_tree
 
 
+def _project_file(name: str) -> bool:
+    """Files this project writes beside data, never inputs: the loaders' index caches, lock files,
+    temporary files of atomic writes."""
+    from .index import is_cache_file
+    from .lock import LOCK_NAME
+
+    return is_cache_file(name) or name == LOCK_NAME or (name.startswith(".") and name.endswith(".tmp"))
+
+
 def _walk(root: Path) -> list[str]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not (d.startswith(".pack-") and d.endswith(".tmp")))
         rel = os.path.relpath(dirpath, root)
         for f in sorted(filenames):
-            out.append(f if rel == "." else f"{rel}/{f}".replace(os.sep, "/"))
+            if not _project_file(f):
+                out.append(f if rel == "." else f"{rel}/{f}".replace(os.sep, "/"))
     return sorted(out, key=lambda p: PurePosixPath(p).parts)
 
 

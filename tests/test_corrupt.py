@@ -124,7 +124,7 @@ def test_error_mode_names_the_shard_and_sample_in_one_line(rotten_set):
     out = run_loader(rotten_set, "error")
     assert not out["ok"]
     msg = out["error"]
-    assert "\n" not in msg and "rotten-0000" in msg and ".tar: sample 0000" in msg and "on_corrupt='skip'" in msg
+    assert "\n" not in msg and "rotten-0000" in msg and ".tar: sample 0000" in msg and "--on-corrupt skip" in msg
     key = msg.split("sample ")[1].split()[0]
     assert int(key) in (*ROTTEN, 50)
 

@@ -242,7 +242,7 @@ def test_rot_after_the_cache_is_found_at_the_next_open(tmp_path, monkeypatch):
     assert not error["warnings"]  # the error is the one line
     # version 1: the changed shard itself is the error; skipping checks its samples by decoding them
     assert not old_error["ok"] and "old-00000.tar: its sha256 differs" in old_error["error"]
-    assert "on_corrupt='skip'" in old_error["error"]
+    assert "--on-corrupt skip" in old_error["error"]
     assert (
         old_skip["ok"]
         and old_skip["corrupt"] == 1

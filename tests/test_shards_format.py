@@ -129,7 +129,10 @@ def test_cifar_pickles_default_to_raw(tmp_path):
 
 def test_explicit_jpg_on_lossless_source_warns_in_one_line(tmp_path):
     np.save(tmp_path / "a.npy", np.stack([img(i) for i in range(4)]))
-    code, out, err = run("pack", tmp_path / "a.npy", "--out", tmp_path / "o", "--format", "jpg", "-q")
+    # unlabelled, so --kind generated (as --kind real it would also be warned about: tests/test_shards_cli.py)
+    code, out, err = run(
+        "pack", tmp_path / "a.npy", "--out", tmp_path / "o", "--format", "jpg", "--kind", "generated", "-q"
+    )
     assert code == 0, out + err
     warnings = [line for line in err.splitlines() if line.startswith("warning")]
     assert len(warnings) == 1 and "4 of 4 images were re-encoded lossily as JPEG q95" in warnings[0]

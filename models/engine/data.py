@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from loaders.mixture import Mixture, parse_shards_args
+from loaders.mixture import Mixture, load_manifest, parse_shards_args
 from loaders.recipe import AUG_KNOBS, Recipe, resolve_recipe
 from shards.errors import ConfigError
 from shards.manifest import Manifest
@@ -134,6 +134,34 @@ def plan_data(s, world_size: int, aug_family: str) -> DataPlan:
     return DataPlan(recipe.mixture, recipe, eval_plan.train_labels, eval_plan.eval_shards, classes)
 
 
+def data_notes(plan: DataPlan, s) -> list[str]:
+    """Lines a user should read before the run starts: evaluation that will not happen, real sources
+    without labels (often generator output packed without ``--kind generated``)."""
+    notes = []
+    if not plan.eval_shards:
+        ignored = [f"--{k.replace('_', '-')} {getattr(s, k)}" for k in ("probe_epochs", "eval_every") if getattr(s, k)]
+        notes.append(
+            "no --eval-shards: no accuracy will be measured (no kNN monitor, no final evaluation"
+            + (f"; {' and '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored" if ignored else "")
+            + "); the online probe still trains on the training views. Give --eval-shards DIR, a labelled "
+            "test set (`python -m shards pack SRC --split test --out DIR`), to measure it"
+        )
+    unlabelled = [src for src in plan.mixture.sources if src.kind == "real" and not src.manifest.labelled]
+    generated = any(src.kind == "generated" and src.weight > 0 for src in plan.mixture.sources)
+    for src in unlabelled:
+        consequence = (
+            "; with no generated source the AdaInf policy uses the no-inflation recipe"
+            if not generated and plan.decision is not None and plan.decision.mode == "adainf"
+            else ""
+        )
+        notes.append(
+            f"warning: source {src.name!r} ({src.path}) is kind real but has no labels: it is weighted as real "
+            f"data{consequence}. If it is generator output, re-pack it with `python -m shards pack ... --kind "
+            "generated --overwrite`"
+        )
+    return notes
+
+
 def plan_eval(eval_shards, train_labels, required: bool = True) -> DataPlan:
     """The evaluation sets alone (``--eval-only``, the random-init baseline): labelled, readable."""
     if required and not eval_shards:
@@ -143,7 +171,7 @@ def plan_eval(eval_shards, train_labels, required: bool = True) -> DataPlan:
     classes = [10]
     for opt, dirs in (("--eval-shards", eval_shards), ("--train-labels", train_labels)):
         for d in dirs:
-            m = Manifest.load(d)
+            m = load_manifest(d, opt)
             if not m.labelled:
                 raise ConfigError(f"{opt} {d}: shard set has no labels ({m.kind}); give a labelled real set")
             classes.append(m.num_classes)  # class names, or the labels a set without names uses

@@ -1,8 +1,11 @@
 """What a run tells: ``metrics.jsonl`` + TensorBoard for machines, a progress bar or log lines for people.
 
 ``Metrics`` writes one JSON object per line (``kind``: train / eval / final / ...) and the same scalars to
-TensorBoard, on rank 0 only. On resume it keeps the records up to the checkpoint's step; a torn last line
-(a crash mid-write) is dropped, not fatal.
+TensorBoard, on rank 0 only. On resume it keeps the records up to the checkpoint's step (a run extended
+with a larger ``--steps`` keeps its earlier ``final`` record: it describes the model at that step) and
+TensorBoard keeps the events up to it too (``purge_step`` is the step after the checkpoint's: events at
+the checkpoint's own step were written before it and stay); a torn last line (a crash mid-write) is
+dropped, not fatal.
 
 ``Progress`` is a tqdm bar when stderr is a terminal; anywhere else (CI, ``> run.log``, a cluster job) it
 writes one plain line every ``--log-every`` steps instead of carriage-return redraws.
@@ -15,6 +18,8 @@ import math
 import sys
 import time
 from pathlib import Path
+
+from shards.progress import duration
 
 
 class Metrics:
@@ -36,14 +41,15 @@ class Metrics:
                 except ValueError:
                     self.dropped += 1  # a crash can tear the last line
                     continue
-                if isinstance(rec, dict) and rec.get("step", 0) <= keep_until_step and rec.get("kind") != "final":
+                if isinstance(rec, dict) and rec.get("step", 0) <= keep_until_step:
                     kept.append(line)
             atomic_write_text(path, "".join(ln + "\n" for ln in kept))
         self.file = open(path, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=keep_until_step)
+            purge = None if keep_until_step is None else keep_until_step + 1  # hide only what came after it
+            self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge)
 
     def write(self, kind: str, step: int, **values) -> dict:
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
@@ -118,7 +124,7 @@ class Progress:
         figures = " ".join(f"{k} {v}" for k, v in shown.items())
         self.write(
             f"step {step}/{self.total} ({step / self.total:.0%}) epoch {record.get('epoch', 0)} {figures}"
-            f" eta {_duration(eta)}"
+            f" eta {duration(eta)}"
         )
 
     def write(self, message: str) -> None:
@@ -133,11 +139,3 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"

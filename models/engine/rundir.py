@@ -29,6 +29,11 @@ def check_out(path: Path, continues: bool = False) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {path}: exists and is not a directory; choose another --out")
     if path.is_dir() and holds_run(path) and not continues:
+        if not (path / CKPT_LAST).exists():  # stopped before its first checkpoint: nothing to resume
+            raise ConfigError(
+                f"--out {path}: holds a run that never saved a checkpoint (config.yaml / metrics.jsonl, no "
+                f"{CKPT_LAST}: stopped before its first); there is nothing to resume: remove it or choose a new --out"
+            )
         raise ConfigError(
             f"--out {path}: already holds a run (config.yaml / metrics.jsonl / {CKPT_LAST}); "
             f"continue it with `python train.py --resume {path}` or choose a new --out"

@@ -26,6 +26,8 @@ from models.engine.runtime import rng_state, set_rng_state
 from models.optim import build_optimizer, build_scheduler
 from models.syncbn import convert_sync_batchnorm
 from shards.errors import UserError
+from shards.interrupt import Interrupt, in_forked_child, interrupts, signal_of
+from shards.progress import duration
 
 DEFAULT_STEPS = 100_000  # the release's budget for every CIFAR setting (scripts/pretrain/cifar/*.yaml)
 
@@ -41,11 +43,15 @@ class Interrupted(UserError):
 
 
 class StopFlag:
-    """SIGINT / SIGTERM set a flag the loop checks at the next step; a second SIGINT interrupts at once."""
+    """SIGINT / SIGTERM set a flag the loop checks at the next step (saying so at once: a step can take a
+    while); a second SIGINT interrupts at once (a ``KeyboardInterrupt`` the loop turns into one line).
+    Processes forked meanwhile (worker pools) leave the decision to this one."""
 
-    def __init__(self):
+    def __init__(self, notice=None):
         self.signum = 0
         self._old = {}
+        self._pid = os.getpid()
+        self._notice = notice  # called with the signal's name on the first signal (rank 0 says what happens)
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -53,9 +59,13 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
+        if in_forked_child(self._pid, signum):
+            return
         if self.signum and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
+            raise Interrupt(signum)
+        if not self.signum and self._notice is not None:
+            self._notice(signal.Signals(signum).name)
+        self.signum = self.signum or signum
 
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
@@ -162,13 +172,27 @@ class Trainer:
     def load_state_dict(self, ckpt: dict) -> None:
         self.method.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self._load_schedule_position(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.loader.load_state_dict(ckpt["loader"])
         rng = ckpt.get("rng")
         if rng:
             set_rng_state(rng[self.rt.rank] if len(rng) == self.rt.world_size else rng[0])
         self.step_count = int(ckpt["step"])
+
+    def _load_schedule_position(self, state: dict) -> None:
+        """The scheduler's position from a checkpoint, its shape from these settings. ``LambdaLR`` saves the
+        fields of its lr function (total and warm-up steps) and would restore the checkpoint's schedule, so a
+        run resumed with another ``--steps`` / ``--epochs`` kept the old one (annealed to 0 early, or never);
+        here only the position is loaded, and every group's lr is set for the step reached."""
+        state = dict(state)
+        state["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)  # keep this run's schedule
+        self.scheduler.load_state_dict(state)
+        at = self.scheduler.last_epoch
+        lrs = [base * f(at) for base, f in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self.scheduler._last_lr = lrs  # what get_last_lr() reports
 
     # -- the run ---------------------------------------------------------------------------------------
     def fit(self, run=None, evaluator=None, resolved: dict | None = None, last_good: Path | None = None) -> dict:
@@ -179,6 +203,31 @@ class Trainer:
         """
         loop = _Loop(self, run, evaluator, resolved or {}, last_good)
         return loop.run()
+
+
+EARLY_LOGS = 2  # the first steps of a run are logged at once: on a slow device --log-every steps can take hours
+ESTIMATE_STEPS, ESTIMATE_SECONDS = 3, 20.0  # the estimate is measured over this many steps, or this long
+ESTIMATE_LINE_S = 3600.0  # a run whose rest would take longer than this gets the estimate line
+
+
+def estimate_line(per_step: float, steps_left: int, measured: tuple[int, int], s, device: str) -> str | None:
+    """One line for a run whose remaining ``steps_left`` would take far beyond minutes at ``per_step``
+    seconds a step (None otherwise), naming the knobs that shorten it on this device."""
+    left = per_step * steps_left
+    if left < ESTIMATE_LINE_S:
+        return None
+    knobs = []
+    if str(device).startswith("cpu") and s.backbone != "convnet":
+        knobs.append(f"the small CPU backbone (--backbone convnet, as --demo uses; now {s.backbone})")
+    knobs.append(f"fewer steps (--steps N; {steps_left:,} left now)")
+    if str(device).startswith("cpu") and torch.cuda.is_available():
+        knobs.append("the GPU this machine has (--device cuda)")
+    a, b = measured
+    where = f"step {a}" if a == b else f"steps {a}-{b}"
+    return (
+        f"estimate: {duration(left)} for the {steps_left:,} steps left at {per_step:.3g} s/step (measured over "
+        f"{where} on {device}; evaluations not included); to shorten it: {', '.join(knobs)}"
+    )
 
 
 def data_wait_hint(wait: float, s, on_gpu: bool, threshold: float = 0.2) -> str | None:
@@ -211,13 +260,15 @@ class _Loop:
         self.interval_steps, self.wait, self.epoch = 0, 0.0, 0
         self.skipped_reported = trainer.loader.stats.corrupt
         self.logs, self.hinted = 0, False
+        self.start = trainer.step_count  # the first EARLY_LOGS steps after it are logged whatever --log-every
+        self.t_measure, self.paused_s, self.estimated = None, 0.0, False
 
     def run(self) -> dict:
         t, s = self.t, self.s
         t.method.train()
         stopping = False
         try:
-            with StopFlag() as stop:
+            with StopFlag(self.notice if self.rt.master else None) as stop:
                 self.t_interval = self.t_step_end = time.perf_counter()
                 batches = t.loader.batches() if t.step_count < t.total_steps else iter(())
                 for batch in batches:
@@ -230,10 +281,11 @@ class _Loop:
                     if not self.rt.distributed:  # in DDP the ranks agree on a stop at a log step, never alone
                         stopping = bool(stop.signum)
                     self.t_step_end = time.perf_counter()
-                    if step % s.log_every == 0 or step == t.total_steps:
+                    if step % s.log_every == 0 or step == t.total_steps or step <= self.start + EARLY_LOGS:
                         self.log(step)
                         if self.rt.distributed:
                             stopping = self.rt.any_rank(bool(stop.signum))
+                    self.estimate(step)
                     keep_due = s.keep_every and step % s.keep_every == 0
                     if (s.ckpt_every and step % s.ckpt_every == 0) or keep_due or step == t.total_steps or stopping:
                         self.paused(self.checkpoint, step, keep_due)
@@ -251,13 +303,73 @@ class _Loop:
             self.progress.close()
             final = {}
             if self.evaluator and self.rt.master:
-                final = self.evaluator(t.method, probe_epochs=s.probe_epochs)
-                final.update(self.skipped())
-                self.metrics.write("final", t.step_count, **final)
+                final = self.final_evaluation()
             self.rt.barrier()
             return final
+        except KeyboardInterrupt as e:  # a second Ctrl-C in the loop: at once, the step under way is lost
+            raise Interrupted(self.stopped_at_once(signal_of(e)), signal_of(e)) from None
         finally:
             self.progress.close()
+
+    def notice(self, name: str) -> None:
+        """Said at once on the first SIGINT / SIGTERM (from the signal handler): a step can take long."""
+        self.progress.write(
+            f"{name}: stopping after step {self.t.step_count + 1} and saving a checkpoint "
+            "(Ctrl-C again stops at once, without saving that step)"
+        )
+
+    def resume_hint(self) -> str:
+        return f"`python train.py --resume {self.run_dir.path if self.run_dir else '<run dir>'}`"
+
+    def stopped_at_once(self, signum: int) -> str:
+        name = signal.Signals(signum).name
+        if self.last_good is not None:
+            kept = f"the last checkpoint {self.last_good} is kept; continue with {self.resume_hint()}"
+        else:
+            where = self.run_dir.path if self.run_dir else "the run directory"
+            kept = f"no checkpoint was written yet: remove {where} or choose another --out to start again"
+        return f"{name} again during step {self.t.step_count + 1}: stopped at once without saving it; {kept}"
+
+    def final_evaluation(self) -> dict:
+        """The final evaluation (kNN, online probe, offline linear probe), interruptible at once: it runs
+        after the last checkpoint, so a Ctrl-C loses no training."""
+        t, s = self.t, self.s
+        try:
+            with interrupts():
+                final = self.evaluator(t.method, probe_epochs=s.probe_epochs)
+        except KeyboardInterrupt as e:
+            name = signal.Signals(signal_of(e)).name
+            saved = f"saved to {self.last_good}" if self.last_good else "not saved (no run directory)"
+            raise Interrupted(
+                f"{name} during the final evaluation: training is complete ({t.step_count} steps, {saved}) but no "
+                f"final accuracy was recorded; evaluate with {self.resume_hint()} (it trains nothing more)",
+                signal_of(e),
+            ) from None
+        final.update(self.skipped())
+        self.metrics.write("final", t.step_count, **final)
+        return final
+
+    def estimate(self, step: int) -> None:
+        """Once, measured over the first steps after the first (which includes start-up): when the rest of
+        the run would take far beyond minutes on this device, one line with the estimate and the knobs."""
+        if self.estimated or not self.rt.master:
+            return
+        now = time.perf_counter()
+        if self.t_measure is None:
+            self.t_measure, self.paused_at_measure, self.step_measure = now, self.paused_s, step
+            return
+        measured = step - self.step_measure
+        elapsed = now - self.t_measure - (self.paused_s - self.paused_at_measure)
+        if measured < ESTIMATE_STEPS and elapsed < ESTIMATE_SECONDS:
+            return
+        self.rt.synchronize()  # once per run: a GPU may still be running the steps measured
+        elapsed += time.perf_counter() - now
+        self.estimated = True
+        line = estimate_line(
+            elapsed / measured, self.t.total_steps - step, (self.step_measure + 1, step), self.s, self.rt.device
+        )
+        if line:
+            self.progress.write(line)
 
     # -- pieces ----------------------------------------------------------------------------------------
     def accumulate(self, out: dict) -> None:
@@ -275,6 +387,7 @@ class _Loop:
         fn(*args)
         self.t_step_end = time.perf_counter()
         self.t_interval += self.t_step_end - t0
+        self.paused_s += self.t_step_end - t0
 
     def check_finite(self, upto: int) -> None:
         if self.rt.any_rank(bool(self.nonfinite.item())):

@@ -1,0 +1,99 @@
+"""Ctrl-C and SIGTERM for every command line: one exception to catch, one line to print, 128 + signal.
+
+``interrupts()`` makes SIGINT and SIGTERM raise :class:`Interrupt` (a ``KeyboardInterrupt`` that knows its
+signal) in the process that entered it — also where the shell started the command with SIGINT ignored
+(a background job), so ``kill -INT`` stops a job the way Ctrl-C stops a foreground command. Processes
+forked from it (worker pools) that inherit the handler ignore SIGINT — their parent stops them, so a
+Ctrl-C that reaches the whole process group prints no worker tracebacks — and die of SIGTERM as by
+default (pools stop their workers with it). The command catches ``Interrupt`` (or ``KeyboardInterrupt``)
+and prints one line saying what was kept and how to continue, then exits ``e.exit_code``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupt(KeyboardInterrupt):
+    """A signal asked the command to stop; ``exit_code`` is 128 + the signal (130 for Ctrl-C)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def signal_of(e: BaseException) -> int:
+    """The signal behind an interruption (SIGINT for a plain KeyboardInterrupt)."""
+    return getattr(e, "signum", signal.SIGINT)
+
+
+@contextmanager
+def interrupts():
+    """SIGINT / SIGTERM raise :class:`Interrupt` in this process while the block runs (main thread only;
+    elsewhere signals are left alone); forked children ignore them (see the module docstring)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pid = os.getpid()
+
+    def handle(signum, frame):
+        if in_forked_child(pid, signum):
+            return
+        raise Interrupt(signum)
+
+    before = {sig: signal.signal(sig, handle) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, h in before.items():
+            signal.signal(sig, h)
+
+
+def in_forked_child(pid: int, signum: int) -> bool:
+    """For a handler installed by process ``pid``: True when it runs in a child forked from it (a pool's
+    worker), after acting as a worker should: SIGINT is left to the parent, SIGTERM ends the worker as
+    the default action would (``Pool.terminate`` relies on it)."""
+    if os.getpid() == pid:
+        return False
+    if signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
+@contextmanager
+def deferred():
+    """SIGINT / SIGTERM held back while the block runs, delivered when it ends. Start worker pools inside
+    it: an exception raised by a signal handler while ``fork`` runs its at-fork hooks is printed and
+    dropped by Python ("Exception ignored in ..."), so a Ctrl-C landing there was lost. The workers start
+    with the signals held; ``ignore_in_worker`` releases them."""
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    except (AttributeError, OSError, ValueError):  # no pthread_sigmask here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def ignore_in_worker() -> None:
+    """For a pool's initializer: SIGINT ignored (the parent stops the workers), SIGTERM back to its default
+    (pools stop their workers with SIGTERM), neither held back (see ``deferred``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    except (AttributeError, OSError, ValueError):
+        pass
