@@ -47,6 +47,7 @@ from models.engine.rundir import check_out
 from models.engine.runtime import plan_runtime
 from models.engine.trainer import Interrupted, resolved_run, schedule
 from shards.errors import ConfigError, UserError
+from shards.host import resolve_device
 from shards.interrupt import interrupts, signal_of
 
 
@@ -259,8 +260,6 @@ def resume_settings(s: Settings, given: set[str]) -> tuple[Settings, dict]:
 
 def demo_settings(s: Settings, given: set[str]) -> Settings:
     """Build the demo mixture if missing and point the settings at it; DEMO_DEFAULTS fill what was not given."""
-    import torch
-
     from shards.demo import make_demo
 
     data = Path(s.demo_data)
@@ -269,7 +268,7 @@ def demo_settings(s: Settings, given: set[str]) -> Settings:
         _log(f"building the demo mixture in {data} ...")
         make_demo(data)
     defaults = dict(DEMO_DEFAULTS)
-    if s.device == "cpu" or not torch.cuda.is_available():
+    if resolve_device(s.device) == "cpu":
         defaults.update(DEMO_CPU_DEFAULTS)
     changes = {k: v for k, v in defaults.items() if k not in given}
     for key, value in (

@@ -1,12 +1,11 @@
 """``python -m bench``: list the benchmarks, run one, or run them all.
 
     python -m bench                                  # list
-    python -m bench end-to-end --quick               # one benchmark (its own --help lists its options)
-    python -m bench all --quick                      # every benchmark with small sizes, then the report
-    python -m bench all --quick --shards shards/cifar10-train:10 --shards shards/edm:1 --out-dir /tmp/b
+    python -m bench loader --quick                   # one benchmark (``-h`` lists its options)
+    python -m bench all --quick --shards data/cifar10-train:10 --shards data/edm:1 --out-dir /tmp/b
 
-Each benchmark is a click command in its own module (``bench/<name>.py``, ``main``) that prints a table
-and writes one JSON file in the common shape (``bench.common.write_results``).
+Each throughput suite is a module ``bench/<name>.py`` over ``bench.harness`` with a click command ``main``; the
+study that trains models lives apart, in ``bench/studies/``.
 """
 
 from __future__ import annotations
@@ -17,32 +16,29 @@ import time
 
 import click
 
-# name -> (module, one line); the order is the order `all` runs them in (cheap and independent first).
-BENCHMARKS: dict[str, tuple[str, str]] = {
-    "loader": ("bench.loader", "loader only: two-view samples/s and host memory per backend"),
-    "model": ("bench.model", "model ceiling: training steps/s on tensors already on the device, MFU"),
-    "end-to-end": (
-        "bench.end_to_end",
-        "the real train step fed by the loader: samples/s, ratio to the ceiling, data wait",
-    ),
-    "scale": ("bench.scale", "planning and loader vs epoch size (50k/500k/1.5M) and number of sources"),
+from bench.harness import CONTEXT
+
+# name -> (module, one line); the order `all` runs them in (cheap and independent first)
+BENCHMARKS = {
+    "loader": ("bench.loader", "loader only: two-view samples/s and memory per backend, a batch-size sweep"),
+    "model": ("bench.model", "model ceiling: training steps/s on tensors already on the device, MFU, compiled"),
+    "end-to-end": ("bench.end_to_end", "the train step fed by the loader: samples/s, ratio to the ceiling, data wait"),
+    "scale": ("bench.scale", "planning and the loader vs epoch size (50k/500k/1.5M) and number of sources"),
     "formats": ("bench.formats", "jpg vs png vs raw shards of the same images"),
-    "feed": ("bench.feed", "host feed per batch on one core, the training thread's share, epoch boundary, set opening"),
+    "feed": ("bench.feed", "the host feed on one core, the training thread's share, epoch boundary, opening sets"),
     "pack": ("bench.pack", "packing speed of `shards pack`"),
 }
-# Commands outside `all`: the report, the inflation study (it trains models, see bench/inflation.py) and the
-# cost of confirming shards at open (on sets you give it).
-EXTRA: dict[str, tuple[str, str]] = {
+# outside `all`: the report, the AdaInf study (it trains) and confirming shards at open (on the user's sets)
+EXTRA = {
     "report": ("bench.report", "PNG charts and a Markdown table from the JSON files"),
-    "inflation": ("bench.inflation", "the AdaInf study: SimCLR under --inflation none/vanilla/adainf/auto (trains)"),
+    "inflation": ("bench.studies.inflation", "the AdaInf study: SimCLR under each --inflation mode (trains models)"),
     "confirm": ("bench.confirm", "what confirming every shard's sha256 costs when a set is opened (your sets)"),
 }
-# Options `all` forwards to every benchmark that has them.
-SHARED = ("quick", "shards", "out_dir", "device")
+SHARED = ("quick", "shards", "out_dir", "device")  # what `all` forwards to every benchmark that has it
 
 
 def load_command(name: str) -> click.Command:
-    module, _ = EXTRA[name] if name in EXTRA else BENCHMARKS[name]
+    module = {**BENCHMARKS, **EXTRA}[name][0]
     try:
         command = importlib.import_module(module).main
         command.context_settings.setdefault("help_option_names", ["-h", "--help"])  # -h, also when run alone
@@ -60,12 +56,10 @@ class BenchGroup(click.Group):
     def get_command(self, ctx, name):
         if name in ("all", "list"):
             return super().get_command(ctx, name)
-        if name in BENCHMARKS or name in EXTRA:
-            return load_command(name)
-        return None
+        return load_command(name) if name in BENCHMARKS or name in EXTRA else None
 
 
-@click.group(cls=BenchGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=BenchGroup, invoke_without_command=True, context_settings=CONTEXT)
 @click.pass_context
 def cli(ctx):
     """Throughput benchmarks: is the GPU saturated?"""
@@ -76,64 +70,54 @@ def cli(ctx):
 @cli.command("list")
 def list_cmd():
     """List the benchmarks and whether each can be imported here."""
-    for name, (module, line) in [*BENCHMARKS.items(), *EXTRA.items()]:
+    for name, (module, line) in {**BENCHMARKS, **EXTRA}.items():
         try:
-            _ = importlib.import_module(module).main
-            state = ""
+            state = "" if hasattr(importlib.import_module(module), "main") else "  [no main]"
         except (ImportError, AttributeError) as e:
             state = f"  [not available: {e}]"
         click.echo(f"{name:<11} {line}{state}")
     click.echo(
-        "\nRun one: python -m bench NAME [--quick] [--shards DIR[:W] ...] [--out-dir DIR]; "
-        "all of them: python -m bench all --quick"
+        "\nRun one: python -m bench NAME [--quick] [--shards DIR[:W] ...]; all of them: python -m bench all --quick"
     )
 
 
 @cli.command("all")
-@click.option("--quick", is_flag=True, help="Small sizes: the whole suite in minutes.")
-@click.option("--shards", "shards", multiple=True, metavar="DIR[:W]", help="Shard sets (default: the demo data).")
-@click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Where the JSON and charts go.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
-@click.option("--only", default=None, help="Comma-separated subset of benchmarks to run.")
-@click.option("--skip", default="", help="Comma-separated benchmarks to leave out.")
+@click.option("--quick", is_flag=True, help="small sizes: the whole suite in minutes")
+@click.option("--shards", multiple=True, metavar="DIR[:W]", help="shard sets (default: the demo data)")
+@click.option("--out-dir", type=click.Path(file_okay=False), help="where the JSON and charts go")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--only", help="comma-separated benchmarks to run")
+@click.option("--skip", default="", help="comma-separated benchmarks to leave out")
 @click.option(
-    "--fail-fast", is_flag=True, help="Stop at the first failing benchmark (default: run the rest, then fail)."
+    "--fail-fast", is_flag=True, help="stop at the first failing benchmark (default: run the rest, then fail)"
 )
 def all_cmd(quick, shards, out_dir, device, only, skip, fail_fast):
-    """Run every benchmark (forwarding --quick/--shards/--out-dir/--device where accepted), then the report."""
-    names = [n.strip() for n in only.split(",")] if only else list(BENCHMARKS)
-    skipped = {n.strip() for n in skip.split(",") if n.strip()}
-    unknown = [n for n in [*names, *skipped] if n not in BENCHMARKS]
-    if unknown:
-        raise click.BadParameter(
-            f"{', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}", param_hint="--only/--skip"
-        )
-    from bench.common import resolve_shards
+    """Every benchmark (forwarding --quick/--shards/--out-dir/--device where accepted), then the report."""
+    from bench.harness import comma_list, resolve_shards
     from shards.errors import UserError
 
+    names = comma_list(only, str, tuple(BENCHMARKS), "--only") if only else list(BENCHMARKS)
+    skipped = comma_list(skip, str, tuple(BENCHMARKS), "--skip") if skip else []
     try:  # one data set for every benchmark: the user's, or the demo mixture built once
-        shards = resolve_shards(shards)
+        given = {"quick": quick, "shards": resolve_shards(shards), "out_dir": out_dir, "device": device}
     except UserError as e:
         raise click.ClickException(str(e)) from None
-    given = {"quick": quick, "shards": shards, "out_dir": out_dir, "device": device}
     failed = []
     for name in (n for n in names if n not in skipped):
         click.echo(f"== {name} ==", err=True)
         t0 = time.perf_counter()
         try:
             command = load_command(name)
-            args = _forward(command, given)
-            command.main(args=args, prog_name=f"python -m bench {name}", standalone_mode=False)
+            command.main(args=_forward(command, given), prog_name=f"python -m bench {name}", standalone_mode=False)
         except (click.ClickException, click.Abort) as e:
-            msg = e.format_message() if isinstance(e, click.ClickException) else "aborted"
-            click.echo(f"{name}: failed: {msg}", err=True)
+            why = e.format_message() if isinstance(e, click.ClickException) else "aborted"
+            click.echo(f"{name}: failed: {why}", err=True)
             failed.append(name)
             if fail_fast:
                 break
         click.echo(f"== {name}: {time.perf_counter() - t0:.0f} s ==", err=True)
-    report = load_command("report")
-    report_args = ["--results-dir", out_dir] if out_dir else []
-    report.main(args=report_args, prog_name="python -m bench report", standalone_mode=False)
+    args = ["--results-dir", out_dir] if out_dir else []
+    load_command("report").main(args=args, prog_name="python -m bench report", standalone_mode=False)
     if failed:
         raise click.ClickException(f"failed: {', '.join(failed)}")
 
@@ -142,18 +126,10 @@ def _forward(command: click.Command, given: dict) -> list[str]:
     """The shared options this command declares, as command-line arguments."""
     accepted = {p.name: p for p in command.params}
     args: list[str] = []
-    for key in SHARED:
-        if key not in accepted:
-            continue
+    for key in (k for k in SHARED if k in accepted and given[k] not in (None, False)):
         flag = next(o for o in accepted[key].opts if o.startswith("--"))
-        value = given[key]
-        if key == "quick":
-            args += [flag] if value else []
-        elif key == "shards":
-            for s in value:
-                args += [flag, s]
-        elif value is not None:
-            args += [flag, str(value)]
+        values = [] if key == "quick" else given[key] if key == "shards" else [given[key]]
+        args += [flag] if key == "quick" else [a for v in values for a in (flag, str(v))]
     return args
 
 

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Everything a lent GPU must show, in one script (bench/README.md, "On a GPU machine", gives the device calls):
 #
-#   data   pack the shared archives into shards: CIFAR-10 train and test (JPEG, passed through) and the
-#          50k EDM images (PNG, passed through)
+#   data   pack the shared archives into shards (skipped where a set is already packed): CIFAR-10 train and
+#          test (JPEG, passed through) and the 50k EDM images (PNG, passed through)
 #   tests  pytest -m gpu
 #   bench  one benchmark at a time (each under its own time limit) on the CIFAR-10 ×10 + EDM ×1 mixture, JSON (with
-#          the hardware) into the results folder, then the report: the loader with the colour stage eager and
-#          compiled, all cores, and a batch-size sweep; end to end with the default 2 loader threads and with all
-#          cores; the model ceiling of SimCLR and BYOL (ResNet-18, batch 512) eager, compiled and compiled with
-#          CUDA graphs side by side; the others through `python -m bench all --only NAME`
+#          the hardware) into the results folder, then the report: the loader on all cores, the colour stage eager
+#          and compiled, and a batch-size sweep of train.py's loader; end to end with the default loader threads,
+#          then the CPU pipeline on all cores; the model ceiling of SimCLR and BYOL (ResNet-18, batch 512) eager,
+#          compiled and compiled with CUDA graphs; scale; formats (20,000 images)
 #   train  a short ResNet-18 SimCLR train.py run (batch 512), its config and metrics into the results folder
 #
 #   bash bench/gpu_run.sh [options] [STEP ...]          STEP: data tests bench train (default: all four)
+#   bash bench/gpu_run.sh --call 1|2 [options]          the two device calls of bench/README.md ("On a GPU machine"):
+#                                                       1 = data tests, bench loader,end-to-end;
+#                                                       2 = data, bench model,scale,formats, train
 #
 #   --device cuda|cpu   (cuda)            --quick       small sizes, lower timing minimums (JSON says quick)
 #   --data DIR          the archives      (/tmp/bundle/data, where ../shared/tools/device-dali puts them)
@@ -20,7 +23,7 @@
 #   --out DIR           where gpu-run.tar.gz and gpu-run.log go ($OUT when set, else WORK/out)
 #   --only LIST         benchmarks of the bench step (loader,model,end-to-end,scale,formats; pack is CPU-only)
 #   --limit N           pack at most N images per set (a CPU smoke test)
-#   --steps N           training steps (1000; --quick 4)
+#   --steps N           training steps (400; --quick 4)
 #   --deadline S        stop starting commands, and cut the running one short, so the whole script ends
 #                       within S seconds (570: a device call may run 600 s); 0 = no deadline
 #   --dry-run           print the commands, run nothing
@@ -32,7 +35,7 @@
 set -uo pipefail
 
 device=cuda quick=0 data=/tmp/bundle/data bundle=/tmp/bundle work=/tmp/gpu-run out="${OUT:-}" only=""
-limit="" steps="" dry=0 deadline=570
+limit="" steps="" dry=0 deadline=570 call=""
 benches_default=loader,model,end-to-end,scale,formats
 stepnames=()
 while [ $# -gt 0 ]; do
@@ -48,11 +51,18 @@ while [ $# -gt 0 ]; do
     --steps) steps=$2; shift 2 ;;
     --deadline) deadline=$2; shift 2 ;;
     --dry-run) dry=1; shift ;;
+    --call) call=$2; shift 2 ;;
     data|tests|bench|train) stepnames+=("$1"); shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "gpu_run.sh: unknown argument '$1'; see --help" >&2; exit 2 ;;
   esac
 done
+case "$call" in
+  "") ;;
+  1) stepnames=(data tests bench); only=${only:-loader,end-to-end} ;;
+  2) stepnames=(data bench train); only=${only:-model,scale,formats} ;;
+  *) echo "gpu_run.sh: --call 1 or 2, not '$call'" >&2; exit 2 ;;
+esac
 [ ${#stepnames[@]} -eq 0 ] && stepnames=(data tests bench train)
 [ "$device" = cuda ] || [ "$device" = cpu ] || { echo "gpu_run.sh: --device cuda or cpu, not '$device'" >&2; exit 2; }
 out=${out:-$work/out}
@@ -106,18 +116,20 @@ mkdir -p "$out" "$results" "$shards"
 trap 'collect; echo "results: $out/gpu-run.tar.gz ($(ls "$results" | wc -l) files; extract into bench/results/)"' EXIT
 cd "$repo"
 echo "== gpu_run.sh $(date -u +%FT%TZ) device=$device quick=$quick steps: ${stepnames[*]}" | tee -a "$log"
-run 60 hardware "$py" -c "import json; from bench.common import hardware_info; print(json.dumps(hardware_info()))"
+run 60 hardware "$py" -c "import json; from bench.harness import hardware_info; print(json.dumps(hardware_info()))"
 [ "$device" = cuda ] && run 30 nvidia-smi nvidia-smi
 
 for step in "${stepnames[@]}"; do
   case "$step" in
-    data)
-      run 300 pack-cifar10-train "$py" -m shards pack "$data/cifar10-jpg.tar.gz" --subdir cifar10/train --kind real \
-        --name cifar10 --format jpg --shuffle-seed 0 --overwrite -q "${lflag[@]}" --out "$shards/cifar10-train"
-      run 300 pack-cifar10-test "$py" -m shards pack "$data/cifar10-jpg.tar.gz" --subdir cifar10/test --split test \
-        --kind real --name cifar10-test --format jpg --shuffle-seed 0 --overwrite -q "${lflag[@]}" --out "$shards/cifar10-test"
-      run 300 pack-edm "$py" -m shards pack "$data/edm-cifar10-50k-png.tar.gz" --kind generated --name edm --fid 1.96 \
-        --format png --shuffle-seed 0 --overwrite -q "${lflag[@]}" --out "$shards/edm"
+    data)  # a set already packed on this machine (an earlier call) is kept
+      [ -f "$shards/cifar10-train/manifest.json" ] || run 300 pack-cifar10-train "$py" -m shards pack \
+        "$data/cifar10-jpg.tar.gz" --subdir cifar10/train --kind real --name cifar10 --format jpg --shuffle-seed 0 \
+        --overwrite -q "${lflag[@]}" --out "$shards/cifar10-train"
+      [ -f "$shards/cifar10-test/manifest.json" ] || run 300 pack-cifar10-test "$py" -m shards pack \
+        "$data/cifar10-jpg.tar.gz" --subdir cifar10/test --split test --kind real --name cifar10-test --format jpg \
+        --shuffle-seed 0 --overwrite -q "${lflag[@]}" --out "$shards/cifar10-test"
+      [ -f "$shards/edm/manifest.json" ] || run 300 pack-edm "$py" -m shards pack "$data/edm-cifar10-50k-png.tar.gz" \
+        --kind generated --name edm --fid 1.96 --format png --shuffle-seed 0 --overwrite -q "${lflag[@]}" --out "$shards/edm"
       ;;
     tests)
       run 300 tests "$py" -m pytest -m gpu tests -q -p no:cacheprovider
@@ -128,34 +140,36 @@ for step in "${stepnames[@]}"; do
       threads=$(nproc)
       for name in "${names[@]}"; do
         case "$name" in
-          loader)  # every backend with the machine's cores, the colour stage eager and compiled, batch 512,
-            # then a batch-size sweep of the DALI rows (a per-batch overhead shows as a rising curve)
-            run 420 bench-loader "$py" -m bench loader --device "$device" "${qflag[@]}" --colour eager,compiled \
+          loader)  # every backend with the machine's cores, the colour stage eager and compiled, batch 512, then
+            # train.py's loader at other batch sizes (a per-batch overhead shows as a rising curve)
+            run 300 bench-loader "$py" -m bench loader --device "$device" "${qflag[@]}" --colour eager,compiled \
               --batch-size 512 --sweep 64,128,256,1024 --workers "$threads" "${mix[@]}" --out-dir "$results" ;;
-          end-to-end)  # the default loader threads, then all cores
-            run 300 bench-end-to-end "$py" -m bench end-to-end --device "$device" "${qflag[@]}" "${mix[@]}" --out-dir "$results"
-            run 300 bench-end-to-end-threads "$py" -m bench end-to-end --device "$device" "${qflag[@]}" \
-              --num-threads "$threads" --loader-device auto "${mix[@]}" --out-dir "$results" ;;
+          end-to-end)  # the default loader threads (both pipelines), then the CPU pipeline on all cores
+            run 240 bench-end-to-end "$py" -m bench end-to-end --device "$device" "${qflag[@]}" "${mix[@]}" --out-dir "$results"
+            run 150 bench-end-to-end-threads "$py" -m bench end-to-end --device "$device" "${qflag[@]}" \
+              --num-threads "$threads" --loader-device cpu "${mix[@]}" --out-dir "$results" ;;
           model)  # SimCLR and BYOL: eager, --compile on, --compile cudagraphs (bench model's defaults on a GPU)
-            run 540 bench-model "$py" -m bench all --only model --device "$device" "${qflag[@]}" "${mix[@]}" \
-              --out-dir "$results" ;;
+            run 300 bench-model "$py" -m bench model --device "$device" "${qflag[@]}" --out-dir "$results" ;;
+          formats)
+            run 150 bench-formats "$py" -m bench formats --device "$device" "${qflag[@]}" --limit 20000 \
+              --workers "$threads" "${mix[@]}" --out-dir "$results" ;;
           *)
-            run 420 "bench-$name" "$py" -m bench all --only "$name" --device "$device" "${qflag[@]}" "${mix[@]}" \
+            run 200 "bench-$name" "$py" -m bench "$name" --device "$device" "${qflag[@]}" "${mix[@]}" \
               --out-dir "$results" ;;
         esac
       done
       [ $dry = 0 ] && "$py" -m bench.report --results-dir "$results" >/dev/null 2>&1
       ;;
     train)
-      n=${steps:-1000} bs=512 extra=()
+      n=${steps:-400} bs=512 extra=()
       [ $quick = 1 ] && { n=${steps:-4}; bs=32; extra=(--knn-train-limit 500 --eval-limit 500); }
       rm -rf "$work/train"
-      run 480 train "$py" train.py --shards "$shards/cifar10-train:10" --shards "$shards/edm:1" \
+      run 240 train "$py" train.py --shards "$shards/cifar10-train:10" --shards "$shards/edm:1" \
         --eval-shards "$shards/cifar10-test" --method simclr --backbone resnet18 --aug adainf --batch-size "$bs" \
         --steps "$n" --eval-every $((n / 2)) --probe-epochs 20 --ckpt-every 0 \
         --device "$device" --no-progress --log-every 50 "${extra[@]}" --out "$work/train"
       if [ $dry = 0 ] && [ -d "$work/train" ]; then
-        host=$("$py" -c "from bench.common import host_kind; print(host_kind())" 2>/dev/null || echo host)
+        host=$("$py" -c "from bench.harness import host_kind; print(host_kind())" 2>/dev/null || echo host)
         stamp=$(date +%Y%m%d-%H%M%S)
         for f in config.yaml metrics.jsonl; do
           [ -f "$work/train/$f" ] && cp "$work/train/$f" "$results/$host-$stamp-train-${f}"

@@ -1,20 +1,9 @@
-"""Charts and a Markdown table from the benchmark JSON files.
+"""Charts and a Markdown table from the benchmark JSON files (bench/README.md, "Report").
 
-    python -m bench.report                       # bench/results/*.json -> bench/results/*.png + README.md
-    python -m bench.report --results-dir DIR --out-dir DIR --all-runs
+    python -m bench.report [--results-dir DIR] [--out-dir DIR] [--all-runs]
 
-Reads every ``*.json`` written by ``bench.common.write_results`` (one shape for all benchmarks), keeps the
-newest run of each benchmark per host kind — the newest full run when there is one, a ``--quick`` run only
-when there is nothing else, and then marked "quick" (``--all-runs`` keeps every run) — and draws with
-matplotlib's Agg backend:
-
-* ``throughput.png`` — samples/s per backend (loader, formats, model ceiling, end to end),
-* ``data-wait.png`` — end-to-end fraction of step time spent waiting for data, and its ratio to the
-  model ceiling measured in the same run,
-* ``scale.png`` — loader samples/s, planning time and memory (peak PSS) against planned epoch size and
-  against the number of sources, with the whole 1.5M-sample epoch of ``scale --full`` as a star.
-
-The Markdown table (also written to ``README.md`` next to the charts) is what the project README quotes.
+Keeps the newest run of each benchmark per host kind (the newest full one when there is one; ``--all-runs``: every
+run) and draws ``throughput.png``, ``data-wait.png`` and ``scale.png``, then writes ``README.md`` beside them.
 """
 
 from __future__ import annotations
@@ -26,15 +15,17 @@ from pathlib import Path
 
 import click
 
-from bench.common import RESULTS_DIR, host_kind
+from bench.harness import CONTEXT, RESULTS_DIR, host_kind
+
+DIR = click.Path(file_okay=False, path_type=Path)
 
 # Row keys that tell rows of one backend apart, in the order they appear in a label.
 LABEL_KEYS = ("format", "device", "axis", "planned_samples", "sources", "batch_size", "method", "precision", "variant")
 THROUGHPUT_BENCHES = ("loader", "formats", "model", "end-to-end")
-# Benchmarks timed by bench.common.timed with memory from bench.common.PssSampler: their rows must carry the
-# timing counts and peak_pss_mb.
+# Benchmarks timed by bench.harness.timed with memory from its PssSampler: rows carry the counts and peak_pss_mb.
 TIMED_BENCHES = ("loader", "formats", "model", "scale", "scale-full", "pack", "end-to-end")
 TIMING_KEYS = ("warmup_batches", "timed_batches", "seconds")
+UNRATED_ROWS = ("feed",)  # benchmarks with rows that are not rates (opening a set, the epoch boundary)
 LEGACY_MEMORY_KEYS = ("peak_rss_mb", "rss_tree_peak_mb", "process_maxrss_mb")
 
 
@@ -69,9 +60,9 @@ def check_doc(doc: object) -> list[str]:
     for i, row in enumerate(doc["results"]):
         if not isinstance(row, dict) or not isinstance(row.get("backend"), str):
             problems.append(f"results[{i}] has no 'backend' string")
-        elif "samples_per_s" not in row:
+        elif "samples_per_s" not in row and doc["bench"] not in UNRATED_ROWS:
             problems.append(f"results[{i}] has no 'samples_per_s'")
-        elif row["samples_per_s"] is not None and not isinstance(row["samples_per_s"], (int, float)):
+        elif row.get("samples_per_s") is not None and not isinstance(row["samples_per_s"], (int, float)):
             problems.append(f"results[{i}].samples_per_s is not a number")
         elif doc["bench"] in TIMED_BENCHES:
             problems += _timed_row_problems(i, row)
@@ -81,7 +72,7 @@ def check_doc(doc: object) -> list[str]:
 
 
 def _timed_row_problems(i: int, row: dict) -> list[str]:
-    """A row of a benchmark timed by bench.common.timed: its counts, and memory as peak PSS."""
+    """A row of a benchmark timed by bench.harness.timed: its counts, and memory as peak PSS."""
     legacy = [k for k in LEGACY_MEMORY_KEYS if k in row]
     if legacy:
         return [f"results[{i}] has the old memory field {legacy[0]!r} (summed RSS); re-run for peak_pss_mb"]
@@ -106,17 +97,9 @@ def load_runs(results_dir: Path, all_runs: bool = False) -> list[Run]:
         if problems:
             click.echo(f"skipping {path}: {problems[0]}; re-run its benchmark to rewrite it", err=True)
             continue
-        runs.append(
-            Run(
-                path,
-                doc["bench"],
-                host_kind(doc["hardware"]),
-                doc["hardware"],
-                doc["settings"],
-                tuple(doc["results"]),
-                bool(doc.get("quick", doc["settings"].get("quick", False))),
-            )
-        )
+        quick = bool(doc.get("quick", doc["settings"].get("quick", False)))
+        hw = doc["hardware"]
+        runs.append(Run(path, doc["bench"], host_kind(hw), hw, doc["settings"], tuple(doc["results"]), quick))
     if all_runs:
         return runs
     newest: dict[tuple[str, str], Run] = {}
@@ -178,26 +161,11 @@ def markdown(runs: list[Run]) -> str:
             "plan MiB | run |"
         )
         out.append("|---|---|---:|---:|---|---:|---:|---:|---:|---|")
-        for run in host_runs:
-            for row in run.results:
-                out.append(
-                    "| "
-                    + " | ".join(
-                        [
-                            run.bench,
-                            row_label(row),
-                            _num(row.get("samples_per_s")),
-                            _num(row.get("peak_pss_mb")),
-                            _timed(run, row),
-                            _num(row.get("data_wait_fraction"), 3),
-                            _num(row.get("ratio_to_ceiling"), 3),
-                            _num(row.get("plan_s"), 3),
-                            _num(row.get("plan_mb"), 1),
-                            run.path.name,
-                        ]
-                    )
-                    + " |"
-                )
+        for run, row in ((r, row) for r in host_runs for row in r.results):
+            cells = [run.bench, row_label(row), _num(row.get("samples_per_s")), _num(row.get("peak_pss_mb"))]
+            cells += [_timed(run, row), *(_num(row.get(k), 3) for k in ("data_wait_fraction", "ratio_to_ceiling"))]
+            cells += [_num(row.get("plan_s"), 3), _num(row.get("plan_mb"), 1), run.path.name]
+            out.append(f"| {' | '.join(cells)} |")
         out.append("")
     return "\n".join(out)
 
@@ -235,24 +203,31 @@ def chart_throughput(runs: list[Run], path: Path) -> Path | None:
     ]  # planned, not loaded, samples
     if not bars:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(bars) + 1.2))
+    fig, ax = _pyplot().subplots(figsize=(9, 0.35 * len(bars) + 1.2))
     labels, values = zip(*bars)
-    ax.barh(range(len(bars)), values, color="tab:blue")
-    ax.set_yticks(range(len(bars)), labels, fontsize=8)
-    ax.invert_yaxis()
+    _bars(ax, labels, values, "tab:blue", "two-view samples / s")
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:,.0f}", va="center", fontsize=7)
     if max(values) > 100 * min(values):
         ax.set_xscale("log")
-    ax.set_xlabel("two-view samples / s")
     ax.set_title("Throughput per backend")
     return _save(fig, path)
 
 
+def _bars(ax, labels, values, color: str, xlabel: str, target: tuple[float, str] | None = None) -> None:
+    ax.barh(range(len(values)), values, color=color)
+    ax.set_yticks(range(len(values)), labels, fontsize=8)
+    if not ax.yaxis_inverted():  # the first row on top (once: axes may share the y axis)
+        ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    if target:
+        ax.axvline(target[0], color="k", ls="--", lw=0.8, label=target[1])
+        ax.legend(fontsize=7)
+
+
 def chart_data_wait(runs: list[Run], path: Path) -> Path | None:
     rows = [
-        (f"{r.host} · {row_label(row)}", row)
+        (f"{r.host} · {row_label(row)} · {_loader_of(row)}", row)
         for r in runs
         if r.bench == "end-to-end"
         for row in r.results
@@ -260,21 +235,23 @@ def chart_data_wait(runs: list[Run], path: Path) -> Path | None:
     ]
     if not rows:
         return None
-    plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 0.4 * len(rows) + 1.5), sharey=True)
+    fig, (ax1, ax2) = _pyplot().subplots(1, 2, figsize=(10, 0.4 * len(rows) + 1.5), sharey=True)
     labels = [label for label, _ in rows]
-    ax1.barh(range(len(rows)), [row["data_wait_fraction"] for _, row in rows], color="tab:red")
-    ax1.axvline(0.03, color="k", ls="--", lw=0.8, label="target ≤ 0.03")
-    ax1.set_xlabel("fraction of step time waiting for data")
-    ax1.legend(fontsize=7)
-    ax1.set_yticks(range(len(rows)), labels, fontsize=8)
-    ax1.invert_yaxis()
-    ax2.barh(range(len(rows)), [row.get("ratio_to_ceiling") or 0 for _, row in rows], color="tab:green")
-    ax2.axvline(0.97, color="k", ls="--", lw=0.8, label="target ≥ 0.97")
-    ax2.set_xlabel("end-to-end samples/s ÷ model ceiling")
-    ax2.legend(fontsize=7)
+    waits, ratios = (
+        [row["data_wait_fraction"] for _, row in rows],
+        [row.get("ratio_to_ceiling") or 0 for _, row in rows],
+    )
+    _bars(ax1, labels, waits, "tab:red", "fraction of step time waiting for data", (0.03, "target ≤ 0.03"))
+    _bars(ax2, labels, ratios, "tab:green", "end-to-end samples/s ÷ model ceiling", (0.97, "target ≥ 0.97"))
     fig.suptitle("Is the GPU saturated?")
     return _save(fig, path)
+
+
+def _loader_of(row: dict) -> str:
+    """Where the row's loader ran: its DALI pipeline's device and threads (older files: the ``loader`` name)."""
+    device = row.get("loader_device") or (row.get("loader") or "?").removeprefix("dali-")
+    threads = f", {row['num_threads']} threads" if row.get("num_threads") else ""
+    return f"loader on the {device.upper() if device in ('cpu', 'gpu') else device}{threads}"
 
 
 def chart_scale(runs: list[Run], path: Path) -> Path | None:
@@ -302,21 +279,14 @@ def chart_scale(runs: list[Run], path: Path) -> Path | None:
                 twin.plot(*zip(*mem), "^:", color="tab:purple", label="loader peak PSS MiB")
                 twin.set_ylabel("loader peak PSS MiB (process tree)", color="tab:purple")
     for run, row in full:
-        axes[0][0].plot(
-            [row["planned_samples"]],
-            [row["samples_per_s"]],
-            "*",
-            markersize=14,
-            color="tab:red",
-            label=f"{run.host} whole epoch, {row.get('variant', 'full')}",
+        x, y, label = (
+            row["planned_samples"],
+            row["samples_per_s"],
+            f"{run.host} whole epoch, {row.get('variant', 'full')}",
         )
-        axes[0][0].annotate(
-            f"{row['samples_per_s']:,.0f}/s, epoch {row.get('epoch_s', 0):.0f} s  ",
-            (row["planned_samples"], row["samples_per_s"]),
-            fontsize=7,
-            ha="right",
-            va="center",
-        )
+        axes[0][0].plot([x], [y], "*", markersize=14, color="tab:red", label=label)
+        text = f"{y:,.0f}/s, epoch {row.get('epoch_s', 0):.0f} s  "
+        axes[0][0].annotate(text, (x, y), fontsize=7, ha="right", va="center")
     for col, (xlabel, log) in enumerate((("planned samples per epoch", True), ("number of sources", False))):
         axes[0][col].set_ylabel("loader two-view samples / s")
         axes[1][col].set_ylabel("planning time s")
@@ -337,48 +307,25 @@ def build_report(results_dir: Path, out_dir: Path, all_runs: bool = False) -> tu
     """Draw the charts and write README.md into out_dir; return (markdown, files written)."""
     runs = load_runs(results_dir, all_runs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    charts = [
-        p
-        for p in (
-            chart_throughput(runs, out_dir / "throughput.png"),
-            chart_data_wait(runs, out_dir / "data-wait.png"),
-            chart_scale(runs, out_dir / "scale.png"),
-        )
-        if p
-    ]
-    table = markdown(runs)
-    images = "\n".join(f"![{p.stem}]({p.name})" for p in charts)
-    text = (
-        f"# Benchmark results\n\nGenerated by `python -m bench.report` from {len(runs)} run(s).\n\n"
-        f"{images}\n\n{table}\n"
-    )
+    names = (("throughput.png", chart_throughput), ("data-wait.png", chart_data_wait), ("scale.png", chart_scale))
+    charts = [p for p in (draw(runs, out_dir / name) for name, draw in names) if p]
+    table, images = markdown(runs), "\n".join(f"![{p.stem}]({p.name})" for p in charts)
+    text = f"# Benchmark results\n\nGenerated by `python -m bench.report` from {len(runs)} run(s).\n\n"
+    text += f"{images}\n\n{table}\n"
     from shards.manifest import atomic_write_text
 
     written = [*charts, atomic_write_text(out_dir / "README.md", text)]
     return table, written
 
 
-@click.command("report")
-@click.option(
-    "--results-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=RESULTS_DIR,
-    show_default=True,
-    help="Where the benchmark JSON files are.",
-)
-@click.option(
-    "--out-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where to write the PNG charts and README.md (default: the results dir).",
-)
-@click.option("--all-runs", is_flag=True, help="Chart every run, not only the newest per benchmark and host.")
+@click.command("report", context_settings=CONTEXT)
+@click.option("--results-dir", type=DIR, default=RESULTS_DIR, show_default=True, help="where the JSON files are")
+@click.option("--out-dir", type=DIR, help="where the PNG charts and README.md go [the results dir]")
+@click.option("--all-runs", is_flag=True, help="chart every run, not only the newest per benchmark and host")
 def main(results_dir: Path, out_dir: Path | None, all_runs: bool) -> None:
     """Draw PNG charts and print a Markdown table from the benchmark JSON files."""
     if not results_dir.is_dir() or not any(results_dir.glob("*.json")):
-        raise click.ClickException(
-            f"{results_dir}: no benchmark JSON files here; run `python -m bench all --quick` first"
-        )
+        raise click.ClickException(f"{results_dir}: no benchmark JSON files here; run `python -m bench all --quick`")
     table, written = build_report(results_dir, out_dir or results_dir, all_runs)
     click.echo(table)
     for path in written:

@@ -1,274 +1,105 @@
-"""Scale: how planning and the loader behave as the epoch grows and as sources are added — and one real
-1.5M-sample epoch.
-
-    python -m bench.scale                      # demo data, 50k / 500k / 1.5M planned samples, 1/2/4/8 sources
-    python -m bench.scale --quick              # the same sizes, lower timing minimums (a smoke run)
-    python -m bench.scale --shards data/cifar10-train:10 --shards data/edm:1 --plan-only
-    python -m bench.scale --full --shards data/cifar10-train:10 \\
-        --generated ../shared/data/edm-cifar10-50k-png.tar.gz --work-dir /tmp/scale-full
-
-Two axes, one row each in the results (``axis`` = ``epoch_size`` or ``sources``):
-
-Epoch size (``--sizes``, default 50k, 500k, 1.5M planned samples). The first ``--shards`` source is the
-real set (weight ``w``, 10 in the paper), the second the generated set. For a target of ``N`` samples
-the real set keeps weight ``min(w, N // R)`` (``R`` real images; a target below ``R`` takes a random
-``N``-subset via a fractional weight) and the generated source is a *stand-in* of ``N − w·R`` samples:
-a shard directory whose manifest lists the generated set's tars (symbolic links) as many times as
-needed, the last copy cut to a prefix by its index. So the 1M generated images of the paper's 1.5M
-epoch are the 50k generated images repeated 20 times under the same keys; the bytes read are the same
-files again (page cache). ``--full`` measures the real thing instead (below).
-
-Number of sources (``--sources``, default 1, 2, 4, 8) at a fixed planned size (``--sources-size``):
-``n`` stand-in sources of ``N / n`` samples each, weight 1, repeating the ``--shards`` sets in turn.
-
-For every configuration: planning time of ``loaders.sampler.plan_epoch`` (mean over ≥ 50 plans) and its
-memory (``tracemalloc`` peak, which counts numpy's buffers), then the real ``loaders.loader.TrainLoader``
-built and run in a fresh process (so its memory is its own), timed by ``bench.common.timed`` (warm-up,
-then ≥ 50 batches and ≥ 10 s): two-view samples/s, peak PSS of the loader's process tree, start-up time.
-
-``--full`` (bench name ``scale-full``): one whole 1.5M-sample epoch of CIFAR-10 ×10 + 1M *distinct*
-generated images ×1 through ``TrainLoader``. The 1M images are built once into ``--work-dir`` (reused while
-its recipe matches) from the ``--generated`` images (a shard set, or anything ``shards pack`` reads, e.g.
-the EDM archive) by cheap per-copy transformations — horizontal/vertical flips × the 6 channel
-permutations × small cyclic shifts, a different one per copy — packed as raw pixels (about 5.6 GB for 1M
-32×32 images in 100 shards). Reported: samples/s over the epoch, open time (manifests, indexes, plan and
-pipeline to the first batch), the exact multiplicity of every key (every real key 10×, every generated key
-1×), peak PSS of the process (and how much of it is the memory-mapped shards' page cache) and peak RSS.
+"""Scale: planning and the loader as the epoch grows (``--sizes``) and as sources are added (``--sources``), over
+stand-in sets (the given tars listed again under one manifest); ``--full``: one whole real 1.5M-sample epoch over
+1M distinct generated images. How the stand-ins and the 1M images are made: bench/README.md ("Scale").
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
 import shutil
-import sys
+import tempfile
 import time
-import tracemalloc
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import click
 import numpy as np
 
-from bench.common import (
-    MIN_BATCHES,
-    MIN_SECONDS,
-    PssSampler,
-    default_workers,
-    in_fresh_process,
-    out_dir_option,
-    pick_device,
-    print_table,
-    run_in_workdir,
-    time_train_loader,
-    timed,
-    timing_settings,
-    write_results,
-)
-from shards.manifest import Manifest, ShardError, ShardInfo
-
-
-@dataclass(frozen=True)
-class ScaleConfig:
-    sizes: tuple[int, ...] = (50_000, 500_000, 1_500_000)
-    sources: tuple[int, ...] = (1, 2, 4, 8)
-    sources_size: int = 500_000
-    batch_size: int = 256
-    warmup: int = 10
-    min_batches: int = 50
-    min_seconds: float = 10.0
-    max_batches: int | None = None
-    workers: int = 2  # DALI threads
-    aug: str = "simclr-adainf"
-    device: str = "cpu"
-    seed: int = 0
-    plan_only: bool = False
-    isolate: bool = True  # run each loader in a fresh process
+from bench import harness as h
+from bench.loader import measure_plan
+from shards.errors import ShardError
+from shards.host import resolve_device
+from shards.index import format_index, read_index
+from shards.manifest import Manifest, ShardInfo
 
 
 # ---------------------------------------------------------------------------------------------------
-# Stand-in shard sets: the same tars listed again under one manifest.
+# Stand-in sets: the same tars listed again under one manifest
 # ---------------------------------------------------------------------------------------------------
 def make_standin(bases: list[Path], count: int, out: Path, name: str) -> Manifest:
-    """Write a shard directory ``out`` of exactly ``count`` samples repeating the shard sets ``bases``.
-
-    Tars are symbolic links to the originals; each copy of a tar gets its own index file, and the last
-    copy's index is cut to a prefix so the total is exact. The manifest takes its kind, format, size and
-    classes from the first base.
-    """
-    if count <= 0:
-        raise ShardError(f"stand-in {name}: needs a positive sample count, got {count}")
+    """A shard folder ``out`` of exactly ``count`` samples repeating the sets ``bases``: symbolic links to their
+    tars, each copy with its own index (the last one cut to a prefix), the manifest's other fields the first's."""
     manifests = [Manifest.load(b) for b in bases]
-    first = manifests[0]
+    if count <= 0 or not any(m.count for m in manifests):
+        raise ShardError(f"stand-in {name} of {count} samples: give a positive count and sets that hold samples")
     out.mkdir(parents=True, exist_ok=True)
-    shards: list[ShardInfo] = []
-    labels: dict[str, int] = {}
-    left, copy = count, 0
-    while left > 0:
-        for base, man in zip(bases, manifests):
-            for info in man.shards:
-                if left <= 0:
-                    break
-                take = min(info.count, left)
-                tar = f"{name}-{len(shards):06d}.tar"
-                idx = f"{name}-{len(shards):06d}.idx"
-                os.symlink(os.path.abspath(base / info.file), out / tar)
-                lines = (base / info.index).read_text().splitlines()
-                head = lines[0].split()
-                (out / idx).write_text("\n".join([f"{head[0]} {take}", *lines[1 : 1 + take]]) + "\n")
-                shards.append(ShardInfo(file=tar, index=idx, count=take, sha256=info.sha256, bytes=info.bytes))
-                left -= take
-        copy += 1
-        if copy > count:  # every base is empty
-            raise ShardError(f"stand-in {name}: the shard sets {', '.join(map(str, bases))} hold no samples")
-    for man in manifests:
-        for k, v in man.label_counts.items():
-            labels[k] = labels.get(k, 0) + v
-    manifest = replace(
-        first,
-        name=name,
-        count=count,
-        shards=tuple(shards),
-        label_counts={},
-        command=f"bench.scale stand-in of {', '.join(map(str, bases))} ({copy} pass(es))",
-        standin=", ".join(map(str, bases)),  # repeated tars and keys, prefix-cut indexes: allowed for a stand-in
-    )
+    shards, left = [], count
+    for base, info in ((b, s) for _ in itertools.count() for b, m in zip(bases, manifests) for s in m.shards):
+        if left <= 0:
+            break
+        take, stem = min(info.count, left), f"{name}-{len(shards):06d}"
+        os.symlink(os.path.abspath(base / info.file), out / f"{stem}.tar")
+        idx = read_index(base / info.index)
+        members = [
+            [(e, int(off[i]), int(idx.sizes[e][i]), f"{key}.{e}") for e, off in idx.offsets.items() if off[i] >= 0]
+            for i, key in enumerate(idx.keys[:take])
+        ]
+        (out / f"{stem}.idx").write_text(format_index(members))  # DALI's wds2idx format, by the packer's writer
+        shards.append(ShardInfo(f"{stem}.tar", f"{stem}.idx", take, info.sha256, info.bytes))
+        left -= take
+    what = ", ".join(map(str, bases))
+    manifest = replace(manifests[0], name=name, count=count, shards=tuple(shards), label_counts={})
+    manifest = replace(manifest, command=f"bench.scale stand-in of {what}", standin=what)  # repeated tars and keys
     manifest.save(out)
     return manifest
 
 
-@dataclass(frozen=True)
-class Point:
-    axis: str  # "epoch_size" | "sources"
-    planned_samples: int
-    parts: tuple[tuple[str, int, float], ...]  # (shard dir, count, weight) per source; count of the dir as built
-
-    @property
-    def counts(self) -> list[int]:
-        return [c for _, c, _ in self.parts]
-
-    @property
-    def weights(self) -> list[float]:
-        return [w for _, _, w in self.parts]
-
-
-def size_points(real: tuple[Path, int, float], gen: tuple[Path, int, float] | None, sizes, work: Path) -> list[Point]:
-    """Epoch-size axis: real at weight min(w, N // R) plus a generated stand-in for the rest."""
-    real_dir, real_count, real_weight = real
-    points = []
+def size_points(real, gen, sizes, work: Path) -> list[dict]:
+    """Epoch-size axis: the real set ``(dir, count, weight)`` at weight min(w, N // R) (fractional below R) and a
+    generated stand-in for the rest."""
+    (real_dir, r, w), points = real, []
     for n in sizes:
-        weight = min(real_weight, n // real_count) if n >= real_count else n / real_count
-        rest = n - int(weight * real_count)
-        parts = [(str(real_dir), real_count, float(weight))]
+        weight = min(w, n // r) if n >= r else n / r
+        parts, rest = [(str(real_dir), r, float(weight))], n - int(weight * r)
         if rest > 0:
             if gen is None:
-                raise ShardError(
-                    f"--sizes {n}: exceeds {real_weight:g} × {real_count} real samples and no generated "
-                    "set was given; add a second --shards DIR"
-                )
-            standin = work / f"gen-{n}"
-            make_standin([gen[0]], rest, standin, f"gen{n}")
-            parts.append((str(standin), rest, 1.0))
-        points.append(Point("epoch_size", n, tuple(parts)))
+                raise ShardError(f"--sizes {n}: more than {w:g} × {r} real samples and no generated set to add")
+            make_standin([gen[0]], rest, work / f"gen-{n}", f"gen{n}")
+            parts.append((str(work / f"gen-{n}"), rest, 1.0))
+        points.append({"axis": "epoch_size", "planned_samples": n, "parts": parts})
     return points
 
 
-def source_points(bases: list[Path], ns, size: int, work: Path) -> list[Point]:
+def source_points(bases: list[Path], ns, size: int, work: Path) -> list[dict]:
     """Sources axis: n stand-ins of size/n samples each (weight 1), repeating the given sets in turn."""
     points = []
     for n in ns:
-        parts = []
-        for i in range(n):
-            count = size // n + (1 if i < size % n else 0)
-            out = work / f"src{n}-{i}"
-            make_standin([bases[i % len(bases)]], count, out, f"s{n}x{i}")
-            parts.append((str(out), count, 1.0))
-        points.append(Point("sources", size, tuple(parts)))
+        counts = [size // n + (1 if i < size % n else 0) for i in range(n)]
+        for i, c in enumerate(counts):
+            make_standin([bases[i % len(bases)]], c, work / f"src{n}-{i}", f"s{n}x{i}")
+        parts = [(str(work / f"src{n}-{i}"), c, 1.0) for i, c in enumerate(counts)]
+        points.append({"axis": "sources", "planned_samples": size, "parts": parts})
     return points
 
 
-# ---------------------------------------------------------------------------------------------------
-# Measurements
-# ---------------------------------------------------------------------------------------------------
-def measure_plan(counts, weights, seed: int, min_plans: int = MIN_BATCHES) -> dict:
-    """Planning one epoch: mean time over ``min_plans`` plans (epochs 1, 2, …) after one warm-up plan, and
-    memory of one more (tracemalloc peak, which includes numpy buffers)."""
-    from loaders.sampler import plan_epoch
-
-    epochs = iter(range(1, 10**9))
-    row = timed(
-        lambda: len(plan_epoch(counts, weights, seed, next(epochs))),
-        warmup=1,
-        min_batches=min_plans,
-        min_seconds=0.0,
-        memory=False,
-    )
-    tracemalloc.start()
-    plan = plan_epoch(counts, weights, seed, 0)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return {
-        "plan_s": round(row["seconds"] / row["timed_batches"], 4),
-        "plans_timed": row["timed_batches"],
-        "plan_mb": round(peak / 2**20, 2),
-        "plan_len": len(plan),
-        "plan_array_mb": round((plan.source.nbytes + plan.index.nbytes) / 2**20, 2),
-    }
+def scale_cases(points, backend: str, loader: dict, plan_only: bool, seed: int):
+    """One row per point: its planning figures (here) and the loader over it (a case of its own)."""
+    for p in points:
+        counts, weights = [c for _, c, _ in p["parts"]], [w for _, _, w in p["parts"]]
+        fields = {"backend": backend, "axis": p["axis"], "planned_samples": p["planned_samples"]}
+        fields.update(sources=len(counts), weights=weights, source_counts=counts)
+        fields.update(measure_plan(counts, weights, seed, min(loader["timing"].min_batches, h.MIN_BATCHES))[0])
+        shards = [f"{d}:{w:g}" for d, _, w in p["parts"]]
+        label = f"{p['axis']} {p['planned_samples']:,} × {len(counts)} source(s)"
+        yield h.Case(label, _no_loader if plan_only else h.time_loader, {"shards": shards, **loader}, fields)
 
 
-def measure_loader(shards: list[str], cfg: ScaleConfig) -> dict:
-    """`bench.common.time_train_loader` in a fresh process (``cfg.isolate``), so each configuration's memory
-    is its own."""
-    args = (shards, cfg.aug, cfg.batch_size)
-    kwargs = dict(
-        device=cfg.device,
-        warmup=cfg.warmup,
-        min_batches=cfg.min_batches,
-        min_seconds=cfg.min_seconds,
-        max_batches=cfg.max_batches,
-        seed=cfg.seed,
-        num_threads=cfg.workers,
-    )
-    return in_fresh_process(time_train_loader, *args, **kwargs) if cfg.isolate else time_train_loader(*args, **kwargs)
-
-
-def run_point(point: Point, cfg: ScaleConfig, backend: str) -> dict:
-    row = {
-        "backend": backend,
-        "axis": point.axis,
-        "planned_samples": point.planned_samples,
-        "sources": len(point.parts),
-        "weights": point.weights,
-        "source_counts": point.counts,
-    }
-    row.update(measure_plan(point.counts, point.weights, cfg.seed, min(cfg.min_batches, MIN_BATCHES)))
-    if cfg.plan_only:
-        row.update(samples_per_s=None, peak_pss_mb=None)
-    else:
-        row.update(measure_loader([f"{d}:{w:g}" for d, _, w in point.parts], cfg))
-    return row
-
-
-def run(shards: list[str], cfg: ScaleConfig, work: Path) -> list[dict]:
-    from loaders.mixture import parse_shards_args
-
-    mixture = parse_shards_args(shards)
-    srcs = [(Path(s.path), s.manifest.count, float(s.weight)) for s in mixture.sources]
-    backend = "dali-gpu" if cfg.device.startswith("cuda") else "dali-cpu"
-    points = size_points(srcs[0], srcs[1] if len(srcs) > 1 else None, cfg.sizes, work / "size")
-    points += source_points([p for p, _, _ in srcs], cfg.sources, cfg.sources_size, work / "sources")
-    rows = []
-    for point in points:
-        rows.append(run_point(point, cfg, backend))
-        r = rows[-1]
-        click.echo(
-            f"  {point.axis} {point.planned_samples:,} × {r['sources']} source(s): plan {r['plan_s']:.3f}s "
-            f"{r['plan_mb']:.1f} MiB, loader {r.get('samples_per_s') or '-'} samples/s",
-            err=True,
-        )
-    return rows
+def _no_loader(**_) -> dict:
+    return {"samples_per_s": None, "peak_pss_mb": None}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,92 +107,68 @@ def run(shards: list[str], cfg: ScaleConfig, work: Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------
 VARIANTS_VERSION = "flip x channel-permutation x cyclic-shift, v1"
 _PERMS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
-_FLIPS = ("none", "h", "v", "hv")
 
 
 def variants(k: int) -> list[tuple[str, tuple[int, int, int], tuple[int, int]]]:
-    """The first ``k`` (flip, channel permutation, (dy, dx) shift) triples, the identity first: the 24
-    flip × permutation pairs without a shift, then the same with shifts of growing size."""
-    shifts = [(0, 0)] + sorted(
-        {(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)} - {(0, 0)},
-        key=lambda s: (max(abs(s[0]), abs(s[1])), s),
-    )
-    out = [(f, p, s) for s in shifts for f in _FLIPS for p in _PERMS]
+    """The first ``k`` (flip, channel permutation, (dy, dx) shift) triples, the identity first: the 24 flip ×
+    permutation pairs without a shift, then again with shifts of growing size."""
+    ring = sorted({(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)}, key=lambda s: (max(map(abs, s)), s))
+    out = [(f, p, s) for s in ring for f in ("none", "h", "v", "hv") for p in _PERMS]
     if k > len(out):
         raise ShardError(
-            f"--generated-count needs {k} transformed copies of each image, more than the {len(out)} "
-            "distinct variants; give more source images or a smaller --generated-count"
+            f"--generated-count needs {k} copies of each image, more than the {len(out)} distinct "
+            "variants; give more source images or a smaller --generated-count"
         )
     return out[:k]
 
 
 def transform(images: np.ndarray, variant) -> np.ndarray:
     """One variant applied to a batch (N, H, W, 3) of uint8 images."""
-    flip, perm, (dy, dx) = variant
-    out = images
-    if "h" in flip:
-        out = out[:, :, ::-1]
-    if "v" in flip:
-        out = out[:, ::-1]
-    out = out[..., list(perm)]
-    if dy or dx:
-        out = np.roll(out, (dy, dx), axis=(1, 2))
-    return np.ascontiguousarray(out)
+    flip, perm, shift = variant
+    out = images[:, :, ::-1] if "h" in flip else images
+    out = (out[:, ::-1] if "v" in flip else out)[..., list(perm)]
+    return np.ascontiguousarray(np.roll(out, shift, axis=(1, 2)) if any(shift) else out)
 
 
 def load_images(path: Path) -> tuple[list[str], np.ndarray]:
-    """(keys, uint8 images N×H×W×3) of a shard set directory, or of anything ``shards pack`` reads."""
+    """(keys, uint8 images N×H×W×3) of a shard set (the project's reader) or of anything ``shards pack`` reads."""
+    if (path / "manifest.json").is_file():
+        reader, ids, _, images, _ = h.read_images(path)
+        keys = [str(k).replace("/", "-") for k in reader.keys[ids]]
+    else:
+        from shards.sources import open_source
+
+        src, images = open_source(path), []
+        for batch in src.batches(np.arange(len(src)), 1024):
+            for item in batch.payload:
+                data = Path(item).read_bytes() if batch.kind == "paths" else item
+                images.append(item if batch.kind == "pixels" else _decode(data))
+        keys = [f"{i:06d}" for i in range(len(images))]
+    if len({im.shape for im in images}) != 1:
+        raise ShardError(f"{path}: images of several sizes; the generated set needs one size")
+    return keys, np.stack(images)
+
+
+def _decode(data: bytes) -> np.ndarray:
     import io
 
     from PIL import Image
 
-    def decode(data) -> np.ndarray:
-        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-    if (path / "manifest.json").is_file():
-        from bench.formats import iter_samples
-
-        manifest = Manifest.load(path)
-        keys, images = [], []
-        for key, data, _, _ in iter_samples(path):
-            keys.append(key)
-            if manifest.format == "raw":
-                images.append(np.frombuffer(data, np.uint8).reshape(*manifest.image_size, 3))
-            else:
-                images.append(decode(data))
-    else:
-        from shards.sources import open_source
-
-        src = open_source(path)
-        keys, images = [f"{i:06d}" for i in range(len(src))], [None] * len(src)
-        for batch in src.batches(np.arange(len(src)), 1024):
-            for pos, item in zip(
-                batch.positions.tolist(), batch.payload if batch.kind != "pixels" else list(batch.payload)
-            ):
-                if batch.kind == "pixels":
-                    images[pos] = item
-                elif batch.kind == "paths":
-                    images[pos] = decode(Path(item).read_bytes())
-                else:
-                    images[pos] = decode(item)
-    shapes = {im.shape for im in images}
-    if len(shapes) != 1:
-        raise ShardError(f"{path}: images of {len(shapes)} different sizes; the generated set needs one size")
-    return keys, np.stack(images)
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def _recipe(source: Path, count: int, shard_size: int) -> dict:
-    files = sorted(source.rglob("*")) if source.is_dir() else [source]
-    h = hashlib.sha256()
-    for f in files:
+def recipe_of(source: Path, count: int, shard_size: int) -> dict:
+    """What a built set must match to be reused: the source's files (names, sizes, times), count, variants."""
+    digest = hashlib.sha256()
+    for f in sorted(source.rglob("*")) if source.is_dir() else [source]:
         if f.is_file():
-            st = f.stat()
-            h.update(
-                f"{f.relative_to(source) if source.is_dir() else f.name} {st.st_size} {int(st.st_mtime)}\n".encode()
+            digest.update(
+                f"{f.relative_to(source) if source.is_dir() else f.name} {f.stat().st_size} "
+                f"{int(f.stat().st_mtime)}\n".encode()
             )
     return {
         "source": str(source.resolve()),
-        "source_fingerprint": h.hexdigest(),
+        "source_fingerprint": digest.hexdigest(),
         "count": count,
         "shard_size": shard_size,
         "variants": VARIANTS_VERSION,
@@ -374,42 +181,38 @@ def valid_generated(out: Path, recipe: dict) -> bool:
     try:
         if json.loads((out / "recipe.json").read_text()) != recipe:
             return False
-        manifest = Manifest.load(out)
+        m = Manifest.load(out)
     except (OSError, ValueError, ShardError):
         return False
-    return manifest.count == recipe["count"] and all(
+    ok = [
         (out / s.file).is_file() and (out / s.file).stat().st_size == s.bytes and (out / s.index).is_file()
-        for s in manifest.shards
-    )
+        for s in m.shards
+    ]
+    return m.count == recipe["count"] and all(ok)
 
 
-def build_generated(source: Path, out: Path, count: int, shard_size: int = 10_000, log=print) -> tuple[Manifest, float]:
-    """The ``count``-image generated set in ``out`` (built from ``source`` unless a valid one is there);
-    returns (its manifest, seconds spent building: 0 when reused)."""
+def build_generated(source: Path, out: Path, count: int, shard_size: int = 10_000) -> tuple[Manifest, float]:
+    """The ``count``-image generated set in ``out``, built from ``source`` unless a valid one is there; returns (its
+    manifest, seconds spent building: 0 when reused)."""
     from shards.writer import ShardSetWriter
 
-    recipe = _recipe(source, count, shard_size)
+    recipe = recipe_of(source, count, shard_size)
     if valid_generated(out, recipe):
-        log(f"reusing the {count:,}-image generated set in {out}")
+        click.echo(f"reusing the {count:,}-image generated set in {out}", err=True)
         return Manifest.load(out), 0.0
     t0 = time.perf_counter()
     keys, images = load_images(source)
-    n, (h, w) = len(images), images.shape[1:3]
-    per_sample = 3 * 512 + (-(-h * w * 3 // 512)) * 512 + 2 * 512  # headers + raw + cls + json blocks
-    need = count * per_sample
+    n, (hh, ww) = len(images), images.shape[1:3]
+    need = count * (5 * 512 + -(-hh * ww * 3 // 512) * 512)  # headers, .npy header, pixels, .cls and .json blocks
     out.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(out.parent).free
-    if free < need * 1.05:
+    if shutil.disk_usage(out.parent).free < need * 1.05:
         raise ShardError(
-            f"{out.parent}: {free / 2**30:.1f} GiB free, the {count:,}-image set needs about "
-            f"{need / 2**30:.1f} GiB; free some space or give another --work-dir"
+            f"{out.parent}: too little free disk for the {count:,}-image set (about "
+            f"{need / 2**30:.1f} GiB); free some space or give another --work-dir"
         )
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
-    log(
-        f"building {count:,} generated images ({n:,} sources × {math.ceil(count / n)} variants, raw, "
-        f"~{need / 2**30:.1f} GiB) in {out}"
-    )
+    click.echo(f"building {count:,} generated images ({n:,} × {math.ceil(count / n)} variants, raw) in {out}", err=True)
     writer = ShardSetWriter(
         tmp,
         "generated",
@@ -421,10 +224,9 @@ def build_generated(source: Path, out: Path, count: int, shard_size: int = 10_00
     try:
         written = 0
         for j, var in enumerate(variants(math.ceil(count / n))):
-            batch = transform(images, var)
-            desc = f"{var[0]} rgb{''.join(map(str, var[1]))} shift{var[2][0]:+d}{var[2][1]:+d}"
+            batch, desc = transform(images, var), f"{var[0]} rgb{''.join(map(str, var[1]))} shift{var[2]}"
             for i in range(min(n, count - written)):
-                writer.add(f"{keys[i]}_v{j:03d}", batch[i].tobytes(), -1, f"{keys[i]} {desc}", size=(h, w))
+                writer.add(f"generated/{keys[i]}_v{j:03d}", batch[i].tobytes(), -1, f"{keys[i]} {desc}", (hh, ww))
             written += min(n, count - written)
         manifest = writer.close()
     except BaseException:
@@ -438,51 +240,42 @@ def build_generated(source: Path, out: Path, count: int, shard_size: int = 10_00
 
 
 def run_full_epoch(shards: list[str], aug: str, batch_size: int, num_threads: int, device: str, seed: int) -> dict:
-    """One whole epoch of the mixture through ``TrainLoader``: samples/s, open time, the multiplicity of
-    every key, memory. Meant to run in a fresh process."""
-    from bench.common import device_sync
+    """One whole epoch through ``TrainLoader.batches()`` (its first ``steps_per_epoch`` batches, the last one
+    partial): samples/s after the first batch, open time, the multiplicity of every key, memory."""
     from loaders.augment import preset
     from loaders.loader import TrainLoader
     from loaders.mixture import parse_shards_args
 
-    sync = device_sync(device)
-    with PssSampler(interval=1.0) as mem:
-        t0 = time.perf_counter()
-        mixture = parse_shards_args(shards)
+    sync = h.device_sync(device)
+    with h.PssSampler(interval=1.0) as mem:
+        t0, mixture = time.perf_counter(), parse_shards_args(shards)
         loader = TrainLoader(
             mixture, preset(aug), batch_size, seed=seed, device=device, num_threads=num_threads, drop_last=False
         )
-        built = time.perf_counter() - t0
-        planned = loader.samples_per_epoch
-        source = np.empty(planned, np.int64)
-        index = np.empty(planned, np.int64)
-        n = batches = 0
-        t_first = None
-        for batch in loader.epoch(0, 0):
-            k = len(batch)
-            source[n : n + k] = batch.source.cpu().numpy()
-            index[n : n + k] = batch.index.cpu().numpy()
-            n += k
-            batches += 1
+        built, seen, n, t_first = time.perf_counter() - t0, [], 0, None
+        batches = loader.batches()
+        for batch in itertools.islice(batches, loader.steps_per_epoch):
+            seen.append((batch.source.cpu().numpy(), batch.index.cpu().numpy()))
+            n += len(batch)
             if t_first is None:
                 sync()
-                t_first = time.perf_counter()
-                first = n
+                t_first, first = time.perf_counter(), n
+        batches.close()
         sync()
         t_end = time.perf_counter()
+    source, index = (np.concatenate(a) for a in zip(*seen))
     multiplicity, exact = {}, True
     for s, src in enumerate(mixture.sources):
-        seen = np.bincount(index[:n][source[:n] == s], minlength=src.count)
-        hist = np.bincount(seen)
-        multiplicity[src.name] = {f"{times}x": int(keys) for times, keys in enumerate(hist) if keys}
-        exact &= bool(np.all(seen == src.weight))
+        times = np.bincount(index[source == s], minlength=src.count)
+        multiplicity[src.name] = {f"{t}x": int(k) for t, k in enumerate(np.bincount(times)) if k}
+        exact &= bool(np.all(times == src.weight))
     seconds = t_end - t_first
     return {
         "samples": n,
-        "planned": planned,
-        "batches": batches,
+        "planned": loader.samples_per_epoch,
+        "batches": len(seen),
         "warmup_batches": 1,
-        "timed_batches": batches - 1,
+        "timed_batches": len(seen) - 1,
         "timed_samples": n - first,
         "seconds": round(seconds, 2),
         "samples_per_s": round((n - first) / seconds, 1) if seconds > 0 else None,
@@ -491,32 +284,31 @@ def run_full_epoch(shards: list[str], aug: str, batch_size: int, num_threads: in
         "loader_build_s": round(built, 2),
         "key_multiplicity": multiplicity,
         "multiplicities_exact": exact,
-        "meets_minimum": batches - 1 >= MIN_BATCHES or seconds >= MIN_SECONDS,
         "stopped": "exhausted",
+        "meets_minimum": len(seen) - 1 >= h.MIN_BATCHES or seconds >= h.MIN_SECONDS,
         **mem.row(),
     }
 
 
-def full_scale(real: str, generated: Path, work_dir: Path, count: int, cfg: ScaleConfig) -> dict:
+def full_scale(real: str, generated: Path, work: Path, count: int, o: dict) -> dict:
     from loaders.mixture import parse_shards_args
 
-    gen_dir = work_dir / f"generated-{count}"
-    manifest, build_s = build_generated(generated, gen_dir, count, log=lambda m: click.echo(m, err=True))
-    shards = [real, f"{gen_dir}:1"]
+    gen = work / f"generated-{count}"
+    manifest, build_s = build_generated(generated, gen, count)
+    shards = [real, f"{gen}:1"]
     mixture = parse_shards_args(shards)
     click.echo(f"one epoch of {int(mixture.expected_epoch_size):,} samples ...", err=True)
-    args = (shards, cfg.aug, cfg.batch_size, cfg.workers, cfg.device, cfg.seed)
-    row = in_fresh_process(run_full_epoch, *args) if cfg.isolate else run_full_epoch(*args)
-    backend = "dali-gpu" if cfg.device.startswith("cuda") else "dali-cpu"
+    args = (shards, o["aug"], o["batch_size"], o["workers"], o["device"], o["seed"])
+    row = h.in_fresh_process(run_full_epoch, *args) if o["isolate"] else run_full_epoch(*args)
     return {
-        "backend": backend,
+        "backend": "dali-gpu" if o["device"].startswith("cuda") else "dali-cpu",
         "axis": "epoch_size",
         "variant": f"{manifest.count:,} distinct generated",
         "planned_samples": row["planned"],
         "sources": 2,
         "weights": mixture.weights,
         "source_counts": mixture.counts,
-        "generated_set": str(gen_dir),
+        "generated_set": str(gen),
         "generated_bytes": sum(s.bytes for s in manifest.shards),
         "generated_shards": len(manifest.shards),
         "generated_reused": build_s == 0.0,
@@ -525,175 +317,67 @@ def full_scale(real: str, generated: Path, work_dir: Path, count: int, cfg: Scal
     }
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(float(x)) for x in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: give comma-separated integers such as 50000,500000,1500000") from None
-    if not values or min(values) <= 0:
-        raise click.BadParameter(f"{text!r}: every value must be positive")
-    return values
-
-
-@click.command("scale")
+@h.command("scale")
+@h.shards_option("the real then the generated set [the demo mixture real:10 generated:1]")
+@click.option("--sizes", default="50000,500000,1500000", show_default=True, help="planned samples per epoch")
+@click.option("--sources", "ns", default="1,2,4,8", show_default=True, help="numbers of sources")
 @click.option(
-    "--shards",
-    "shards",
-    multiple=True,
-    metavar="DIR[:W]",
-    help="Real then generated shard set (default: the demo mixture real:10 generated:1).",
+    "--sources-size", type=click.IntRange(1), help="planned samples on the sources axis [500000; quick 50000]"
 )
-@click.option("--sizes", default="50000,500000,1500000", show_default=True, help="Planned samples per epoch.")
-@click.option("--sources", "ns", default="1,2,4,8", show_default=True, help="Numbers of sources to try.")
-@click.option(
-    "--sources-size", type=int, default=None, help="Planned samples for the sources axis [500000; --quick 50000]."
-)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--workers", type=click.IntRange(1), default=None, help="DALI threads [the cores available].")
-@click.option("--warmup", type=click.IntRange(0), default=None, help="Untimed batches first [10; --quick 2].")
-@click.option("--min-batches", type=click.IntRange(1), default=None, help="Timed batches at least [50; --quick 5].")
-@click.option("--min-seconds", type=float, default=None, help="Timed seconds at least [10; --quick 1].")
-@click.option("--max-batches", type=click.IntRange(1), default=None, help="Timed batches at most.")
-@click.option("--aug", default="simclr-adainf", show_default=True, help="Augmentation preset.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda (DALI GPU backend).")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@h.workers_option
+@h.timing_options()
+@click.option("--aug", default="simclr-adainf", show_default=True, help="augmentation preset")
+@h.device_option
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--plan-only", is_flag=True, help="Only planning time and memory; no loader.")
-@click.option("--quick", is_flag=True, help="Lower timing minimums (marked quick in the JSON): a smoke run.")
-@click.option("--full", is_flag=True, help="One whole epoch of the first --shards set + 1M distinct generated images.")
-@click.option(
-    "--generated",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="--full: the images the 1M are made from (a shard set, or an archive/folder `shards pack` reads) "
-    "[the second --shards set].",
-)
-@click.option(
-    "--generated-count",
-    type=click.IntRange(1),
-    default=1_000_000,
-    show_default=True,
-    help="--full: distinct generated images to build.",
-)
-@click.option(
-    "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="--full: where the generated set is built once and reused [~/.cache/adainf-bench/scale-full].",
-)
-@click.option("--no-isolate", is_flag=True, help="Run loaders in this process (memory figures then accumulate).")
-@out_dir_option
-def main(
-    shards,
-    sizes,
-    ns,
-    sources_size,
-    batch_size,
-    workers,
-    warmup,
-    min_batches,
-    min_seconds,
-    max_batches,
-    aug,
-    device,
-    seed,
-    plan_only,
-    quick,
-    full,
-    generated,
-    generated_count,
-    work_dir,
-    no_isolate,
-    out_dir,
-):
+@click.option("--plan-only", is_flag=True, help="only planning time and memory; no loader")
+@click.option("--full", is_flag=True, help="one whole epoch of the first --shards set + 1M distinct generated images")
+@click.option("--generated", type=click.Path(exists=True, path_type=Path), help="--full: the images the 1M come from")
+@click.option("--generated-count", type=click.IntRange(1), default=1_000_000, show_default=True)
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="--full: where the 1M are kept")
+@click.option("--no-isolate", is_flag=True, help="run loaders in this process (memory figures then accumulate)")
+def main(shards, sizes, ns, sources_size, workers, timing, device, plan_only, full, no_isolate, out_dir, **o):
     """How loader samples/s, planning time and memory change with epoch size and number of sources."""
-    timing = timing_settings(quick, warmup, min_batches, min_seconds)
-    cfg = ScaleConfig(
-        sizes=_ints(sizes),
-        sources=_ints(ns),
-        sources_size=sources_size or (50_000 if quick else 500_000),
-        batch_size=batch_size,
-        warmup=timing["warmup"],
-        min_batches=timing["min_batches"],
-        min_seconds=timing["min_seconds"],
-        max_batches=max_batches,
-        workers=workers or default_workers(),
-        aug=aug,
-        device=pick_device(device),
-        seed=seed,
-        plan_only=plan_only,
-        isolate=not no_isolate,
-    )
+    from loaders.mixture import parse_shards_args
+
+    device, workers = resolve_device(device), h.workers_or_cores(workers)
+    cfg = {"sizes": h.comma_list(sizes, _int, flag="--sizes"), "sources": h.comma_list(ns, _int, flag="--sources")}
+    cfg.update(sources_size=sources_size or (50_000 if timing.small else 500_000), batch_size=o["batch_size"])
+    cfg.update(timing.settings(), workers=workers, aug=o["aug"], device=device, seed=o["seed"])
+    cfg.update(plan_only=plan_only, isolate=not no_isolate)
+    backend = "dali-gpu" if device.startswith("cuda") else "dali-cpu"
     if full:
-        from bench.common import demo_cache_dir
-
-        if not shards:
-            raise click.UsageError("--full needs --shards REAL_DIR:10 (and --generated, or a second --shards set)")
-        real, gen = shards[0], generated
-        if gen is None:
-            if len(shards) < 2:
-                raise click.UsageError(
-                    "--full needs --generated PATH or a second --shards set to make the 1M images from"
-                )
-            gen = Path(shards[1].rsplit(":", 1)[0] if ":" in shards[1] else shards[1])
-        work = work_dir or demo_cache_dir().parent / "scale-full"
-        try:
-            rows = [full_scale(real, Path(gen), work, generated_count, cfg)]
-        except ShardError as e:
-            raise click.ClickException(str(e)) from None
-        r = rows[0]
-        print_table(
-            rows,
-            [
-                "backend",
-                "planned_samples",
-                "samples_per_s",
-                "epoch_s",
-                "open_s",
-                "multiplicities_exact",
-                "peak_pss_mb",
-                "peak_pss_file_mb",
-                "peak_rss_sum_mb",
-            ],
-        )
-        print(f"key multiplicity: {r['key_multiplicity']}")
-        settings = {
-            **asdict(cfg),
-            "shards": [real],
-            "generated": str(gen),
-            "generated_count": generated_count,
-            "work_dir": str(work),
-            "variants": VARIANTS_VERSION,
-            "quick": False,
-        }
-        path = write_results("scale-full", settings, rows, out_dir)
-        click.echo(f"wrote {path}", err=True)
+        real, gen = _full_inputs(shards, o["generated"])
+        work = o["work_dir"] or h.demo_cache_dir().parent / "scale-full"
+        rows = [full_scale(real, gen, work, o["generated_count"], cfg)]
+        settings = {**cfg, "shards": [real], "generated": str(gen), "generated_count": o["generated_count"]}
+        settings.update(work_dir=str(work), variants=VARIANTS_VERSION, quick=False)
+        columns = "backend planned_samples samples_per_s epoch_s open_s multiplicities_exact peak_pss_mb"
+        h.finish("scale-full", settings, rows, columns + " peak_pss_file_mb peak_rss_sum_mb", out_dir)
+        click.echo(f"key multiplicity: {rows[0]['key_multiplicity']}")
         return
-    rows, shards = run_in_workdir("bench-scale-", shards, run, cfg)
-    print_table(
-        rows,
-        [
-            "backend",
-            "axis",
-            "planned_samples",
-            "sources",
-            "plan_s",
-            "plan_mb",
-            "samples_per_s",
-            "peak_pss_mb",
-            "startup_s",
-            "timed_batches",
-            "seconds",
-        ],
-    )
-    settings = {
-        **asdict(cfg),
-        "shards": shards,
-        "quick": timing["quick"],
-        "standin": "generated set repeated under one manifest (symlinked tars, prefix-cut index)",
-    }
-    path = write_results("scale", settings, rows, out_dir)
-    click.echo(f"wrote {path}", err=True)
+    shards = h.resolve_shards(shards)
+    srcs = [(Path(s.path), s.manifest.count, float(s.weight)) for s in parse_shards_args(shards).sources]
+    loader = dict(aug=o["aug"], batch_size=o["batch_size"], timing=timing, device=device, num_threads=workers)
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        points = size_points(srcs[0], srcs[1] if len(srcs) > 1 else None, cfg["sizes"], Path(tmp) / "size")
+        points += source_points([p for p, _, _ in srcs], cfg["sources"], cfg["sources_size"], Path(tmp) / "sources")
+        grid = scale_cases(points, backend, {**loader, "seed": o["seed"]}, plan_only, o["seed"])
+        rows = h.run_cases(grid, isolate=not (no_isolate or plan_only))
+    settings = {**cfg, "shards": shards, "standin": "generated set repeated under one manifest (symlinked tars)"}
+    columns = "backend axis planned_samples sources plan_s plan_mb samples_per_s peak_pss_mb startup_s timed_batches"
+    h.finish("scale", settings, rows, columns + " seconds", out_dir)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _int(text: str) -> int:
+    value = int(float(text))
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def _full_inputs(shards, generated) -> tuple[str, Path]:
+    """--full's real set (the first --shards) and the images the 1M come from (--generated, or the second)."""
+    if not shards or (generated is None and len(shards) < 2):
+        raise click.UsageError("--full needs --shards REAL_DIR:10 and --generated PATH (or a second --shards set)")
+    return shards[0], Path(generated or shards[1].rsplit(":", 1)[0])

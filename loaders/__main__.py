@@ -12,6 +12,7 @@ import time
 import click
 
 from shards.errors import UserError
+from shards.host import LOADER_THREADS, resolve_device
 from shards.interrupt import interrupts, signal_of
 from shards.progress import duration, progress
 
@@ -89,7 +90,7 @@ def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
     show_default=True,
     help="Where the DALI pipeline runs (auto: gpu when --device is cuda).",
 )
-@click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--threads", default=LOADER_THREADS, show_default=True, type=click.IntRange(1))
 @click.option(
     "--drop-last/--keep-last",
     default=False,
@@ -147,7 +148,7 @@ def audit(
                         batch_size=batch_size,
                         epochs=epochs,
                         seed=seed,
-                        device=device,
+                        device=resolve_device(device),
                         loader_device=loader_device,
                         num_threads=threads,
                         drop_last=drop_last,

@@ -43,6 +43,7 @@ import os
 import stat
 import sys
 import tarfile
+import time
 import weakref
 from pathlib import Path
 
@@ -80,7 +81,8 @@ class SourceReader:
 
     ``keys``, ``shard_of``, ``offsets``, ``sizes``, ``labels`` (int64), ``hw`` ((N, 2) int32, each image's
     real (H, W)) and ``verdict`` (uint8, 0 = OK, see ``shards.check.WHY``) are per-sample arrays; ``notes``
-    holds one line per shard whose bytes differ from its manifest (also logged as a warning). ``cache=False``
+    holds one line per shard whose bytes differ from its manifest (also logged as a warning); ``check_s`` the
+    seconds this open spent checking samples (0 when all came from the cache). ``cache=False``
     neither reads nor writes the cache; ``workers`` caps the processes that check a large set at its first
     open (default: the cores this process may run on); ``confirmation``: a ``shards.confirm.Confirmation`` of
     this set started earlier (so the hashing overlaps other start-up work), else one is started here.
@@ -139,8 +141,11 @@ class SourceReader:
         pending = [s for s, t in enumerate(tables) if t is None or set(t) != set(_TABLE)]
         for s in pending:
             tables[s] = self._parse(s, trusted=s not in damaged)
+        self.check_s = 0.0  # seconds this open spent checking samples (0 when every shard was cached)
         if pending:
+            t0 = time.perf_counter()
             self._check([(s, tables[s]) for s in pending], workers)
+            self.check_s = time.perf_counter() - t0
         self.shard_of = np.repeat(np.arange(len(tables), dtype=np.int32), [len(t["offsets"]) for t in tables])
         cat = {k: np.concatenate([t[k] for t in tables]) if tables else np.zeros(0) for k in _TABLE}
         self.keys = cat["keys"].astype(str)

@@ -32,12 +32,13 @@ import functools
 import hashlib
 import io
 import json
-import os
 import re
 import struct
 import zlib
 
 import numpy as np
+
+from .host import cores
 
 # verdicts (uint8): why a sample is never handed to a decoder
 OK, TRUNCATED, BAD_SIZE, BAD_LABEL, BAD_STRUCTURE, UNDECODABLE, LABEL_RANGE, BAD_DIGEST, BAD_META, BAD_HEADER = range(
@@ -311,8 +312,7 @@ def check_members(jobs: list[dict], workers: int | None = None, chunk: int = 409
         {k: (v[a : a + chunk] if k in arrays and v is not None else v) for k, v in jobs[j].items()} for j, a in pieces
     ]
     total = sum(len(job["off"]) for job in jobs)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(workers or cores, len(pieces))
+    workers = min(workers or cores(), len(pieces))
     results = None
     if workers > 1 and total >= 2 * chunk:
         try:

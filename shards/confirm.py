@@ -17,6 +17,8 @@ import queue
 import threading
 from pathlib import Path
 
+from .host import cores
+
 CHUNK = 1 << 22
 
 
@@ -70,8 +72,7 @@ class Confirmation:
         self._left = len(todo)
         if not todo:
             self._done.set()
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        for _ in range(min(threads or cores, len(todo))):
+        for _ in range(min(threads or cores(), len(todo))):
             threading.Thread(target=self._work, name="shard-sha256", daemon=True).start()
 
     def _work(self) -> None:

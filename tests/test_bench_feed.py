@@ -17,7 +17,7 @@ def test_feed_benchmark_rows(demo_shards, tmp_path):
         "png,raw",
         "--batch-size",
         "16",
-        "--batches",
+        "--min-batches",
         "5",
         "--min-seconds",
         "0",

@@ -1,4 +1,5 @@
-"""`python -m bench.inflation` on tiny demo data: two modes, two seeds, a few convnet steps of train.py.
+"""`python -m bench inflation` (bench/studies/inflation.py) on tiny demo data: two modes, two seeds, a few
+convnet steps of train.py.
 
 Checks the JSON shape, that each run trained with the weights and augmentation the policy gives, the
 curve, the random-init rows, the mean ± std summary and the comparison against the spread, and the chart;
@@ -12,7 +13,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from bench import inflation, report
+from bench import report
+from bench.studies import inflation
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.harness import Timing
 from bench.model import measure_model_ceiling
 from models import build_method
 
@@ -11,9 +12,7 @@ def test_measure_model_ceiling_reports_consistent_figures():
     method = build_method("simclr", proj_hidden_dim=32, proj_output_dim=16)
     with FlopCounterMode(display=False) as fwd:
         method.backbone(torch.randn(4, 3, 8, 8))
-    row = measure_model_ceiling(
-        method, batch_size=4, device="cpu", warmup=1, min_batches=3, min_seconds=0.0, image_size=8, peak_flops=1e12
-    )
+    row = measure_model_ceiling(method, 4, "cpu", timing=Timing(1, 3, 0.0), image_size=8, peak_flops=1e12)
     assert row["backend"] == "model-ceiling" and row["method"] == "simclr"
     # two views, forward + backward (about 3x forward): well above one forward of one view
     assert row["flops_per_step"] > 2 * 2 * fwd.get_total_flops()

@@ -25,6 +25,7 @@ from models.backbone import BACKBONES
 from models.engine.compiling import COMPILE_CHOICES
 from models.methods import METHODS
 from shards.errors import ConfigError
+from shards.host import LOADER_THREADS
 
 
 def _opt(default, help, **extra):
@@ -60,7 +61,7 @@ class Settings:
     jitter_strength: float | None = _opt(None, "Colour-jitter strength multiplier (overrides the policy/preset).")
     jitter_p: float | None = _opt(None, "Colour-jitter probability (overrides the policy/preset).")
     image_size: int = _opt(32, "Side of the training crops and evaluation images (shard images are resized).")
-    num_threads: int = _opt(2, "DALI CPU threads per process.")
+    num_threads: int = _opt(LOADER_THREADS, "DALI CPU threads per process.")
     loader_device: str = _opt(
         "auto",
         "Where the DALI pipeline runs: gpu (mixed decoder, GPU ops), cpu (CPU "

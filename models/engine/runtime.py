@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from shards.errors import ConfigError
+from shards.host import resolve_device
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,7 @@ def plan_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     (``train.py --print-config``)."""
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(device).startswith("cuda")  # the one decision of the device (shards.host)
     if precision == "auto":
         precision = "bf16" if use_cuda else "fp32"
     if precision in ("bf16", "fp16") and not use_cuda:

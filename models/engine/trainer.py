@@ -25,6 +25,7 @@ from models.engine.metrics import Metrics, Progress
 from models.engine.runtime import rng_state, set_rng_state
 from models.optim import build_optimizer, build_scheduler
 from models.syncbn import convert_sync_batchnorm
+from shards import host
 from shards.errors import UserError
 from shards.interrupt import Interrupt, in_forked_child, interrupts, signal_of
 from shards.progress import duration
@@ -236,7 +237,7 @@ def data_wait_hint(wait: float, s, on_gpu: bool, threshold: float = 0.2) -> str 
     where loader and model share the cores and the figure measures that, not the GPU idling)."""
     if not on_gpu or wait < threshold:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = host.cores()
     levers = []
     if s.num_threads < cores:
         levers.append(f"more loader threads (--num-threads, now {s.num_threads}; {cores} cores here)")
