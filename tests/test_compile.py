@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from trainargs import train_args
 
 import train
 from models import build_method, build_optimizer
@@ -137,42 +138,7 @@ DEMO = (24, 24, 40)
 
 
 def _args(data, out, steps=4, **extra):
-    args = [
-        "--shards",
-        f"{data['real']}:1",
-        "--shards",
-        f"{data['generated']}:1",
-        "--eval-shards",
-        str(data["test"]),
-        "--train-labels",
-        str(data["real"]),
-        "--backbone",
-        "convnet",
-        "--steps",
-        str(steps),
-        "--batch-size",
-        "16",
-        "--image-size",
-        "8",
-        "--log-every",
-        "1",
-        "--eval-every",
-        "0",
-        "--probe-epochs",
-        "1",
-        "--knn-k",
-        "5",
-        "--eval-batch-size",
-        "32",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-    ]
-    for k, v in extra.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    return args
+    return train_args(data, out, steps, backbone="convnet", probe_epochs=1, **extra)
 
 
 def _run(args):

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from trainargs import train_args
 
 import train
 from loaders.loader import TrainLoader
@@ -37,40 +38,7 @@ def data(demo_sets):
 
 
 def base_args(data, out, steps=6, **extra):
-    args = [
-        "--shards",
-        f"{data['real']}:1",
-        "--shards",
-        f"{data['generated']}:1",
-        "--eval-shards",
-        str(data["test"]),
-        "--train-labels",
-        str(data["real"]),
-        "--steps",
-        str(steps),
-        "--batch-size",
-        "16",
-        "--image-size",
-        "8",
-        "--log-every",
-        "1",
-        "--eval-every",
-        "0",
-        "--probe-epochs",
-        "2",
-        "--knn-k",
-        "5",
-        "--eval-batch-size",
-        "32",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-    ]
-    for k, v in extra.items():
-        args += [f"--{k.replace('_', '-')}"] + ([] if v is None else [str(v)])
-    return args
+    return train_args(data, out, steps, **extra)
 
 
 def run(args):

@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from trainargs import train_args
 
 import train
 from models.engine import read_records
@@ -35,16 +36,7 @@ def data(demo_sets):
 
 
 def args_for(data, out, steps, **extra) -> list[str]:
-    args = [
-        *("--shards", f"{data['real']}:1", "--shards", f"{data['generated']}:1"),
-        *("--eval-shards", str(data["test"]), "--train-labels", str(data["real"])),
-        *("--steps", str(steps), "--batch-size", "16", "--image-size", "8", "--log-every", "1"),
-        *("--eval-every", "0", "--probe-epochs", "2", "--knn-k", "5", "--eval-batch-size", "32"),
-        *("--no-progress", "--device", "cpu", "--warmup-steps", "40", "--out", str(out)),
-    ]
-    for k, v in extra.items():
-        args += [f"--{k.replace('_', '-')}"] + ([] if v is None else [str(v)])
-    return args
+    return train_args(data, out, steps, warmup_steps=40, **extra)
 
 
 def invoke(args):
