@@ -268,16 +268,26 @@ class TrainLoader:
         self.dali_operators = operator_count(pipe)
         delivery = Delivery(self.device, self.loader_device, self.colour)
 
+        # torch.set_num_threads sets the calling thread's OpenMP count *and* the process default that any thread
+        # takes when it first runs a parallel op: the producer's own count must not leak into the training thread
+        # (the model would run on one core). So this thread's count is fixed here, before the producer starts, and
+        # the default is put back once the producer has set its count (by its first batch).
+        threads, own_threads = torch.get_num_threads(), self.device.type == "cpu" and self.prefetch_batches > 0
+
         def produce():
-            if self.device.type == "cpu":
-                torch.set_num_threads(self.colour_threads)  # this thread's own setting (OpenMP's is per thread)
+            if own_threads:
+                torch.set_num_threads(self.colour_threads)  # the prefetch thread's colour stage
             for outs, fed in run(pipe, self.table, feed):
                 host = [fed.labels, fed.source.astype(np.int64), fed.index.astype(np.int64)]
                 yield (*delivery.make(list(outs), host, fed.colour), fed)
 
         made = Prefetcher(produce(), self.prefetch_batches) if self.prefetch_batches > 0 else produce()
+        restore = own_threads
         try:
             for views, (labels, source, index), event, fed in made:
+                if restore:
+                    torch.set_num_threads(threads)  # the process default back (this thread's count is unchanged)
+                    restore = False
                 delivery.take(views, [labels, source, index], event)
                 self._position = (fed.epoch, fed.step + 1) if fed.step + 1 < fed.steps else (fed.epoch + 1, 0)
                 if fed.skipped is not None:

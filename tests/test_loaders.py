@@ -327,3 +327,31 @@ def test_eval_loader_limit_is_a_fixed_subset_across_classes(tmp_path, shard_fact
     assert len(set(sub_y.tolist())) >= 5 and pos != list(range(10))
     other = torch.cat([x for x, _ in EvalLoader(src, 4, limit=10, seed=1)])
     assert len(other) == 10 and not torch.equal(other, sub_x)  # the seed picks the subset
+
+
+@pytest.mark.parametrize("prefetch", [2, 0])
+def test_the_colour_stage_threads_never_reach_the_training_thread(data, prefetch):
+    """torch.set_num_threads in the prefetch thread also sets the default a thread takes at its first parallel op:
+    it once left train.py's step on one core of two. The consuming thread (a fresh one, as a fresh process's main
+    thread) and threads started later keep the process's count; with no prefetch thread nothing is changed."""
+    import threading
+
+    seen = {}
+
+    def consume():
+        loader = TrainLoader(parse_shards_args([f"{data['real']}:1"]), preset("simclr"), 10, prefetch_batches=prefetch)
+        batches = loader.batches()
+        next(batches), next(batches)
+        seen["consumer"] = torch.get_num_threads()
+        later = threading.Thread(target=lambda: seen.update(later=torch.get_num_threads()))
+        later.start(), later.join()
+        batches.close()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # not the stage's 1, so a leak shows
+    try:
+        thread = threading.Thread(target=consume)
+        thread.start(), thread.join()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"consumer": 3, "later": 3}
