@@ -97,3 +97,30 @@ def ignore_in_worker() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     except (AttributeError, OSError, ValueError):
         pass
+
+
+def start_pool(ctx, workers: int, initializer=ignore_in_worker, initargs: tuple = ()):
+    """``ctx.Pool(workers)`` started so that a signal can stop it at any moment: the forks run with SIGINT /
+    SIGTERM held back (``deferred``) and each worker's ``initializer`` must call ``ignore_in_worker`` (the
+    default does). A plain pool inherits the command's Python handlers, and a SIGTERM from ``Pool.terminate``
+    that reaches a worker still starting is dropped by Python's at-fork reset: the worker then waits on the
+    queue lock the parent holds, and the parent waits for it forever (seen in ``shards verify``). End it with
+    ``close(); join()``, or :func:`stop_pool` when its work is abandoned."""
+    with deferred():
+        return ctx.Pool(workers, initializer=initializer, initargs=initargs)
+
+
+def stop_pool(pool, timeout: float = 0.3) -> None:
+    """Stop a pool whose work is abandoned, in bounded time. ``Pool.terminate`` can hang for good when the
+    interruption lands while its task thread is writing a batch to the workers (seen here: the task thread
+    waiting on the queue's write lock, ``terminate`` joining it). So: kill the workers, then terminate in a
+    daemon thread for at most ``timeout`` seconds (the workers are gone by then: what is left is bookkeeping);
+    the pool's threads are daemons and die with the process."""
+    import threading
+
+    for w in getattr(pool, "_pool", []):  # the worker processes (not public API; absent, terminate alone)
+        if w.exitcode is None:
+            w.kill()
+    t = threading.Thread(target=pool.terminate, daemon=True, name="pool-terminate")
+    t.start()
+    t.join(timeout)

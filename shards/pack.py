@@ -41,7 +41,7 @@ import numpy as np
 
 from .encode import EncodeConfig, encode_batch
 from .index import existing_caches
-from .interrupt import deferred, ignore_in_worker
+from .interrupt import ignore_in_worker, start_pool, stop_pool
 from .lock import OutputLock
 from .manifest import MANIFEST_NAME, PACK_FORMATS, Manifest, ShardError, atomic_write_text, check_name
 from .progress import progress
@@ -381,8 +381,7 @@ def _encoded(source: Source, order: np.ndarray, ecfg: EncodeConfig, cfg: PackCon
         return
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
     lock_fd = lock_fd if ctx.get_start_method() == "fork" else None
-    with deferred():  # a signal during the forks would be lost (see shards.interrupt.deferred)
-        pool = ctx.Pool(workers, initializer=_worker_init, initargs=(lock_fd,))
+    pool = start_pool(ctx, workers, _worker_init, (lock_fd,))
     try:
         pending: deque = deque()
         for b in batches:
@@ -394,26 +393,10 @@ def _encoded(source: Source, order: np.ndarray, ecfg: EncodeConfig, cfg: PackCon
             b0, r0 = pending.popleft()
             yield b0, r0.get()
     except BaseException:  # interrupted (Ctrl-C, SIGTERM), a failed batch, the consumer gone
-        _stop_pool(pool)
+        stop_pool(pool)
         raise
     pool.close()
     pool.join()
-
-
-def _stop_pool(pool, timeout: float = 0.3) -> None:
-    """Stop a pool whose work is abandoned, in bounded time. ``Pool.terminate`` can hang for good when the
-    interruption lands while its task thread is writing a batch to the workers (seen here: the task thread
-    waiting on the queue's write lock, ``terminate`` joining it). So: kill the workers, then terminate in a
-    daemon thread for at most ``timeout`` seconds (the workers are gone by then: what is left is bookkeeping);
-    the pool's threads are daemons and die with the process."""
-    import threading
-
-    for w in getattr(pool, "_pool", []):  # the worker processes (not public API; absent, terminate alone)
-        if w.exitcode is None:
-            w.kill()
-    t = threading.Thread(target=pool.terminate, daemon=True, name="pack-pool-terminate")
-    t.start()
-    t.join(timeout)
 
 
 def _worker_init(lock_fd: int | None) -> None:

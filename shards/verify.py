@@ -22,6 +22,7 @@ import numpy as np
 
 from .check import OK, WHY, check_image, check_meta, labels_in_range, parse_label, sizes_match
 from .index import read_index
+from .interrupt import start_pool, stop_pool
 from .manifest import MANIFEST_NAME, Manifest, ShardError, ShardInfo
 
 
@@ -45,8 +46,14 @@ def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = Tr
     jobs = [(str(directory), s, m, decode) for s in m.shards]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     if workers > 1:
-        with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers) as pool:
+        pool = start_pool(mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None), workers)
+        try:
             results = pool.starmap(verify_shard, jobs)
+        except BaseException:  # interrupted, or a shard that could not be read at all
+            stop_pool(pool)
+            raise
+        pool.close()
+        pool.join()
     else:
         results = [verify_shard(*j) for j in jobs]
     labels: Counter = Counter()

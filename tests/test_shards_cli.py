@@ -204,3 +204,28 @@ def test_worker_pools_under_the_interrupt_handler_still_stop(tmp_path, shard_fac
         timeout=120,
     )
     assert proc.returncode == 0 and proc.stdout.startswith(f"{src}: OK (40 samples in 3 shard(s)"), proc.stderr
+
+
+def test_a_pool_stopped_while_its_workers_start_never_hangs():
+    """A SIGTERM from Pool.terminate that reaches a worker still starting was dropped by Python's at-fork reset
+    of the inherited handler: the worker then waited for ever on the queue lock the parent held, and the parent
+    joined it for ever (a `shards verify` of tiny shards hung CI: its pool was done before its second worker
+    had started). ``start_pool`` forks with the signals held back; 30 pools stopped at once all end."""
+    script = (
+        "import multiprocessing as mp, numpy as np\n"
+        "from shards.interrupt import interrupts, start_pool\n"
+        "ballast = np.ones(300_000_000 // 8)  # a large parent forks slowly, as the test process does\n"
+        "with interrupts():\n"
+        "    for _ in range(30):\n"
+        "        start_pool(mp.get_context('fork'), 2).terminate()\n"
+        "print('done')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr
