@@ -148,8 +148,11 @@ def run(shards, sets: dict, work: Path, o: dict, timing: h.Timing) -> list[dict]
         recipe, bs = preset(o["aug"]), o["batch_size"]
         return TrainLoader(parse_shards_args(mix), recipe, bs, loader_device="cpu", num_threads=o["cores"], **kw)
 
-    before = os.sched_getaffinity(0)
+    import torch
+
+    before, threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, set(sorted(before)[: o["cores"]]))
+    torch.set_num_threads(o["cores"])  # as torch would start on these cores (more threads than cores spin-wait)
     try:
         rows = [{"backend": f"open-{s.name}", **open_cost(Path(s.path))} for s in parse_shards_args(shards).sources]
         for fmt, mix in sets.items():
@@ -179,6 +182,7 @@ def run(shards, sets: dict, work: Path, o: dict, timing: h.Timing) -> list[dict]
             rows.append({**row, "loader_open_s": round(time.perf_counter() - t, 3)})
     finally:
         os.sched_setaffinity(0, before)
+        torch.set_num_threads(threads)
     return rows
 
 
