@@ -257,7 +257,7 @@ def run_full_epoch(shards: list[str], aug: str, batch_size: int, num_threads: in
         for batch in itertools.islice(batches, loader.steps_per_epoch):
             # numpy copies, not the batch's tensors: 5,860 kept tensors fragment the allocator (glibc kept ~2 MB
             # per batch: 10 GB over the epoch, `cpu2-20261202-145825-scale-full.json`); the copies stay flat
-            seen.append((np.array(batch.source.cpu()), np.array(batch.index.cpu())))
+            seen.append((batch.source.cpu().numpy().copy(), batch.index.cpu().numpy().copy()))
             n += len(batch)
             if t_first is None:
                 sync()
