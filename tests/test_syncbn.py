@@ -39,6 +39,7 @@ ok_stats = all(torch.allclose(getattr(model[i], k), getattr(ref[i], k), atol=1e-
 # DDP averages gradients over ranks; the reference summed the whole batch's loss: a factor of world
 ok_grad = torch.allclose(model[0].weight.grad * world, ref[0].weight.grad, rtol=1e-4, atol=1e-5)
 print(f"rank {rank} out {ok_out} stats {ok_stats} grad {ok_grad}")
+dist.destroy_process_group()  # gloo's threads left to the interpreter's exit can abort it ("terminate called ...")
 sys.exit(0 if ok_out and ok_stats and ok_grad else 1)
 """
 

@@ -7,6 +7,7 @@ autocast context, a null context in fp32, and a GradScaler that is enabled only 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
@@ -93,7 +94,15 @@ def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
         torch.distributed.init_process_group(
             backend="nccl" if rt.is_cuda else "gloo", device_id=torch.device(rt.device) if rt.is_cuda else None
         )
+        atexit.register(_end_process_group)
     return rt
+
+
+def _end_process_group() -> None:
+    """The process group ended before the interpreter's own teardown: gloo's threads left to it can abort the
+    process at exit ("terminate called without an active exception", seen in tests/test_syncbn.py)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def seed_everything(seed: int) -> None:
