@@ -275,7 +275,7 @@ def chart_scale(runs: list[Run], path: Path) -> Path | None:
             axes[1][col].plot(xs, [row.get("plan_s") for row in rows], "s-", label=f"{tag} plan s")
             mem = [(x, row["peak_pss_mb"]) for x, row in zip(xs, rows) if row.get("peak_pss_mb")]
             if mem:
-                twin = twins.setdefault(col, axes[1][col].twinx())
+                twin = twins[col] if col in twins else twins.setdefault(col, axes[1][col].twinx())  # one per column
                 twin.plot(*zip(*mem), "^:", color="tab:purple", label="loader peak PSS MiB")
                 twin.set_ylabel("loader peak PSS MiB (process tree)", color="tab:purple")
     for run, row in full:
