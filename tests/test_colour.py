@@ -14,23 +14,19 @@ from __future__ import annotations
 import dataclasses
 import io
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from shareddata import DATA, require
 
 from loaders.augment import CIFAR_MEAN, CIFAR_STD, JITTER_OPS, ViewAug, preset
 from loaders.colour import ColourStage, colour_view, jitter_gray, pil_gaussian_blur
 from loaders.params import ParamLayout, ViewColumns, augment_rng, jitter_slots, pil_blur_taps, sample_view_params
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 def _archive_images(name: str, suffix: str, every: int, n: int = 64) -> np.ndarray:
-    path = DATA / name
-    if not path.is_file():
-        pytest.skip(f"shared data not found at {path}")
+    path = require(DATA / name)
     from PIL import Image
 
     out, k = [], 0

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import tarfile
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from shareddata import DATA, require
 
 from shards.cli import main
 from shards.manifest import Manifest
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CIFAR = DATA / "cifar10-jpg.tar.gz"
 EDM = DATA / "edm-cifar10-50k-png.tar.gz"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+
+
+@pytest.fixture(autouse=True)
+def _shared_data():
+    require(CIFAR), require(EDM)
+
+
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
