@@ -99,13 +99,21 @@ def ignore_in_worker() -> None:
         pass
 
 
+def fork_context():
+    """The multiprocessing context of the project's worker pools: fork where the platform has it (the workers
+    touch numpy, PIL and mapped files, never CUDA or DALI), else the platform's default."""
+    import multiprocessing as mp
+
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+
+
 def start_pool(ctx, workers: int, initializer=ignore_in_worker, initargs: tuple = ()):
-    """``ctx.Pool(workers)`` started so that a signal can stop it at any moment: the forks run with SIGINT /
-    SIGTERM held back (``deferred``) and each worker's ``initializer`` must call ``ignore_in_worker`` (the
-    default does). A plain pool inherits the command's Python handlers, and a SIGTERM from ``Pool.terminate``
-    that reaches a worker still starting is dropped by Python's at-fork reset: the worker then waits on the
-    queue lock the parent holds, and the parent waits for it forever (seen in ``shards verify``). End it with
-    ``close(); join()``, or :func:`stop_pool` when its work is abandoned."""
+    """``ctx.Pool(workers)`` (``ctx``: :func:`fork_context` for the project's pools) started so that a signal can
+    stop it at any moment: the forks run with SIGINT / SIGTERM held back (``deferred``) and each worker's
+    ``initializer`` must call ``ignore_in_worker`` (the default does). A plain pool inherits the command's Python
+    handlers, and a SIGTERM from ``Pool.terminate`` that reaches a worker still starting is dropped by Python's
+    at-fork reset: the worker then waits on the queue lock the parent holds, and the parent waits for it forever
+    (seen in ``shards verify``). End it with ``close(); join()``, or :func:`stop_pool` when its work is abandoned."""
     with deferred():
         return ctx.Pool(workers, initializer=initializer, initargs=initargs)
 

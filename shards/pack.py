@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import json
-import multiprocessing as mp
 import os
 import re
 import secrets
@@ -41,7 +40,7 @@ import numpy as np
 
 from .encode import EncodeConfig, encode_batch
 from .index import existing_caches
-from .interrupt import ignore_in_worker, start_pool, stop_pool
+from .interrupt import fork_context, ignore_in_worker, start_pool, stop_pool
 from .lock import OutputLock
 from .manifest import MANIFEST_NAME, PACK_FORMATS, Manifest, ShardError, atomic_write_text, check_name
 from .progress import progress
@@ -379,7 +378,7 @@ def _encoded(source: Source, order: np.ndarray, ecfg: EncodeConfig, cfg: PackCon
         for b in batches:
             yield b, encode_batch(b.kind, b.payload, ecfg)
         return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+    ctx = fork_context()
     lock_fd = lock_fd if ctx.get_start_method() == "fork" else None
     pool = start_pool(ctx, workers, _worker_init, (lock_fd,))
     try:

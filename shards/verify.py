@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import multiprocessing as mp
 import os
 import tarfile
 from collections import Counter
@@ -21,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from .check import OK, WHY, check_image, check_meta, labels_in_range, parse_label, sizes_match
+from .host import cores
 from .index import read_index
-from .interrupt import start_pool, stop_pool
+from .interrupt import fork_context, start_pool, stop_pool
 from .manifest import MANIFEST_NAME, Manifest, ShardError, ShardInfo
 
 
@@ -44,9 +44,9 @@ def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = Tr
     if not m.standin:
         problems += _repeated_tars(directory, m)
     jobs = [(str(directory), s, m, decode) for s in m.shards]
-    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    workers = min(workers or cores(), len(jobs))
     if workers > 1:
-        pool = start_pool(mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None), workers)
+        pool = start_pool(fork_context(), workers)
         try:
             results = pool.starmap(verify_shard, jobs)
         except BaseException:  # interrupted, or a shard that could not be read at all
