@@ -27,6 +27,7 @@
 #   --deadline S        stop starting commands, and cut the running one short, so the whole script ends
 #                       within S seconds (570: a device call may run 600 s); 0 = no deadline
 #   --dry-run           print the commands, run nothing
+#   PYTHON=PATH         the interpreter (python3; a CPU smoke run here: PYTHON=.venv/bin/python ... --device cpu --quick --limit 2000)
 #
 # Every step appends to WORK/results; after every command the script refreshes OUT/gpu-run.tar.gz (all of
 # WORK/results so far: extract it into bench/results/) and OUT/gpu-run.log, so a call cut short still
