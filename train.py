@@ -10,7 +10,7 @@
 
 Reads top to bottom: settings → runtime → data (shards → mixture + inflation policy → recipe) → loader
 (exact epoch plan → DALI pipeline → views on the device) → method (backbone, heads, loss) → trainer
-(optimizer, schedule, precision, compile, DDP) → fit → report. The pieces live in ``models.engine``.
+(optimizer, schedule, precision, compile, DDP) → fit → report. The pieces live in ``models.training``.
 
 Run directory (``--out``, default ``runs/<method>-<timestamp>``): ``config.yaml`` (settings and what they
 resolved to), ``metrics.jsonl`` (one JSON object per line, ``kind`` train / eval / final), TensorBoard
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from models.engine import (
+from models.training import (
     Evaluator,
     RunDir,
     Settings,
@@ -40,15 +40,15 @@ from models.engine import (
     seed_everything,
     setup_runtime,
 )
-from models.engine.config import DEMO_CPU_DEFAULTS, DEMO_DEFAULTS, RESUME_MAY_CHANGE, click_options, read_yaml
-from models.engine.data import check_sources, data_notes, describe_resolved
-from models.engine.metrics import read_records
-from models.engine.rundir import check_out
-from models.engine.runtime import plan_runtime
-from models.engine.trainer import Interrupted, resolved_run, schedule
-from shards.errors import ConfigError, UserError
-from shards.host import resolve_device
-from shards.interrupt import interrupts, signal_of
+from models.training.data import check_sources, data_notes, describe_resolved
+from models.training.metrics import read_records
+from models.training.rundir import check_out
+from models.training.runtime import plan_runtime
+from models.training.settings import DEMO_CPU_DEFAULTS, DEMO_DEFAULTS, RESUME_MAY_CHANGE, click_options, read_yaml
+from models.training.trainer import Interrupted, resolved_run, schedule
+from shards.base.errors import ConfigError, UserError
+from shards.base.host import resolve_device
+from shards.base.interrupt import interrupts, signal_of
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -260,7 +260,7 @@ def resume_settings(s: Settings, given: set[str]) -> tuple[Settings, dict]:
 
 def demo_settings(s: Settings, given: set[str]) -> Settings:
     """Build the demo mixture if missing and point the settings at it; DEMO_DEFAULTS fill what was not given."""
-    from shards.demo import make_demo
+    from shards.packing.demo import make_demo
 
     data = Path(s.demo_data)
     parts = {name: data / name for name in ("real", "generated", "test")}
@@ -306,7 +306,7 @@ def evaluate_checkpoint(s: Settings, given: set[str]) -> dict:
     result = Evaluator(data, s, rt)(method.to(rt.device), probe_epochs=s.probe_epochs)
     result["checkpoint"] = str(path)
     if rt.master:
-        from models.engine import Metrics
+        from models.training import Metrics
 
         metrics = Metrics(path.parent, tensorboard=False)
         metrics.write("eval_only", int(ckpt["step"]), **result)
@@ -317,8 +317,8 @@ def evaluate_checkpoint(s: Settings, given: set[str]) -> dict:
 
 def compare_with_random_init(s: Settings, final: dict) -> None:
     """The same evaluation of a randomly initialised backbone (same seed): what training has to beat."""
-    from models.engine import Metrics
-    from models.engine.evaluate import random_init_baseline
+    from models.training import Metrics
+    from models.training.evaluation import random_init_baseline
 
     _log("measuring a randomly initialised backbone for comparison ...")
     base = random_init_baseline(s)

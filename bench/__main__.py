@@ -94,7 +94,7 @@ def list_cmd():
 def all_cmd(quick, shards, out_dir, device, only, skip, fail_fast):
     """Every benchmark (forwarding --quick/--shards/--out-dir/--device where accepted), then the report."""
     from bench.harness import comma_list, resolve_shards
-    from shards.errors import UserError
+    from shards.base.errors import UserError
 
     names = comma_list(only, str, tuple(BENCHMARKS), "--only") if only else list(BENCHMARKS)
     skipped = comma_list(skip, str, tuple(BENCHMARKS), "--skip") if skip else []

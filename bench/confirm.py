@@ -1,4 +1,4 @@
-"""Confirming shards at open: what hashing every tar against its manifest (``shards.confirm``) costs a set's open.
+"""Confirming shards at open: what hashing every tar against its manifest (``shards.read.confirm``) costs a set's open.
 
 Per set, after one untimed read (the page cache holds the tars), each the best of ``--repeat``: ``confirm-1`` /
 ``confirm-N`` (the hashing alone, one thread and every core), ``open-first`` (no cache), ``open-confirmed``
@@ -14,9 +14,9 @@ from pathlib import Path
 import click
 
 from bench import harness as h
-from shards import host
-from shards.confirm import Confirmation, file_sha256
-from shards.manifest import Manifest
+from shards.base import host
+from shards.format.manifest import Manifest
+from shards.read.confirm import Confirmation, file_sha256
 
 
 class Known:
@@ -39,8 +39,8 @@ def best(fn, repeat: int) -> float:
 
 
 def measure(directory: Path, repeat: int) -> list[dict]:
-    from loaders.reader import SourceReader
-    from shards.index import cache_paths
+    from shards.read.index import cache_paths
+    from shards.read.reader import SourceReader
 
     m, cores = Manifest.load(directory), host.cores()
     size = sum(s.bytes for s in m.shards)

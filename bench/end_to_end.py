@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 import click
 
 from bench import harness as h
-from shards import host
+from shards.base import host
 
 VARIANT = {"off": "eager", "on": "compiled", "cudagraphs": "compiled+cudagraphs"}
 
@@ -38,7 +38,15 @@ class EndToEndConfig:
 def build(shards: list[str], cfg: EndToEndConfig):
     """(trainer, a function making the loader for a loader device, what the run resolved to), as train.py builds
     a run (the release's 100k-step schedule: only its shape matters here)."""
-    from models.engine import Settings, Trainer, aug_family, build_method_for, plan_data, seed_everything, setup_runtime
+    from models.training import (
+        Settings,
+        Trainer,
+        aug_family,
+        build_method_for,
+        plan_data,
+        seed_everything,
+        setup_runtime,
+    )
 
     fields = {k: v for k, v in asdict(cfg).items() if k != "loader_devices"}
     s = Settings(shards=tuple(shards), progress=False, **fields)

@@ -18,13 +18,13 @@ import click
 from bench import harness as h
 from bench.formats import convert
 from bench.scale import make_standin
-from shards.manifest import FORMATS, Manifest
+from shards.format.manifest import FORMATS, Manifest
 
 
 def feed_row(loader, timing: h.Timing) -> dict:
     """The host feed alone (gather, validity, parameters) epoch after epoch, the next plan made ahead as in training:
     means over the timed calls, and medians and the 90th percentile, which a shared machine's stalls move less."""
-    from loaders.feed import Plans
+    from loaders.batch.feed import Plans
 
     plans, secs = Plans(loader.plan), []
     feed = loader.feed(((e, k) for e in range(10**9) for k in range(loader.steps_per_epoch)), plans)
@@ -102,7 +102,7 @@ def boundary(loader, n: int) -> dict:
 def open_cost(directory: Path) -> dict:
     """Opening a set cold (no cache read or written; ``validation_s``: the sample check, ``SourceReader.check_s``)
     and warm (the cached tables)."""
-    from loaders.reader import SourceReader
+    from shards.read.reader import SourceReader
 
     m = Manifest.load(directory)
     t = time.perf_counter()
@@ -140,9 +140,9 @@ def converted(sources, formats, work: Path) -> dict[str, list[str]]:
 
 def run(shards, sets: dict, work: Path, o: dict, timing: h.Timing) -> list[dict]:
     """Every row, pinned to the first ``--cores`` CPUs."""
-    from loaders.augment import preset
-    from loaders.loader import TrainLoader
-    from loaders.mixture import parse_shards_args
+    from loaders.batch.loader import TrainLoader
+    from loaders.recipe.augment import preset
+    from loaders.recipe.mixture import parse_shards_args
 
     def loader(mix, **kw):
         recipe, bs = preset(o["aug"]), o["batch_size"]
@@ -201,7 +201,7 @@ def run(shards, sets: dict, work: Path, o: dict, timing: h.Timing) -> list[dict]
 @h.device_option
 def main(shards, formats, timing, work_dir, device, out_dir, **o):
     """Host feed per batch on one core, the training thread's share, the epoch boundary, opening sets."""
-    from loaders.mixture import parse_shards_args
+    from loaders.recipe.mixture import parse_shards_args
 
     fmts = h.comma_list(formats, str, FORMATS, "--formats")
     if timing.small:

@@ -1,7 +1,7 @@
 """Formats: the same images as JPEG, PNG and raw pixels, through the same loader on the training path.
 
 The first ``--shards`` set's images (up to ``--limit``) are read with the project's reader, encoded with the
-packer's encoder (``shards.encode``: JPEG bytes passed through when the source is JPEG) and written with its
+packer's encoder (``shards.packing.encode``: JPEG bytes passed through when the source is JPEG) and written with its
 writer, once per format; each set is then timed by ``TrainLoader.batches()`` in a fresh process.
 """
 
@@ -14,15 +14,15 @@ from pathlib import Path
 import click
 
 from bench import harness as h
-from shards.host import resolve_device
-from shards.manifest import FORMATS, Manifest
+from shards.base.host import resolve_device
+from shards.format.manifest import FORMATS, Manifest
 
 
 def convert(source: Path, out: Path, formats=FORMATS, limit: int | None = None, quality: int = 95) -> dict:
     """The images of ``source`` written once per format into ``out/<format>`` (keys ``NAME/POSITION`` in source
     order, origin the source key); returns the manifests."""
-    from shards.encode import EncodeConfig, encode_array
-    from shards.writer import ShardSetWriter
+    from shards.packing.encode import EncodeConfig, encode_array
+    from shards.packing.writer import ShardSetWriter
 
     src = Manifest.load(source)
     reader, ids, data, images, labels = h.read_images(source, limit)
@@ -57,7 +57,7 @@ def convert(source: Path, out: Path, formats=FORMATS, limit: int | None = None, 
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(shards, formats, limit, batch_size, workers, timing, isolate, preset, device, jpeg_quality, seed, out_dir):
     """Loader samples/s on jpg vs png vs raw shards of the same images."""
-    from loaders.mixture import parse_shards_args
+    from loaders.recipe.mixture import parse_shards_args
 
     fmts, device = h.comma_list(formats, str, FORMATS, "--formats"), resolve_device(device)
     limit, workers = limit or (2048 if timing.small else None), h.workers_or_cores(workers)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import click
 
-from shards import host
-from shards.errors import ConfigError, UserError
+from shards.base import host
+from shards.base.errors import ConfigError, UserError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MIN_BATCHES, MIN_SECONDS = 50, 10.0  # the rule of every quoted figure: >= 50 batches and >= 10 s after warm-up
@@ -331,7 +331,7 @@ def host_kind(hw: dict | None = None) -> str:
 
 def write_results(bench: str, settings: dict, results: list[dict], out_dir=None) -> Path:
     """``<out_dir>/<host-kind>-<date>-<bench>.json`` (atomically); ``settings["quick"]`` is also the top-level flag."""
-    from shards.manifest import atomic_write_text
+    from shards.format.manifest import atomic_write_text
 
     hw = hardware_info()
     out = Path(out_dir) if out_dir else RESULTS_DIR
@@ -429,13 +429,13 @@ def demo_cache_dir() -> Path:
 
 
 def resolve_shards(shards, cache_dir=None) -> list[str]:
-    """The ``--shards`` to use: the user's, or the demo mixture ``real:10 generated:1`` (``shards.demo``, built
+    """The ``--shards`` to use: the user's, or the demo mixture ``real:10 generated:1`` (``shards.packing.demo``, built
     once into ``cache_dir``, default ``~/.cache/adainf-bench/demo``)."""
     if shards:
         return list(shards)
     out = Path(cache_dir) if cache_dir else demo_cache_dir()
     if not all((out / part / "manifest.json").is_file() for part in ("real", "generated", "test")):
-        from shards.demo import make_demo
+        from shards.packing.demo import make_demo
 
         out.mkdir(parents=True, exist_ok=True)
         make_demo(out, overwrite=True)
@@ -447,9 +447,9 @@ def time_loader(shards, aug: str, batch_size: int, *, timing: Timing, device="cp
     epochs), plus ``startup_s`` (construction to the first batch, compiling included), ``steps_per_epoch``,
     ``dali_operators``, ``colour_compiled`` and where it ran. ``compile``: the colour stage (None: the loader's
     default, compiled on CUDA); ``kw``: more TrainLoader arguments (``num_threads``, ``seed``)."""
-    from loaders.augment import preset
-    from loaders.loader import TrainLoader
-    from loaders.mixture import parse_shards_args
+    from loaders.batch.loader import TrainLoader
+    from loaders.recipe.augment import preset
+    from loaders.recipe.mixture import parse_shards_args
 
     t0, startup = time.perf_counter(), []
     kw.setdefault("num_threads", host.LOADER_THREADS)
@@ -484,8 +484,8 @@ def read_images(directory, limit: int | None = None):
     import numpy as np
     from PIL import Image
 
-    from loaders.reader import SourceReader
-    from shards.manifest import Manifest
+    from shards.format.manifest import Manifest
+    from shards.read.reader import SourceReader
 
     r = SourceReader(directory, Manifest.load(directory))
     ids = np.flatnonzero(r.verdict == 0)[:limit]

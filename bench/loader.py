@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 from bench import harness as h
-from shards.host import resolve_device
+from shards.base.host import resolve_device
 
 BACKENDS = ("dali-cpu", "dali-gpu", "reference", "webdataset")
 COLOUR = ("eager", "compiled")
@@ -25,7 +25,7 @@ COLOUR = ("eager", "compiled")
 # The release's recipe: PIL + torchvision per view
 # ---------------------------------------------------------------------------------------------------
 def torchvision_transform(view):
-    """One view of the recipe as torchvision transforms (the knobs of ``loaders.augment.ViewAug``)."""
+    """One view of the recipe as torchvision transforms (the knobs of ``loaders.recipe.augment.ViewAug``)."""
     from torchvision import transforms as T
 
     bicubic = T.InterpolationMode.BICUBIC
@@ -94,7 +94,7 @@ def reference_loader(mixture, aug, batch_size: int, workers: int, device: str):
     reads. Returns (DataLoader, number of decoded images)."""
     import torch
 
-    from loaders.sampler import plan_epoch
+    from loaders.batch.sampler import plan_epoch
 
     images, labels, offsets = decoded_arrays(mixture)
     plan = plan_epoch(mixture.counts, mixture.weights, 0, 0)
@@ -140,8 +140,8 @@ def webdataset_loader(mixture, aug, batch_size: int, workers: int, device: str, 
 def time_baseline(backend, shards, aug: str, batch_size, workers, device, timing: h.Timing) -> dict:
     """``reference`` or ``webdataset`` timed by the rule; on a GPU each batch is copied to it (pinned,
     non-blocking) as a training loop would."""
-    from loaders.augment import preset
-    from loaders.mixture import parse_shards_args
+    from loaders.recipe.augment import preset
+    from loaders.recipe.mixture import parse_shards_args
 
     mixture, recipe = parse_shards_args(shards), preset(aug)
     if backend == "reference":
@@ -169,7 +169,7 @@ def measure_plan(counts, weights, seed: int = 0, min_plans: int = 50) -> tuple[d
     more, which counts numpy's buffers, and the plan's own arrays —, the timed row)."""
     import tracemalloc
 
-    from loaders.sampler import plan_epoch
+    from loaders.batch.sampler import plan_epoch
 
     epochs = iter(range(1, 10**9))
     row = h.timed(
@@ -234,7 +234,7 @@ def cases(names, colours, sizes, shards, preset, workers, device, timing):
 @click.option("--no-save", is_flag=True, help="write no JSON")
 def main(shards, preset, batch_size, sweep, workers, device, backends, colour, timing, isolate, plan_only, **o):
     """Two-view samples/s and peak PSS of each loading backend."""
-    from loaders.augment import preset as recipe
+    from loaders.recipe.augment import preset as recipe
 
     names = h.comma_list(backends, str, BACKENDS, "--backends")
     colours = h.comma_list(colour, str, COLOUR, "--colour")

@@ -14,8 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench import harness as h
 from models import build_method
-from shards.errors import ConfigError
-from shards.host import resolve_device
+from shards.base.errors import ConfigError
+from shards.base.host import resolve_device
 
 VARIANT = {"off": "eager", "on": "compiled", "cudagraphs": "compiled+cudagraphs"}
 _PRECISION = {None: "auto", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -42,7 +42,7 @@ class _ResidentData:
 def build_trainer(method, batch_size: int, device, compile: str = "off", dtype=None):
     """``Trainer`` around ``method`` as train.py builds it: runtime, precision (``dtype`` None: bf16 autocast on a
     GPU, fp32 on the CPU), channels_last, optimizer, the release's 100k-step schedule and ``--compile``."""
-    from models.engine import Settings, Trainer, setup_runtime
+    from models.training import Settings, Trainer, setup_runtime
 
     device = torch.device(device)
     s = Settings(method=method.name, backbone=method.cfg.backbone, batch_size=batch_size, device=device.type)
@@ -135,7 +135,7 @@ def compile_modes(value: str, cuda: bool) -> list[str]:
 @click.option("--threads", type=click.IntRange(1), help="torch intra-op threads on the CPU [torch's default]")
 def main(methods, backbone, batch_size, compile_, timing, image_size, device, threads, out_dir):
     """Training throughput with no data loading (the model ceiling), eager and compiled."""
-    from models.engine.compiling import cache_dir
+    from models.training.compiling import cache_dir
 
     if threads:
         torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""Packing: images/s and peak memory of ``shards.pack.pack`` for npz->raw, npz->jpg, npz->png and ImageFolder->jpg,
+"""Packing: images/s and peak memory of ``shards.packing.pack.pack`` for npz->raw, npz->jpg, npz->png and ImageFolder->jpg,
 each in a fresh process; a "batch" is one whole pack of the same input (one untimed, then until >= 10 s). Inputs:
 the demo images, or with ``--source`` real ones (their pixels in the .npz, their own files in the ImageFolder).
 """
@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 from bench import harness as h
-from shards import host
+from shards.base import host
 
 
 def make_inputs(tmp: str, source: str | None, subdir: str, n: int | None, n_folder: int | None, size: int) -> dict:
@@ -23,13 +23,13 @@ def make_inputs(tmp: str, source: str | None, subdir: str, n: int | None, n_fold
     of the first ``n_folder`` files: the source's own bytes, or the demo images as JPEG)."""
     from PIL import Image
 
-    from shards.demo import CLASSES, make_arrays
-    from shards.sources import open_source
+    from shards.packing.demo import CLASSES, make_arrays
+    from shards.packing.sources import open_source
 
     if source is None:
         images, labels = make_arrays(n, np.random.default_rng(0), size)
         files = [(labels[i], f"{i:06d}.jpg", None, images[i]) for i in range(n_folder)]
-        names, what = CLASSES, "demo images (shards.demo)"
+        names, what = CLASSES, "demo images (shards.packing.demo)"
     else:
         src = open_source(source, subdir=subdir)
         n, n_folder = min(n or len(src), len(src)), min(n_folder or len(src), len(src))
@@ -55,7 +55,7 @@ def make_inputs(tmp: str, source: str | None, subdir: str, n: int | None, n_fold
 
 def pack_timed(backend: str, src: str, out_root: str, fmt: str, workers: int, quality: int, timing: h.Timing) -> dict:
     """Whole packs of ``src`` timed by the rule, each output removed after it."""
-    from shards.pack import PackConfig, pack
+    from shards.packing.pack import PackConfig, pack
 
     runs, last = iter(range(10**6)), {}
 
@@ -68,7 +68,7 @@ def pack_timed(backend: str, src: str, out_root: str, fmt: str, workers: int, qu
         return r.written
 
     row = h.timed(one, timing)
-    how = last["how"]  # shards.pack counts passthrough / lossless / lossy
+    how = last["how"]  # shards.packing.pack counts passthrough / lossless / lossy
     return {
         "backend": backend,
         "format": fmt,

@@ -21,10 +21,10 @@ import numpy as np
 
 from bench import harness as h
 from bench.loader import measure_plan
-from shards.errors import ShardError
-from shards.host import resolve_device
-from shards.index import format_index, read_index
-from shards.manifest import Manifest, ShardInfo
+from shards.base.errors import ShardError
+from shards.base.host import resolve_device
+from shards.format.manifest import Manifest, ShardInfo
+from shards.read.index import format_index, read_index
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def load_images(path: Path) -> tuple[list[str], np.ndarray]:
         reader, ids, _, images, _ = h.read_images(path)
         keys = [str(k).replace("/", "-") for k in reader.keys[ids]]
     else:
-        from shards.sources import open_source
+        from shards.packing.sources import open_source
 
         src, images = open_source(path), []
         for batch in src.batches(np.arange(len(src)), 1024):
@@ -194,7 +194,7 @@ def valid_generated(out: Path, recipe: dict) -> bool:
 def build_generated(source: Path, out: Path, count: int, shard_size: int = 10_000) -> tuple[Manifest, float]:
     """The ``count``-image generated set in ``out``, built from ``source`` unless a valid one is there; returns (its
     manifest, seconds spent building: 0 when reused)."""
-    from shards.writer import ShardSetWriter
+    from shards.packing.writer import ShardSetWriter
 
     recipe = recipe_of(source, count, shard_size)
     if valid_generated(out, recipe):
@@ -242,9 +242,9 @@ def build_generated(source: Path, out: Path, count: int, shard_size: int = 10_00
 def run_full_epoch(shards: list[str], aug: str, batch_size: int, num_threads: int, device: str, seed: int) -> dict:
     """One whole epoch through ``TrainLoader.batches()`` (its first ``steps_per_epoch`` batches, the last one
     partial): samples/s after the first batch, open time, the multiplicity of every key, memory."""
-    from loaders.augment import preset
-    from loaders.loader import TrainLoader
-    from loaders.mixture import parse_shards_args
+    from loaders.batch.loader import TrainLoader
+    from loaders.recipe.augment import preset
+    from loaders.recipe.mixture import parse_shards_args
 
     sync = h.device_sync(device)
     with h.PssSampler(interval=1.0) as mem:
@@ -293,7 +293,7 @@ def run_full_epoch(shards: list[str], aug: str, batch_size: int, num_threads: in
 
 
 def full_scale(real: str, generated: Path, work: Path, count: int, o: dict) -> dict:
-    from loaders.mixture import parse_shards_args
+    from loaders.recipe.mixture import parse_shards_args
 
     gen = work / f"generated-{count}"
     manifest, build_s = build_generated(generated, gen, count)
@@ -340,7 +340,7 @@ def full_scale(real: str, generated: Path, work: Path, count: int, o: dict) -> d
 @click.option("--no-isolate", is_flag=True, help="run loaders in this process (memory figures then accumulate)")
 def main(shards, sizes, ns, sources_size, workers, timing, device, plan_only, full, no_isolate, out_dir, **o):
     """How loader samples/s, planning time and memory change with epoch size and number of sources."""
-    from loaders.mixture import parse_shards_args
+    from loaders.recipe.mixture import parse_shards_args
 
     device, workers = resolve_device(device), h.workers_or_cores(workers)
     cfg = {"sizes": h.comma_list(sizes, _int, flag="--sizes"), "sources": h.comma_list(ns, _int, flag="--sources")}

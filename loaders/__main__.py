@@ -11,15 +11,14 @@ import time
 
 import click
 
-from shards.errors import UserError
-from shards.host import LOADER_THREADS, resolve_device
-from shards.interrupt import interrupts, signal_of
-from shards.progress import duration, progress
-
-from .audit import format_plan, format_report, plan_report, run_audit
-from .mixture import parse_shards_args
-from .policy import DEFAULT_MODE
-from .recipe import AUG_CHOICES, FAMILY_CHOICES, INFLATION_CHOICES, resolve_recipe
+from loaders.audit import format_plan, format_report, plan_report, run_audit
+from loaders.recipe.mixture import parse_shards_args
+from loaders.recipe.policy import DEFAULT_MODE
+from loaders.recipe.resolve import AUG_CHOICES, FAMILY_CHOICES, INFLATION_CHOICES, resolve_recipe
+from shards.base.errors import UserError
+from shards.base.host import LOADER_THREADS, resolve_device
+from shards.base.interrupt import interrupts, signal_of
+from shards.base.progress import duration, progress
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -227,7 +226,7 @@ def flag_spelling(message: str) -> str:
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
 def preview(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, out, n, seed, scale, threads):
     """Draw real and generated samples as stored and as their augmented views under the recipe (CPU)."""
-    from .preview import preview as draw
+    from loaders.preview import preview as draw
 
     try:
         with interrupts():

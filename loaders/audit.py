@@ -5,7 +5,7 @@ source), per-batch source fractions (mean, min, max, std), label counts and samp
 by ``(source, index)`` with ``np.bincount`` — no Python object per sample.
 
 :func:`plan_report` is the same plan without running the pipeline (``--plan-only``, under a second):
-the epoch plans themselves (``loaders.sampler.plan_epoch``), per source the samples per epoch and the
+the epoch plans themselves (``loaders.batch.sampler.plan_epoch``), per source the samples per epoch and the
 share of every batch with its guaranteed bound, and the steps.
 """
 
@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 
-from .augment import AugConfig
-from .loader import TrainLoader
-from .mixture import Mixture
-from .sampler import mixing_bound, plan_epoch
+from loaders.batch.loader import TrainLoader
+from loaders.batch.sampler import mixing_bound, plan_epoch
+from loaders.recipe.augment import AugConfig
+from loaders.recipe.mixture import Mixture
 
 
 def run_audit(

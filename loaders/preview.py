@@ -2,8 +2,8 @@
 
 ``python -m loaders preview --shards DIR[:W] ... --out grid.png [--family F] [--inflation MODE]`` draws,
 for each kind of source in the mixture (real, generated), ``n`` samples side by side: each as stored and
-as its augmented views under the recipe ``loaders.recipe.resolve_recipe`` resolves (the one training
-uses). The views come out of the real :class:`~loaders.loader.TrainLoader` on the CPU backend — the
+as its augmented views under the recipe ``loaders.recipe.resolve.resolve_recipe`` resolves (the one training
+uses). The views come out of the real :class:`~loaders.batch.loader.TrainLoader` on the CPU backend — the
 same plan, host-drawn parameters and DALI graph as training — and are de-normalised for display; the
 "as stored" column is the same loader with a full-image, augmentation-free view. A glance shows what a
 weaker augmentation means, and whether the generated set looks like the real one.
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.errors import ConfigError
-
-from .augment import AugConfig, ViewAug
-from .mixture import Mixture
+from loaders.recipe.augment import AugConfig, ViewAug
+from loaders.recipe.mixture import Mixture
+from shards.base.errors import ConfigError
 
 KINDS = ("real", "generated")
 _GAP, _GROUP_GAP, _PAD = 4, 20, 8
@@ -33,7 +32,7 @@ def sample_views(
     """``[stored, view 1, view 2, …]`` for ``n`` samples of the ``kind`` sources of ``mixture`` (each source
     weighted 1 for the draw, whatever its training weight): uint8 arrays (k, size, size, 3), k <= n (fewer
     when the sources hold fewer samples), or ``[]`` when the mixture has no such source."""
-    from .loader import TrainLoader
+    from loaders.batch.loader import TrainLoader
 
     sources = tuple(dataclasses.replace(s, weight=1.0) for s in mixture.sources if s.kind == kind and s.count > 0)
     if not sources:
@@ -139,7 +138,7 @@ def preview(
     family: str = "",
     inflation: str = "",
 ) -> dict:
-    """Draw the preview of ``recipe`` (a ``loaders.recipe.Recipe``) to the PNG ``out`` (written atomically);
+    """Draw the preview of ``recipe`` (a ``loaders.recipe.resolve.Recipe``) to the PNG ``out`` (written atomically);
     returns ``{"path", "size": (w, h), "rows": {kind: samples}}``."""
     out = Path(out)
     if not out.parent.is_dir():

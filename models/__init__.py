@@ -1,7 +1,7 @@
-"""Backbones, heads, losses, contrastive methods, optimizers and evaluation; ``models.engine`` trains them.
+"""Backbones, heads, losses, contrastive methods, optimizers and evaluation; ``models.training`` trains them.
 
 Backbones, heads, losses and methods never choose a device, a precision, compilation or DDP: the training
-engine (``models.engine``, the only part of ``models`` that knows ``loaders``) does.
+engine (``models.training``, the only part of ``models`` that knows ``loaders``) does.
 
     method = build_method("simclr", num_classes=10, backbone="resnet18", temperature=0.5)
     opt = build_optimizer(method, batch_size=512)          # lr, optimizer and wd from method.cfg

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from .errors import UserError
-from .interrupt import interrupts, signal_of
-from .manifest import FORMATS, PACK_FORMATS
-from .sources import LAYOUTS
+from shards.base.errors import UserError
+from shards.base.interrupt import interrupts, signal_of
+from shards.format.manifest import FORMATS, PACK_FORMATS
+from shards.packing.sources import LAYOUTS
 
 
 def _command_line() -> str:
@@ -22,7 +22,7 @@ def _command_line() -> str:
 
 def _clean_errors(kept: str = "nothing was changed"):
     """A UserError (bad input) becomes one line on stderr and exit status 1, never a traceback; Ctrl-C or
-    SIGTERM (see ``shards.interrupt``) one line saying what was kept (``kept``, formatted with the
+    SIGTERM (see ``shards.base.interrupt``) one line saying what was kept (``kept``, formatted with the
     command's arguments) and how to continue, exit 128 + the signal (130 for Ctrl-C)."""
 
     def wrap(fn):
@@ -134,8 +134,8 @@ def pack(
     quiet,
 ):
     """Pack SRC (ImageFolder tree, folder of images, CIFAR pickles, .npz/.npy, or a .tar/.tar.gz of one) into shards."""
-    from .pack import PackConfig
-    from .pack import pack as run_pack
+    from shards.packing.pack import PackConfig
+    from shards.packing.pack import pack as run_pack
 
     cfg = PackConfig(
         out=out,
@@ -171,7 +171,7 @@ def pack(
 def verify(dirs, workers, no_decode):
     """Re-read every shard with the loader's own checks: tar structure, index, every image (structure, decode,
     size), labels, each sample's recorded sha256, unique keys, counts and sha256 against the manifest."""
-    from .verify import verify_dir
+    from shards.verify import verify_dir
 
     bad = 0
     for d in dirs:
@@ -181,7 +181,7 @@ def verify(dirs, workers, no_decode):
         if problems:
             bad += 1
         else:
-            from .manifest import Manifest
+            from shards.format.manifest import Manifest
 
             m = Manifest.load(d)
             click.echo(
@@ -197,7 +197,7 @@ def verify(dirs, workers, no_decode):
 @_clean_errors()
 def info(dirs):
     """A table of shard sets: name, kind, count, shards, format, classes, bytes, fid."""
-    from .verify import INFO_COLUMNS, format_table, info_rows
+    from shards.verify import INFO_COLUMNS, format_table, info_rows
 
     click.echo(format_table(info_rows(dirs), INFO_COLUMNS))
 
@@ -212,7 +212,7 @@ def info(dirs):
 @_clean_errors("the demo sets already complete in {out} are kept, a set being written was left out; run it again")
 def demo(out, size, seed, fmt, workers, overwrite):
     """Make the built-in procedural demo data set (no download): real, generated and test shard sets."""
-    from .demo import SIZES, make_demo
+    from shards.packing.demo import SIZES, make_demo
 
     n_real, n_gen, n_test = SIZES[size]
     sets = make_demo(
@@ -248,7 +248,7 @@ def fuzz(cases, seed, work, in_process, timeout, json_path):
     import json
     import tempfile
 
-    from .fuzz import fuzz as run_fuzz
+    from bench.fuzz import fuzz as run_fuzz
 
     with tempfile.TemporaryDirectory(prefix="shards-fuzz-") as tmp:
         report = run_fuzz(cases, seed, Path(work or tmp), in_process=in_process, timeout=timeout, log=click.echo)

@@ -2,7 +2,7 @@
 
 ``verify_dir`` re-reads every shard of a set: the tar structure (regular USTAR members grouped by
 key, each sample with ``cls``, ``json`` and the image), the DALI index against the tar, every image judged
-by the loaders' own check (``shards.check``: structure, decode, size against the manifest's), labels in the
+by the loaders' own check (``shards.read.check``: structure, decode, size against the manifest's), labels in the
 set's range, each sample's ``.json`` record (its label and image sha256 since manifest version 2), keys
 unique across the whole set, no tar listed twice, and counts, label counts, bytes and sha256 against the
 manifest (whose fields ``Manifest.load`` has checked). It returns one line per problem (empty: all good).
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .check import OK, WHY, check_image, check_meta, labels_in_range, parse_label, sizes_match
-from .host import cores
-from .index import read_index
-from .interrupt import fork_context, start_pool, stop_pool
-from .manifest import MANIFEST_NAME, Manifest, ShardError, ShardInfo
+from shards.base.host import cores
+from shards.base.interrupt import fork_context, start_pool, stop_pool
+from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError, ShardInfo
+from shards.read.check import OK, WHY, check_image, check_meta, labels_in_range, parse_label, sizes_match
+from shards.read.index import read_index
 
 
 def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = True) -> list[str]:
@@ -35,7 +35,7 @@ def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = Tr
     problems: list[str] = []
     # files an unfinished install mentions (a pack running now, or one that was killed: the next
     # pack finishes or undoes it) are accounted for, not strays
-    from .pack import pending_install_files
+    from shards.packing.pack import pending_install_files
 
     listed = m.files | {MANIFEST_NAME} | pending_install_files(directory)
     for p in sorted(directory.iterdir()):
@@ -202,7 +202,7 @@ def _check_index(idx_path: Path, samples, intact_tar: Path | None) -> list[str]:
 
 
 def _image_problem(blob: bytes, ext: str, m: Manifest) -> str | None:
-    """What is wrong with one image member (``shards.check.check_image``, the loaders' check), or None."""
+    """What is wrong with one image member (``shards.read.check.check_image``, the loaders' check), or None."""
     verdict, h, w = check_image(blob, ext)
     if verdict != OK:
         return WHY[verdict]

@@ -54,7 +54,7 @@ def _make_shards(
 ) -> Path:
     """A set ``root/name`` of ``n`` samples ``_image(i, size, seed)``, keys ``%06d``; a real set has 10 classes
     and labels ``i % 10`` (or ``labels[i]``), a generated one label -1."""
-    from shards.writer import ShardSetWriter
+    from shards.packing.writer import ShardSetWriter
 
     out = Path(root) / name
     classes = tuple(f"c{k}" for k in range(10)) if kind == "real" else ()
@@ -68,8 +68,8 @@ def _make_shards(
 def _corrupt_sample(directory: Path, shard: int, sample: int) -> tuple[str, str]:
     """Zero the first 16 bytes of one stored image in place (the tar and its index stay consistent, the
     image no longer decodes); returns (the shard's file name, the sample's key)."""
-    from shards.index import read_index
-    from shards.manifest import Manifest
+    from shards.format.manifest import Manifest
+    from shards.read.index import read_index
 
     m = Manifest.load(directory)
     idx = read_index(Path(directory) / m.shards[shard].index)
@@ -85,7 +85,7 @@ def _read_samples(directory) -> list[dict]:
     import json
     import tarfile
 
-    from shards.manifest import Manifest
+    from shards.format.manifest import Manifest
 
     out: list[dict] = []
     for s in Manifest.load(directory).shards:
@@ -166,7 +166,7 @@ def small_shards(tmp_path_factory):
 @pytest.fixture(scope="session")
 def plain_view():
     """A view that changes nothing but normalisation: full-image crop, no flip, jitter, grey or blur."""
-    from loaders.augment import ViewAug
+    from loaders.recipe.augment import ViewAug
 
     return ViewAug(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0)
 
@@ -191,17 +191,17 @@ def same_batches():
 def run_augment():
     """``run_augment(images, views, params_per_view, device="cpu", relative=False, compile=False)``: the
     training path of each view on a fixed uint8 NHWC batch with given parameters (dicts as
-    ``loaders.params.sample_view_params`` returns, crop boxes in pixels, made relative when ``relative``):
-    the DALI training graph's crop (``loaders.graph``, on "cpu" or "gpu") and then the colour stage
-    (``loaders.colour``, on the CPU or the GPU); float32 NCHW numpy arrays."""
+    ``loaders.batch.params.sample_view_params`` returns, crop boxes in pixels, made relative when ``relative``):
+    the DALI training graph's crop (``loaders.batch.graph``, on "cpu" or "gpu") and then the colour stage
+    (``loaders.batch.colour``, on the CPU or the GPU); float32 NCHW numpy arrays."""
 
     def run(images: np.ndarray, views, params_per_view, device: str = "cpu", relative: bool = False, compile=False):
         import torch
 
-        from loaders.augment import AugConfig
-        from loaders.colour import ColourStage
-        from loaders.graph import train_pipeline
-        from loaders.params import ParamLayout
+        from loaders.batch.colour import ColourStage
+        from loaders.batch.graph import train_pipeline
+        from loaders.batch.params import ParamLayout
+        from loaders.recipe.augment import AugConfig
 
         aug = AugConfig(tuple(views))
         layout = ParamLayout.of(aug)
@@ -238,13 +238,13 @@ def run_augment():
     return run
 
 
-# -- demo shard sets (shards.demo.make_demo) ----------------------------------------------------------
+# -- demo shard sets (shards.packing.demo.make_demo) ----------------------------------------------------------
 @pytest.fixture(scope="session")
 def demo_sets(tmp_path_factory):
     """``demo_sets(n_real, n_generated, n_test, *, seed=0, shard_size=16, image_size=32)``: demo shard sets
     {"real", "generated", "test"} (PNG, 10 classes; one parent folder), built once per session for each set
     of arguments and shared read-only: copy them (``demo_copy``) to damage or re-pack them."""
-    from shards.demo import make_demo
+    from shards.packing.demo import make_demo
 
     built: dict[tuple, MappingProxyType] = {}
 

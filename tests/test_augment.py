@@ -8,10 +8,10 @@ import io
 import numpy as np
 import pytest
 
-from loaders.augment import JITTER_OPS, PRESET_ALIASES, PRESETS, ViewAug, preset
-from loaders.mixture import parse_shards_args
-from loaders.policy import SourceInfo, decide
-from loaders.recipe import resolve_recipe
+from loaders.recipe.augment import JITTER_OPS, PRESET_ALIASES, PRESETS, ViewAug, preset
+from loaders.recipe.mixture import parse_shards_args
+from loaders.recipe.policy import SourceInfo, decide
+from loaders.recipe.resolve import resolve_recipe
 
 # ---- the release's table, written out (PKU-ML/adainf) ----------------------------------------------------
 # solo-learn/solo/data/pretrain_dataloader.py: RandomResizedCrop's default ratio, GaussianBlur's sigma,
@@ -141,7 +141,7 @@ def test_auto_at_150k_reproduces_the_adainf_preset(family):
 
 def test_only_crop_and_jitter_differ_within_a_family():
     """What the policy's knobs can express: a family's two presets differ in nothing else."""
-    from loaders.augment import FAMILIES
+    from loaders.recipe.augment import FAMILIES
 
     for baseline, adainf in FAMILIES.values():
         for a, b in zip(PRESETS[baseline], PRESETS[adainf]):
@@ -153,7 +153,7 @@ def test_aliases_name_the_release_presets():
     assert {k: preset(k) for k in PRESET_ALIASES} == {k: preset(v) for k, v in PRESET_ALIASES.items()}
     with pytest.raises(ValueError, match="symmetric_adainf"):
         preset("strong")
-    from loaders.augment import family_presets
+    from loaders.recipe.augment import family_presets
 
     with pytest.raises(ValueError, match="unknown augmentation family 'byol'"):
         family_presets("byol")

@@ -17,15 +17,15 @@ from PIL import Image
 
 from bench import report
 from bench.harness import write_results
-from shards.index import read_index
-from shards.manifest import Manifest
+from shards.format.manifest import Manifest
+from shards.read.index import read_index
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from shards.demo import make_demo
+    from shards.packing.demo import make_demo
 
     out = tmp_path_factory.mktemp("demo")
     make_demo(out, n_real=64, n_generated=64, n_test=16, shard_size=40)
@@ -222,7 +222,7 @@ def test_timed_runs_until_both_minimums_and_stops_at_the_data_or_the_cap():
     import time
 
     from bench.harness import Timing, timed
-    from shards.errors import ConfigError
+    from shards.base.errors import ConfigError
 
     row = timed(lambda: time.sleep(0.01) or 1, Timing(0, 2, 0.15), memory=False)
     assert row["seconds"] >= 0.15 and row["timed_batches"] >= 10  # the seconds decided, not the 2 batches
@@ -301,7 +301,7 @@ def _start_method():
 def _fail(kind):
     import os
 
-    from shards.errors import ShardError
+    from shards.base.errors import ShardError
 
     if kind == "user":
         raise ShardError("/data/x: no manifest.json here; pack it first")
@@ -314,7 +314,7 @@ def test_in_fresh_process_keeps_the_start_method_and_tells_user_errors_from_fail
     import multiprocessing as mp
 
     from bench.harness import MeasurementError, in_fresh_process
-    from shards.errors import ShardError
+    from shards.base.errors import ShardError
 
     # a spawned child defaults to "spawn"; DataLoader workers there would each unpickle a copy of the data
     assert in_fresh_process(_start_method) == mp.get_start_method() != "spawn"
@@ -369,8 +369,8 @@ def test_bench_cli_lists_and_forwards():
 def test_webdataset_baseline_batches_stacked_views_of_the_weighted_mixture(demo):
     """Batched in the workers, each view one (B, 3, H, W) tensor, the shard list weighted like the plan."""
     from bench.loader import webdataset_loader, webdataset_urls
-    from loaders.augment import preset
-    from loaders.mixture import parse_shards_args
+    from loaders.recipe.augment import preset
+    from loaders.recipe.mixture import parse_shards_args
 
     mixture = parse_shards_args([f"{demo / 'real'}:10", f"{demo / 'generated'}:1"])
     urls = webdataset_urls(mixture)
@@ -382,8 +382,8 @@ def test_webdataset_baseline_batches_stacked_views_of_the_weighted_mixture(demo)
 
 def test_reference_baseline_reads_the_exact_weighted_epoch(demo):
     from bench.loader import reference_loader
-    from loaders.augment import preset
-    from loaders.mixture import parse_shards_args
+    from loaders.recipe.augment import preset
+    from loaders.recipe.mixture import parse_shards_args
 
     mixture = parse_shards_args([f"{demo / 'real'}:3", f"{demo / 'generated'}:1"])
     dl, decoded = reference_loader(mixture, preset("simclr"), 16, 0, "cpu")
@@ -498,7 +498,7 @@ def test_scale_loader_quick(demo, tmp_path):
 
 def test_variants_are_distinct_and_start_with_the_identity():
     from bench.scale import transform, variants
-    from shards.manifest import ShardError
+    from shards.format.manifest import ShardError
 
     vs = variants(60)
     assert vs[0] == ("none", (0, 1, 2), (0, 0)) and len(set(vs)) == 60
@@ -543,7 +543,7 @@ def test_scale_full_builds_distinct_images_once_and_counts_every_key(demo, tmp_p
 def test_formats_hold_the_same_images(demo, tmp_path):
     from bench.formats import convert
     from bench.harness import read_images
-    from shards.encode import EncodeConfig, encode_array
+    from shards.packing.encode import EncodeConfig, encode_array
 
     manifests = convert(demo / "real", tmp_path, limit=10)
     assert {f: m.count for f, m in manifests.items()} == {"jpg": 10, "png": 10, "raw": 10}

@@ -19,7 +19,7 @@ from bench.studies import inflation
 
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory):
-    from shards.demo import make_demo
+    from shards.packing.demo import make_demo
 
     root = tmp_path_factory.mktemp("inflation-demo")
     make_demo(root, n_real=96, n_generated=64, n_test=40, shard_size=64, image_size=16)

@@ -1,4 +1,4 @@
-"""The colour stage (loaders.colour) against the release's transforms, image by image on real images.
+"""The colour stage (loaders.batch.colour) against the release's transforms, image by image on real images.
 
 References: torchvision's functional tensor ops on uint8 images for ColorJitter (each adjustment and the
 whole jitter in the drawn per-sample order) and grayscale; PIL for the release's Gaussian blur
@@ -20,9 +20,9 @@ import pytest
 import torch
 from shareddata import DATA, require
 
-from loaders.augment import CIFAR_MEAN, CIFAR_STD, JITTER_OPS, ViewAug, preset
-from loaders.colour import ColourStage, colour_view, jitter_gray, pil_gaussian_blur
-from loaders.params import ParamLayout, ViewColumns, augment_rng, jitter_slots, pil_blur_taps, sample_view_params
+from loaders.batch.colour import ColourStage, colour_view, jitter_gray, pil_gaussian_blur
+from loaders.batch.params import ParamLayout, ViewColumns, augment_rng, jitter_slots, pil_blur_taps, sample_view_params
+from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, JITTER_OPS, ViewAug, preset
 
 
 def _archive_images(name: str, suffix: str, every: int, n: int = 64) -> np.ndarray:

@@ -3,7 +3,7 @@ the log, checkpoints without wrapper keys, resume bitwise within a mode and acro
 
 Compiling on a CPU costs tens of seconds per graph; the tests that compile use the tiny ``convnet``, 8×8 crops and
 batches of 16, and are marked ``compile`` (``pytest -m "not compile"`` skips them). Inductor's on-disk cache
-(``models.engine.compiling.cache_dir()``) makes a second run of the suite faster; the results do not depend on it.
+(``models.training.compiling.cache_dir()``) makes a second run of the suite faster; the results do not depend on it.
 The compiled LARS against the per-tensor loop it replaced, and a second process loading it from the cache, are
 in ``tests/test_optim.py``.
 """
@@ -21,9 +21,9 @@ from trainargs import train_args
 
 import train
 from models import build_method, build_optimizer
-from models.engine import Settings, read_records
-from models.engine.compiling import StepClock, compile_method, resolve_compile
-from shards.errors import ConfigError
+from models.training import Settings, read_records
+from models.training.compiling import StepClock, compile_method, resolve_compile
+from shards.base.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,7 +219,7 @@ def test_resume_across_modes(runs, tmp_path):
 
 def test_a_checkpoint_with_wrapper_prefixes_loads_as_the_plain_method(tmp_path):
     """A state_dict saved from a DDP or compiled wrapper elsewhere (``module._orig_mod.`` keys) reads back plain."""
-    from models.engine import load_checkpoint, save_checkpoint
+    from models.training import load_checkpoint, save_checkpoint
 
     method = build_method("simclr", backbone="convnet")
     wrapped = torch.compile(method)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loaders.reader import SourceReader
-from shards.check import BAD_STRUCTURE, OK, check_bytes
-from shards.manifest import Manifest, ShardError
-from shards.writer import ShardSetWriter
+from shards.format.manifest import Manifest, ShardError
+from shards.packing.writer import ShardSetWriter
+from shards.read.check import BAD_STRUCTURE, OK, check_bytes
+from shards.read.reader import SourceReader
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -94,10 +94,10 @@ def test_verdicts_are_decided_at_open(rotten_set):
 
 RUN = """
 import json, sys
-from loaders.augment import preset
-from loaders.mixture import parse_shards_args
-from loaders.loader import TrainLoader
-from shards.manifest import ShardError
+from loaders.recipe.augment import preset
+from loaders.recipe.mixture import parse_shards_args
+from loaders.batch.loader import TrainLoader
+from shards.format.manifest import ShardError
 src, mode = sys.argv[1], sys.argv[2]
 loader = TrainLoader(parse_shards_args([src + ":3"]), preset("simclr"), 16, on_corrupt=mode, num_threads=2,
                      drop_last=False)
@@ -140,7 +140,7 @@ def test_skip_mode_runs_on_without_them_and_counts_them(rotten_set):
 
 
 def test_worker_processes_give_the_same_verdicts(rotten_set):
-    from shards.check import check_members
+    from shards.read.check import check_members
 
     m = Manifest.load(rotten_set)
     r = SourceReader(rotten_set, m, cache=False)
@@ -169,9 +169,9 @@ def test_a_sample_rotting_during_the_run_is_reported_never_a_crash(tmp_path, mod
     on, and every other sample of the epoch arrives exactly once."""
     import collections
 
-    from loaders.augment import AugConfig, ViewAug
-    from loaders.loader import TrainLoader
-    from loaders.mixture import parse_shards_args
+    from loaders.batch.loader import TrainLoader
+    from loaders.recipe.augment import AugConfig, ViewAug
+    from loaders.recipe.mixture import parse_shards_args
 
     src = shard_factory(tmp_path, "rot", 48, fmt="png", shard_size=16, seed=7)
     view = ViewAug(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))

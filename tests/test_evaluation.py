@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from models import build_backbone
-from models.evaluation import extract_features, knn_accuracy, linear_probe
+from models.training.evaluation import extract_features, knn_accuracy, linear_probe
 
 
 def _clusters(n_per_class, num_classes=5, dim=32, spread=0.3, seed=0):

@@ -23,14 +23,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from shards.check import BAD_SIZE, BAD_STRUCTURE, LABEL_RANGE, OK, check_image, npy_header
+from bench.fuzz import KINDS, _members, _write_tar
 from shards.cli import main as shards_cli
-from shards.fuzz import KINDS, _members, _write_tar
-from shards.index import format_index, read_index
-from shards.manifest import MANIFEST_NAME, Manifest, ShardError
-from shards.pack import PackConfig, pack
-from shards.sources import ArraySource
-from shards.writer import ShardSetWriter
+from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError
+from shards.packing.pack import PackConfig, pack
+from shards.packing.sources import ArraySource
+from shards.packing.writer import ShardSetWriter
+from shards.read.check import BAD_SIZE, BAD_STRUCTURE, LABEL_RANGE, OK, check_image, npy_header
+from shards.read.index import format_index, read_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,10 +117,10 @@ def downgrade(d: Path) -> None:
 
 RUN = """
 import json, logging, sys
-from loaders.augment import AugConfig, ViewAug
-from loaders.mixture import parse_shards_args
-from loaders.loader import TrainLoader
-from shards.manifest import ShardError
+from loaders.recipe.augment import AugConfig, ViewAug
+from loaders.recipe.mixture import parse_shards_args
+from loaders.batch.loader import TrainLoader
+from shards.format.manifest import ShardError
 
 class Keep(logging.Handler):
     def emit(self, record):
@@ -186,7 +186,7 @@ def test_seeded_fault_injection_never_crashes_or_lies(tmp_path):
 # Crashes: (a) images of another size than the manifest's, (b) rot after the loader cached its verdicts
 # ---------------------------------------------------------------------------------------------------
 def test_an_image_of_another_size_is_a_corrupt_sample_never_a_read_outside_it(tmp_path):
-    from loaders.reader import SourceReader
+    from shards.read.reader import SourceReader
 
     imgs = list(blocks(8))
     blobs = [jpeg(x) for x in imgs]
@@ -210,7 +210,7 @@ def test_an_image_of_another_size_is_a_corrupt_sample_never_a_read_outside_it(tm
 
 def _rot_after_caching(d: Path, key_index: int = 1) -> None:
     """Open the set (caching its verdicts), then flip one bit of one image's first byte, keeping size and mtime."""
-    from loaders.reader import SourceReader
+    from shards.read.reader import SourceReader
 
     m = Manifest.load(d)
     SourceReader(d, m)
@@ -273,7 +273,7 @@ def test_a_changed_shard_whose_samples_all_check_out_is_reported_and_delivered(t
         ("shards.count", "6", "field shards[0].count is '6'"),
         ("shards.file", 3, "field shards[0].file is 3"),
         ("shards.file", None, "field shards[0].file is None"),
-        ("shards.index", 4, "field shards[0].index is 4"),
+        ("shards.read.index", 4, "field shards[0].index is 4"),
         ("count", float("inf"), "field count is inf"),
         ("count", 1e400, "field count is inf"),
         ("count", 300.5, "field count is 300.5"),
@@ -322,7 +322,7 @@ def forge_labels(d: Path, labels: dict[int, bytes]) -> None:
 
 
 def test_labels_outside_the_classes_are_corrupt_samples(tmp_path):
-    from loaders.reader import SourceReader
+    from shards.read.reader import SourceReader
 
     imgs = [jpeg(x) for x in blocks(8)]
     # version 2: the .json records each label, so a forged .cls disagrees with it
@@ -382,7 +382,7 @@ def test_a_labelled_set_without_class_names_sizes_the_probe_by_its_labels(tmp_pa
 
 
 def test_the_index_is_checked_not_trusted(tmp_path):
-    from loaders.reader import SourceReader
+    from shards.read.reader import SourceReader
 
     d = packed(tmp_path / "idx", "png")
     m = Manifest.load(d)
@@ -434,7 +434,7 @@ def test_verify_enforces_the_contract(tmp_path):
     reindex(d)
     r = CliRunner().invoke(shards_cli, ["verify", str(d)])
     assert r.exit_code == 1 and "sample key 'v/000000' is also in v-00000.tar" in r.output
-    from loaders.reader import SourceReader
+    from shards.read.reader import SourceReader
 
     with pytest.raises(ShardError, match="v-00001.tar: sample key v/000000 is also in v-00000.tar"):
         SourceReader(d, Manifest.load(d), cache=False)
@@ -448,7 +448,7 @@ def test_verify_enforces_the_contract(tmp_path):
 def test_verify_and_the_loader_judge_images_with_one_check(tmp_path):
     """A JPEG with zero bytes between header segments (PIL decodes it, DALI's parser does not) used to pass
     verify and fail in the loader; a PNG in a JPEG set decodes everywhere but is not the set's format."""
-    from loaders.reader import SourceReader
+    from shards.read.reader import SourceReader
 
     imgs = blocks(6)
     blobs = [jpeg(x) for x in imgs]
@@ -469,7 +469,7 @@ def test_verify_and_the_loader_judge_images_with_one_check(tmp_path):
 def test_each_images_real_size_is_known(tmp_path):
     """``SourceReader.hw``: decoded sizes for sets of mixed sizes (no image_size in the manifest), the
     manifest's size for raw sets."""
-    from loaders.reader import SourceReader
+    from shards.read.reader import SourceReader
 
     sizes = [(16, 16), (8, 24), (20, 12), (16, 16)]
     blobs = [jpeg(np.full((*hw, 3), 40 * i, np.uint8)) for i, hw in enumerate(sizes)]
@@ -488,8 +488,8 @@ def test_each_images_real_size_is_known(tmp_path):
 # The shard format (issue 20, item 10): keys unique per set, raw pixels as .npy
 # ---------------------------------------------------------------------------------------------------
 def test_keys_are_unique_across_sets(tmp_path):
-    from loaders.mixture import parse_shards_args
-    from loaders.table import SampleTable
+    from loaders.batch.table import SampleTable
+    from loaders.recipe.mixture import parse_shards_args
 
     a = packed(tmp_path / "a", "png", name="cifar10")
     b = packed(tmp_path / "b", "png", name="edm", kind="generated")
@@ -538,9 +538,9 @@ def test_npy_and_old_raw_sets_give_the_same_batches(tmp_path, plain_view):
     ``np.take`` still gathers a batch); an old ``.raw`` set gives the same batches."""
     import torch
 
-    from loaders.augment import AugConfig
-    from loaders.loader import TrainLoader
-    from loaders.mixture import parse_shards_args
+    from loaders.batch.loader import TrainLoader
+    from loaders.recipe.augment import AugConfig
+    from loaders.recipe.mixture import parse_shards_args
 
     new = packed(tmp_path / "new", "raw")
     old = packed(tmp_path / "old", "raw")

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-import loaders.loader as loader_module
-from loaders.augment import AugConfig, preset
-from loaders.graph import train_pipeline
-from loaders.loader import TrainLoader
-from loaders.mixture import parse_shards_args
-from loaders.reader import SourceReader
-from loaders.table import SampleTable
-from shards.index import cache_paths, read_index
-from shards.manifest import Manifest, ShardError
+import loaders.batch.loader as loader_module
+from loaders.batch.graph import train_pipeline
+from loaders.batch.loader import TrainLoader
+from loaders.batch.table import SampleTable
+from loaders.recipe.augment import AugConfig, preset
+from loaders.recipe.mixture import parse_shards_args
+from shards.format.manifest import Manifest, ShardError
+from shards.read.index import cache_paths, read_index
+from shards.read.reader import SourceReader
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_a_second_open_reads_the_cache(tmp_path, monkeypatch, fresh_set):
     m = Manifest.load(src)
     first = SourceReader(src, m)
     assert all(cache_paths(src / s.index)[0].is_file() for s in m.shards)
-    import loaders.reader as reader
+    import shards.read.reader as reader
 
     monkeypatch.setattr(reader, "read_index", lambda p: pytest.fail(f"parsed {p} again"))
     monkeypatch.setattr(reader, "check_members", lambda *a, **k: pytest.fail("checked again"))
@@ -194,7 +194,7 @@ def test_a_changed_tar_or_index_is_parsed_again(tmp_path, monkeypatch, fresh_set
     tar = src / m.shards[1].file
     st = os.stat(tar)
     os.utime(tar, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # "re-written"
-    import loaders.reader as reader
+    import shards.read.reader as reader
 
     parsed = []
     real = reader.read_index
@@ -217,7 +217,7 @@ def test_a_read_only_shard_folder_uses_the_user_cache_or_none(tmp_path, monkeypa
     import errno
     import tempfile
 
-    import shards.index as index
+    import shards.read.index as index
 
     src = fresh_set
     m = Manifest.load(src)
@@ -259,7 +259,7 @@ def test_cache_writes_are_atomic_under_unique_names(tmp_path, monkeypatch, fresh
 
 # -- index parsing and its messages -----------------------------------------------------------------------
 def test_fast_and_line_by_line_parsers_agree(fresh_set):
-    from shards.index import _parse_lines, _parse_uniform
+    from shards.read.index import _parse_lines, _parse_uniform
 
     src = fresh_set
     idx = src / Manifest.load(src).shards[0].index
@@ -309,7 +309,7 @@ def test_index_advice_only_when_the_index_is_stale(tmp_path, monkeypatch, fresh_
 
         for mm, blob in members:
             t.addfile(mm, io.BytesIO(blob))
-    from shards.writer import ShardSetWriter  # noqa: F401 - (the writer's index format is what read_index reads)
+    from shards.packing.writer import ShardSetWriter  # noqa: F401 - (the writer's index format is what read_index reads)
 
     idx2 = src / m2.shards[2].index
     head, *rest = idx2.read_text().splitlines()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from loaders.augment import ViewAug, preset
-from loaders.loader import EvalLoader, TrainLoader
-from loaders.mixture import parse_shards_args
-from loaders.params import augment_rng, sample_view_params
+from loaders.batch.loader import EvalLoader, TrainLoader
+from loaders.batch.params import augment_rng, sample_view_params
+from loaders.recipe.augment import ViewAug, preset
+from loaders.recipe.mixture import parse_shards_args
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

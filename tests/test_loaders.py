@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from loaders.augment import CIFAR_MEAN, CIFAR_STD, AugConfig, ViewAug, preset
-from loaders.loader import EvalLoader, TrainLoader
-from loaders.mixture import parse_shards_args
-from shards.manifest import Manifest, ShardError
+from loaders.batch.loader import EvalLoader, TrainLoader
+from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig, ViewAug, preset
+from loaders.recipe.mixture import parse_shards_args
+from shards.format.manifest import Manifest, ShardError
 
 
 @pytest.fixture(scope="module")

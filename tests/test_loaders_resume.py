@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from loaders.augment import CIFAR_MEAN, CIFAR_STD, AugConfig, ViewAug, preset
-from loaders.loader import TrainLoader
-from loaders.mixture import parse_shards_args
-from loaders.params import PARAM_KEYS, ParamLayout, ViewColumns, augment_rng, sample_view_params
+from loaders.batch.loader import TrainLoader
+from loaders.batch.params import PARAM_KEYS, ParamLayout, ViewColumns, augment_rng, sample_view_params
+from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig, ViewAug, preset
+from loaders.recipe.mixture import parse_shards_args
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""loaders.mixture: mixture YAML types, and weights whose epoch overflows or cannot be planned in memory."""
+"""loaders.recipe.mixture: mixture YAML types, and weights whose epoch overflows or cannot be planned in memory."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import psutil
 import pytest
 
-from loaders.mixture import parse_shards_args
-from shards.manifest import ShardError
-from shards.writer import ShardSetWriter
+from loaders.recipe.mixture import parse_shards_args
+from shards.format.manifest import ShardError
+from shards.packing.writer import ShardSetWriter
 
 GiB = 2**30
 

@@ -283,7 +283,7 @@ def test_compiled_lars_matches_the_per_tensor_loop_within_1e_6_and_compiles_once
 
 CACHE_PROBE = """
 import json
-from models.engine.compiling import cache_dir, cache_stats
+from models.training.compiling import cache_dir, cache_stats
 from models.optim import LARS
 from test_optim import ReferenceLARS, _toy_lars_params, _toy_steps
 (new_ps, new_groups), (old_ps, old_groups) = _toy_lars_params()
@@ -303,7 +303,7 @@ def test_a_second_process_loads_the_compiled_update_from_inductors_cache():
     import sys
     from pathlib import Path
 
-    from models.engine.compiling import cache_dir
+    from models.training.compiling import cache_dir
 
     torch._dynamo.reset()  # through inductor and its cache here, not code compiled before in this process
     (new_ps, new_groups), (old_ps, old_groups) = _toy_lars_params()

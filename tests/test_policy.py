@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from loaders.policy import (
+from loaders.recipe.policy import (
     CROP_ANCHORS,
     DEFAULT_MODE,
     InflationDecision,
@@ -245,7 +245,7 @@ def test_sources_from_mixture_reads_manifests():
 def test_module_is_pure_python():
     import ast
 
-    import loaders.policy as policy
+    import loaders.recipe.policy as policy
 
     tree = ast.parse(open(policy.__file__).read())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -254,7 +254,7 @@ def test_module_is_pure_python():
     assert imported <= {"__future__", "math", "dataclasses", "typing", "collections", "numpy", "augment", "shards"}
     from pathlib import Path
 
-    from loaders import augment
+    from loaders.recipe import augment
 
     tree = ast.parse(Path(augment.__file__).read_text())
     top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}

@@ -1,4 +1,4 @@
-"""loaders.recipe: --inflation / --aug / explicit knobs → the run's mixture and augmentation."""
+"""loaders.recipe.resolve: --inflation / --aug / explicit knobs → the run's mixture and augmentation."""
 
 import json
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from loaders.mixture import parse_shards_args
-from loaders.recipe import resolve_recipe
-from shards.writer import ShardSetWriter
+from loaders.recipe.mixture import parse_shards_args
+from loaders.recipe.resolve import resolve_recipe
+from shards.packing.writer import ShardSetWriter
 
 
 def _pack(out, name, kind, n, fid=None):

@@ -34,7 +34,7 @@ WEIGHTS = {"none": (1.0, 0.0), "vanilla": (1.0, 1.0), "adainf": (10.0, 1.0)}
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
-    from shards.demo import make_demo
+    from shards.packing.demo import make_demo
 
     root = tmp_path_factory.mktemp("recipes")
     make_demo(root, n_real=40, n_generated=30, n_test=20, seed=0, shard_size=64)
@@ -90,7 +90,7 @@ def test_every_method_and_mode_gets_the_release_recipe(sets, method, mode):
 def test_a_config_of_the_retired_fused_jitter_is_refused_in_one_line(sets, tmp_path):
     """--jitter-impl is gone (the exact colour stage is fast); an old config.yaml with jitter_impl: exact still
     reads, one with fused is refused naming the key."""
-    from models.engine.config import Settings
+    from models.training.settings import Settings
 
     assert Settings.from_dict({"jitter_impl": "exact"}) == Settings()
     with pytest.raises(ValueError, match="jitter_impl: fused is gone"):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from loaders.sampler import mixing_bound, plan_epoch
-from shards.manifest import ShardError
+from loaders.batch.sampler import mixing_bound, plan_epoch
+from shards.format.manifest import ShardError
 
 
 def multiplicities(plan, num_sources, counts):
@@ -116,7 +116,7 @@ def test_overflowing_weight_is_one_line_not_a_crash():
 def test_epoch_beyond_memory_is_refused_before_allocating(monkeypatch):
     """plan_epoch refuses what could never fit (half the machine's total memory at ~48 B per planned
     sample), naming the source when names are given."""
-    import loaders.sampler as sampler
+    import loaders.batch.sampler as sampler
 
     monkeypatch.setattr(sampler, "_memory", lambda which: 2**30)  # a 1 GiB machine: 11,184,810 samples
     with pytest.raises(ShardError) as e:
@@ -131,7 +131,7 @@ def test_plan_memory_per_sample_is_what_the_bound_assumes():
     """The bound's 48 B per planned sample is plan_epoch's real peak (tracemalloc sees numpy's buffers)."""
     import tracemalloc
 
-    from loaders.sampler import PLAN_BYTES_PER_SAMPLE
+    from loaders.batch.sampler import PLAN_BYTES_PER_SAMPLE
 
     tracemalloc.start()
     try:

@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from shards.cli import main
-from shards.demo import CLASSES, make_demo
-from shards.index import read_index
-from shards.manifest import Manifest
-from shards.pack import PackConfig, pack
+from shards.format.manifest import Manifest
+from shards.packing.demo import CLASSES, make_demo
+from shards.packing.pack import PackConfig, pack
+from shards.packing.writer import ShardSetWriter, ustar_header
+from shards.read.index import read_index
 from shards.verify import verify_dir
-from shards.writer import ShardSetWriter, ustar_header
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -309,7 +309,7 @@ def test_refuses_existing_then_overwrites_atomically(tmp_path, monkeypatch):
     code, out = run("pack", tmp_path / "a.npy", "--out", tmp_path / "o", "-q")
     assert code == 1 and "--overwrite" in out
     # an interrupted pack leaves the old set exactly as it was, and no temporary files
-    import shards.pack as packmod
+    import shards.packing.pack as packmod
 
     real = packmod.encode_batch
     calls = []
@@ -437,7 +437,7 @@ def test_demo_generated_differs_in_statistics(demo_shards, read_samples):
 def test_demo_classes_are_learnable():
     """Shape, not colour, decides the class: a ridge classifier on colour-free, translation-invariant
     features (log |FFT| of the normalised grey image) gets most held-out images right."""
-    from shards.demo import make_arrays
+    from shards.packing.demo import make_arrays
 
     def feats(x):
         g = x.astype(np.float32).mean(-1)

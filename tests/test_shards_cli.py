@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from shards.base.progress import LineProgress
 from shards.cli import main
-from shards.index import cache_paths
-from shards.manifest import Manifest
-from shards.progress import LineProgress
+from shards.format.manifest import Manifest
+from shards.read.index import cache_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -38,7 +38,7 @@ def error_line(code, out) -> str:
 
 def open_with_the_loader(directory: Path) -> None:
     """Open a set the way training does: the reader writes its index caches beside the shards."""
-    from loaders.reader import SourceReader
+    from shards.read.reader import SourceReader
 
     SourceReader(directory, Manifest.load(directory))
 
@@ -213,7 +213,7 @@ def test_a_pool_stopped_while_its_workers_start_never_hangs():
     had started). ``start_pool`` forks with the signals held back; 30 pools stopped at once all end."""
     script = (
         "import multiprocessing as mp, numpy as np\n"
-        "from shards.interrupt import interrupts, start_pool\n"
+        "from shards.base.interrupt import interrupts, start_pool\n"
         "ballast = np.ones(300_000_000 // 8)  # a large parent forks slowly, as the test process does\n"
         "with interrupts():\n"
         "    for _ in range(30):\n"

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from shards.cli import main
-from shards.manifest import Manifest
-from shards.pack import PackConfig, pack
+from shards.format.manifest import Manifest
+from shards.packing.pack import PackConfig, pack
 from shards.verify import verify_dir
 
 

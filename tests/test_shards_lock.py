@@ -1,4 +1,4 @@
-"""shards.lock.OutputLock: one writer per folder, stale locks taken over, live ones named."""
+"""shards.base.lock.OutputLock: one writer per folder, stale locks taken over, live ones named."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
+from shards.base.lock import LOCK_NAME, LockHeld, OutputLock
 from shards.cli import main
-from shards.lock import LOCK_NAME, LockHeld, OutputLock
-from shards.manifest import Manifest, ShardError
+from shards.format.manifest import Manifest, ShardError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def _holder_process(directory: Path) -> subprocess.Popen:
     """A separate process that takes the lock, says so, and waits until told to go (or killed)."""
     code = textwrap.dedent(f"""
         import sys
-        from shards.lock import OutputLock
+        from shards.base.lock import OutputLock
         with OutputLock({str(directory)!r}, "test holder", command="holder --flag"):
             print("locked", flush=True)
             sys.stdin.readline()

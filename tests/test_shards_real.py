@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from shareddata import DATA, require
 
 from shards.cli import main
-from shards.manifest import Manifest
+from shards.format.manifest import Manifest
 
 CIFAR = DATA / "cifar10-jpg.tar.gz"
 EDM = DATA / "edm-cifar10-50k-png.tar.gz"

@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from shards.base.lock import LOCK_NAME
 from shards.cli import main
-from shards.lock import LOCK_NAME
-from shards.manifest import Manifest
-from shards.pack import PackConfig, pack
+from shards.format.manifest import Manifest
+from shards.packing.pack import PackConfig, pack
 from shards.verify import verify_dir
 
 
@@ -176,7 +176,7 @@ def test_interrupt_during_install_rolls_back(arrays, tmp_path, monkeypatch):
     out = tmp_path / "o"
     pack(arrays[0], PackConfig(out=out, shard_size=10, progress=False))
     before = listing(out)
-    import shards.pack as packmod
+    import shards.packing.pack as packmod
 
     real = packmod._fsync_dir
 
@@ -239,7 +239,7 @@ def test_disk_full_while_packing(arrays, tmp_path, monkeypatch, existing):
     before = listing(out) if existing else None
     import builtins
 
-    import shards.writer as writer
+    import shards.packing.writer as writer
 
     def full(path, mode="r", *a, **kw):
         return (
@@ -261,7 +261,7 @@ def test_disk_full_writing_the_manifest(arrays, tmp_path, monkeypatch):
     out = tmp_path / "o"
     pack(arrays[0], PackConfig(out=out, progress=False))
     before = listing(out)
-    import shards.manifest as manifest
+    import shards.format.manifest as manifest
 
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

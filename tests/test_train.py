@@ -19,10 +19,10 @@ from click.testing import CliRunner
 from trainargs import train_args
 
 import train
-from loaders.loader import TrainLoader
-from models.engine import Settings, read_records
+from loaders.batch.loader import TrainLoader
 from models.methods.simclr import SimCLR
-from shards.errors import ConfigError
+from models.training import Settings, read_records
+from shards.base.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -388,7 +388,7 @@ def test_resume_tolerates_a_torn_metrics_line(straight, tmp_path):
 
 
 def test_resume_refuses_changed_data_unless_allowed(straight, tmp_path, demo_copy):
-    from shards.demo import make_demo
+    from shards.packing.demo import make_demo
 
     out, _ = straight
     d = data_of(out)
@@ -439,7 +439,7 @@ def test_policy_refusal_is_one_line(data, tmp_path):
 
 
 def test_second_writer_of_a_run_directory_refuses(data, tmp_path):
-    from shards.lock import OutputLock
+    from shards.base.lock import OutputLock
 
     out = tmp_path / "busy"
     with OutputLock(out, "train.py", command="python train.py --out busy"):  # another run writing there
@@ -452,7 +452,7 @@ def test_second_writer_of_a_run_directory_refuses(data, tmp_path):
 
 
 def test_a_waiting_gpu_gets_one_line_naming_the_levers():
-    from models.engine.trainer import data_wait_hint
+    from models.training.trainer import data_wait_hint
 
     s = Settings(num_threads=1)
     hint = data_wait_hint(0.46, s, on_gpu=True)

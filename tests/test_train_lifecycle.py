@@ -22,9 +22,9 @@ from click.testing import CliRunner
 from trainargs import train_args
 
 import train
-from models.engine import read_records
 from models.methods.simclr import SimCLR
 from models.optim import warmup_cosine
+from models.training import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = (24, 24, 40)
@@ -137,7 +137,7 @@ def test_resuming_a_finished_run_says_it_is_complete_and_changes_nothing(data, t
 
 # -- item 5: Ctrl-C anywhere: one line, exit 130, what was kept, how to go on ------------------------------
 def test_ctrl_c_during_the_final_evaluation_keeps_the_run_and_resume_only_evaluates(data, tmp_path, monkeypatch):
-    import models.engine.evaluate as evaluate
+    import models.training.evaluation as evaluate
 
     run = tmp_path / "run"
     original = evaluate.extract_features
@@ -165,7 +165,7 @@ def test_ctrl_c_during_the_final_evaluation_keeps_the_run_and_resume_only_evalua
 
 
 def test_ctrl_c_during_start_up_writes_nothing(data, tmp_path, monkeypatch):
-    import models.engine.data as engine_data
+    import models.training.data as engine_data
 
     original = engine_data.DataPlan.train_loader
 
@@ -227,8 +227,8 @@ def test_no_eval_shards_and_an_unlabelled_real_source_are_announced(data, tmp_pa
 
 # -- item 4: a run far beyond minutes on its device says so, measured; the first steps are logged at once ------
 def test_estimate_line_names_the_knobs_for_the_device():
-    from models.engine import Settings
-    from models.engine.trainer import estimate_line
+    from models.training import Settings
+    from models.training.trainer import estimate_line
 
     s = Settings()
     line = estimate_line(40.0, 99_998, (2, 2), s, "cpu")

@@ -28,9 +28,9 @@ from pathlib import Path
 import click
 
 from bench.harness import CONTEXT, RESULTS_DIR, comma_list, host_kind, resolve_shards, write_results
-from models.engine.config import DEMO_DEFAULTS
-from shards.errors import UserError
-from shards.host import LOADER_THREADS, resolve_device
+from models.training.settings import DEMO_DEFAULTS
+from shards.base.errors import UserError
+from shards.base.host import LOADER_THREADS, resolve_device
 
 MODES = ("none", "vanilla", "adainf", "auto")
 METRICS = ("knn_acc", "linear_probe_acc", "online_probe_acc")
@@ -110,7 +110,7 @@ def run_one(st: Setting, mode: str, seed: int, eval_shards: str, cfg: StudyConfi
     """Train one arm with one seed: its row (after the random-init row when ``baseline``)."""
     import yaml
 
-    from models.engine import read_records
+    from models.training import read_records
 
     run_dir = work / f"{st.name}-{mode}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -249,7 +249,7 @@ def draw_chart(rows: list[dict], summary: list[dict], path: Path, title: str) ->
 
 def sets_of(o: dict) -> tuple[list[Setting], str]:
     """The settings to run and the evaluation set, each set checked to be of the kind its option needs."""
-    from shards.manifest import Manifest
+    from shards.format.manifest import Manifest
 
     keys = ("real", "generated", "eval_shards", "scarce_real", "train_labels")
     real, generated, eval_shards, scarce, labels = (o[k] for k in keys)
@@ -298,7 +298,7 @@ def sets_of(o: dict) -> tuple[list[Setting], str]:
 @click.option("--out-dir", type=click.Path(file_okay=False), help="where the JSON, PNG and table go")
 def main(modes, seeds, method, lr, image_size, num_threads, device, no_baseline, quick, work_dir, out_dir, **o):
     """The AdaInf study: none / vanilla / adainf / auto inflation, same budget, several seeds: mean ± std."""
-    from shards.manifest import atomic_write_text
+    from shards.format.manifest import atomic_write_text
 
     sizes = ("backbone", "steps", "batch_size", "warmup_steps", "eval_every", "knn_train_limit", "eval_limit")
     given = {k: o.pop(k) for k in (*sizes, "probe_epochs")}

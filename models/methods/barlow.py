@@ -31,7 +31,7 @@ class BarlowTwinsConfig(MethodConfig):
 class BarlowTwins(Method):
     Config = BarlowTwinsConfig
     name = "barlow"
-    aug_family = "asymmetric"  # its augmentation presets (loaders.augment), as the release's config
+    aug_family = "asymmetric"  # its augmentation presets (loaders.recipe.augment), as the release's config
 
     def __init__(self, cfg: BarlowTwinsConfig):
         super().__init__(cfg)

@@ -72,7 +72,9 @@ class Method(nn.Module):
 
     Config = MethodConfig
     name = "base"  # the --method name (registered in models/methods/__init__.py)
-    aug_family: str = ""  # every method names its augmentation family (loaders.augment): baseline and AdaInf presets
+    aug_family: str = (
+        ""  # every method names its augmentation family (loaders.recipe.augment): baseline and AdaInf presets
+    )
 
     def __init__(self, cfg: MethodConfig):
         super().__init__()

@@ -32,7 +32,7 @@ class BYOLConfig(MomentumConfig):
 class BYOL(MomentumMethod):
     Config = BYOLConfig
     name = "byol"
-    aug_family = "asymmetric"  # its augmentation presets (loaders.augment), as the release's config
+    aug_family = "asymmetric"  # its augmentation presets (loaders.recipe.augment), as the release's config
 
     def __init__(self, cfg: BYOLConfig):
         super().__init__(cfg)

@@ -38,7 +38,7 @@ class MoCoV2PlusConfig(MomentumConfig):
 class MoCoV2Plus(MomentumMethod):
     Config = MoCoV2PlusConfig
     name = "mocov2plus"
-    aug_family = "symmetric_weak"  # its augmentation presets (loaders.augment), as the release's config
+    aug_family = "symmetric_weak"  # its augmentation presets (loaders.recipe.augment), as the release's config
 
     def __init__(self, cfg: MoCoV2PlusConfig):
         super().__init__(cfg)

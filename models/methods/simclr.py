@@ -29,7 +29,7 @@ class SimCLRConfig(MethodConfig):
 class SimCLR(Method):
     Config = SimCLRConfig
     name = "simclr"
-    aug_family = "symmetric"  # its augmentation presets (loaders.augment), as the release's config
+    aug_family = "symmetric"  # its augmentation presets (loaders.recipe.augment), as the release's config
 
     def __init__(self, cfg: SimCLRConfig):
         super().__init__(cfg)

@@ -1,0 +1,270 @@
+"""The training mixture: shard sets and their weights, from ``--shards`` arguments.
+
+Two spellings:
+
+* ``--shards DIR[:WEIGHT]`` repeated (weight 1 when omitted), e.g.
+  ``--shards data/cifar10-train:10 --shards data/edm-1m:1``;
+* ``--shards mix.yaml`` (alone), a list of ``{path, weight, name?}``; relative paths are relative
+  to the YAML file::
+
+      - {path: cifar10-train, weight: 10}
+      - {path: edm-1m, weight: 1, name: edm}
+
+Kind, counts, format and FID come from each directory's ``manifest.json``. Weight ``w`` means every
+sample of that source appears ``w`` times per epoch (see ``loaders.batch.sampler``); weight 0 excludes it.
+A mixture whose epoch could not be planned in the memory available (``DIR:1e6``) or overflows
+(``DIR:1e308``) is refused when it is read, naming the source (``loaders.batch.sampler.check_epoch_size``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from loaders.batch.sampler import check_epoch_size
+from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    path: Path
+    manifest: Manifest
+    weight: float
+    weight_given: bool = True  # False when the user wrote no weight (1 by default; a policy may choose)
+
+    @property
+    def count(self) -> int:
+        return self.manifest.count
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+
+@dataclass(frozen=True)
+class Mixture:
+    sources: tuple[Source, ...]
+
+    @property
+    def counts(self) -> list[int]:
+        return [s.count for s in self.sources]
+
+    @property
+    def weights(self) -> list[float]:
+        return [s.weight for s in self.sources]
+
+    @property
+    def expected_epoch_size(self) -> float:
+        return sum(s.weight * s.count for s in self.sources)
+
+    def with_weights(self, weights) -> Mixture:
+        """The same sources with new weights (how an inflation policy rewrites a mixture)."""
+        weights = list(weights)
+        if len(weights) != len(self.sources):
+            raise ShardError(f"{len(weights)} weights for {len(self.sources)} sources")
+        return _checked(
+            Mixture(
+                tuple(
+                    Source(s.name, s.path, s.manifest, _check_weight(w, str(s.path)), s.weight_given)
+                    for s, w in zip(self.sources, weights)
+                )
+            )
+        )
+
+    def describe(self) -> list[dict]:
+        return [
+            {
+                "name": s.name,
+                "path": str(s.path),
+                "kind": s.kind,
+                "format": s.manifest.format,
+                "count": s.count,
+                "weight": s.weight,
+                "fid": s.manifest.fid,
+            }
+            for s in self.sources
+        ]
+
+
+def parse_shards_args(args) -> Mixture:
+    """``["DIR[:W]", ...]`` or ``["mix.yaml"]`` → :class:`Mixture` (ShardError with one clear line otherwise)."""
+    args = [str(a) for a in (args or [])]
+    if not args:
+        raise ShardError("no shards given; pass --shards DIR[:WEIGHT] (repeatable) or --shards mix.yaml")
+    if len(args) == 1 and args[0].lower().endswith((".yaml", ".yml")):
+        entries = _read_yaml(Path(args[0]))
+    elif any(a.lower().endswith((".yaml", ".yml")) for a in args):
+        raise ShardError("--shards mix.yaml must be the only --shards argument; list every source inside it")
+    else:
+        entries = [_split_arg(a) for a in args]
+    sources = []
+    for path, weight, name in entries:
+        manifest = load_manifest(path)
+        given = weight is not None
+        sources.append(Source(name or manifest.name, Path(path), manifest, 1.0 if weight is None else weight, given))
+    names = [s.name for s in sources]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ShardError(
+            f"source name {sorted(dup)[0]!r} is used twice; give each source its own name "
+            "(mix.yaml: name: ...) or use different shard sets"
+        )
+    if not any(s.weight > 0 and s.count > 0 for s in sources):
+        raise ShardError("every source has weight 0; give at least one source a positive weight")
+    return _checked(Mixture(tuple(sources)))
+
+
+def load_manifest(path: str | Path, option: str = "--shards") -> Manifest:
+    """``Manifest.load(path)``, except that a path which is not a shard set at all (an image folder, an
+    archive, a single tar) is refused with what it is and a pack command that writes somewhere else."""
+    p = Path(path)
+    if not (p / MANIFEST_NAME).is_file():
+        hint = not_a_shard_set(p, option)
+        if hint:
+            raise ShardError(hint)
+    return Manifest.load(p)
+
+
+def not_a_shard_set(p: Path, option: str = "--shards") -> str | None:
+    """One line for ``option p`` when ``p`` exists but is not a shard set: what it is, and the ``shards
+    pack`` command that packs it into a folder of its own (never into ``p``). None when there is nothing
+    better to say than ``Manifest.load``'s (missing path, empty folder)."""
+    archives = (".tar.gz", ".tgz", ".tar")
+    name = p.name.lower()
+    if p.is_file():
+        if name.endswith((".tar.gz", ".tgz")):
+            what = "a compressed tar archive"
+        elif name.endswith(".tar"):
+            what = "a single .tar file"
+        elif name.endswith((".npz", ".npy")):
+            what = "a numpy array file"
+        else:
+            what = "a file"
+        stem = next((p.name[: -len(a)] for a in archives if name.endswith(a)), p.stem)
+    elif p.is_dir():
+        what = _describe_folder(p)
+        if what is None:
+            return None
+        stem = p.resolve().name
+    else:
+        return None
+    out = Path("data") / stem  # as the README's commands: a folder of its own, never inside the images
+    inside = out.resolve() == p.resolve() or p.resolve() in out.resolve().parents
+    if inside or out.exists():
+        out = Path("data") / f"{stem}-shards"
+    return (
+        f"{option} {p}: {what}, not a shard set (a folder with {MANIFEST_NAME}, written by `python -m shards "
+        f"pack`); pack it into a folder of its own first: `python -m shards pack {p} --out {out}` (add --kind "
+        f"generated for generator output; pack names the folders inside when --subdir is needed), then "
+        f"{option} {out}"
+    )
+
+
+def _describe_folder(p: Path, peek: int = 200) -> str | None:
+    """What a folder without a manifest holds, from a look at its first entries (never a full walk)."""
+    from shards.packing.sources import IMAGE_EXTS
+
+    try:
+        entries = sorted(os.scandir(p), key=lambda e: e.name)
+    except OSError:
+        return None
+    entries = [e for e in entries if not e.name.startswith(".")]
+    if not entries:
+        return None
+    files = [e.name for e in entries if e.is_file()]
+    dirs = [e for e in entries if e.is_dir()]
+    images = [f for f in files if f.lower().endswith(IMAGE_EXTS)]
+    tars = [f for f in files if f.lower().endswith((".tar", ".tar.gz", ".tgz"))]
+    if images:
+        return f"a folder of images ({images[0]}, …)"
+    if tars:
+        return f"a folder of tar files without {MANIFEST_NAME} ({', '.join(tars[:3])}{', …' if len(tars) > 3 else ''})"
+    with_images = []
+    for d in dirs[:peek]:
+        try:
+            if any(e.name.lower().endswith(IMAGE_EXTS) for _, e in zip(range(peek), os.scandir(d.path))):
+                with_images.append(d.name)
+        except OSError:
+            continue
+    if with_images:
+        names = ", ".join(with_images[:4]) + (", …" if len(dirs) > 4 else "")
+        return f"an ImageFolder tree of images (class folders {names})"
+    if dirs:
+        return f"a folder of folders ({', '.join(d.name for d in dirs[:4])}{', …' if len(dirs) > 4 else ''})"
+    return f"a folder without {MANIFEST_NAME}"
+
+
+def _checked(m: Mixture) -> Mixture:
+    """Refuse (one line, naming the source) a mixture whose epoch overflows or cannot be planned in memory."""
+    check_epoch_size(m.counts, m.weights, [f"source {s.name!r} ({s.path})" for s in m.sources])
+    return m
+
+
+def _split_arg(arg: str) -> tuple[str, float | None, None]:
+    """``DIR[:W]`` → (DIR, W or None when no weight was written, None)."""
+    path, sep, weight = arg.rpartition(":")
+    if not sep or "/" in weight or not weight:
+        return arg, None, None
+    try:
+        w = float(weight)
+    except ValueError:
+        if Path(arg).exists():
+            return arg, None, None
+        raise ShardError(
+            f"--shards {arg}: weight {weight!r} is not a number; write DIR:WEIGHT, e.g. {path}:10"
+        ) from None
+    return path, _check_weight(w, f"--shards {arg}"), None
+
+
+def _check_weight(w, where: str) -> float:
+    if isinstance(w, bool):  # float(True) is 1.0: a YAML `weight: true` is a mistake, not a weight
+        raise ShardError(f"{where}: weight {w!r} is not a number; use a number >= 0 (e.g. 10, 1, 0.5)")
+    try:
+        w = float(w)
+    except (TypeError, ValueError):
+        raise ShardError(f"{where}: weight {w!r} is not a number; use a number >= 0 (e.g. 10, 1, 0.5)") from None
+    if not math.isfinite(w) or w < 0:
+        raise ShardError(f"{where}: weight {w} is invalid; use a finite number >= 0 (0 excludes the source)")
+    return w
+
+
+def _read_yaml(path: Path) -> list[tuple[str, float | None, str | None]]:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ShardError(f"{path}: cannot read mixture file ({e.strerror}); check the path") from None
+    except yaml.YAMLError as e:
+        raise ShardError(
+            f"{path}: not valid YAML ({str(e).splitlines()[0]}); write a list of {{path: DIR, weight: W, name: NAME}}"
+        ) from None
+    if isinstance(doc, dict) and "sources" in doc:
+        doc = doc["sources"]
+    if not isinstance(doc, list) or not doc:
+        raise ShardError(f"{path}: expected a non-empty list of {{path: DIR, weight: W, name: NAME}} entries")
+    entries = []
+    for i, item in enumerate(doc):
+        if not isinstance(item, dict) or "path" not in item:
+            raise ShardError(f"{path}: entry {i + 1} needs a 'path' (and optionally 'weight', 'name')")
+        unknown = set(item) - {"path", "weight", "name"}
+        if unknown:
+            raise ShardError(f"{path}: entry {i + 1} has unknown key {sorted(unknown)[0]!r}; use path, weight, name")
+        for key in ("path", "name"):
+            if (key == "path" or item.get(key) is not None) and not isinstance(item[key], str):
+                raise ShardError(
+                    f"{path}: entry {i + 1} has {key} {item[key]!r} ({type(item[key]).__name__}); "
+                    f'write it as a string, quoted if it looks like a number: {key}: "{item[key]}"'
+                )
+        weight = item.get("weight")
+        if "weight" in item and not (isinstance(weight, (int, float)) and not isinstance(weight, bool)):
+            raise ShardError(f"{path}: entry {i + 1} has weight {weight!r}; write a number >= 0 (e.g. weight: 10)")
+        p = Path(item["path"]).expanduser()
+        if not p.is_absolute():
+            p = path.parent / p
+        w = _check_weight(weight, f"{path}: entry {i + 1}") if "weight" in item else None
+        entries.append((str(p), w, item.get("name")))
+    return entries
