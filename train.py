@@ -26,6 +26,7 @@ from pathlib import Path
 
 import click
 
+from loaders.batch.table import SampleTable
 from models.training import (
     Evaluator,
     RunDir,
@@ -180,7 +181,7 @@ def run(ctx, config_file, print_config, options) -> dict:
         if final.get("corrupt_skipped"):
             _log(
                 f"{final['corrupt_skipped']} corrupt training sample(s) were skipped (--on-corrupt skip), first: "
-                f"{', '.join(final['corrupt_keys'])}"
+                f"{', '.join(map(SampleTable.shown_key, final['corrupt_keys']))}"
             )
         if (s.demo or s.compare_random) and rt.master:
             with on_interrupt(f"during the random-init comparison: the run is complete and saved in {s.out}"):

@@ -1,4 +1,4 @@
-"""``python -m shards pack|verify|info|demo|fuzz``."""
+"""``python -m shards pack|verify|info|demo``."""
 
 from __future__ import annotations
 
@@ -171,15 +171,16 @@ def pack(
 def verify(dirs, workers, no_decode):
     """Re-read every shard with the loader's own checks: tar structure, index, every image (structure, decode,
     size), labels, each sample's recorded sha256, unique keys, counts and sha256 against the manifest."""
-    from shards.verify import verify_dir
+    from shards.verify import repair_hint, verify_dir
 
-    bad = 0
+    bad = []
     for d in dirs:
         problems = verify_dir(d, workers=workers, decode=not no_decode)
         for p in problems:
             click.echo(p)
         if problems:
-            bad += 1
+            click.echo(repair_hint(d))
+            bad.append(str(d))
         else:
             from shards.format.manifest import Manifest
 
@@ -188,7 +189,7 @@ def verify(dirs, workers, no_decode):
                 f"{d}: OK ({m.count} samples in {len(m.shards)} shard(s){'' if no_decode else ', every image decoded'})"
             )
     if bad:
-        click.echo(f"{bad} of {len(dirs)} shard set(s) have problems", err=True)
+        click.echo(f"{len(bad)} of {len(dirs)} shard set(s) have problems: {', '.join(bad)}", err=True)
         sys.exit(1)
 
 
@@ -229,33 +230,3 @@ def demo(out, size, seed, fmt, workers, overwrite):
     )
     for name, r in sets.items():
         click.echo(f"{out / name}: {r.manifest.count} samples, kind {r.manifest.kind}, split {r.manifest.split}")
-
-
-@main.command()
-@click.option("--cases", type=click.IntRange(min=1), default=338, show_default=True, help="26 of each damage kind.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--work", type=click.Path(path_type=Path), default=None, help="Working folder (default: a temporary one)."
-)
-@click.option(
-    "--in-process", is_flag=True, help="Run the commands in this interpreter (fast; what the test suite does)."
-)
-@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True, help="Seconds per command.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report here.")
-@_clean_errors()
-def fuzz(cases, seed, work, in_process, timeout, json_path):
-    """Damage tiny packed sets at random (seeded) and hold verify, the audit and train.py to the contract."""
-    import json
-    import tempfile
-
-    from bench.fuzz import fuzz as run_fuzz
-
-    with tempfile.TemporaryDirectory(prefix="shards-fuzz-") as tmp:
-        report = run_fuzz(cases, seed, Path(work or tmp), in_process=in_process, timeout=timeout, log=click.echo)
-    if json_path:
-        json_path.write_text(json.dumps(report, indent=1) + "\n")
-    click.echo(
-        f"{report['cases']} cases, {report['commands_run']} commands, {report['failed']} failed, {report['seconds']} s"
-    )
-    if report["failed"]:
-        sys.exit(1)

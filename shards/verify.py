@@ -5,7 +5,10 @@ key, each sample with ``cls``, ``json`` and the image), the DALI index against t
 by the loaders' own check (``shards.read.check``: structure, decode, size against the manifest's), labels in the
 set's range, each sample's ``.json`` record (its label and image sha256 since manifest version 2), keys
 unique across the whole set, no tar listed twice, and counts, label counts, bytes and sha256 against the
-manifest (whose fields ``Manifest.load`` has checked). It returns one line per problem (empty: all good).
+manifest (whose fields ``Manifest.load`` has checked). It returns one line per problem (empty: all good): a
+problem of a file is its own line; samples damaged alike (one reason) are one line with their count and a few
+example keys, so a set-level cause (a renamed manifest, say) is stated once; every line names a fix, and
+:func:`repair_hint` the command that re-packs the set.
 """
 
 from __future__ import annotations
@@ -16,13 +19,26 @@ import os
 import tarfile
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from shards.base.host import cores
 from shards.base.interrupt import fork_context, start_pool, stop_pool
 from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError, ShardInfo
-from shards.read.check import OK, WHY, check_image, check_meta, labels_in_range, parse_label, sizes_match
+from shards.read.check import (
+    BAD_STRUCTURE,
+    OK,
+    WHY,
+    check_image,
+    explain_meta,
+    labels_in_range,
+    older_manifest,
+    parse_label,
+    records_digest,
+    sizes_match,
+    structure_problem,
+)
 from shards.read.index import read_index
 
 
@@ -60,14 +76,20 @@ def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = Tr
     total = 0
     where: dict[str, str] = {}
     repeated: list[str] = []
+    alike: dict[tuple[str, str], list[tuple[str, str, str]]] = {}  # (reason, fix) -> [(file, key, detail)]
     for s, (shard_problems, n, lab, keys) in zip(m.shards, results):
-        problems += shard_problems
+        for p in shard_problems:
+            if isinstance(p, SampleProblem):
+                alike.setdefault((p.reason, p.fix), []).append((p.file, p.key, p.detail))
+            elif p not in problems:  # a set-level line found in every shard: once
+                problems.append(p)
         total += n
         labels.update(lab)
         for k in keys:
             if k in where and not m.standin:
                 repeated.append(f"{directory / s.file}: sample key {k!r} is also in {where[k]}")
             where.setdefault(k, s.file)
+    problems += [_grouped(directory, reason, fix, found) for (reason, fix), found in alike.items()]
     if repeated:
         more = f" ({len(repeated) - 1} more repeated keys)" if len(repeated) > 1 else ""
         problems.append(f"{repeated[0]}; keys must be unique across a shard set{more}: re-pack the set")
@@ -79,6 +101,49 @@ def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = Tr
             f"(manifest {m.label_counts}, shards {dict(sorted(labels.items(), key=lambda kv: int(kv[0])))})"
         )
     return problems
+
+
+class SampleProblem(NamedTuple):
+    """What is wrong with one sample: ``reason`` completes "sample KEY …" and is the same for samples damaged
+    alike (they are reported together), ``detail`` is this sample's own values, ``fix`` what to do."""
+
+    file: str
+    key: str
+    reason: str
+    fix: str
+    detail: str = ""
+
+
+EXAMPLES = 3  # example keys on a line that reports many samples
+SAMPLE_FIX = "re-pack the set from its source, or pass --on-corrupt skip to train without such samples"
+
+
+def _grouped(directory: Path, reason: str, fix: str, found: list[tuple[str, str, str]]) -> str:
+    """One line for every sample damaged alike: the one sample (its tar and key), or the count and examples."""
+    if len(found) == 1:
+        file, key, detail = found[0]
+        return f"{directory / file}: sample {key} {reason}{f' ({detail})' if detail else ''}; {fix}"
+    files = sorted({f for f, _, _ in found})
+    where = files[0] if len(files) == 1 else f"{len(files)} shards"
+    examples = ", ".join(k + (f" ({d})" if d else "") for _, k, d in found[:EXAMPLES])
+    return f"{directory}: {len(found)} samples in {where} (e.g. {examples}), each {reason}; {fix}"
+
+
+def repair_hint(directory: str | os.PathLike) -> str:
+    """The closing line of a set with problems: its path and the command that re-packs it (the one its manifest
+    records, with --overwrite; a generic one when the manifest cannot be read)."""
+    directory = Path(directory)
+    command = f"python -m shards pack SRC --out {directory} --overwrite"
+    try:
+        recorded = Manifest.load(directory).command
+    except ShardError:
+        recorded = ""
+    if recorded.startswith("python -m shards pack "):
+        command = recorded if " --overwrite" in recorded else f"{recorded} --overwrite"
+    return (
+        f"{directory}: has problems (above); re-pack it with `{command}` (SRC: the images it was packed from), "
+        "then run `python -m shards verify` again"
+    )
 
 
 def _repeated_tars(directory: Path, m: Manifest) -> list[str]:
@@ -99,12 +164,12 @@ def verify_shard(
     """Problems found in one tar and its index, its sample count, label counts and keys."""
     path = Path(directory) / s.file
     try:
-        return _verify_shard(path, Path(directory) / s.index, s, m, decode)
+        return _verify_shard(Path(directory), path, Path(directory) / s.index, s, m, decode)
     except OSError as e:
         return [f"{path}: cannot be read ({e.strerror or e}); check it or re-pack the set"], 0, Counter(), []
 
 
-def _verify_shard(path: Path, idx_path: Path, s: ShardInfo, m: Manifest, decode: bool):
+def _verify_shard(directory: Path, path: Path, idx_path: Path, s: ShardInfo, m: Manifest, decode: bool):
     if not path.is_file():
         return [f"{path}: missing (listed in {MANIFEST_NAME}); re-pack the set"], 0, Counter(), []
     problems = []
@@ -119,36 +184,77 @@ def _verify_shard(path: Path, idx_path: Path, s: ShardInfo, m: Manifest, decode:
     try:
         samples = _read_tar(data)
     except (tarfile.TarError, ValueError, EOFError) as e:
-        return problems + [f"{path}: broken tar ({e})"], 0, Counter(), []
+        return problems + [f"{path}: broken tar ({e}); re-pack the set"], 0, Counter(), []
+    except OverflowError:  # tarfile seeking past a header's size of 2^63 or more
+        return (
+            problems + [f"{path}: broken tar (a member's size in its tar header is out of range); re-pack the set"],
+            0,
+            Counter(),
+            [],
+        )
     if m.standin:  # a stand-in may use a prefix of a tar, through its index
         samples = samples[: s.count]
-    problems += _check_index(idx_path, samples, path if tar_intact else None)
+    field = f"shards[{m.shards.index(s)}].index"
+    problems += _check_index(idx_path, samples, path if tar_intact else None, field)
     labels: Counter = Counter()
     ext = m.ext
+    older = not m.digests
     for key, members in samples:
         exts = [e for e, _, _ in members]
         want = {"cls", "json", ext}
         if set(exts) != want or len(exts) != len(want):
-            problems.append(f"{path}: sample {key} has members {sorted(exts)}, want {sorted(want)}")
+            problems.append(
+                SampleProblem(s.file, key, f"has members {sorted(exts)}, want {sorted(want)}", "re-pack the set")
+            )
             continue
         blob = {e: data[off : off + size] for e, off, size in members}
+        if older and records_digest(blob["json"]):  # a version-2 set whose manifest lost its version: once
+            return [*problems, older_manifest(directory / MANIFEST_NAME, path)], len(samples), labels, []
+        older = False  # the first sample decides
         label = parse_label(blob["cls"])
         if label is None:
-            problems.append(f"{path}: sample {key}.cls is {blob['cls'][:20]!r}, not an integer")
+            problems.append(
+                SampleProblem(
+                    s.file,
+                    key,
+                    "has a .cls member that is not an integer label (ASCII digits, at most 18)",
+                    SAMPLE_FIX,
+                    _show_bytes(blob["cls"]),
+                )
+            )
             continue
         if not labels_in_range(np.array([label]), m)[0]:
-            problems.append(f"{path}: sample {key} has label {label}, outside the manifest's {m.num_classes} classes")
+            problems.append(
+                SampleProblem(
+                    s.file, key, f"has a label outside the manifest's {m.num_classes} classes", SAMPLE_FIX, str(label)
+                )
+            )
         labels[str(label)] += 1
-        verdict = check_meta(blob["json"], label, blob[ext], m.name, m.kind, m.digests)
+        verdict, reason, detail = explain_meta(blob["json"], label, blob[ext], m.name, m.kind, m.digests)
         if verdict != OK:
-            problems.append(f"{path}: sample {key} {WHY[verdict]}")
+            problems.append(SampleProblem(s.file, key, reason, _meta_fix(reason, directory), detail))
         if decode or ext in ("npy", "raw"):
             err = _image_problem(blob[ext], ext, m)
             if err:
-                problems.append(f"{path}: sample {key}.{ext} {err}")
+                problems.append(SampleProblem(s.file, f"{key}.{ext}", err, SAMPLE_FIX))
     if len(samples) != s.count:
         problems.append(f"{path}: holds {len(samples)} samples, manifest says {s.count}")
     return problems, len(samples), labels, [k for k, _ in samples]
+
+
+def _show_bytes(b: bytes) -> str:
+    return repr(bytes(b[:24])) + ("..." if len(b) > 24 else "")
+
+
+def _meta_fix(reason: str, directory: Path) -> str:
+    """What to do about a sample's ``.json`` record: a manifest renamed (or of another kind) after packing is
+    the manifest's fault, anything else the sample's."""
+    manifest = directory / MANIFEST_NAME
+    if "but the manifest's name is" in reason:
+        return f'set "name" in {manifest} back to the set its samples name, or re-pack the set'
+    if "but the manifest's kind is" in reason:
+        return f'set "kind" in {manifest} back to the kind its samples record, or re-pack the set'
+    return SAMPLE_FIX
 
 
 def _read_tar(data: bytes) -> list[tuple[str, list[tuple[str, int, int]]]]:
@@ -163,6 +269,8 @@ def _read_tar(data: bytes) -> list[tuple[str, list[tuple[str, int, int]]]]:
             if not dot:
                 raise ValueError(f"member {info.name!r} has no extension")
             key = f"{folder}/{stem}" if folder else stem
+            if info.size < 0:  # a base-256 size field may say so
+                raise ValueError(f"member {info.name!r} has a negative size ({info.size}) in its tar header")
             if info.offset_data + info.size > len(data):
                 raise ValueError(f"member {info.name!r} runs past the end of the file")
             if not samples or samples[-1][0] != key:
@@ -174,10 +282,16 @@ def _read_tar(data: bytes) -> list[tuple[str, list[tuple[str, int, int]]]]:
     return samples
 
 
-def _check_index(idx_path: Path, samples, intact_tar: Path | None) -> list[str]:
+def _check_index(idx_path: Path, samples, intact_tar: Path | None, field: str = "an index") -> list[str]:
     """Problems of the index against the tar. ``intact_tar``: the tar, when it matches the manifest's
     size and sha256; only then is the index the stale part, and rebuilding it (``wds2idx``) the fix.
-    When the tar itself changed, the index disagreeing is a symptom: re-packing is the fix."""
+    When the tar itself changed, the index disagreeing is a symptom: re-packing is the fix. A missing
+    index is missing, whatever the tar."""
+    if not idx_path.exists() and not idx_path.is_symlink():
+        return [
+            f"{idx_path}: missing (the manifest's {field} names it); restore the file or correct that entry of "
+            f"{MANIFEST_NAME}, or re-pack the set"
+        ]
     fix = (
         f"the tar matches its sha256, so the index is stale; re-create it with `wds2idx` ({intact_tar.name})"
         if intact_tar
@@ -204,6 +318,8 @@ def _check_index(idx_path: Path, samples, intact_tar: Path | None) -> list[str]:
 def _image_problem(blob: bytes, ext: str, m: Manifest) -> str | None:
     """What is wrong with one image member (``shards.read.check.check_image``, the loaders' check), or None."""
     verdict, h, w = check_image(blob, ext)
+    if verdict == BAD_STRUCTURE:
+        return structure_problem(blob, ext)
     if verdict != OK:
         return WHY[verdict]
     if ext == "raw":

@@ -209,6 +209,13 @@ class SampleTable:
         self.verdict[self.ids(source[bad], index[bad])] = UNDECODABLE
         return np.flatnonzero(bad), line
 
+    @staticmethod
+    def shown_key(source_key: str) -> str:
+        """A ``SOURCE_NAME/KEY`` of :meth:`keys` as a person reads it: the key alone when it already starts with
+        the source's name (``genraw/000238``, not ``genraw/genraw/000238``), else unchanged."""
+        source, _, key = source_key.partition("/")
+        return key if key.startswith(f"{source}/") else source_key
+
     def keys(self, source, index) -> list[str]:
         """``SOURCE_NAME/KEY`` of each ``(source, index)`` pair (the source's name in the mixture, then the
         sample's key in its set: keys packed by ``shards pack`` start with the set's name themselves)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from loaders.batch.table import SampleTable
 from models.optim import build_optimizer, build_scheduler
 from models.syncbn import convert_sync_batchnorm
 from models.training.checkpoint import CKPT_LAST, save_checkpoint
@@ -440,7 +441,7 @@ class _Loop:
             if corrupt > self.skipped_reported:
                 self.progress.write(
                     f"step {step}: {corrupt} corrupt sample(s) skipped so far (--on-corrupt skip), "
-                    f"first: {', '.join(self.t.loader.stats.corrupt_keys[:3])}"
+                    f"first: {', '.join(map(SampleTable.shown_key, self.t.loader.stats.corrupt_keys[:3]))}"
                 )
                 self.skipped_reported = corrupt
         self.sums, self.interval_steps, self.wait = {}, 0, 0.0

@@ -17,6 +17,7 @@ from shards.base.errors import ShardError
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _SHARD_KEYS = ("file", "index", "count", "sha256", "bytes")
 _MAX_SIDE = 65535  # JPEG's limit; no shard set holds larger images
+INT64_MAX = 2**63 - 1  # counts and byte sizes become int64 arrays in the loaders: larger ones are refused here
 
 
 def _show(v) -> str:
@@ -34,9 +35,9 @@ class _Fields:
             "`python -m shards pack`"
         )
 
-    def integer(self, name: str, v, lo: int = 0, hi: int | None = None) -> int:
-        if type(v) is not int or v < lo or (hi is not None and v > hi):
-            self.fail(name, v, f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+    def integer(self, name: str, v, lo: int = 0, hi: int = INT64_MAX) -> int:
+        if type(v) is not int or v < lo or v > hi:
+            self.fail(name, v, f"an integer from {lo} to {hi}")
         return v
 
     def text(self, name: str, v, empty: bool = False) -> str:

@@ -100,65 +100,109 @@ def check_bytes(buf: bytes, fmt: str) -> int:
 def _jpeg_dims(b: bytes) -> tuple[int, int] | None:
     """(H, W) from the frame header when the marker segments up to SOS are sound — SOI, then ``FF xx`` +
     big-endian length segments, a baseline, extended or progressive Huffman frame (SOF0–2, what libjpeg
-    writes) before SOS — as nvImageCodec's JPEG parser reads them; None otherwise."""
+    writes) with 1 or 3 components before SOS — as nvImageCodec's JPEG parser reads them; None otherwise."""
+    return _jpeg_walk(b)[0]
+
+
+def _jpeg_walk(b: bytes) -> tuple[tuple[int, int] | None, str]:
+    """(dims or None, why not: completing "sample KEY.jpg …")."""
     n = len(b)
     if n < 4 or b[0] != 0xFF or b[1] != 0xD8:
-        return None
+        return None, _not_format(b, "jpg")
     pos, dims = 2, None
     while True:
         if pos + 2 > n or b[pos] != 0xFF:
-            return None
+            return None, f"has a broken JPEG marker at byte {pos} (damaged or cut short)"
         pos += 1
         while pos < n and b[pos] == 0xFF:  # fill bytes
             pos += 1
         if pos >= n or b[pos] == 0:
-            return None
+            return None, f"has a broken JPEG marker at byte {pos} (damaged or cut short)"
         marker = b[pos]
         pos += 1
         if marker == 0xDA:
-            return dims
+            return dims, "" if dims else "has no JPEG frame header before its image data"
         if pos + 2 > n:
-            return None
+            return None, "is cut short inside its JPEG header"
         length = (b[pos] << 8) | b[pos + 1]
         if length < 2 or pos + length > n:
-            return None
+            return None, f"has a JPEG segment at byte {pos - 2} whose length {length} runs past its end"
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if marker > 0xC2 or dims is not None or length < 8:  # lossless/arithmetic/hierarchical, or a second SOF
-                return None
+            if marker > 0xC2:
+                return None, (
+                    f"is a JPEG of coding process SOF{marker - 0xC0} (lossless, arithmetic or hierarchical), "
+                    "which DALI does not decode; want baseline or progressive"
+                )
+            if dims is not None or length < 8:
+                return None, "has a second or broken JPEG frame header"
             comps = b[pos + 7]
             h, w = (b[pos + 3] << 8) | b[pos + 4], (b[pos + 5] << 8) | b[pos + 6]
-            if comps not in (1, 3) or length < 8 + 3 * comps or h == 0 or w == 0:
-                return None
+            if comps not in (1, 3):
+                mode = {4: " (CMYK or YCCK)", 2: " (grey with alpha?)"}.get(comps, "")
+                return None, f"is a JPEG with {comps} colour components{mode}; want 1 (grey) or 3 (RGB)"
+            if length < 8 + 3 * comps or h == 0 or w == 0:
+                return None, f"has a broken JPEG frame header ({h}×{w}, {comps} components)"
             dims = (h, w)
         pos += length
 
 
 def _png_dims(b: bytes) -> tuple[int, int] | None:
-    """(H, W) when the signature, an 8-bit grey or RGB IHDR first, every chunk's CRC and IEND are sound."""
+    """(H, W) when the signature, an 8-bit grey or RGB IHDR first (sides 1 … 2^31 − 1, as the PNG standard
+    says), every chunk's CRC and IEND are sound."""
+    return _png_walk(b)[0]
+
+
+_PNG_COLOURS = {0: "grey", 2: "RGB", 3: "palette", 4: "grey with alpha", 6: "RGBA"}
+
+
+def _png_walk(b: bytes) -> tuple[tuple[int, int] | None, str]:
+    """(dims or None, why not: completing "sample KEY.png …")."""
     n = len(b)
-    if n < 8 + 25 or b[:8] != _PNG_SIG:
-        return None
+    if n < 8 or b[:8] != _PNG_SIG:
+        return None, _not_format(b, "png")
     pos, dims = 8, None
     while True:
         if pos + 12 > n:
-            return None
+            return None, "is cut short (no PNG IEND chunk)"
         (length,) = struct.unpack_from(">I", b, pos)
         kind = b[pos + 4 : pos + 8]
-        if length > n - pos - 12 or ((dims is None) != (kind == b"IHDR")):
-            return None
+        if length > n - pos - 12:
+            return None, f"has a PNG chunk at byte {pos} whose length {length} runs past its end"
+        if (dims is None) != (kind == b"IHDR"):
+            return None, "has no PNG IHDR chunk first" if dims is None else "has a second PNG IHDR chunk"
         (crc,) = struct.unpack_from(">I", b, pos + 8 + length)
         if zlib.crc32(b[pos + 4 : pos + 8 + length]) & 0xFFFFFFFF != crc:
-            return None
+            return None, f"has a PNG {kind.decode('latin1')!r} chunk whose CRC does not match (damaged bytes)"
         if kind == b"IHDR":
             if length != 13:
-                return None
+                return None, f"has a PNG IHDR chunk of {length} bytes, not 13"
             w, h, depth, colour = struct.unpack_from(">IIBB", b, pos + 8)
-            if depth != 8 or colour not in (0, 2) or h == 0 or w == 0:
-                return None
+            if colour not in (0, 2) or depth != 8:
+                mode = _PNG_COLOURS.get(colour, f"colour type {colour}")
+                return None, f"is a {depth}-bit {mode} PNG; want 8-bit grey or RGB"
+            if not (0 < h < 2**31 and 0 < w < 2**31):
+                return None, f"is a PNG of {h}×{w} pixels; want sides from 1 to {2**31 - 1}"
             dims = (h, w)
         pos += 12 + length
         if kind == b"IEND":
-            return dims
+            return dims, ""
+
+
+def _not_format(b: bytes, ext: str) -> str:
+    """Why ``b`` is not an image of format ``ext``, naming what it is when its signature says so."""
+    if not len(b):
+        return "is empty (0 bytes)"
+    found = (
+        "a JPEG"
+        if b[:2] == b"\xff\xd8"
+        else "a PNG"
+        if b[:8] == _PNG_SIG
+        else "an .npy array"
+        if b[:6] == b"\x93NUMPY"
+        else None
+    )
+    want = {"jpg": "JPEG", "png": "PNG", "npy": ".npy"}[ext]
+    return f"is {found}, not the set's format ({ext})" if found else f"is not a {want} (no {want} signature)"
 
 
 # -- raw pixels as .npy ------------------------------------------------------------------------------
@@ -175,46 +219,91 @@ def npy_header(h: int, w: int) -> bytes:
 def npy_shape(buf: bytes | memoryview) -> tuple[int, int, int] | None:
     """(header length, H, W) of an ``.npy`` member holding one (H, W, 3) uint8 C-order array and nothing
     else; None for anything else."""
-    head = npy_prefix(buf)
+    return _npy_walk(buf)[0]
+
+
+def _npy_walk(buf: bytes | memoryview) -> tuple[tuple[int, int, int] | None, str]:
+    """(:func:`npy_shape`'s answer, why not: completing "sample KEY.npy …")."""
+    head, why = _npy_prefix(buf)
     if head is None:
-        return None
+        return None, why
     hl, h, w = head
-    return head if len(buf) == hl + h * w * 3 else None
+    if len(buf) != hl + h * w * 3:
+        return None, f"holds {len(buf) - hl} bytes of pixels, its .npy header's shape ({h}, {w}, 3) needs {h * w * 3}"
+    return head, ""
 
 
 def npy_prefix(buf: bytes | memoryview) -> tuple[int, int, int] | None:
     """(header length, H, W) from an ``.npy`` header describing an (H, W, 3) uint8 C-order array; None when
     it is not one (the length of the data is not looked at)."""
+    return _npy_prefix(buf)[0]
+
+
+def _npy_prefix(buf: bytes | memoryview) -> tuple[tuple[int, int, int] | None, str]:
     if len(buf) < 10 or bytes(buf[:6]) != b"\x93NUMPY":
-        return None
+        return None, _not_format(bytes(buf[:8]), "npy")
     major = buf[6]
     if major == 1:
         hl = 10 + struct.unpack_from("<H", buf, 8)[0]
     elif major in (2, 3) and len(buf) >= 12:
         hl = 12 + struct.unpack_from("<I", buf, 8)[0]
     else:
-        return None
+        return None, f"has an .npy header of format version {major}, which numpy does not write"
     if hl > min(len(buf), 65536):
-        return None
+        return None, f"has an .npy header length {hl} past its end or over 64 KiB"
     return _parse_npy_header(bytes(buf[:hl]), 10 if major == 1 else 12)
 
 
+_MAX_NPY_SIDE = 2**31 - 1  # H and W become int32: larger ones are refused where the header is parsed
+
+
 @functools.lru_cache(maxsize=256)  # a set's headers are all alike: parsed once, compared after
-def _parse_npy_header(raw: bytes, start: int) -> tuple[int, int, int] | None:
+def _parse_npy_header(raw: bytes, start: int) -> tuple[tuple[int, int, int] | None, str]:
     hl, text = len(raw), raw[start:]
     try:
         d = ast.literal_eval(text.decode("latin1"))
-        if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"} or d["fortran_order"] is not False:
-            return None
-        if np.dtype(d["descr"]) != np.uint8:
-            return None
+        if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+            return None, "has an .npy header that is not {descr, fortran_order, shape}"
+        if d["fortran_order"] is not False:
+            return None, "holds an array in Fortran order; want C order"
+        dtype = np.dtype(d["descr"])
         shape = d["shape"]
-        if not (isinstance(shape, tuple) and len(shape) == 3 and all(type(x) is int for x in shape)):
-            return None
-        h, w, c = shape
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return None
-    return (hl, h, w) if c == 3 and h > 0 and w > 0 else None
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, OverflowError):
+        return None, "has an unreadable .npy header"
+    if not (isinstance(shape, tuple) and all(type(x) is int for x in shape)):
+        return None, f"has an .npy header whose shape is {_cut_text(shape)}, not a tuple of integers"
+    if len(shape) != 3 or shape[2] != 3 or dtype != np.uint8:
+        return None, f"holds a {dtype} array of shape {_cut_text(shape)}; want uint8 of shape (H, W, 3)"
+    h, w, _ = shape
+    if not (0 < h <= _MAX_NPY_SIDE and 0 < w <= _MAX_NPY_SIDE):
+        return None, f"holds an array of shape {_cut_text(shape)}; want sides from 1 to {_MAX_NPY_SIDE}"
+    return (hl, h, w), ""
+
+
+def _cut_text(v, limit: int = 60) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def structure_problem(buf: bytes, ext: str) -> str:
+    """Why :func:`check_image` found ``buf`` unsound (verdict ``BAD_STRUCTURE``), completing "sample KEY.EXT …":
+    the dtype or shape of an ``.npy``, the colour mode of a PNG or JPEG, or which part is broken."""
+    if ext == "npy":
+        why = _npy_walk(buf)[1]
+    elif ext in ("jpg", "png"):
+        why = (_jpeg_walk if ext == "jpg" else _png_walk)(buf)[1]
+        if not why:  # the structure is sound: PIL saw another format, mode or size
+            from PIL import Image
+
+            try:
+                with Image.open(io.BytesIO(buf)) as im:
+                    why = f"decodes as a {im.format} image of mode {im.mode}, {im.height}×{im.width}"
+                    why += f"; want {'JPEG' if ext == 'jpg' else 'PNG'} of mode RGB or L"
+            except Exception:  # noqa: BLE001 - any decoder failure: the generic reason
+                why = ""
+    else:
+        why = ""
+    return why or WHY[BAD_STRUCTURE]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -257,17 +346,66 @@ def check_meta(meta: bytes, label: int, image: bytes, name: str | None, kind: st
     """The verdict on a sample's ``.json``: a JSON object (naming the set's source and kind, unless ``name`` is
     None: the loaders do not mind a renamed set or a benchmark stand-in); with ``digests`` (manifest version 2)
     also the sample's label and the sha256 of its image member."""
+    return explain_meta(meta, label, image, name, kind, digests)[0]
+
+
+def explain_meta(
+    meta: bytes, label: int, image: bytes, name: str | None, kind: str | None, digests: bool
+) -> tuple[int, str, str]:
+    """(verdict, reason, detail) of :func:`check_meta`: the reason completes "sample KEY …" and is the same for
+    every sample damaged alike (so a report can group them), the detail is this sample's values ("" when
+    OK or when the reason says it all)."""
+    try:
+        d = json.loads(meta)
+    except (ValueError, RecursionError):  # also an integer of more than 4,300 digits
+        return BAD_META, "has a .json member that is not JSON (or holds a number too long to read)", ""
+    if not isinstance(d, dict):
+        return BAD_META, "has a .json member that is not a JSON object", ""
+    if name is not None and d.get("source") != name:
+        return (
+            BAD_META,
+            f"says in its .json that it belongs to set {_cut_text(d.get('source'))}, "
+            f"but the manifest's name is {name!r}",
+            "",
+        )
+    if name is not None and d.get("kind") != kind:
+        return (
+            BAD_META,
+            f"says in its .json that its kind is {_cut_text(d.get('kind'))}, but the manifest's kind is {kind!r}",
+            "",
+        )
+    if not digests:
+        return OK, "", ""
+    got = d.get("label")
+    if type(got) is not int:
+        return BAD_META, "has no integer label in its .json (manifest version 2 records one)", f"label {_cut_text(got)}"
+    if got != label:
+        return BAD_META, "has another label in its .json than in its .cls", f".json {_cut_text(got)}, .cls {label}"
+    if not isinstance(d.get("sha256"), str):
+        return BAD_META, "has no image sha256 in its .json (manifest version 2 records one)", ""
+    if hashlib.sha256(image).hexdigest() != d["sha256"]:
+        return BAD_DIGEST, WHY[BAD_DIGEST], ""
+    return OK, "", ""
+
+
+def records_digest(meta: bytes) -> bool:
+    """Whether a ``.json`` member is a version-2 record (it holds the image's sha256): evidence that the set was
+    packed as version 2, whatever its manifest says."""
     try:
         d = json.loads(meta)
     except (ValueError, RecursionError):
-        return BAD_META
-    if not isinstance(d, dict) or (name is not None and (d.get("source") != name or d.get("kind") != kind)):
-        return BAD_META
-    if not digests:
-        return OK
-    if type(d.get("label")) is not int or d["label"] != label or not isinstance(d.get("sha256"), str):
-        return BAD_META
-    return OK if hashlib.sha256(image).hexdigest() == d["sha256"] else BAD_DIGEST
+        return False
+    return isinstance(d, dict) and isinstance(d.get("sha256"), str) and "label" in d
+
+
+def older_manifest(manifest_path, tar) -> str:
+    """The one line for a manifest that reads as version 1 (its ``version`` field missing or 1) over tars packed
+    as version 2: read as version 1, the per-sample sha256 records would silently go unchecked."""
+    return (
+        f"{manifest_path}: reads as manifest version 1 (its version field is missing or 1), but {tar} holds "
+        "version-2 samples (each KEY.json records its image's sha256, which version 1 does not check); set "
+        '"version": 2 in the manifest, or re-pack the set with `python -m shards pack`'
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

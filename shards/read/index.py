@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ import numpy as np
 from shards.format.manifest import ShardError
 
 INDEX_VERSION = "v1.2"
+INT64_MAX = 2**63 - 1  # every offset, size and count the loaders keep is an int64
+_COUNT = re.compile(r"[0-9]+")  # ASCII digits only (str.isdigit also takes "²", which int() refuses)
+_SIGNED = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -62,13 +66,23 @@ def read_index(path: str | Path) -> ShardIndex:
         raise ShardError(
             f"{path}: cannot read index ({e.strerror}); re-create it with `python -m shards pack` or `wds2idx`"
         ) from None
+    except UnicodeDecodeError as e:
+        raise ShardError(
+            f"{path}: not an index (byte {e.start} is not text); re-create it with `wds2idx` or re-pack the set"
+        ) from None
     head, _, body_text = text.partition("\n")
     if not head.strip():
         raise ShardError(f"{path}: empty index file; re-create it with `wds2idx`")
     head_parts = head.split()
-    if len(head_parts) != 2 or head_parts[0] != INDEX_VERSION or not head_parts[1].isdigit():
-        raise ShardError(f"{path}: bad index header {head!r} (want '{INDEX_VERSION} <samples>')")
-    n = int(head_parts[1])
+    if len(head_parts) != 2 or head_parts[0] != INDEX_VERSION or not _COUNT.fullmatch(head_parts[1]):
+        raise ShardError(f"{path}: bad index header {head[:80]!r} (want '{INDEX_VERSION} <samples>')")
+    digits = head_parts[1].lstrip("0")
+    if len(digits) > 19 or int(digits or 0) > INT64_MAX:
+        raise ShardError(
+            f"{path}: line 1: the sample count is {head_parts[1][:40]}, out of range (want 0 … {INT64_MAX}); "
+            "re-create the index with `wds2idx` or re-pack the set"
+        )
+    n = int(digits or 0)
     fast = _parse_uniform(body_text, n)
     if fast is not None:
         return fast
@@ -95,7 +109,9 @@ def _parse_uniform(body: str, n: int) -> ShardIndex | None:
     try:
         offsets = {ext: np.array(tokens[4 * g + 1 :: width], dtype=np.int64) for g, ext in enumerate(exts)}
         sizes = {ext: np.array(tokens[4 * g + 2 :: width], dtype=np.int64) for g, ext in enumerate(exts)}
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError):  # not a number, or out of int64's range: the line parser names it
+        return None
+    if any((a < 0).any() for a in (*offsets.values(), *sizes.values())):
         return None
     names, suffix = tokens[3::width], "." + exts[0]
     if not all(name.endswith(suffix) for name in names):
@@ -117,14 +133,25 @@ def _parse_lines(path: Path, body: list[str]) -> ShardIndex:
             if ext not in offsets:
                 offsets[ext] = np.full(n, -1, dtype=np.int64)
                 sizes[ext] = np.full(n, -1, dtype=np.int64)
-            try:
-                offsets[ext][i] = int(off)
-                sizes[ext][i] = int(size)
-            except ValueError:
-                raise ShardError(f"{path}: line {i + 2} is malformed: {line[:80]!r}") from None
+            offsets[ext][i] = _member_int(path, i + 2, f"the {ext} offset", off, line)
+            sizes[ext][i] = _member_int(path, i + 2, f"the {ext} size", size, line)
             if j == 0:
                 keys[i] = name[: len(name) - len(ext) - 1]  # member "KEY.ext"
     return ShardIndex(keys=keys.astype(str), offsets=offsets, sizes=sizes)
+
+
+def _member_int(path: Path, line_no: int, field: str, text: str, line: str) -> int:
+    """An offset or size of an index line: decimal digits of a value 0 … 2^63 − 1 (an int64), else one
+    ShardError naming the file, the line and the field (never an OverflowError from numpy)."""
+    if not _SIGNED.fullmatch(text):
+        raise ShardError(f"{path}: line {line_no} is malformed ({field} is {text[:40]!r}): {line[:80]!r}")
+    digits = text.lstrip("+-").lstrip("0")
+    if text.startswith("-") and digits or len(digits) > 19 or int(digits or 0) > INT64_MAX:
+        raise ShardError(
+            f"{path}: line {line_no}: {field} is {text[:40]}, out of range (want 0 … {INT64_MAX}); "
+            "re-create the index with `wds2idx` or re-pack the set"
+        )
+    return int(digits or 0)
 
 
 # ---------------------------------------------------------------------------------------------------

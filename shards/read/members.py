@@ -96,5 +96,5 @@ def tar_members(path: str | Path) -> list[tuple[str, int, int]] | None:
                     return None
                 out.append((info.name, info.offset_data, info.size))
             return out
-    except (OSError, tarfile.TarError, ValueError, EOFError):
+    except (OSError, tarfile.TarError, ValueError, EOFError, OverflowError):  # OverflowError: a header's size >= 2^63
         return None

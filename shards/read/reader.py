@@ -63,8 +63,11 @@ from shards.read.check import (  # noqa: F401  (re-exported: the loaders' names 
     check_bytes,
     check_members,
     labels_in_range,
+    older_manifest,
     parse_label,
+    records_digest,
     sizes_match,
+    structure_problem,
 )
 from shards.read.confirm import Confirmation
 from shards.read.index import file_stamp, load_cache, read_index, save_cache
@@ -260,6 +263,10 @@ class SourceReader:
                 f"or re-pack {self.directory}"
             )
         m = self._map(s)
+        if not self.manifest.digests and "json" in index.offsets:  # a version-2 set whose manifest lost its version
+            for o, n in zip(index.offsets["json"][:4].tolist(), index.sizes["json"][:4].tolist()):
+                if 0 <= o and 0 <= n <= 65536 and o + n <= len(m) and records_digest(m[o : o + n].tobytes()):
+                    raise ShardError(older_manifest(self.directory / MANIFEST_NAME, tar))
         verdict = np.zeros(count, np.uint8)
         for ext in exts:
             off, size = index.offsets[ext], index.sizes[ext]
@@ -391,6 +398,8 @@ class SourceReader:
             n = self.manifest.num_classes
             allowed = f"0 … {n - 1} or -1" if n else "-1 (the set is unlabelled)"
             return f"has label {int(self.labels[i])}, outside the set's classes ({allowed})"
+        if v == BAD_STRUCTURE:  # which part: the .npy's dtype or shape, the image's colour mode, a broken marker
+            return structure_problem(self.bytes_of(i).tobytes(), self.ext)
         return WHY.get(v, "is damaged")
 
     def describe(self, i: int, why: str | None = None) -> str:
@@ -453,7 +462,7 @@ def _count_mismatch(
         with tarfile.open(tar) as t:
             keys = {m.name.rsplit(".", 1)[0] for m in t if m.isfile()}
         in_tar = len(keys)
-    except (OSError, tarfile.TarError, ValueError, EOFError):
+    except (OSError, tarfile.TarError, ValueError, EOFError, OverflowError):  # OverflowError: a header's size >= 2^63
         in_tar = -1
     if in_tar == count and not members_differ:
         return (
