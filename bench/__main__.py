@@ -28,11 +28,13 @@ BENCHMARKS = {
     "feed": ("bench.feed", "the host feed on one core, the training thread's share, epoch boundary, opening sets"),
     "pack": ("bench.pack", "packing speed of `shards pack`"),
 }
-# outside `all`: the report, the AdaInf study (it trains) and confirming shards at open (on the user's sets)
+# outside `all`: the report, the AdaInf study (it trains), confirming shards at open (on the user's sets) and the
+# fault injection (it checks behaviour, not throughput)
 EXTRA = {
     "report": ("bench.report", "PNG charts and a Markdown table from the JSON files"),
     "inflation": ("bench.studies.inflation", "the AdaInf study: SimCLR under each --inflation mode (trains models)"),
     "confirm": ("bench.confirm", "what confirming every shard's sha256 costs when a set is opened (your sets)"),
+    "fuzz": ("bench.fuzz", "fault injection: random damage of tiny sets, every command held to its contract"),
 }
 SHARED = ("quick", "shards", "out_dir", "device")  # what `all` forwards to every benchmark that has it
 

@@ -1,20 +1,19 @@
-"""``python -m shards fuzz``: random damage on tiny packed sets, every command run on each, every outcome judged.
+"""``python -m bench fuzz``: random damage on tiny packed sets, every command run on each, every outcome judged.
 
-    python -m shards fuzz --work /tmp/fuzz               # 338 cases (26 per kind), each command a real process
-    python -m shards fuzz --in-process --work /tmp/fuzz  # the same in one interpreter, fds captured (4× faster)
-    python -m shards fuzz --cases 13 --seed 19 --in-process ...   # tests/test_faults.py: one case per kind
-
-On the 2-core development machine the 338 cases (1,352 commands) took 630 s in-process; 52 cases as processes
-took 675 s (13 s a case, so about 75 min for 338). No case found a fault of the loaders or of verify; the
-harness's own false alarms it found (a repeated option's last value wins, train.py logs on stderr) are fixed.
+    python -m bench fuzz --work /tmp/fuzz                # 26 cases per damage kind, each command a real process
+    python -m bench fuzz --in-process --work /tmp/fuzz   # the same in one interpreter, fds captured (4× faster)
+    python -m bench fuzz --cases 20 --seed 19 --in-process ...   # tests/test_faults.py: one case per kind
 
 What a case does: copy one of three small sets packed by ``shards pack`` (JPEG real 10 classes, PNG generated,
 raw real), damage it one way (:data:`KINDS`: bit flips in image bytes and in tar headers, truncation, appended
-garbage, deleted files, edited or truncated ``.idx`` files, edited ``manifest.json`` fields, members replaced
-by other valid images, zero-length members, duplicate keys, edited ``.cls`` labels — member-level damage and
-half of the byte-level damage "consistent": the index re-made and the manifest's sha256, bytes, counts and
-label counts updated — and bad command lines), then run ``python -m shards verify``, ``python -m loaders
-audit --json`` with ``--on-corrupt error`` and ``skip``, and a 3-step ``train.py --backbone convnet``.
+garbage, deleted files, edited or truncated ``.idx`` files, edited or removed ``manifest.json`` fields, members
+replaced by other valid images, zero-length members, duplicate keys, edited ``.cls`` labels, and integers out of
+every type's range — int64 overflow, negative, beyond 2^64, thousands of digits — in every file the project
+parses: the index, the manifest, ``.cls``, ``KEY.json``, tar headers (base-256 and pax) and ``.npy`` headers;
+member-level damage and half of the byte-level damage "consistent": the index re-made and the manifest's sha256,
+bytes, counts and label counts updated — and bad command lines), then run ``python -m shards verify``,
+``python -m loaders audit --json`` with ``--on-corrupt error`` and ``skip``, and a 2-step ``train.py
+--backbone convnet`` (16-pixel crops: the sets' own size).
 
 The judge (:func:`judge`) holds each outcome to the contract:
 
@@ -26,10 +25,13 @@ The judge (:func:`judge`) holds each outcome to the contract:
   sample's key, label and stored bytes those of the undamaged set, the label histogram theirs; a shard that
   no longer matches its manifest is named on stderr;
 * a set that verifies trains: ``verify`` passing means the audit with ``--on-corrupt error`` passes, and every
-  sample equals the oracle's.
+  sample equals the oracle's;
+* a version-2 set whose manifest lost its ``version`` (or says 1) is refused by every command: read as version 1
+  its per-sample sha256 records would go unchecked.
 
 The JSON report (``--json``) lists every case, its commands' exit codes and the failures; exit status 1 when
-any case failed.
+any case failed. The public helpers :func:`read_members` and :func:`write_tar` read and write a shard's tar
+member by member (what the tests use to forge sets).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import json
 import os
 import runpy
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
@@ -50,6 +53,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
 import numpy as np
 
 from shards.format.manifest import MANIFEST_NAME, Manifest
@@ -72,9 +76,18 @@ KINDS = (
     "edit-label",
     "rot-after-cache",
     "cmdline",
+    "manifest-remove",
+    "int-index",
+    "int-manifest",
+    "int-cls",
+    "int-json",
+    "int-tar-header",
+    "int-npy-header",
 )
-MEMBER_LEVEL = ("replace-image", "zero-length", "duplicate-key", "edit-label")  # always rewrite the tar
-BYTE_LEVEL = ("flip-image", "flip-header", "truncate", "append")  # consistent half of the time
+BASE_OF = {"int-npy-header": "raw"}  # kinds that need one base set (only raw sets hold .npy members)
+INT_MEMBERS = ("int-cls", "int-json", "int-npy-header")  # member-level: the tar re-written, consistent half the time
+MEMBER_LEVEL = ("replace-image", "zero-length", "duplicate-key", "edit-label", *INT_MEMBERS)  # rewrite the tar
+BYTE_LEVEL = ("flip-image", "flip-header", "truncate", "append", "int-tar-header")  # consistent half of the time
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -143,22 +156,30 @@ class Damage:
     args: dict = field(default_factory=dict)  # command-line changes (kind "cmdline")
 
 
-def _members(tar: Path) -> list[tuple[str, bytes]]:
+def read_members(tar: str | os.PathLike) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every member of a tar, in order, read with ``tarfile`` (the test of a forged set reads
+    it with another reader than the code under test)."""
     with tarfile.open(tar) as tf:
         return [(i.name, tf.extractfile(i).read()) for i in tf]
 
 
-def _write_tar(tar: Path, members: list[tuple[str, bytes]]) -> None:
-    """A tar as ``ShardSetWriter`` writes one (USTAR, then the end-of-archive blocks)."""
+def write_tar(
+    tar: str | os.PathLike, members: list[tuple[str, bytes]], headers: dict[int, bytes] | None = None
+) -> None:
+    """Write ``members`` ((name, bytes) pairs, in order) as ``ShardSetWriter`` writes a shard: one USTAR header
+    and the data padded to 512 bytes each, then the end-of-archive blocks, the whole a multiple of tarfile's
+    record size. ``headers``: raw header blocks (a pax extended header, say) to put before member ``i``. The
+    caller re-makes the index (``wds2idx`` or :func:`reindex`) and the manifest when they must agree."""
     out = bytearray()
-    for name, data in members:
+    for i, (name, data) in enumerate(members):
+        out += (headers or {}).get(i, b"")
         out += ustar_header(name, len(data)) + data + bytes(-len(data) % 512)
     out += bytes(1024)
     out += bytes(-len(out) % tarfile.RECORDSIZE)
-    tar.write_bytes(bytes(out))
+    Path(tar).write_bytes(bytes(out))
 
 
-def _reindex(directory: Path, s: int) -> None:
+def reindex(directory: Path, s: int) -> None:
     """Make shard ``s``'s index from what ``tarfile`` can read of its tar, and the manifest agree with it."""
     d = json.loads((directory / MANIFEST_NAME).read_text())
     info = d["shards"][s]
@@ -169,7 +190,7 @@ def _reindex(directory: Path, s: int) -> None:
             for i in tf:
                 key, ext = _split(i.name)
                 samples.setdefault(key, []).append((ext, i.offset_data, i.size, i.name))
-    except (tarfile.TarError, OSError, EOFError, ValueError):
+    except (tarfile.TarError, OSError, EOFError, ValueError, OverflowError):  # OverflowError: a size >= 2^63
         pass
     (directory / info["index"]).write_text(format_index(list(samples.values())))
     data = tar.read_bytes()
@@ -200,7 +221,7 @@ def _all_labels(directory: Path, d: dict) -> dict[str, int]:
                             labels[str(int(tf.extractfile(i).read()))] += 1
                         except ValueError:
                             pass
-        except (tarfile.TarError, OSError, EOFError, ValueError):
+        except (tarfile.TarError, OSError, EOFError, ValueError, OverflowError):
             continue
     return dict(labels)
 
@@ -245,6 +266,7 @@ MANIFEST_EDITS = [
     ("image_size", [64, 64]),
     ("image_size", [0, 16]),
     ("version", 99),
+    ("version", 1),
     ("version", "2"),
     ("kind", "fake"),
     ("format", "gif"),
@@ -313,14 +335,25 @@ def damage(rng: np.random.Generator, kind: str, d: Path) -> Damage:
         detail = _edit_index(rng, idx, index, ext, i)
     elif kind == "manifest-edit":
         detail = _edit_manifest(rng, d, s)
+        if detail.endswith("version = 1") and m.version >= 2:  # its tars say version 2: must be refused
+            return Damage(kind, detail, args={"refuse": True})
     elif kind == "rot-after-cache":
         rot = {"rot": (str(tar), int(index.offsets[ext][i]))}
         return Damage(kind, f"{tar.name}: first byte of {key}.{ext} flipped after the loader cached it", args=rot)
     elif kind == "cmdline":
         which, change = CMDLINE[int(rng.integers(len(CMDLINE)))]
         return Damage(kind, f"{which} {change}", args={which: change})
+    elif kind == "manifest-remove":
+        detail, refuse = _remove_manifest_field(rng, d, s, m)
+        return Damage(kind, detail, args={"refuse": refuse} if refuse else {})
+    elif kind == "int-index":
+        detail = _int_index(rng, idx, index)
+    elif kind == "int-manifest":
+        detail = _int_manifest(rng, d, s)
+    elif kind == "int-tar-header":
+        detail = _int_tar_header(rng, tar, data, index, key, i)
     else:
-        members = _members(tar)
+        members = read_members(tar)
         names = [n for n, _ in members]
         at = names.index(f"{key}.{ext}")
         if kind == "replace-image":
@@ -337,17 +370,192 @@ def damage(rng: np.random.Generator, kind: str, d: Path) -> Damage:
                 (n.replace(f"{other}.", f"{key}.", 1) if n.startswith(f"{other}.") else n, b) for n, b in members
             ]
             detail = f"{other} renamed {key}"
-        else:  # edit-label
+        elif kind == "edit-label":
             value = [b"99", b"-2", b"x", b"10", b"", str(int(rng.integers(0, 11))).encode()][int(rng.integers(6))]
             at = names.index(f"{key}.cls")
             members[at] = (members[at][0], value)
             detail = f"{key}.cls set to {value!r}"
-        _write_tar(tar, members)
+        elif kind == "int-cls":
+            text = _int_text(rng)
+            at = names.index(f"{key}.cls")
+            members[at] = (members[at][0], text.encode())
+            detail = f"{key}.cls set to {_brief(text)}"
+        elif kind == "int-json":
+            detail = _int_json(rng, members, names, key)
+        else:  # int-npy-header
+            detail = _int_npy_header(rng, members, at, key)
+        write_tar(tar, members)
         detail = f"{tar.name}: {detail}"
     if consistent and tar.exists():
-        _reindex(d, s)
+        reindex(d, s)
         detail += " (consistent: index re-made, manifest updated)"
     return Damage(kind, detail, consistent)
+
+
+# integers out of every type's range: int64 overflow, negative, 2^64 and beyond, more digits than Python reads
+INT_VALUES = (2**63, 2**64, 2**64 + 1, -1, -(2**63) - 1, 10**40)
+LONG_DIGITS = 5000  # past Python's 4,300-digit limit on converting text to int
+
+
+def _int_text(rng) -> str:
+    """One out-of-range integer as text: a value of :data:`INT_VALUES`, or :data:`LONG_DIGITS` digits."""
+    k = int(rng.integers(len(INT_VALUES) + 1))
+    return "9" * LONG_DIGITS if k == len(INT_VALUES) else str(INT_VALUES[k])
+
+
+def _brief(text: str) -> str:
+    return text if len(text) <= 40 else f"{text[:12]}… ({len(text)} digits)"
+
+
+def _int_index(rng, idx: Path, index) -> str:
+    """An offset or size of one index line (or the header's sample count) made an out-of-range integer."""
+    lines = idx.read_text().splitlines()
+    text = _int_text(rng)
+    if rng.random() < 0.2:
+        lines[0] = f"v1.2 {text.lstrip('-')}"
+        what = "header count"
+    else:
+        line = 1 + int(rng.integers(len(lines) - 1))
+        parts = lines[line].split()
+        g = 4 * int(rng.integers(len(parts) // 4))
+        field = 1 + int(rng.integers(2))
+        parts[g + field] = text
+        lines[line] = " ".join(parts)
+        what = f"line {line + 1}: the {parts[g]} {'offset' if field == 1 else 'size'}"
+    idx.write_text("\n".join(lines) + "\n")
+    return f"{idx.name}: {what} set to {_brief(text)}"
+
+
+def _int_manifest(rng, d: Path, s: int) -> str:
+    """An integer field of the manifest made out of range; half the time its sums kept consistent (the shard's
+    count and the set's count raised together), so only the range check can refuse it."""
+    path = d / MANIFEST_NAME
+    doc = json.loads(path.read_text())
+    text = _int_text(rng)
+    fields = ["count", "shards.count", "shards.bytes", "label_counts", "image_size", "version", "fid", "consistent"]
+    field = fields[int(rng.integers(len(fields)))]
+    marker = "__OUT_OF_RANGE__"  # json.dumps cannot write 5,000 digits: the number goes in as text
+    if field == "consistent":
+        value = int(text) if len(text) < LONG_DIGITS else 2**64
+        doc["shards"][s]["count"] += value
+        doc["count"] += value
+        if doc.get("label_counts"):
+            label = next(iter(doc["label_counts"]))
+            doc["label_counts"][label] += value
+        path.write_text(json.dumps(doc, indent=2))
+        return f"{MANIFEST_NAME}: shards[{s}].count, count and a label count raised by {_brief(str(value))} together"
+    if field.startswith("shards."):
+        doc["shards"][s][field.split(".", 1)[1]] = marker
+    elif field == "label_counts" and doc.get("label_counts"):
+        doc["label_counts"][next(iter(doc["label_counts"]))] = marker
+    elif field == "image_size":
+        doc["image_size"] = [marker, 16]
+    else:
+        doc[field] = marker
+    path.write_text(json.dumps(doc, indent=2).replace(f'"{marker}"', text))
+    return f"{MANIFEST_NAME}: {field} set to {_brief(text)}"
+
+
+def _remove_manifest_field(rng, d: Path, s: int, m: Manifest) -> tuple[str, bool]:
+    """One field of the manifest (top-level or of one shard) removed; whether every command must refuse the
+    set (a version-2 set that loses its version would be read as version 1, unchecked)."""
+    path = d / MANIFEST_NAME
+    doc = json.loads(path.read_text())
+    fields = [*doc, *(f"shards.{k}" for k in doc["shards"][s])]
+    field = fields[int(rng.integers(len(fields)))]
+    if field.startswith("shards."):
+        del doc["shards"][s][field.split(".", 1)[1]]
+    else:
+        del doc[field]
+    path.write_text(json.dumps(doc, indent=2))
+    return f"{MANIFEST_NAME}: field {field} removed", field == "version" and m.version >= 2
+
+
+def _int_json(rng, members: list, names: list[str], key: str) -> str:
+    """A field of one ``KEY.json`` record made an out-of-range integer (the label also in ``.cls``, half the
+    time: label and record then agree, only the range is wrong)."""
+    at = names.index(f"{key}.json")
+    text = _int_text(rng)
+    field = ["label", "sha256", "origin"][int(rng.integers(3))]
+    record = json.loads(members[at][1])
+    record[field] = "__OUT_OF_RANGE__"
+    members[at] = (members[at][0], json.dumps(record).replace('"__OUT_OF_RANGE__"', text).encode())
+    also = ""
+    if field == "label" and rng.random() < 0.5:
+        c = names.index(f"{key}.cls")
+        members[c] = (members[c][0], text.encode())
+        also = " and in its .cls"
+    return f"{key}.json: {field} set to {_brief(text)}{also}"
+
+
+def _int_npy_header(rng, members: list, at: int, key: str) -> str:
+    """The ``.npy`` header of one image given an out-of-range shape or header length (the member's length kept)."""
+    name, blob = members[at]
+    how = int(rng.integers(3))
+    if how == 0:  # a side of the shape
+        value = INT_VALUES[int(rng.integers(len(INT_VALUES)))]
+        shape = [16, 16, 3]
+        shape[int(rng.integers(3))] = value
+        d = f"{{'descr': '|u1', 'fortran_order': False, 'shape': ({shape[0]}, {shape[1]}, {shape[2]}), }}"
+        head = b"\x93NUMPY\x01\x00" + struct.pack("<H", 502) + d.encode().ljust(501) + b"\n"
+        what = f"shape ({shape[0]}, {shape[1]}, {shape[2]})"
+    elif how == 1:  # format 2.0 with a 4-byte header length at its maximum
+        head = b"\x93NUMPY\x02\x00" + struct.pack("<I", 2**32 - 1) + blob[12:512]
+        what = "header length 2^32 - 1 (format 2.0)"
+    else:  # a shape of thousands of digits
+        d = f"{{'descr': '|u1', 'fortran_order': False, 'shape': ({'9' * 400}, 16, 3), }}"
+        head = b"\x93NUMPY\x01\x00" + struct.pack("<H", 502) + d.encode().ljust(501) + b"\n"
+        what = "shape of a 400-digit side"
+    members[at] = (name, head[:512] + blob[512:])
+    return f"{key}.npy: .npy header with {what}"
+
+
+def _base256(value: int, width: int) -> bytes | None:
+    """``value`` in a tar numeric field of ``width`` bytes as GNU base-256 (0x80 first for positive values, two's
+    complement for negative ones); None when it does not fit."""
+    if value >= 0:
+        return bytes([0x80]) + value.to_bytes(width - 1, "big") if value < 256 ** (width - 1) else None
+    return (256**width + value).to_bytes(width, "big") if value >= -(256 ** (width - 1)) else None
+
+
+def _pax(name: str, records: dict[str, str]) -> bytes:
+    """A pax extended header (type ``x``) with ``records``, padded to whole blocks."""
+    body = b""
+    for k, v in records.items():
+        line = f" {k}={v}\n".encode()
+        n = len(line) + 1
+        while len(str(n)) + len(line) != n:
+            n = len(str(n)) + len(line)
+        body += str(n).encode() + line
+    h = bytearray(ustar_header(f"PaxHeader/{name}"[:100], len(body)))
+    h[156] = ord("x")
+    h[148:156] = b"        "
+    h[148:156] = b"%06o\x00 " % sum(h)
+    return bytes(h) + body + bytes(-len(body) % 512)
+
+
+def _int_tar_header(rng, tar: Path, data: bytearray, index, key: str, i: int) -> str:
+    """A numeric field of one member's tar header made out of range: the size, mtime, uid or gid in base-256
+    (the checksum re-made, so only the value is wrong), or a pax record before the member."""
+    e = str(rng.choice(list(index.offsets)))
+    if rng.random() < 0.3:  # a pax header: any integer, as decimal text
+        field = ["size", "mtime", "uid", "gid"][int(rng.integers(4))]
+        text = _int_text(rng)
+        members = read_members(tar)
+        at = [n for n, _ in members].index(f"{key}.{e}")
+        write_tar(tar, members, headers={at: _pax(f"{key}.{e}", {field: text})})
+        return f"{tar.name}: a pax header before {key}.{e} with {field}={_brief(text)}"
+    field, start, width = [("size", 124, 12), ("mtime", 136, 12), ("uid", 108, 8), ("gid", 116, 8)][
+        int(rng.integers(4))
+    ]
+    values = [v for v in (*INT_VALUES, 2**87, 2**55) if _base256(v, width) is not None]
+    value = values[int(rng.integers(len(values)))]
+    h = int(index.offsets[e][i]) - 512
+    data[h + start : h + start + width] = _base256(value, width)
+    data[h + 148 : h + 156] = b"        "
+    data[h + 148 : h + 156] = b"%06o\x00 " % sum(data[h : h + 512])
+    tar.write_bytes(bytes(data))
+    return f"{tar.name}: the {field} of {key}.{e}'s tar header set to {value} (base-256)"
 
 
 def _edit_index(rng, idx: Path, index, ext: str, i: int) -> str:
@@ -421,7 +629,7 @@ def commands(d: Path, run_dir: Path, dmg: Damage) -> list[tuple[str, list[str]]]
     audit = ["-m", "loaders", "audit", "--shards", shards, "--batch-size", "8", "--threads", "1", "--json"]
     audit += ["--inflation", "vanilla"]
     bad = dmg.args.get("audit", [])  # last: a repeated option's last value wins
-    train = [str(REPO / "train.py"), "--shards", shards, "--backbone", "convnet", "--steps", "3"]
+    train = [str(REPO / "train.py"), "--shards", shards, "--backbone", "convnet", "--steps", "2", "--image-size", "16"]
     train += ["--batch-size", "8", "--device", "cpu", "--num-threads", "1", "--on-corrupt", "skip"]
     train += ["--inflation", "vanilla", "--out", str(run_dir), *dmg.args.get("train", [])]
     return [
@@ -490,6 +698,8 @@ def judge(name: str, r: Result, d: Path, base: Oracle, dmg: Damage, verified: bo
         return [f"{name}: printed a traceback: {_last_lines(text)}"]
     if r.rc != 0:
         return _one_line_failure(name, r, d)
+    if dmg.args.get("refuse"):
+        return [f"{name}: accepted a version-2 set whose manifest reads as version 1 ({dmg.detail})"]
     if dmg.kind == "cmdline" and name != "verify" and dmg.args and _targets(dmg, name):
         return [f"{name}: accepted the bad command line {dmg.detail!r}"]
     if name.startswith("audit"):
@@ -636,6 +846,7 @@ def run_case(
     rng = np.random.default_rng([seed, case])
     kind = KINDS[case % len(KINDS)]
     fmt = list(bases)[int(rng.integers(len(bases)))]
+    fmt = BASE_OF.get(kind, fmt)
     d = work / f"case-{case:04d}" / bases[fmt].name
     shutil.rmtree(d.parent, ignore_errors=True)
     shutil.copytree(bases[fmt], d, ignore=shutil.ignore_patterns("*.loader-cache.npz", ".lock"))
@@ -695,3 +906,51 @@ def fuzz(cases: int, seed: int, work: Path, in_process: bool = False, timeout: f
         "failed": len(failed),
         "records": records,
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------------
+CASES_PER_KIND = 26
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--cases",
+    type=click.IntRange(min=1),
+    default=CASES_PER_KIND * len(KINDS),
+    show_default=True,
+    help=f"Cases, the damage kinds in turn ({len(KINDS)} kinds: {CASES_PER_KIND} of each by default).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--work", type=click.Path(path_type=Path), default=None, help="Working folder (default: a temporary one)."
+)
+@click.option(
+    "--in-process", is_flag=True, help="Run the commands in this interpreter (fast; what the test suite does)."
+)
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True, help="Seconds per command.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report here.")
+def main(cases, seed, work, in_process, timeout, json_path):
+    """Damage tiny packed sets at random (seeded) and hold verify, the audit and train.py to the contract."""
+    with tempfile.TemporaryDirectory(prefix="bench-fuzz-") as tmp:
+        report = fuzz(cases, seed, Path(work or tmp), in_process=in_process, timeout=timeout, log=click.echo)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=1) + "\n")
+    click.echo(
+        f"{report['cases']} cases, {report['commands_run']} commands, {report['failed']} failed, {report['seconds']} s"
+    )
+    for kind, ends in summary(report).items():
+        click.echo(f"{kind}: " + "; ".join(f"{n}× {codes}" for codes, n in ends.items()))
+    if report["failed"]:
+        sys.exit(1)
+
+
+def summary(report: dict) -> dict[str, dict[str, int]]:
+    """Per damage kind, how its cases ended: the judge's failures (``FAILED``), else which commands exited 0
+    (``pass``) or refused (``exit N``), e.g. ``verify 1, audit-error 1, audit-skip 0, train 0``."""
+    out: dict[str, Counter] = {}
+    for r in report["records"]:
+        codes = ", ".join(f"{k} {'0' if c['rc'] == 0 else c['rc']}" for k, c in r["commands"].items())
+        out.setdefault(r["kind"], Counter())["FAILED" if r["failures"] else codes] += 1
+    return {k: dict(v.most_common()) for k, v in out.items()}

@@ -209,7 +209,7 @@ def _verify_shard(directory: Path, path: Path, idx_path: Path, s: ShardInfo, m: 
             continue
         blob = {e: data[off : off + size] for e, off, size in members}
         if older and records_digest(blob["json"]):  # a version-2 set whose manifest lost its version: once
-            return [*problems, older_manifest(directory / MANIFEST_NAME, path)], len(samples), labels, []
+            return [*problems, older_manifest(directory / MANIFEST_NAME)], len(samples), labels, []
         older = False  # the first sample decides
         label = parse_label(blob["cls"])
         if label is None:

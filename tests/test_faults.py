@@ -1,7 +1,7 @@
 """Nothing crashes, nothing lies (issue 19): damaged or forged shard sets give one line or are skipped and
 counted, never a signal, a traceback or wrong data.
 
-The seeded fault injection (``python -m shards fuzz``, every damage kind once, each case through verify, the
+The seeded fault injection (``python -m bench fuzz``, every damage kind once, each case through verify, the
 audit in both modes and train.py) runs in one subprocess, so a crash fails the test instead of killing pytest;
 the other tests pin each failure class of the issue down on its own. Loaders that could crash run in a
 subprocess too.
@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from bench.fuzz import KINDS, _members, _write_tar
+from bench.fuzz import KINDS, read_members, write_tar
 from shards.cli import main as shards_cli
 from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError
 from shards.packing.pack import PackConfig, pack
@@ -98,7 +98,7 @@ def downgrade(d: Path) -> None:
     m = Manifest.load(d)
     for s in m.shards:
         members = []
-        for name, data in _members(d / s.file):
+        for name, data in read_members(d / s.file):
             key, ext = name.rsplit(".", 1)
             key = key.split("/", 1)[1]
             if ext == "npy":
@@ -107,7 +107,7 @@ def downgrade(d: Path) -> None:
                 meta = json.loads(data)
                 data = json.dumps({k: meta[k] for k in ("source", "kind", "origin")}).encode()
             members.append((f"{key}.{ext}", data))
-        _write_tar(d / s.file, members)
+        write_tar(d / s.file, members)
     doc = json.loads((d / MANIFEST_NAME).read_text())
     doc["version"] = 1
     doc.pop("image_ext", None)
@@ -164,7 +164,7 @@ def load_in_subprocess(*runs: tuple[Path, str]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------
 def test_seeded_fault_injection_never_crashes_or_lies(tmp_path):
     report_path = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "shards", "fuzz", "--cases", str(len(KINDS)), "--seed", "19", "--in-process"]
+    cmd = [sys.executable, "-m", "bench", "fuzz", "--cases", str(len(KINDS)), "--seed", "19", "--in-process"]
     cmd += ["--work", str(tmp_path / "work"), "--json", str(report_path)]
     r = subprocess.run(
         cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)}
@@ -180,6 +180,27 @@ def test_seeded_fault_injection_never_crashes_or_lies(tmp_path):
     # the damage was real: most cases made some command fail or skip something
     outcomes = [{k: v["rc"] for k, v in c["commands"].items()} for c in report["records"]]
     assert sum(o["verify"] != 0 for o in outcomes) >= len(KINDS) - 2
+
+
+def test_the_fault_injection_is_a_bench_command_and_shards_does_not_import_bench():
+    from bench.__main__ import cli as bench_cli
+    from bench.fuzz import INT_VALUES, fuzz, summary
+
+    r = CliRunner().invoke(bench_cli, ["fuzz", "--help"])
+    assert r.exit_code == 0 and "--in-process" in r.output and f"{len(KINDS)} kinds" in r.output
+    assert "fuzz" in CliRunner().invoke(bench_cli, ["list"]).output
+    r = CliRunner().invoke(shards_cli, ["fuzz"])
+    assert r.exit_code == 2 and "No such command 'fuzz'" in r.output
+    code = "import sys, shards.cli, shards.verify, shards.read.reader\n"
+    code += "sys.exit(any(m.split('.')[0] == 'bench' for m in sys.modules))"
+    assert (
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode
+        == 0
+    )
+    # the integer damage covers every type's edge: int64 overflow, beyond 2^64, negative, below int64
+    assert {2**63, 2**64 + 1, -1, -(2**63) - 1} <= set(INT_VALUES) and callable(fuzz)
+    report = {"records": [{"kind": "int-cls", "failures": [], "commands": {"verify": {"rc": 1}, "train": {"rc": 0}}}]}
+    assert summary(report) == {"int-cls": {"verify 1, train 0": 1}}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -312,12 +333,12 @@ def forge_labels(d: Path, labels: dict[int, bytes]) -> None:
     pos = 0
     for s in Manifest.load(d).shards:
         members = []
-        for n, b in _members(d / s.file):
+        for n, b in read_members(d / s.file):
             if n.endswith(".cls"):
                 b = labels.get(pos, b)
                 pos += 1
             members.append((n, b))
-        _write_tar(d / s.file, members)
+        write_tar(d / s.file, members)
     reindex(d)
 
 
@@ -429,8 +450,8 @@ def test_verify_enforces_the_contract(tmp_path):
     m = Manifest.load(d)
     # a key of shard 1 renamed to one of shard 0, consistently (index re-made, manifest updated)
     s1 = d / m.shards[1].file
-    members = [(n.replace("v/000006.", "v/000000.", 1), b) for n, b in _members(s1)]
-    _write_tar(s1, members)
+    members = [(n.replace("v/000006.", "v/000000.", 1), b) for n, b in read_members(s1)]
+    write_tar(s1, members)
     reindex(d)
     r = CliRunner().invoke(shards_cli, ["verify", str(d)])
     assert r.exit_code == 1 and "sample key 'v/000000' is also in v-00000.tar" in r.output

@@ -422,9 +422,7 @@ def test_skipped_corrupt_samples_are_counted_and_reported(tmp_path, demo_copy, c
     assert recs[-1]["corrupt_skipped"] == 1 and recs[-1]["corrupt_keys"] == [f"demo-generated/{key}"]
     (final,) = records(out, "final")
     assert final["corrupt_skipped"] == 1
-    assert (
-        f"1 corrupt training sample(s) were skipped (--on-corrupt skip), first: demo-generated/{key}" in result.output
-    )
+    assert f"1 corrupt training sample(s) were skipped (--on-corrupt skip), first: {key}" in result.output
     result = CliRunner().invoke(train.main, base_args(d, tmp_path / "err", steps=3))
     assert result.exit_code == 1 and "Traceback" not in result.output and key in result.output
 

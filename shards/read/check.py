@@ -398,13 +398,14 @@ def records_digest(meta: bytes) -> bool:
     return isinstance(d, dict) and isinstance(d.get("sha256"), str) and "label" in d
 
 
-def older_manifest(manifest_path, tar) -> str:
+def older_manifest(manifest_path, tar=None) -> str:
     """The one line for a manifest that reads as version 1 (its ``version`` field missing or 1) over tars packed
     as version 2: read as version 1, the per-sample sha256 records would silently go unchecked."""
     return (
-        f"{manifest_path}: reads as manifest version 1 (its version field is missing or 1), but {tar} holds "
-        "version-2 samples (each KEY.json records its image's sha256, which version 1 does not check); set "
-        '"version": 2 in the manifest, or re-pack the set with `python -m shards pack`'
+        f"{manifest_path}: reads as manifest version 1 (its version field is missing or 1), but "
+        f"{tar or 'its tars'} hold{'s' if tar else ''} version-2 samples (each KEY.json records its image's "
+        'sha256, which version 1 does not check); set "version": 2 in the manifest, or re-pack the set with '
+        "`python -m shards pack`"
     )
 
 
