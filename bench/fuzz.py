@@ -851,6 +851,7 @@ def run_case(
     shutil.rmtree(d.parent, ignore_errors=True)
     shutil.copytree(bases[fmt], d, ignore=shutil.ignore_patterns("*.loader-cache.npz", ".lock"))
     env = {"XDG_CACHE_HOME": str(d.parent / "user-cache"), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env["OMP_NUM_THREADS"] = "1"  # tiny batches: torch's thread pool only spins (4x the CPU time on a busy machine)
     env_all = {**os.environ, **env}
 
     def run(argv):

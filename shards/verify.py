@@ -94,11 +94,14 @@ def verify_dir(directory: str | os.PathLike, workers: int = 0, decode: bool = Tr
         more = f" ({len(repeated) - 1} more repeated keys)" if len(repeated) > 1 else ""
         problems.append(f"{repeated[0]}; keys must be unique across a shard set{more}: re-pack the set")
     if total != m.count:
-        problems.append(f"{directory / MANIFEST_NAME}: manifest says {m.count} samples, shards hold {total}")
+        problems.append(
+            f"{directory / MANIFEST_NAME}: manifest says {m.count} samples, shards hold {total}; re-pack the set"
+        )
     if total == m.count and m.label_counts and dict(labels) != {k: v for k, v in m.label_counts.items() if v}:
         problems.append(
             f"{directory / MANIFEST_NAME}: label counts differ from the shards "
-            f"(manifest {m.label_counts}, shards {dict(sorted(labels.items(), key=lambda kv: int(kv[0])))})"
+            f"(manifest {m.label_counts}, shards {dict(sorted(labels.items(), key=lambda kv: int(kv[0])))}); "
+            "re-pack the set"
         )
     return problems
 
@@ -133,17 +136,15 @@ def repair_hint(directory: str | os.PathLike) -> str:
     """The closing line of a set with problems: its path and the command that re-packs it (the one its manifest
     records, with --overwrite; a generic one when the manifest cannot be read)."""
     directory = Path(directory)
-    command = f"python -m shards pack SRC --out {directory} --overwrite"
     try:
         recorded = Manifest.load(directory).command
     except ShardError:
         recorded = ""
     if recorded.startswith("python -m shards pack "):
-        command = recorded if " --overwrite" in recorded else f"{recorded} --overwrite"
-    return (
-        f"{directory}: has problems (above); re-pack it with `{command}` (SRC: the images it was packed from), "
-        "then run `python -m shards verify` again"
-    )
+        command = f"`{recorded}`" if " --overwrite" in recorded else f"`{recorded} --overwrite`"
+    else:
+        command = f"`python -m shards pack SRC --out {directory} --overwrite` (SRC: the images it was packed from)"
+    return f"{directory}: has problems (above); re-pack it with {command}, then run `python -m shards verify` again"
 
 
 def _repeated_tars(directory: Path, m: Manifest) -> list[str]:
@@ -180,7 +181,7 @@ def _verify_shard(directory: Path, path: Path, idx_path: Path, s: ShardInfo, m: 
         problems.append(f"{path}: sha256 differs from the manifest (file changed or corrupt); re-pack the set")
     tar_intact = not problems
     if not data:
-        return problems + [f"{path}: empty file, not a tar"], 0, Counter(), []
+        return problems + [f"{path}: empty file, not a tar; re-pack the set"], 0, Counter(), []
     try:
         samples = _read_tar(data)
     except (tarfile.TarError, ValueError, EOFError) as e:
@@ -238,7 +239,7 @@ def _verify_shard(directory: Path, path: Path, idx_path: Path, s: ShardInfo, m: 
             if err:
                 problems.append(SampleProblem(s.file, f"{key}.{ext}", err, SAMPLE_FIX))
     if len(samples) != s.count:
-        problems.append(f"{path}: holds {len(samples)} samples, manifest says {s.count}")
+        problems.append(f"{path}: holds {len(samples)} samples, manifest says {s.count}; re-pack the set")
     return problems, len(samples), labels, [k for k, _ in samples]
 
 

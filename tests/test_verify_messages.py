@@ -93,8 +93,7 @@ def test_a_renamed_manifest_is_one_line_not_one_per_sample(tmp_path):
     assert "belongs to set 'c10s3', but the manifest's name is 'cifar'" in grouped
     assert f'set "name" in {d / "manifest.json"} back to the set its samples name' in grouped
     assert closing == (
-        f"{d}: has problems (above); re-pack it with `{command} --overwrite` (SRC: the images it was packed from), "
-        "then run `python -m shards verify` again"
+        f"{d}: has problems (above); re-pack it with `{command} --overwrite`, then run `python -m shards verify` again"
     )
     assert summary == f"1 of 1 shard set(s) have problems: {d}"
     # the loaders do not mind a renamed set: it trains
