@@ -220,3 +220,13 @@ def test_docs_links_name_pages_and_sections_that_exist():
             assert page.exists(), f"{doc.relative_to(ROOT)} links to missing {target}"
             if anchor:
                 assert anchor in anchors(page), f"{doc.relative_to(ROOT)} links to missing section {target}#{anchor}"
+
+
+def test_readme_is_a_front_page_with_the_two_commands():
+    """The README stays a front page (at most 120 lines) whose first block is the two commands CI and users run."""
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 120
+    first = [line.split("#")[0].strip() for line in bash_blocks(readme)[0].splitlines()]
+    assert first == ["make demo", "make test"]
+    targets = re.findall(r"(?m)^(\w+):", (ROOT / "Makefile").read_text())
+    assert {"demo", "test"} <= set(targets)
