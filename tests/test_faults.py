@@ -203,6 +203,31 @@ def test_the_fault_injection_is_a_bench_command_and_shards_does_not_import_bench
     assert summary(report) == {"int-cls": {"verify 1, train 0": 1}}
 
 
+@pytest.mark.parametrize("byte", [b"!", b"\x00", b"\xa0"])
+def test_a_byte_after_the_nul_that_ends_a_tar_header_field_is_ignored_as_tar_readers_do(tmp_path, byte):
+    """Found by ``python -m bench fuzz`` (seed 13, case 41): a bit flip in the last byte of a header's checksum
+    field, after the NUL that ends it, passed ``tarfile`` (verify) and failed the loader's header check (the
+    index "did not match"): a set that verifies must train."""
+    import tarfile
+
+    from shards.read.reader import SourceReader
+
+    d = packed(tmp_path / "nul", "jpg")
+    m = Manifest.load(d)
+    tar = d / m.shards[1].file
+    data = bytearray(tar.read_bytes())
+    h = int(read_index(d / m.shards[1].index).offsets["jpg"][2]) - 512
+    assert data[h + 154 : h + 156] == b"\x00 "
+    data[h + 155 : h + 156] = byte
+    tar.write_bytes(bytes(data))
+    refresh_manifest(d)  # consistent: the manifest records the new bytes
+    with tarfile.open(tar) as tf:
+        assert len(tf.getmembers()) == 18
+    assert CliRunner().invoke(shards_cli, ["verify", str(d)]).exit_code == 0
+    r = SourceReader(d, Manifest.load(d), cache=False)
+    assert (r.verdict == OK).all() and len(r) == 12
+
+
 # ---------------------------------------------------------------------------------------------------
 # Crashes: (a) images of another size than the manifest's, (b) rot after the loader cached its verdicts
 # ---------------------------------------------------------------------------------------------------

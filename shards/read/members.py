@@ -21,20 +21,24 @@ BLOCK = 512
 
 def _octal(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Values of NUL/space-terminated ASCII octal fields (n, k), and which rows parse (leading spaces allowed,
-    at least one digit, nothing but NUL or space after the digits)."""
+    at least one digit, nothing but spaces after the digits up to the first NUL). A field ends at its first NUL,
+    as tar readers cut it (``tarfile``, GNU tar): bytes after it are not looked at."""
     n, k = fields.shape
     value = np.zeros(n, np.int64)
-    state = np.zeros(n, np.int8)  # 0 leading spaces, 1 digits, 2 terminated
+    state = np.zeros(n, np.int8)  # 0 leading spaces, 1 digits, 2 terminated by a space
     good = np.ones(n, bool)
+    cut = np.zeros(n, bool)  # past the first NUL
     for j in range(k):
         c = fields[:, j].astype(np.int64)
+        live = ~cut
         digit = (c >= 48) & (c <= 55)
-        end = (c == 0) | (c == 32)
-        lead = (state == 0) & (c == 32)
-        take = digit & (state < 2)
+        space = c == 32
+        cut |= live & (c == 0)
+        lead = (state == 0) & space
+        take = live & digit & (state < 2)
         value = np.where(take, value * 8 + (c - 48), value)
-        good &= lead | take | ((state >= 1) & end) | ((state == 2) & end)
-        state = np.where(take, 1, np.where((state == 1) & end, 2, state))
+        good &= ~live | (c == 0) | lead | take | ((state >= 1) & space)
+        state = np.where(live & (state == 1) & space, 2, np.where(take, 1, state))
     return value, good & (state >= 1)
 
 
