@@ -228,6 +228,22 @@ def test_a_byte_after_the_nul_that_ends_a_tar_header_field_is_ignored_as_tar_rea
     assert (r.verdict == OK).all() and len(r) == 12
 
 
+def test_an_empty_shard_of_a_version_2_set_verifies_and_loads(tmp_path):
+    """Found by ``python -m bench fuzz`` (seed 14, case 182; seed 12, case 141): a shard holding no sample (its
+    index and manifest entry saying 0) made the loader's per-sample check raise KeyError: 'meta_off'."""
+    from bench.fuzz import reindex
+    from shards.read.reader import SourceReader
+
+    d = packed(tmp_path / "empty", "png")
+    write_tar(d / Manifest.load(d).shards[1].file, [])  # a sound tar without members
+    reindex(d, 1)  # its index and the manifest's count, bytes, sha256 and label counts made to agree
+    m = Manifest.load(d)
+    assert m.shards[1].count == 0 and m.count == 6 and m.version == 2
+    assert CliRunner().invoke(shards_cli, ["verify", str(d)]).exit_code == 0
+    r = SourceReader(d, m, cache=False)
+    assert len(r) == 6 and (r.verdict == OK).all()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Crashes: (a) images of another size than the manifest's, (b) rot after the loader cached its verdicts
 # ---------------------------------------------------------------------------------------------------

@@ -240,10 +240,11 @@ class SourceReader:
         the tar matches its manifest, so an index that disagrees with it is stale (an error); otherwise the
         tar is damaged and its samples that disagree are marked."""
         tar, idx, count = self._files[s], self._indexes[s], self.manifest.shards[s].count
-        if count == 0:
+        if count == 0:  # an empty shard: the same table, with nothing in it (``_check`` reads every column)
             z = np.zeros(0, np.int64)
+            meta = ("meta_off", "meta_size") if self.manifest.digests else ()
             return {
-                **dict.fromkeys(("offsets", "sizes", "labels"), z),
+                **dict.fromkeys(("offsets", "sizes", "labels", *meta), z),
                 "keys": z.astype(str),
                 "hw": z.reshape(0, 2),
                 "verdict": z.astype(np.uint8),
