@@ -393,7 +393,7 @@ def damage(rng: np.random.Generator, kind: str, d: Path) -> Damage:
 
 
 # integers out of every type's range: int64 overflow, negative, 2^64 and beyond, more digits than Python reads
-INT_VALUES = (2**63, 2**64, 2**64 + 1, -1, -(2**63) - 1, 10**40)
+INT_VALUES = (2**63, 2**64, 2**64 + 1, -1, -(2**63) - 1, 10**40, 10**400)  # 10^400: past float's range too
 LONG_DIGITS = 5000  # past Python's 4,300-digit limit on converting text to int
 
 

@@ -104,6 +104,19 @@ def test_manifest_integers_beyond_int64_are_refused_even_when_the_sums_agree(tmp
         assert name in line and want in line
 
 
+@pytest.mark.parametrize("field", ["fid", "count"])
+def test_a_manifest_number_past_floats_range_is_one_line(tmp_path, field):
+    """10^400 is a valid JSON integer that no float holds: ``fid`` used to raise OverflowError in math.isfinite."""
+    d = tiny_set(tmp_path / "big")
+    doc = manifest(d)
+    doc[field] = 10**400
+    write_manifest(d, doc)
+    code, out = verify(d)
+    assert code == 1 and any(f"{d / 'manifest.json'}: field {field} is 1000000000000" in line for line in out), out
+    for mode in ("error", "skip"):
+        assert f"field {field} is 1000000000000" in one_error(audit(d, mode)[1])
+
+
 def test_a_manifest_number_of_thousands_of_digits_is_one_line(tmp_path):
     d = tiny_set(tmp_path / "long")
     doc = manifest(d)

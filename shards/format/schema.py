@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
 
 from shards.base.errors import ShardError
@@ -17,7 +18,10 @@ from shards.base.errors import ShardError
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _SHARD_KEYS = ("file", "index", "count", "sha256", "bytes")
 _MAX_SIDE = 65535  # JPEG's limit; no shard set holds larger images
-INT64_MAX = 2**63 - 1  # counts and byte sizes become int64 arrays in the loaders: larger ones are refused here
+INT64_MAX = 2**63 - 1
+_MAX_FLOAT = (
+    sys.float_info.max
+)  # counts and byte sizes become int64 arrays in the loaders: larger ones are refused here
 
 
 def _show(v) -> str:
@@ -136,7 +140,10 @@ def parse_manifest(d, where: str) -> dict:
         raise ShardError(f"{where}: shard counts add up to {total}, manifest says {count}")
 
     fid = d.get("fid")
-    if fid is not None and (type(fid) not in (int, float) or not math.isfinite(fid) or fid < 0):
+    # an integer past float's range (10^400) would raise OverflowError in math.isfinite and float()
+    if fid is not None and (
+        type(fid) not in (int, float) or abs(fid) > _MAX_FLOAT or not math.isfinite(fid) or fid < 0
+    ):
         f.fail("fid", fid, "null or a finite number >= 0")
     out["fid"] = None if fid is None else float(fid)
 
