@@ -13,7 +13,7 @@ per batch is fixed and the whole stage can be compiled (``torch.compile``: Trito
 CPU) or captured. Values stay float32 holding the integers 0…255 that torchvision's uint8 ops would hold
 between operations; each op ends with torchvision's cast (clamp, truncate).
 
-Semantics, op by op (tests/test_colour.py holds each to its reference on real CIFAR-10 and EDM images):
+Semantics, op by op (tests/test_loaders_colour.py holds each to its reference on real CIFAR-10 and EDM images):
 
 * ColorJitter — torchvision's functional tensor ops on uint8 images in the drawn order. Brightness,
   contrast and saturation are ``_blend(x, other, f)``, written for a whole batch as *slots*

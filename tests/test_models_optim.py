@@ -285,7 +285,7 @@ CACHE_PROBE = """
 import json
 from models.training.compiling import cache_dir, cache_stats
 from models.optim import LARS
-from test_optim import ReferenceLARS, _toy_lars_params, _toy_steps
+from test_models_optim import ReferenceLARS, _toy_lars_params, _toy_steps
 (new_ps, new_groups), (old_ps, old_groups) = _toy_lars_params()
 new = LARS(new_groups, lr=0.3, weight_decay=1e-4).compile()
 _toy_steps(new, ReferenceLARS(old_groups, lr=0.3, weight_decay=1e-4), new_ps, old_ps, steps=2)
