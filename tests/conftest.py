@@ -291,6 +291,13 @@ def demo_copy(demo_sets, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def bench_demo(demo_sets):
+    """The benchmark tests' demo folder (``demo_sets(64, 64, 16, shard_size=40)``): the parent of its "real",
+    "generated" and "test" sets (read-only: copy a set before changing it)."""
+    return demo_sets(64, 64, 16, shard_size=40)["real"].parent
+
+
+@pytest.fixture(scope="session")
 def demo_shards(demo_sets):
     """Small demo shard sets (``demo_sets(300, 500, 200, shard_size=128)``, PNG 32×32, 10 classes, seed 0):
     {"real": 300 labelled, split train, 3 shards; "generated": 500, label -1, 4 shards; "test": 200

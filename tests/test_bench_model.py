@@ -6,6 +6,8 @@ from bench.harness import Timing
 from bench.model import measure_model_ceiling
 from models import build_method
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
 
 def test_measure_model_ceiling_reports_consistent_figures():
     torch.manual_seed(0)
@@ -65,3 +67,14 @@ def test_bench_model_rows_eager_and_compiled_side_by_side(tmp_path, eager_backen
     assert doc["settings"]["inductor_cache_dir"] and 0 < compiled["mfu"] < 1
     result = CliRunner().invoke(main, ["--compile", "cudagraphs", "--device", "cpu"])
     assert result.exit_code != 0 and "needs a GPU" in result.output
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_model_ceiling_on_the_gpu_uses_bf16_and_reports_gpu_memory():
+    from bench.harness import Timing
+    from bench.model import measure_model_ceiling
+    from models import build_method
+
+    row = measure_model_ceiling(build_method("simclr"), 64, "cuda", timing=Timing(1, 3, 0.0))
+    assert row["timed_batches"] == 3 and row["peak_gpu_mb"] > 0 and 0 < row["mfu"] < 1 and row["precision"] == "bf16"

@@ -5,6 +5,7 @@ it passes a signature check and used to take DALI's decoder down with SIGSEGV. T
 subprocess here, so a segfault fails the test instead of killing pytest.
 """
 
+import collections
 import io
 import json
 import subprocess
@@ -16,6 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loaders.batch.loader import TrainLoader
+from loaders.recipe.augment import AugConfig, ViewAug
+from loaders.recipe.mixture import parse_shards_args
 from shards.format.manifest import Manifest, ShardError
 from shards.packing.writer import ShardSetWriter
 from shards.read.check import BAD_STRUCTURE, OK, check_bytes
@@ -170,7 +174,7 @@ def test_a_sample_rotting_during_the_run_is_reported_never_a_crash(tmp_path, mod
     import collections
 
     from loaders.batch.loader import TrainLoader
-    from loaders.recipe.augment import AugConfig, ViewAug
+    from loaders.recipe.augment import AugConfig
     from loaders.recipe.mixture import parse_shards_args
 
     src = shard_factory(tmp_path, "rot", 48, fmt="png", shard_size=16, seed=7)
@@ -192,3 +196,33 @@ def test_a_sample_rotting_during_the_run_is_reported_never_a_crash(tmp_path, mod
         seen.update(loader.keys_for(b))
     assert loader.stats.corrupt == 1 and loader.stats.corrupt_keys == [f"rot/{key}"]
     assert sum(seen.values()) == 47 and all(n == 1 for n in seen.values()) and f"rot/{key}" not in seen
+
+
+def test_corrupt_sample_error_or_skip(tmp_path, plain_view, shard_factory, corrupt_sample):
+    src = shard_factory(tmp_path, "bad", 40, fmt="png", shard_size=10, seed=4)
+    file, key = corrupt_sample(src, 2, 3)
+    m = parse_shards_args([f"{src}:2"])
+    loader = TrainLoader(m, AugConfig((plain_view,)), 8)
+    with pytest.raises(ShardError, match=file) as e:
+        key_counts(loader)
+    assert key in str(e.value) and "skip" in str(e.value)
+    loader = TrainLoader(m, AugConfig((plain_view,)), 8, on_corrupt="skip", drop_last=False)
+    c = key_counts(loader)
+    assert c[f"bad/{key}"] == 0 and sum(c.values()) == 78
+    assert loader.stats.corrupt == 2 and loader.stats.corrupt_keys == [f"bad/{key}"] * 2
+
+
+def test_truncated_shard_is_named(tmp_path, plain_view, shard_factory):
+    src = shard_factory(tmp_path, "trunc", 30, fmt="jpg", shard_size=10, seed=5)
+    tar = src / Manifest.load(src).shards[1].file
+    tar.write_bytes(tar.read_bytes()[:4000])
+    loader = TrainLoader(parse_shards_args([str(src)]), AugConfig((plain_view,)), 6)
+    with pytest.raises(ShardError, match="trunc-00001.tar"):
+        key_counts(loader)
+
+
+def key_counts(loader, epoch=0, **kw):
+    c = collections.Counter()
+    for b in loader.epoch(epoch, **kw):
+        c.update(loader.keys_for(b))
+    return c

@@ -1,4 +1,6 @@
-"""Mixture parsing, presets and the DALI loaders on the CPU backend, on tiny shards in tmp_path."""
+"""loaders/batch/loader.py: TrainLoader (exact multiplicities, views, labels, determinism and resume, ranks, mixed
+sources, where the pipeline runs, its threads) and EvalLoader, on the CPU backend and tiny shards. Its feed across
+epochs: test_loaders_feed.py; corrupt samples: test_loaders_corrupt_samples.py; on a GPU: test_loaders_gpu.py."""
 
 import collections
 import json
@@ -6,10 +8,11 @@ import json
 import pytest
 import torch
 
+from loaders.batch.graph import train_pipeline
 from loaders.batch.loader import EvalLoader, TrainLoader
 from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig, ViewAug, preset
 from loaders.recipe.mixture import parse_shards_args
-from shards.format.manifest import Manifest, ShardError
+from shards.format.manifest import ShardError
 
 
 @pytest.fixture(scope="module")
@@ -29,54 +32,6 @@ def key_counts(loader, epoch=0, **kw):
     for b in loader.epoch(epoch, **kw):
         c.update(loader.keys_for(b))
     return c
-
-
-# -- mixture ------------------------------------------------------------------------------------
-def test_parse_dir_weights_and_yaml(data, tmp_path):
-    m = parse_shards_args([f"{data['real']}:10", str(data["gen"])])
-    assert [s.name for s in m.sources] == ["real", "gen"] and m.weights == [10.0, 1.0]
-    assert m.counts == [30, 45] and m.sources[1].kind == "generated"
-    mix = tmp_path / "mix.yaml"
-    mix.write_text(f"- {{path: {data['real']}, weight: 2.5, name: cifar}}\n- {{path: {data['gen']}, weight: 0}}\n")
-    m = parse_shards_args([str(mix)])
-    assert [s.name for s in m.sources] == ["cifar", "gen"] and m.weights == [2.5, 0.0]
-
-
-@pytest.mark.parametrize(
-    "args,needle",
-    [
-        (["{tmp}/nope:1"], "no such directory"),
-        (["{real}:abc"], "not a number"),
-        (["{real}:-1"], "invalid"),
-        (["{real}:0"], "weight 0"),
-        (["{real}", "{real}"], "used twice"),
-    ],
-)
-def test_parse_errors_are_one_clear_line(data, tmp_path, args, needle):
-    args = [a.format(tmp=tmp_path, real=data["real"]) for a in args]
-    with pytest.raises(ShardError, match=needle) as e:
-        parse_shards_args(args)
-    assert "\n" not in str(e.value)
-
-
-def test_parse_missing_manifest(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ShardError, match="no manifest.json"):
-        parse_shards_args([f"{tmp_path / 'empty'}:1"])
-
-
-# -- presets (the release's table per family and mode: tests/test_augment.py) ------------------------
-def test_preset_overrides():
-    c = preset("symmetric", crop_min_scale=0.3, jitter_strength=0.5, jitter_p=None, view2_blur_p=0.0, num_views=3)
-    assert len(c.views) == 3 and c.views[0].crop_scale == (0.3, 1.0)
-    assert c.views[0].brightness == pytest.approx(0.4) and c.views[0].hue == pytest.approx(0.1)
-    assert c.views[0].jitter_p == 0.8 and c.views[1].blur_p == 0.0 and c.views[0].blur_p == 0.5
-    with pytest.raises(ValueError, match="unknown"):
-        preset("symmetric", crop_size=3)
-    with pytest.raises(ValueError, match="preset"):
-        preset("dino")
-    with pytest.raises(ValueError, match="probability"):
-        preset("symmetric", gray_p=2)
 
 
 # -- training loader ----------------------------------------------------------------------------
@@ -173,26 +128,30 @@ def test_augmentation_strength_changes_outputs(data, plain_view):
         assert distance(AugConfig((ViewAug(**{**plain_view.__dict__, **kw}),))) > 0.01, kw
 
 
-def test_determinism_and_resume(data):
+def test_determinism_and_resume_in_a_fresh_loader(data, same_batches):
+    """One seed, one epoch: two loaders agree; a state_dict taken mid-epoch (through JSON) resumes in a fresh
+    loader with bitwise the uninterrupted batches; a state at an epoch's end resumes at the next epoch's start."""
     m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1"])
     aug = preset("simclr")
     a = TrainLoader(m, aug, 10, seed=7)
-    run1 = [(a.keys_for(b), b.views[0]) for b in a.epoch(1)]
+    full = list(a.epoch(1))
+    run1 = [(a.keys_for(b), b.views[0]) for b in full]
     b_ = TrainLoader(m, aug, 10, seed=7)
     run2 = [(b_.keys_for(b), b.views[0]) for b in b_.epoch(1)]
     assert [k for k, _ in run1] == [k for k, _ in run2]
     assert all(torch.equal(x, y) for (_, x), (_, y) in zip(run1, run2))
-    # stop after 4 steps, save, resume in a fresh loader: the same next batches
+    # stop after 4 steps, save, resume in a fresh loader: the same next batches, bitwise
     c = TrainLoader(m, aug, 10, seed=7)
     it = c.epoch(1)
-    for _ in range(4):
-        next(it)
+    head = [next(it) for _ in range(4)]
+    same_batches(head, full[:4])
     state = c.state_dict()
     assert (state["epoch"], state["step"]) == (1, 4)
     d = TrainLoader(m, aug, 10, seed=7)
     d.load_state_dict(json.loads(json.dumps(state)))
-    resumed = [d.keys_for(b) for b in d.epoch()]
-    assert resumed == [k for k, _ in run1][4:]
+    rest = list(d.epoch())
+    assert [d.keys_for(b) for b in rest] == [k for k, _ in run1][4:]
+    same_batches(rest, full[4:])
     assert (d.state_dict()["epoch"], d.state_dict()["step"]) == (2, 0)  # after an epoch's last batch: the next one
     # a state saved at the end of an epoch resumes at the next epoch's start
     e = TrainLoader(m, aug, 10, seed=7)
@@ -200,6 +159,16 @@ def test_determinism_and_resume(data):
     assert [e.keys_for(b) for b in e.epoch()][0] == next(iter([a.keys_for(b) for b in a.epoch(2)]))
     with pytest.raises(ShardError, match="batch_size"):
         TrainLoader(m, aug, 5, seed=7).load_state_dict(state)
+
+
+@pytest.mark.parametrize("recipe", ["simclr", "byol"])
+def test_resumed_epoch_is_bitwise_the_uninterrupted_one(data, recipe, same_batches):
+    m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1", f"{data['raw']}:1"])  # jpg + png + raw
+    aug = preset(recipe)
+    full = list(TrainLoader(m, aug, 12, seed=3, drop_last=False).epoch(0))
+    assert len(full) == 11  # 125 samples: 10 full batches and a partial one
+    for k in (1, 6, 10):
+        same_batches(full[k:], list(TrainLoader(m, aug, 12, seed=3, drop_last=False).epoch(0, start_step=k)))
 
 
 def test_ranks_disjoint_and_complete(data, plain_view):
@@ -225,27 +194,65 @@ def test_raw_and_encoded_sources_mix(data, plain_view, sample_image):
     assert seen == 65
 
 
-def test_corrupt_sample_error_or_skip(tmp_path, plain_view, shard_factory, corrupt_sample):
-    src = shard_factory(tmp_path, "bad", 40, fmt="png", shard_size=10, seed=4)
-    file, key = corrupt_sample(src, 2, 3)
-    m = parse_shards_args([f"{src}:2"])
-    loader = TrainLoader(m, AugConfig((plain_view,)), 8)
-    with pytest.raises(ShardError, match=file) as e:
-        key_counts(loader)
-    assert key in str(e.value) and "skip" in str(e.value)
-    loader = TrainLoader(m, AugConfig((plain_view,)), 8, on_corrupt="skip", drop_last=False)
-    c = key_counts(loader)
-    assert c[f"bad/{key}"] == 0 and sum(c.values()) == 78
-    assert loader.stats.corrupt == 2 and loader.stats.corrupt_keys == [f"bad/{key}"] * 2
+@pytest.mark.parametrize("prefetch", [2, 0])
+def test_the_colour_stage_threads_never_reach_the_training_thread(data, prefetch):
+    """torch.set_num_threads in the prefetch thread also sets the default a thread takes at its first parallel op:
+    it once left train.py's step on one core of two. The consuming thread (a fresh one, as a fresh process's main
+    thread) and threads started later keep the process's count; with no prefetch thread nothing is changed."""
+    import threading
+
+    seen = {}
+
+    def consume():
+        loader = TrainLoader(parse_shards_args([f"{data['real']}:1"]), preset("simclr"), 10, prefetch_batches=prefetch)
+        batches = loader.batches()
+        next(batches), next(batches)
+        seen["consumer"] = torch.get_num_threads()
+        later = threading.Thread(target=lambda: seen.update(later=torch.get_num_threads()))
+        later.start(), later.join()
+        batches.close()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # not the stage's 1, so a leak shows
+    try:
+        thread = threading.Thread(target=consume)
+        thread.start(), thread.join()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"consumer": 3, "later": 3}
 
 
-def test_truncated_shard_is_named(tmp_path, plain_view, shard_factory):
-    src = shard_factory(tmp_path, "trunc", 30, fmt="jpg", shard_size=10, seed=5)
-    tar = src / Manifest.load(src).shards[1].file
-    tar.write_bytes(tar.read_bytes()[:4000])
-    loader = TrainLoader(parse_shards_args([str(src)]), AugConfig((plain_view,)), 6)
-    with pytest.raises(ShardError, match="trunc-00001.tar"):
-        key_counts(loader)
+def test_raw_sets_of_different_sizes_mix(tmp_path, plain_view, shard_factory):
+    a = shard_factory(tmp_path, "a", 12, fmt="raw", size=32)
+    b = shard_factory(tmp_path, "b", 12, fmt="raw", size=48, kind="generated", seed=1)
+    loader = TrainLoader(parse_shards_args([str(a), str(b)]), AugConfig((plain_view,)), 8, drop_last=False)
+    assert loader.table.mode == "mixed"
+    batches = list(loader.epoch(0))
+    assert sum(len(x) for x in batches) == 24 and all(x.views[0].shape[1:] == (3, 32, 32) for x in batches)
+
+
+# -- where the pipeline runs --------------------------------------------------------------------------
+def test_loader_device_choices(data, plain_view):
+    m = parse_shards_args([str(data["gen"])])
+    assert TrainLoader(m, AugConfig((plain_view,)), 8).loader_device == "cpu"  # auto on a CPU model
+    with pytest.raises(ValueError, match="loader_device"):
+        TrainLoader(m, AugConfig((plain_view,)), 8, loader_device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ShardError, match="--loader-device cpu"):
+            TrainLoader(m, AugConfig((plain_view,)), 8, loader_device="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the start-up failure of a GPU pipeline without a GPU")
+def test_a_gpu_pipeline_that_cannot_start_is_one_clear_line(data):
+    loader = TrainLoader(parse_shards_args([str(data["gen"])]), preset("simclr"), 8)
+    feed = loader.feed(iter([]))
+    with pytest.raises(ShardError) as e:
+        train_pipeline(
+            feed, loader.table.mode, [32, 32], relative=False, batch_size=8, device="gpu", device_id=0, num_threads=1
+        )
+    msg = str(e.value)
+    assert "GPU loader pipeline failed to start" in msg and "--loader-device cpu" in msg
+    assert "\n" not in msg
 
 
 # -- evaluation loader --------------------------------------------------------------------------
@@ -275,40 +282,6 @@ def test_eval_loader_resizes(tmp_path, shard_factory, sample_image):
                 assert torch.allclose(x[i, :, r::8, c::8], blocks, atol=2e-2), (i, r, c)
 
 
-# -- audit CLI ------------------------------------------------------------------------------------
-def test_audit_json_counts_every_key(data):
-    from click.testing import CliRunner
-
-    from loaders.__main__ import main
-
-    res = CliRunner().invoke(
-        main,
-        [
-            "audit",
-            "--shards",
-            f"{data['real']}:2",
-            "--shards",
-            f"{data['gen']}:1",
-            "--batch-size",
-            "16",
-            "--epochs",
-            "2",
-            "--json",
-        ],
-    )
-    assert res.exit_code == 0, res.output
-    report = json.loads(res.stdout)
-    assert len(report["epochs"]) == 2
-    e = report["epochs"][1]
-    assert e["samples"] == 105 and e["per_source"] == {"real": 60, "gen": 45}
-    assert e["key_multiplicity"] == {"real": {"2": 30}, "gen": {"1": 45}}
-    assert e["labels"]["-1"] == 45 and sum(e["labels"].values()) == 105
-    frac = e["batch_fraction"]["real"]
-    assert abs(frac["mean"] - 60 / 105) < 0.05 and frac["min"] >= (16 * 60 / 105 - 2) / 16 - 1e-9
-    bad = CliRunner().invoke(main, ["audit", "--shards", f"{data['real']}:x"])
-    assert bad.exit_code != 0 and "not a number" in bad.output and "Traceback" not in bad.output
-
-
 def test_eval_loader_limit_is_a_fixed_subset_across_classes(tmp_path, shard_factory):
     """A class-ordered test set (4 samples per class, classes 0…9 in turn): the first 10 samples would hold
     classes 0-2 only; the limited loader keeps a fixed subset spread over the classes, in shard order, each
@@ -327,31 +300,3 @@ def test_eval_loader_limit_is_a_fixed_subset_across_classes(tmp_path, shard_fact
     assert len(set(sub_y.tolist())) >= 5 and pos != list(range(10))
     other = torch.cat([x for x, _ in EvalLoader(src, 4, limit=10, seed=1)])
     assert len(other) == 10 and not torch.equal(other, sub_x)  # the seed picks the subset
-
-
-@pytest.mark.parametrize("prefetch", [2, 0])
-def test_the_colour_stage_threads_never_reach_the_training_thread(data, prefetch):
-    """torch.set_num_threads in the prefetch thread also sets the default a thread takes at its first parallel op:
-    it once left train.py's step on one core of two. The consuming thread (a fresh one, as a fresh process's main
-    thread) and threads started later keep the process's count; with no prefetch thread nothing is changed."""
-    import threading
-
-    seen = {}
-
-    def consume():
-        loader = TrainLoader(parse_shards_args([f"{data['real']}:1"]), preset("simclr"), 10, prefetch_batches=prefetch)
-        batches = loader.batches()
-        next(batches), next(batches)
-        seen["consumer"] = torch.get_num_threads()
-        later = threading.Thread(target=lambda: seen.update(later=torch.get_num_threads()))
-        later.start(), later.join()
-        batches.close()
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)  # not the stage's 1, so a leak shows
-    try:
-        thread = threading.Thread(target=consume)
-        thread.start(), thread.join()
-    finally:
-        torch.set_num_threads(before)
-    assert seen == {"consumer": 3, "later": 3}

@@ -92,3 +92,43 @@ def test_policy_weights_are_checked_too(sets, one_gib_free):
     assert m.weights == [10.0, 1.0] and m.expected_epoch_size == 3050
     with pytest.raises(ShardError, match="source 'gen'"):
         m.with_weights([10, 1e7])
+
+
+# -- mixture ------------------------------------------------------------------------------------
+def test_parse_dir_weights_and_yaml(data, tmp_path):
+    m = parse_shards_args([f"{data['real']}:10", str(data["gen"])])
+    assert [s.name for s in m.sources] == ["real", "gen"] and m.weights == [10.0, 1.0]
+    assert m.counts == [30, 45] and m.sources[1].kind == "generated"
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"- {{path: {data['real']}, weight: 2.5, name: cifar}}\n- {{path: {data['gen']}, weight: 0}}\n")
+    m = parse_shards_args([str(mix)])
+    assert [s.name for s in m.sources] == ["cifar", "gen"] and m.weights == [2.5, 0.0]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["{tmp}/nope:1"], "no such directory"),
+        (["{real}:abc"], "not a number"),
+        (["{real}:-1"], "invalid"),
+        (["{real}:0"], "weight 0"),
+        (["{real}", "{real}"], "used twice"),
+    ],
+)
+def test_parse_errors_are_one_clear_line(data, tmp_path, args, needle):
+    args = [a.format(tmp=tmp_path, real=data["real"]) for a in args]
+    with pytest.raises(ShardError, match=needle) as e:
+        parse_shards_args(args)
+    assert "\n" not in str(e.value)
+
+
+def test_parse_missing_manifest(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShardError, match="no manifest.json"):
+        parse_shards_args([f"{tmp_path / 'empty'}:1"])
+
+
+@pytest.fixture(scope="module")
+def data(small_shards):
+    """The session's small mixture (tests/conftest.py): jpg real 30, png gen 45, raw rawgen 20, png test 23."""
+    return small_shards

@@ -1,7 +1,5 @@
 """Host-drawn augmentation parameters: exact resume, the crop box semantics and the sampler's statistics."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -16,31 +14,6 @@ from loaders.recipe.mixture import parse_shards_args
 def data(small_shards):
     """The session's small mixture (tests/conftest.py): jpg real 30, png gen 45, raw rawgen 20, png test 23."""
     return small_shards
-
-
-# -- exact resume through DALI ---------------------------------------------------------------------
-@pytest.mark.parametrize("recipe", ["simclr", "byol"])
-def test_resumed_epoch_is_bitwise_the_uninterrupted_one(data, recipe, same_batches):
-    m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1", f"{data['raw']}:1"])  # jpg + png + raw
-    aug = preset(recipe)
-    full = list(TrainLoader(m, aug, 12, seed=3, drop_last=False).epoch(0))
-    assert len(full) == 11  # 125 samples: 10 full batches and a partial one
-    for k in (1, 6, 10):
-        same_batches(full[k:], list(TrainLoader(m, aug, 12, seed=3, drop_last=False).epoch(0, start_step=k)))
-
-
-def test_resume_after_load_state_dict_in_a_fresh_loader(data, same_batches):
-    m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1"])
-    aug = preset("simclr-adainf")
-    full = list(TrainLoader(m, aug, 10, seed=5).epoch(2))
-    a = TrainLoader(m, aug, 10, seed=5)
-    it = a.epoch(2)
-    head = [next(it) for _ in range(3)]
-    same_batches(head, full[:3])
-    state = json.loads(json.dumps(a.state_dict()))
-    b = TrainLoader(m, aug, 10, seed=5)
-    b.load_state_dict(state)
-    same_batches(list(b.epoch()), full[3:])
 
 
 def test_seed_and_step_change_the_draws(data):

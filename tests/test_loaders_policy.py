@@ -1,4 +1,5 @@
-"""The AdaInf inflation policy: modes, the auto rule's anchors and monotonicity, overrides, errors."""
+"""The AdaInf inflation policy (loaders/recipe/policy.py): modes, the auto rule's anchors and monotonicity, overrides,
+errors. The default mode and the no-inflation rule, with the recipe they give: test_loaders_recipe.py."""
 
 import json
 from types import SimpleNamespace
@@ -8,7 +9,6 @@ import pytest
 
 from loaders.recipe.policy import (
     CROP_ANCHORS,
-    DEFAULT_MODE,
     InflationDecision,
     SourceInfo,
     crop_min_scale_for_size,
@@ -47,26 +47,6 @@ def test_vanilla_weights_everything_once():
 
 def test_vanilla_allows_generated_only():
     assert decide([gen()], "vanilla", family="symmetric").weights == (1.0,)
-
-
-@pytest.mark.parametrize(
-    "family,preset",
-    [("symmetric", "symmetric_adainf"), ("symmetric_weak", "symmetric_adainf"), ("asymmetric", "asymmetric_adainf")],
-)
-def test_adainf_is_the_release_recipe_and_the_default(family, preset):
-    d = decide([cifar(), gen()], family=family)
-    assert DEFAULT_MODE == "adainf" and d.mode == "adainf"
-    assert d.weights == (10.0, 1.0)
-    assert d.aug_preset == preset and d.aug_overrides == {}
-    assert d.knobs == preset_knobs(preset, family)
-
-
-@pytest.mark.parametrize("family", ["symmetric", "symmetric_weak", "asymmetric"])
-def test_adainf_without_generated_data_is_the_no_inflation_recipe(family):
-    for sources in ([cifar()], [cifar(), gen(weight=0)], [cifar(weight=3), gen(count=0)]):
-        d = decide(sources, "adainf", family=family)
-        assert d.aug_preset == family and d.weights[0] == (3.0 if sources[0].weight else 1.0)
-        assert any("no generated source of positive weight" in r and "no-inflation recipe" in r for r in d.reasons)
 
 
 def test_none_and_vanilla_use_the_family_baseline():
@@ -117,11 +97,6 @@ def test_auto_asymmetric_leaves_jitter_strength_alone():
     d = decide([cifar(), gen()], "auto", family="asymmetric")
     assert d.aug_preset == "asymmetric"
     assert d.aug_overrides == {"crop_min_scale": 0.3, "jitter_p": 0.4}
-
-
-def test_auto_at_150k_reproduces_the_adainf_preset():
-    d = decide([cifar(), gen(count=100_000)], "auto", family="symmetric")
-    assert d.aug_overrides == {"crop_min_scale": 0.2, "jitter_strength": 0.5, "jitter_p": 0.4}
 
 
 def test_auto_without_generated_does_not_reweight():
