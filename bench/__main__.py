@@ -108,7 +108,9 @@ def all_cmd(quick, shards, out_dir, device, only, skip, fail_fast):
         t0 = time.perf_counter()
         try:
             command = load_command(name)
-            command.main(args=_forward(command, given), prog_name=f"python -m bench {name}", standalone_mode=False)
+            command.main(
+                args=shared_option_args(command, given), prog_name=f"python -m bench {name}", standalone_mode=False
+            )
         except (click.ClickException, click.Abort) as e:
             why = e.format_message() if isinstance(e, click.ClickException) else "aborted"
             click.echo(f"{name}: failed: {why}", err=True)
@@ -122,7 +124,7 @@ def all_cmd(quick, shards, out_dir, device, only, skip, fail_fast):
         raise click.ClickException(f"failed: {', '.join(failed)}")
 
 
-def _forward(command: click.Command, given: dict) -> list[str]:
+def shared_option_args(command: click.Command, given: dict) -> list[str]:
     """The shared options this command declares, as command-line arguments."""
     accepted = {p.name: p for p in command.params}
     args: list[str] = []

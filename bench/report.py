@@ -227,7 +227,7 @@ def _bars(ax, labels, values, color: str, xlabel: str, target: tuple[float, str]
 
 def chart_data_wait(runs: list[Run], path: Path) -> Path | None:
     rows = [
-        (f"{r.host} · {row_label(row)} · {_loader_of(row)}", row)
+        (f"{r.host} · {row_label(row)} · {loader_label(row)}", row)
         for r in runs
         if r.bench == "end-to-end"
         for row in r.results
@@ -247,7 +247,7 @@ def chart_data_wait(runs: list[Run], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _loader_of(row: dict) -> str:
+def loader_label(row: dict) -> str:
     """Where the row's loader ran: its DALI pipeline's device and threads (older files: the ``loader`` name)."""
     device = row.get("loader_device") or (row.get("loader") or "?").removeprefix("dali-")
     threads = f", {row['num_threads']} threads" if row.get("num_threads") else ""

@@ -157,14 +157,14 @@ def test_bench_commands_print_a_user_error_as_one_line(name, args, line):
 
 
 def test_bench_cli_lists_and_forwards():
-    from bench.__main__ import _forward, cli
+    from bench.__main__ import shared_option_args, cli
     from bench.scale import main as scale_main
 
     result = CliRunner().invoke(cli, ["list"])
     assert result.exit_code == 0 and "not available" not in result.output
     for name in ("loader", "end-to-end", "scale", "formats", "feed", "report", "inflation", "confirm"):
         assert name in result.output
-    args = _forward(scale_main, {"quick": True, "shards": ("a:10", "b"), "out_dir": "/o", "device": "cpu"})
+    args = shared_option_args(scale_main, {"quick": True, "shards": ("a:10", "b"), "out_dir": "/o", "device": "cpu"})
     assert args == ["--quick", "--shards", "a:10", "--shards", "b", "--out-dir", "/o", "--device", "cpu"]
     result = CliRunner().invoke(cli, ["all", "--only", "nope"])
     assert result.exit_code != 0 and "comma-separated list of loader" in result.output

@@ -159,7 +159,7 @@ def test_report_reads_every_committed_result_and_names_the_loader_device(tmp_pat
     files = sorted(results.glob("*.json"))
     assert len(report.load_runs(results, all_runs=True)) == len(files)
     (run,) = [r for r in report.load_runs(results) if r.bench == "end-to-end" and r.host == "h200"]
-    labels = [report._loader_of(row) for row in run.results if row["backend"] == "end-to-end"]
+    labels = [report.loader_label(row) for row in run.results if row["backend"] == "end-to-end"]
     assert labels == ["loader on the GPU, 2 threads", "loader on the CPU, 2 threads"]
     table, written = report.build_report(results, tmp_path)
     assert {p.name for p in written} >= {"throughput.png", "data-wait.png", "scale.png", "README.md"}

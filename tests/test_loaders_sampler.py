@@ -116,9 +116,10 @@ def test_overflowing_weight_is_one_line_not_a_crash():
 def test_epoch_beyond_memory_is_refused_before_allocating(monkeypatch):
     """plan_epoch refuses what could never fit (half the machine's total memory at ~48 B per planned
     sample), naming the source when names are given."""
-    import loaders.batch.sampler as sampler
+    import psutil
 
-    monkeypatch.setattr(sampler, "_memory", lambda which: 2**30)  # a 1 GiB machine: 11,184,810 samples
+    one_gib = psutil.virtual_memory()._replace(total=2**30, available=2**30)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: one_gib)  # a 1 GiB machine: 11,184,810 samples
     with pytest.raises(ShardError) as e:
         plan_epoch([50_000, 1000], [1e6, 1], 0, 0, names=["cifar10", "edm"])
     msg = str(e.value)

@@ -178,15 +178,15 @@ def test_interrupt_during_install_rolls_back(arrays, tmp_path, monkeypatch):
     before = listing(out)
     import shards.packing.pack as packmod
 
-    real = packmod._fsync_dir
+    real = packmod.fsync_dir
 
     def interrupted(d):  # the first fsync comes after the new files moved in, before the commit
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(packmod, "_fsync_dir", interrupted)
+    monkeypatch.setattr(packmod, "fsync_dir", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pack(arrays[1], PackConfig(out=out, shard_size=5, overwrite=True, progress=False))
-    monkeypatch.setattr(packmod, "_fsync_dir", real)
+    monkeypatch.setattr(packmod, "fsync_dir", real)
     assert listing(out) == before
 
 

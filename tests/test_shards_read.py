@@ -143,13 +143,13 @@ def test_cache_writes_are_atomic_under_unique_names(tmp_path, monkeypatch, fresh
 
 # -- index parsing and its messages -----------------------------------------------------------------------
 def test_fast_and_line_by_line_parsers_agree(fresh_set):
-    from shards.read.index import _parse_lines, _parse_uniform
+    from shards.read.index import parse_index_lines, parse_uniform_index
 
     src = fresh_set
     idx = src / Manifest.load(src).shards[0].index
     text = idx.read_text()
     body = text.partition("\n")[2]
-    fast, slow = _parse_uniform(body, 10), _parse_lines(idx, body.splitlines())
+    fast, slow = parse_uniform_index(body, 10), parse_index_lines(idx, body.splitlines())
     assert fast is not None and fast.keys.tolist() == slow.keys.tolist() and set(fast.offsets) == set(slow.offsets)
     assert all(
         np.array_equal(fast.offsets[e], slow.offsets[e]) and np.array_equal(fast.sizes[e], slow.sizes[e])
@@ -157,7 +157,7 @@ def test_fast_and_line_by_line_parsers_agree(fresh_set):
     )
     lines = body.splitlines()
     lines[4] = " ".join(lines[4].split()[4:] + lines[4].split()[:4])  # another member order on one line
-    assert _parse_uniform("\n".join(lines) + "\n", 10) is None
+    assert parse_uniform_index("\n".join(lines) + "\n", 10) is None
     idx.write_text(text.partition("\n")[0] + "\n" + "\n".join(lines) + "\n")
     again = read_index(idx)
     assert again.keys.tolist() == slow.keys.tolist() and np.array_equal(again.offsets["jpg"], slow.offsets["jpg"])
