@@ -157,7 +157,7 @@ def test_bench_commands_print_a_user_error_as_one_line(name, args, line):
 
 
 def test_bench_cli_lists_and_forwards():
-    from bench.__main__ import shared_option_args, cli
+    from bench.__main__ import cli, shared_option_args
     from bench.scale import main as scale_main
 
     result = CliRunner().invoke(cli, ["list"])

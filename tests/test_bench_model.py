@@ -1,3 +1,5 @@
+"""bench/model.py: the model ceiling's figures, eager and compiled rows side by side; on a GPU, bf16 and GPU memory."""
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -40,7 +42,8 @@ def eager_backend(monkeypatch):
 def test_bench_model_rows_eager_and_compiled_side_by_side(tmp_path, eager_backend):
     """``python -m bench model`` with --compile off,on: one row each, the compiled one with its compile time, the
     same FLOPs and a speedup over the eager row. Dynamo's ``eager`` backend stands in for inductor here (the rows'
-    bookkeeping is under test; what inductor computes is tested in test_compile.py, what it gains in the JSON)."""
+    bookkeeping is under test; what inductor computes is tested in test_training_compiling.py, what it gains in
+    the JSON)."""
     import json
 
     from click.testing import CliRunner

@@ -1,5 +1,6 @@
 """``python -m loaders audit`` as a newcomer meets it (the plan it promises, an estimate before a long audit,
-plain log lines, flags named as flags), ``-h`` in every command line, and mixture YAML paths."""
+plain log lines, flags named as flags, every key counted), ``-h`` in every command line, mixture YAML paths, and
+``python -m loaders preview``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ from loaders.recipe.resolve import resolve_recipe
 
 
 @pytest.fixture(scope="module")
+def mix(demo_shards):
+    return demo_shards
+
+
+@pytest.fixture(scope="module")
 def data(small_shards):
     """The session's small mixture (tests/conftest.py): jpg real 30, png gen 45, raw rawgen 20, png test 23."""
     return small_shards
@@ -26,7 +32,7 @@ def audit(*args):
     return CliRunner().invoke(main, ["audit", *map(str, args)])
 
 
-# -- item 9: --plan-only prints the plan -------------------------------------------------------------------
+# -- --plan-only prints the plan -------------------------------------------------------------------
 def test_plan_only_prints_per_source_samples_batch_shares_and_steps(data):
     res = audit("--shards", f"{data['real']}:10", "--shards", f"{data['gen']}:1", "--batch-size", 16, "--plan-only")
     assert res.exit_code == 0, res.output
@@ -52,7 +58,7 @@ def test_plan_only_prints_per_source_samples_batch_shares_and_steps(data):
             assert v["per_batch_max"] < v["per_batch"] + v["per_batch_bound"]
 
 
-# -- item 9: a run over whole epochs says what it will do, estimates, and logs plain lines ------------------
+# -- a run over whole epochs says what it will do, estimates, and logs plain lines ------------------
 def test_audit_announces_the_epoch_and_logs_no_bar_frames(data):
     res = audit("--shards", f"{data['real']}:2", "--shards", data["gen"], "--batch-size", 16)
     assert res.exit_code == 0, res.output
@@ -84,7 +90,7 @@ def test_the_estimate_says_how_long_the_rest_takes_once_measured():
     assert len(lines) == 1
 
 
-# -- item 7: the flag, not the Python spelling ---------------------------------------------------------------
+# -- the flag, not the Python spelling ---------------------------------------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 @pytest.mark.parametrize(
     "extra,want",
@@ -111,7 +117,7 @@ def test_loader_messages_are_translated_to_flags():
     )
 
 
-# -- item 10: -h everywhere; mixture YAML paths are relative to the file -----------------------------------------
+# -- -h everywhere; mixture YAML paths are relative to the file -----------------------------------------
 @pytest.mark.parametrize(
     "cli,args",
     [
@@ -255,8 +261,3 @@ def test_preview_draws_real_and_generated_rows(mix, tmp_path, read_samples):
     assert stored.shape == v1.shape == (2, 32, 32, 3) and not np.array_equal(stored, v1)
     bad = CliRunner().invoke(main, ["preview", "--shards", str(mix["real"]), "--out", str(tmp_path / "no" / "x.png")])
     assert bad.exit_code != 0 and "does not exist" in bad.output and "Traceback" not in bad.output
-
-
-@pytest.fixture(scope="module")
-def mix(demo_shards):
-    return demo_shards

@@ -25,6 +25,14 @@ from shards.packing.writer import ShardSetWriter
 from shards.read.check import BAD_STRUCTURE, OK, check_bytes
 from shards.read.reader import SourceReader
 
+
+def key_counts(loader, epoch=0, **kw):
+    c = collections.Counter()
+    for b in loader.epoch(epoch, **kw):
+        c.update(loader.keys_for(b))
+    return c
+
+
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
@@ -219,10 +227,3 @@ def test_truncated_shard_is_named(tmp_path, plain_view, shard_factory):
     loader = TrainLoader(parse_shards_args([str(src)]), AugConfig((plain_view,)), 6)
     with pytest.raises(ShardError, match="trunc-00001.tar"):
         key_counts(loader)
-
-
-def key_counts(loader, epoch=0, **kw):
-    c = collections.Counter()
-    for b in loader.epoch(epoch, **kw):
-        c.update(loader.keys_for(b))
-    return c

@@ -1,5 +1,6 @@
-"""The feed: one pipeline across epochs (batches()), resume at any position, the prefetch thread, the index
-cache, the batch gathering and the start-up of a GPU pipeline that cannot run."""
+"""loaders/batch/feed.py, the feed behind TrainLoader.batches(): one pipeline across epochs, the state of what was
+delivered, resume at any position, the prefetch thread, errors in order. The index cache: test_shards_read.py;
+the batch gathering: test_loaders_table.py."""
 
 import json
 

@@ -49,7 +49,7 @@ OPS = {
 @pytest.mark.parametrize("op", list(OPS))
 def test_each_op_on_the_gpu_matches_the_cpu(op, compile, plain_view, run_augment):
     """The DALI crop on the GPU and the colour stage on the GPU (eager, and compiled as training runs it)
-    against the CPU pipeline and the eager CPU stage (which tests/test_colour.py holds to torchvision/PIL)."""
+    against the CPU pipeline and the eager CPU stage (which tests/test_loaders_colour.py holds to torchvision/PIL)."""
     n = 64
     images = textured(n)
     view = ViewAug(**{**plain_view.__dict__, **OPS[op]})

@@ -12,6 +12,13 @@ from loaders.recipe.mixture import parse_shards_args
 from shards.format.manifest import ShardError
 from shards.packing.writer import ShardSetWriter
 
+
+@pytest.fixture(scope="module")
+def data(small_shards):
+    """The session's small mixture (tests/conftest.py): jpg real 30, png gen 45, raw rawgen 20, png test 23."""
+    return small_shards
+
+
 GiB = 2**30
 
 
@@ -126,9 +133,3 @@ def test_parse_missing_manifest(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ShardError, match="no manifest.json"):
         parse_shards_args([f"{tmp_path / 'empty'}:1"])
-
-
-@pytest.fixture(scope="module")
-def data(small_shards):
-    """The session's small mixture (tests/conftest.py): jpg real 30, png gen 45, raw rawgen 20, png test 23."""
-    return small_shards

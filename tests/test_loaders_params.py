@@ -1,4 +1,5 @@
-"""Host-drawn augmentation parameters: exact resume, the crop box semantics and the sampler's statistics."""
+"""loaders/batch/params.py, the host-drawn augmentation parameters: keyed by seed, epoch and step, one draw per view,
+the crop box semantics and the draws' statistics. Resume through the loader: test_loaders_loader.py."""
 
 import numpy as np
 import pytest
@@ -186,4 +187,5 @@ def test_crops_follow_torchvision_distribution():
     assert abs(ours_fallback.mean() - fallback.mean()) < 0.03
 
 
-# The colour stage against torchvision's functional ops and PIL, op by op and in random order: tests/test_colour.py
+# The colour stage against torchvision's functional ops and PIL, op by op and in random order:
+# tests/test_loaders_colour.py

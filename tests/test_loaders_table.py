@@ -10,6 +10,12 @@ from loaders.batch.table import SampleTable
 from shards.format.manifest import Manifest
 
 
+@pytest.fixture(scope="module")
+def data(small_shards):
+    """The session's small mixture (tests/conftest.py): jpg real 30, png gen 45, raw rawgen 20, png test 23."""
+    return small_shards
+
+
 # -- batch gathering ----------------------------------------------------------------------------------
 def test_one_take_and_the_per_sample_copy_gather_the_same_bytes(data):
     sources = [(n, data[k], Manifest.load(data[k])) for n, k in (("r", "real"), ("g", "gen"), ("w", "raw"))]
@@ -36,9 +42,3 @@ def test_raw_batches_arrive_as_one_hwc_array(data, sample_image):
     [images] = r.gather(np.array([3, 0, 19]), np.zeros(3, np.int64))
     assert images.shape == (3, 32, 32, 3) and images.flags.c_contiguous
     assert all(np.array_equal(images[j], sample_image(i, seed=2)) for j, i in enumerate([3, 0, 19]))
-
-
-@pytest.fixture(scope="module")
-def data(small_shards):
-    """The session's small mixture (tests/conftest.py): jpg real 30, png gen 45, raw rawgen 20, png test 23."""
-    return small_shards

@@ -1,3 +1,5 @@
+"""models/losses.py: NT-Xent, MoCo, BYOL and Barlow Twins losses against hand-computed values and their properties."""
+
 import math
 
 import torch

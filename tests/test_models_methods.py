@@ -1,3 +1,6 @@
+"""models/methods: the registry and the release's defaults, each method's loss falls, the online probe, MoCo's
+queue, BYOL's momentum, parameter groups. The backbone: test_models_backbone.py."""
+
 import dataclasses
 
 import pytest

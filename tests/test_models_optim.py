@@ -1,3 +1,6 @@
+"""models/optim.py: LARS (its exclusions, clipping, the multi-tensor and compiled updates against the per-tensor
+loop, inductor's cache reused), the learning-rate scaling and the warm-up cosine schedule."""
+
 import pytest
 import torch
 import torch.nn as nn

@@ -1,6 +1,5 @@
-"""Faithful by default: `shards pack --format auto` never re-encodes lossily, says what it did, and
-records it in the manifest; plus the smaller packing fixes (webdataset labels, --per-class, skip
-reasons, verify's advice)."""
+"""shards/packing/encode.py, faithful by default: `shards pack --format auto` never re-encodes lossily, says what
+it did, and records it in the manifest; webdataset labels, --per-class shortfalls and skip reasons."""
 
 from __future__ import annotations
 
@@ -44,7 +43,7 @@ def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-# -- G. auto: pass-through for files, lossless for arrays --------------------------------------------
+# -- auto: pass-through for files, lossless for arrays --------------------------------------------
 
 
 def test_png_inputs_stay_png_byte_for_byte_by_default(tmp_path, read_samples):
@@ -161,7 +160,7 @@ def test_manifest_without_encoding_still_loads_verifies_and_shows(tmp_path):
     assert code == 0 and header.split()[6] == "encoding" and row.split()[6] == "-"
 
 
-# -- F. webdataset labels, --per-class, skip reasons, verify's advice --------------------------------
+# -- webdataset labels, --per-class, skip reasons --------------------------------------------------
 
 
 def _wds_tar(path: Path, n: int, labels) -> None:

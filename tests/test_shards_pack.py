@@ -1,4 +1,5 @@
-"""shards/: packing every kind of source, bad input, verify, info, demo."""
+"""shards/packing (pack, sources, writer): packing every kind of source, serial and parallel, bad input in one line,
+refusing then atomically overwriting an existing set. The encoding choices: test_shards_encode.py."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def arrays(tmp_path):
     return tmp_path / "old.npy", tmp_path / "new.npy"
 
 
-# -- A. only what the previous manifest listed ------------------------------------------------------
+# -- only what the previous manifest listed ------------------------------------------------------
 
 
 def test_overwrite_refuses_unowned_tar_and_idx_and_keeps_them(arrays, tmp_path):
@@ -103,7 +103,7 @@ def test_a_manifest_naming_files_outside_its_folder_is_refused(arrays, tmp_path)
     assert "outside the shard folder" in line and victim.read_bytes() == b"keep me"
 
 
-# -- B. (the lock: tests/test_shards_lock.py) / C. temp folders, killed installs ---------------------
+# -- temp folders, killed installs (the lock: tests/test_shards_lock.py) ---------------------
 
 
 def test_next_pack_removes_temp_folders_of_dead_packs(arrays, tmp_path):
@@ -190,7 +190,7 @@ def test_interrupt_during_install_rolls_back(arrays, tmp_path, monkeypatch):
     assert listing(out) == before
 
 
-# -- D. OSErrors become one line and leave nothing behind --------------------------------------------
+# -- OSErrors become one line and leave nothing behind --------------------------------------------
 
 
 @pytest.mark.parametrize("code,expect", [(errno.EACCES, "permission denied"), (errno.EROFS, "read-only file system")])

@@ -19,6 +19,16 @@ from shards.read.index import cache_paths, read_index
 from shards.read.reader import SourceReader
 
 
+@pytest.fixture(scope="module")
+def data(small_shards):
+    """The session's small mixture (tests/conftest.py): jpg real 30, png gen 45, raw rawgen 20, png test 23."""
+    return small_shards
+
+
+def img(seed, size=(8, 10)):
+    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
 def test_index_equals_dalis_wds2idx(tmp_path):
     arr = np.stack([img(i, (5, 7)) for i in range(7)])
     np.savez(tmp_path / "a.npz", image=arr, label=np.arange(7) % 3)
@@ -201,13 +211,3 @@ def test_index_advice_only_when_the_index_is_stale(tmp_path, monkeypatch, fresh_
     with pytest.raises(ShardError) as e:
         SourceReader(src, m2, cache=False)
     assert "re-pack" in str(e.value) and "`wds2idx" not in str(e.value)
-
-
-@pytest.fixture(scope="module")
-def data(small_shards):
-    """The session's small mixture (tests/conftest.py): jpg real 30, png gen 45, raw rawgen 20, png test 23."""
-    return small_shards
-
-
-def img(seed, size=(8, 10)):
-    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)

@@ -15,6 +15,16 @@ from shards.packing.writer import ShardSetWriter
 from shards.read.index import read_index
 
 
+def run(*args):
+    """Run the CLI in-process; returns (exit code, output)."""
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    return r.exit_code, r.output
+
+
+def img(seed, size=(8, 10)):
+    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
 @pytest.fixture
 def small_set(tmp_path):
     np.savez(tmp_path / "a.npz", image=np.stack([img(i, (6, 6)) for i in range(12)]), label=np.arange(12) % 2)
@@ -99,13 +109,3 @@ def test_verify_suggests_wds2idx_only_when_the_index_is_the_stale_part(tmp_path)
     idx.write_text("\n".join(lines) + "\n")
     code, out, _ = run("verify", tmp_path / "s2")
     assert code == 1 and "index is stale; re-create it with `wds2idx`" in out and "sha256 differs" not in out
-
-
-def run(*args):
-    """Run the CLI in-process; returns (exit code, output)."""
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.output
-
-
-def img(seed, size=(8, 10)):
-    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)

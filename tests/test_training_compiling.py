@@ -5,7 +5,7 @@ Compiling on a CPU costs tens of seconds per graph; the tests that compile use t
 batches of 16, and are marked ``compile`` (``pytest -m "not compile"`` skips them). Inductor's on-disk cache
 (``models.training.compiling.cache_dir()``) makes a second run of the suite faster; the results do not depend on it.
 The compiled LARS against the per-tensor loop it replaced, and a second process loading it from the cache, are
-in ``tests/test_optim.py``.
+in ``tests/test_models_optim.py``.
 """
 
 from __future__ import annotations

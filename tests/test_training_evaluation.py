@@ -1,3 +1,5 @@
+"""models/training/evaluation.py: the kNN classifier, the linear probe and feature extraction."""
+
 from types import SimpleNamespace
 
 import pytest
