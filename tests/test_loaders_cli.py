@@ -173,24 +173,8 @@ def test_mixture_yaml_paths_are_relative_to_the_yaml_file(tmp_path, monkeypatch,
 
 # -- audit CLI ------------------------------------------------------------------------------------
 def test_audit_json_counts_every_key(data):
-    from click.testing import CliRunner
-
-    from loaders.__main__ import main
-
-    res = CliRunner().invoke(
-        main,
-        [
-            "audit",
-            "--shards",
-            f"{data['real']}:2",
-            "--shards",
-            f"{data['gen']}:1",
-            "--batch-size",
-            "16",
-            "--epochs",
-            "2",
-            "--json",
-        ],
+    res = audit(
+        "--shards", f"{data['real']}:2", "--shards", f"{data['gen']}:1", "--batch-size", 16, "--epochs", 2, "--json"
     )
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
@@ -201,16 +185,13 @@ def test_audit_json_counts_every_key(data):
     assert e["labels"]["-1"] == 45 and sum(e["labels"].values()) == 105
     frac = e["batch_fraction"]["real"]
     assert abs(frac["mean"] - 60 / 105) < 0.05 and frac["min"] >= (16 * 60 / 105 - 2) / 16 - 1e-9
-    bad = CliRunner().invoke(main, ["audit", "--shards", f"{data['real']}:x"])
+    bad = audit("--shards", f"{data['real']}:x")
     assert bad.exit_code != 0 and "not a number" in bad.output and "Traceback" not in bad.output
 
 
 # ---- preview -------------------------------------------------------------------------------------------------
 def test_preview_draws_real_and_generated_rows(mix, tmp_path, read_samples):
-    from click.testing import CliRunner
     from PIL import Image
-
-    from loaders.__main__ import main
 
     out = tmp_path / "grid.png"
     res = CliRunner().invoke(

@@ -21,6 +21,12 @@ def run(*args):
     return r.exit_code, r.output
 
 
+def verify_stdout(*args):
+    """``shards verify`` in-process; returns (exit code, what it wrote to stdout)."""
+    r = CliRunner().invoke(main, ["verify", *map(str, args)])
+    return r.exit_code, r.stdout
+
+
 def img(seed, size=(8, 10)):
     return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
 
@@ -99,7 +105,7 @@ def test_verify_suggests_wds2idx_only_when_the_index_is_the_stale_part(tmp_path)
     s = tmp_path / "s"
     # a tar replaced by another valid tar: the index disagrees, but rebuilding it would bless a wrong tar
     shutil.copy(s / "s-00000.tar", s / "s-00001.tar")
-    code, out, _ = run("verify", s)
+    code, out = verify_stdout(s)
     assert code == 1 and "sha256 differs" in out and "`wds2idx`" not in out and "re-pack the set" in out
     # the tar intact, the index edited: now the index is the stale part
     pack(tmp_path / "a.npz", PackConfig(out=tmp_path / "s2", name="s", format="png", shard_size=5, progress=False))
@@ -107,5 +113,5 @@ def test_verify_suggests_wds2idx_only_when_the_index_is_the_stale_part(tmp_path)
     lines = idx.read_text().splitlines()
     lines[1], lines[2] = lines[2], lines[1]
     idx.write_text("\n".join(lines) + "\n")
-    code, out, _ = run("verify", tmp_path / "s2")
+    code, out = verify_stdout(tmp_path / "s2")
     assert code == 1 and "index is stale; re-create it with `wds2idx`" in out and "sha256 differs" not in out
