@@ -101,7 +101,7 @@ def test_policy_weights_are_checked_too(sets, one_gib_free):
         m.with_weights([10, 1e7])
 
 
-# -- mixture ------------------------------------------------------------------------------------
+# -- --shards arguments: directories, weights, YAML; errors in one line ------------------------------------
 def test_parse_dir_weights_and_yaml(data, tmp_path):
     m = parse_shards_args([f"{data['real']}:10", str(data["gen"])])
     assert [s.name for s in m.sources] == ["real", "gen"] and m.weights == [10.0, 1.0]

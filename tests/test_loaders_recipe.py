@@ -209,6 +209,7 @@ def test_preset_overrides():
         preset("symmetric", gray_p=2)
 
 
+# ---- the recipe from small sets: --aug, aliases, explicit knobs, auto, the audit's report -----------------
 def _pack(out, name, kind, n, fid=None):
     rng = np.random.default_rng(0)
     with ShardSetWriter(

@@ -16,7 +16,6 @@ def data(small_shards):
     return small_shards
 
 
-# -- batch gathering ----------------------------------------------------------------------------------
 def test_one_take_and_the_per_sample_copy_gather_the_same_bytes(data):
     sources = [(n, data[k], Manifest.load(data[k])) for n, k in (("r", "real"), ("g", "gen"), ("w", "raw"))]
     fast, slow = SampleTable(sources, "error"), SampleTable(sources, "error", contiguous=False)

@@ -9,7 +9,6 @@ import torch.nn as nn
 from models import build_backbone
 
 
-# ---------------------------------------------------------------- backbone
 def test_resnet18_cifar_stem_and_feature_shape():
     net = build_backbone("resnet18")
     assert net.feat_dim == 512

@@ -309,9 +309,3 @@ def test_refuses_existing_then_overwrites_atomically(tmp_path, monkeypatch):
     # the new set's files never clash with the old set's: NAME-… and NAME-g1-… alternate
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["manifest.json", "o-g1-00000.idx", "o-g1-00000.tar"]
     assert Manifest.load(tmp_path / "o").count == 5 and verify_dir(tmp_path / "o") == []
-
-
-# -- verify / info ---------------------------------------------------------------------------------
-
-
-# -- demo ------------------------------------------------------------------------------------------
