@@ -442,11 +442,11 @@ def test_second_writer_of_a_run_directory_refuses(data, tmp_path):
 def test_a_waiting_gpu_gets_one_line_naming_the_levers():
     from models.training.trainer import data_wait_hint
 
-    s = Settings(num_threads=1)
-    hint = data_wait_hint(0.46, s, on_gpu=True)
+    settings = Settings(num_threads=1)
+    hint = data_wait_hint(0.46, settings, on_gpu=True)
     assert hint.startswith("the GPU waited for data 46% of the last interval")
     assert "--num-threads" in hint or os.cpu_count() == 1
     assert "--loader-device" not in hint  # auto already runs DALI on the GPU
-    assert "--loader-device gpu" in data_wait_hint(0.5, s.replace(loader_device="cpu"), on_gpu=True)
-    assert data_wait_hint(0.1, s, on_gpu=True) is None  # a fed GPU
-    assert data_wait_hint(0.9, s, on_gpu=False) is None  # on a CPU the figure is core sharing, not GPU idling
+    assert "--loader-device gpu" in data_wait_hint(0.5, settings.replace(loader_device="cpu"), on_gpu=True)
+    assert data_wait_hint(0.1, settings, on_gpu=True) is None  # a fed GPU
+    assert data_wait_hint(0.9, settings, on_gpu=False) is None  # on a CPU the figure is core sharing, not GPU idling

@@ -9,12 +9,12 @@ from shards.base.errors import ConfigError
 
 
 def test_settings_reject_unknown_keys_and_wrong_types():
-    s = Settings(shards=("a:1",), steps=3)
-    assert Settings.from_dict(s.to_dict()) == s
+    settings = Settings(shards=("a:1",), steps=3)
+    assert Settings.from_dict(settings.to_dict()) == settings
     with pytest.raises(ConfigError, match="unknown setting"):
-        Settings.from_dict({**s.to_dict(), "stepz": 3})
+        Settings.from_dict({**settings.to_dict(), "stepz": 3})
     with pytest.raises(ConfigError, match="steps='3'"):
-        Settings.from_dict({**s.to_dict(), "steps": "3"})
+        Settings.from_dict({**settings.to_dict(), "steps": "3"})
     with pytest.raises(ConfigError, match="method='swav'"):
         Settings(method="swav")
 
