@@ -209,7 +209,7 @@ def test_preset_overrides():
         preset("symmetric", gray_p=2)
 
 
-# ---- the recipe from small sets: --aug, aliases, explicit knobs, auto, the audit's report -----------------
+# ---- the recipe from small sets: --aug, aliases, explicit knobs, auto -------------------------------------
 def _pack(out, name, kind, n, fid=None):
     rng = np.random.default_rng(0)
     with ShardSetWriter(
@@ -270,35 +270,6 @@ def test_explicit_preset_and_aliases_beat_policy_preset(dirs):
         resolve_recipe(parse_shards_args([dirs["real"]]), family="byol")
 
 
-def test_audit_shows_policy_choice(dirs):
-    from loaders.__main__ import main
-
-    res = CliRunner().invoke(
-        main,
-        [
-            "audit",
-            "--shards",
-            dirs["real"],
-            "--shards",
-            dirs["gen"],
-            "--inflation",
-            "none",
-            "--batch-size",
-            "4",
-            "--json",
-            "--family",
-            "symmetric_weak",
-        ],
-    )
-    assert res.exit_code == 0, res.output
-    rep = json.loads(res.stdout)
-    assert rep["recipe"]["inflation"]["weights"] == {"real": 1.0, "gen": 0.0}
-    assert rep["recipe"]["aug_preset"] == "symmetric_weak"
-    assert rep["epochs"][0]["per_source"] == {"real": 20, "gen": 0}
-    res = CliRunner().invoke(main, ["audit", "--shards", dirs["gen"], "--inflation", "adainf", "--plan-only"])
-    assert res.exit_code != 0 and "needs a real source" in res.output and "Traceback" not in res.output
-
-
 # ---- through the command lines ---------------------------------------------------------------------------
 # the release's method -> augmentation family: scripts/pretrain/cifar/{simclr,mocov2plus,byol,barlow}.yaml
 METHOD_FAMILY = {"simclr": "symmetric", "mocov2plus": "symmetric_weak", "byol": "asymmetric", "barlow": "asymmetric"}
@@ -356,3 +327,32 @@ def test_the_command_lines_default_to_adainf_and_real_data_alone_to_no_inflation
     rep = json.loads(res.stdout)
     assert rep["recipe"]["inflation"]["weights"] == {"real": 10.0, "gen": 1.0}
     assert rep["recipe"]["aug_preset"] == "symmetric_adainf" and rep["recipe"]["inflation"]["mode"] == "adainf"
+
+
+def test_audit_shows_policy_choice(dirs):
+    from loaders.__main__ import main
+
+    res = CliRunner().invoke(
+        main,
+        [
+            "audit",
+            "--shards",
+            dirs["real"],
+            "--shards",
+            dirs["gen"],
+            "--inflation",
+            "none",
+            "--batch-size",
+            "4",
+            "--json",
+            "--family",
+            "symmetric_weak",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["recipe"]["inflation"]["weights"] == {"real": 1.0, "gen": 0.0}
+    assert rep["recipe"]["aug_preset"] == "symmetric_weak"
+    assert rep["epochs"][0]["per_source"] == {"real": 20, "gen": 0}
+    res = CliRunner().invoke(main, ["audit", "--shards", dirs["gen"], "--inflation", "adainf", "--plan-only"])
+    assert res.exit_code != 0 and "needs a real source" in res.output and "Traceback" not in res.output
