@@ -227,7 +227,7 @@ def test_multi_tensor_lars_trains_bitwise_like_the_per_tensor_loop():
     assert all(torch.equal(x, y) for x, y in bufs)
 
 
-def _toy_lars_params():
+def toy_lars_params():
     """A LARS group with a conv weight, a zero matrix (|w| = 0: the raw gradient) and a bias (excluded), and a
     plain group with weight decay (lars=False), as two identical parameter sets."""
 
@@ -240,7 +240,7 @@ def _toy_lars_params():
     return make(), make()
 
 
-def _toy_steps(new, old, new_ps, old_ps, steps=10):
+def toy_steps(new, old, new_ps, old_ps, steps=10):
     g = torch.Generator().manual_seed(1)
     for step in range(steps):
         for p, q in zip(new_ps, old_ps):
@@ -254,13 +254,13 @@ def _toy_steps(new, old, new_ps, old_ps, steps=10):
 
 
 def test_multi_tensor_lars_covers_every_branch_of_the_loop():
-    (new_ps, new_groups), (old_ps, old_groups) = _toy_lars_params()
+    (new_ps, new_groups), (old_ps, old_groups) = toy_lars_params()
     new = LARS(new_groups, lr=0.3, weight_decay=1e-4)
     old = ReferenceLARS(old_groups, lr=0.3, weight_decay=1e-4)
-    _toy_steps(new, old, new_ps, old_ps)
+    toy_steps(new, old, new_ps, old_ps)
     assert all(torch.equal(p, q) for p, q in zip(new_ps, old_ps))
     # the reference's state loads into the new optimizer (checkpoints of either resume with the other)
-    fresh = LARS(_toy_lars_params()[0][1], lr=0.3, weight_decay=1e-4)
+    fresh = LARS(toy_lars_params()[0][1], lr=0.3, weight_decay=1e-4)
     fresh.load_state_dict(old.state_dict())
     assert torch.equal(fresh.state_dict()["state"][0]["momentum_buffer"], old.state[old_ps[0]]["momentum_buffer"])
 
@@ -272,11 +272,11 @@ def test_compiled_lars_matches_the_per_tensor_loop_within_1e_6_and_compiles_once
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()  # compiled here, whatever compiled lars_update before in this process
-    (new_ps, new_groups), (old_ps, old_groups) = _toy_lars_params()
+    (new_ps, new_groups), (old_ps, old_groups) = toy_lars_params()
     new = LARS(new_groups, lr=0.3, weight_decay=1e-4).compile()
     old = ReferenceLARS(old_groups, lr=0.3, weight_decay=1e-4)
     graphs = counters["stats"]["unique_graphs"]
-    _toy_steps(new, old, new_ps, old_ps)
+    toy_steps(new, old, new_ps, old_ps)
     assert counters["stats"]["unique_graphs"] - graphs == 1
     with torch.no_grad():
         for p, q in zip(new_ps, old_ps):
@@ -288,10 +288,10 @@ CACHE_PROBE = """
 import json
 from models.training.compiling import cache_dir, cache_stats
 from models.optim import LARS
-from test_models_optim import ReferenceLARS, _toy_lars_params, _toy_steps
-(new_ps, new_groups), (old_ps, old_groups) = _toy_lars_params()
+from test_models_optim import ReferenceLARS, toy_lars_params, toy_steps
+(new_ps, new_groups), (old_ps, old_groups) = toy_lars_params()
 new = LARS(new_groups, lr=0.3, weight_decay=1e-4).compile()
-_toy_steps(new, ReferenceLARS(old_groups, lr=0.3, weight_decay=1e-4), new_ps, old_ps, steps=2)
+toy_steps(new, ReferenceLARS(old_groups, lr=0.3, weight_decay=1e-4), new_ps, old_ps, steps=2)
 print(json.dumps({"dir": cache_dir(), **cache_stats()}))
 """
 
@@ -309,9 +309,9 @@ def test_a_second_process_loads_the_compiled_update_from_inductors_cache():
     from models.training.compiling import cache_dir
 
     torch._dynamo.reset()  # through inductor and its cache here, not code compiled before in this process
-    (new_ps, new_groups), (old_ps, old_groups) = _toy_lars_params()
+    (new_ps, new_groups), (old_ps, old_groups) = toy_lars_params()
     new = LARS(new_groups, lr=0.3, weight_decay=1e-4).compile()
-    _toy_steps(new, ReferenceLARS(old_groups, lr=0.3, weight_decay=1e-4), new_ps, old_ps, steps=2)
+    toy_steps(new, ReferenceLARS(old_groups, lr=0.3, weight_decay=1e-4), new_ps, old_ps, steps=2)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}", "TORCHINDUCTOR_CACHE_DIR": cache_dir()}
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # CPU kernels are compiled for a thread count: same key
