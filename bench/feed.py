@@ -18,7 +18,8 @@ import click
 from bench import harness as h
 from bench.formats import convert
 from bench.scale import make_standin
-from shards.format.manifest import FORMATS, Manifest
+from shards.format.manifest import Manifest
+from shards.format.schema import FORMATS
 
 
 def feed_row(loader, timing: h.Timing) -> dict:

@@ -15,7 +15,8 @@ import click
 
 from bench import harness as h
 from shards.base.host import resolve_device
-from shards.format.manifest import FORMATS, Manifest
+from shards.format.manifest import Manifest
+from shards.format.schema import FORMATS
 
 
 def convert(source: Path, out: Path, formats=FORMATS, limit: int | None = None, quality: int = 95) -> dict:

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards.format.manifest import Manifest, ShardError
+from shards.base.errors import ShardError
+from shards.format.manifest import Manifest
 from shards.packing.writer import ShardSetWriter
 from shards.read.check import BAD_STRUCTURE, OK, check_bytes
 from shards.read.reader import SourceReader
@@ -97,7 +98,7 @@ import json, sys
 from loaders.recipe.augment import preset
 from loaders.recipe.mixture import parse_shards_args
 from loaders.batch.loader import TrainLoader
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 src, mode = sys.argv[1], sys.argv[2]
 loader = TrainLoader(parse_shards_args([src + ":3"]), preset("simclr"), 16, on_corrupt=mode, num_threads=2,
                      drop_last=False)

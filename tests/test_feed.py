@@ -15,7 +15,8 @@ from loaders.batch.loader import TrainLoader
 from loaders.batch.table import SampleTable
 from loaders.recipe.augment import AugConfig, preset
 from loaders.recipe.mixture import parse_shards_args
-from shards.format.manifest import Manifest, ShardError
+from shards.base.errors import ShardError
+from shards.format.manifest import Manifest
 from shards.read.index import cache_paths, read_index
 from shards.read.reader import SourceReader
 

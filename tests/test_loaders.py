@@ -9,7 +9,8 @@ import torch
 from loaders.batch.loader import EvalLoader, TrainLoader
 from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig, ViewAug, preset
 from loaders.recipe.mixture import parse_shards_args
-from shards.format.manifest import Manifest, ShardError
+from shards.base.errors import ShardError
+from shards.format.manifest import Manifest
 
 
 @pytest.fixture(scope="module")

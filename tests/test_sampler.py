@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from loaders.batch.sampler import mixing_bound, plan_epoch
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 
 
 def multiplicities(plan, num_sources, counts):

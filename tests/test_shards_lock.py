@@ -16,9 +16,10 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
+from shards.base.errors import ShardError
 from shards.base.lock import LOCK_NAME, LockHeld, OutputLock
 from shards.cli import main
-from shards.format.manifest import Manifest, ShardError
+from shards.format.manifest import Manifest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -298,7 +298,7 @@ def sets_of(o: dict) -> tuple[list[Setting], str]:
 @click.option("--out-dir", type=click.Path(file_okay=False), help="where the JSON, PNG and table go")
 def main(modes, seeds, method, lr, image_size, num_threads, device, no_baseline, quick, work_dir, out_dir, **o):
     """The AdaInf study: none / vanilla / adainf / auto inflation, same budget, several seeds: mean ± std."""
-    from shards.format.manifest import atomic_write_text
+    from shards.base.atomic import atomic_write_text
 
     sizes = ("backbone", "steps", "batch_size", "warmup_steps", "eval_every", "knn_train_limit", "eval_limit")
     given = {k: o.pop(k) for k in (*sizes, "probe_epochs")}

@@ -24,7 +24,7 @@ import numpy as np
 
 from loaders.batch.sampler import EpochPlan
 from loaders.batch.table import SampleTable
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 
 
 @dataclass

@@ -19,7 +19,7 @@ already S×S, uint8 out (normalised by the loader).
 
 from __future__ import annotations
 
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 
 
 def _decode(outs, mode: str, device: str):

@@ -48,7 +48,8 @@ from loaders.batch.sampler import EpochPlan, plan_epoch
 from loaders.batch.table import LoaderStats, SampleTable
 from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig
 from loaders.recipe.mixture import Mixture
-from shards.format.manifest import Manifest, ShardError
+from shards.base.errors import ShardError
+from shards.format.manifest import Manifest
 
 log = logging.getLogger("loaders")
 LOADER_DEVICES = ("auto", "cpu", "gpu")

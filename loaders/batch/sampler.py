@@ -61,7 +61,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from shards.format.manifest import Manifest
+from shards.read.check import OK, UNDECODABLE
 from shards.read.confirm import Confirmation
-from shards.read.reader import BLOCK, OK, UNDECODABLE, Region, SourceReader
+from shards.read.members import BLOCK
+from shards.read.reader import Region, SourceReader
 
 #: bytes reserved in front of each row of a mixed batch for a raw sample's PPM header
 _HEADER_ROOM = 32

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loaders.batch.sampler import check_epoch_size
-from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError
+from shards.base.errors import ShardError
+from shards.format.manifest import MANIFEST_NAME, Manifest
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def not_a_shard_set(p: Path, option: str = "--shards") -> str | None:
 
 def _describe_folder(p: Path, peek: int = 200) -> str | None:
     """What a folder without a manifest holds, from a look at its first entries (never a full walk)."""
-    from shards.packing.sources import IMAGE_EXTS
+    from shards.packing.sources import IMAGE_FILE_EXTS
 
     try:
         entries = sorted(os.scandir(p), key=lambda e: e.name)
@@ -176,7 +177,7 @@ def _describe_folder(p: Path, peek: int = 200) -> str | None:
         return None
     files = [e.name for e in entries if e.is_file()]
     dirs = [e for e in entries if e.is_dir()]
-    images = [f for f in files if f.lower().endswith(IMAGE_EXTS)]
+    images = [f for f in files if f.lower().endswith(IMAGE_FILE_EXTS)]
     tars = [f for f in files if f.lower().endswith((".tar", ".tar.gz", ".tgz"))]
     if images:
         return f"a folder of images ({images[0]}, …)"
@@ -185,7 +186,7 @@ def _describe_folder(p: Path, peek: int = 200) -> str | None:
     with_images = []
     for d in dirs[:peek]:
         try:
-            if any(e.name.lower().endswith(IMAGE_EXTS) for _, e in zip(range(peek), os.scandir(d.path))):
+            if any(e.name.lower().endswith(IMAGE_FILE_EXTS) for _, e in zip(range(peek), os.scandir(d.path))):
                 with_images.append(d.name)
         except OSError:
             continue

@@ -39,7 +39,7 @@ import socket
 import sys
 from pathlib import Path
 
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 
 LOCK_NAME = ".lock"
 

@@ -38,10 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
+from shards.base.atomic import atomic_write_text
+from shards.base.errors import ShardError
 from shards.base.interrupt import fork_context, ignore_in_worker, start_pool, stop_pool
 from shards.base.lock import OutputLock
 from shards.base.progress import progress
-from shards.format.manifest import MANIFEST_NAME, PACK_FORMATS, Manifest, ShardError, atomic_write_text, check_name
+from shards.format.manifest import MANIFEST_NAME, Manifest, check_name
+from shards.format.schema import PACK_FORMATS
 from shards.packing.encode import EncodeConfig, encode_batch
 from shards.packing.sources import ArraySource, Source, open_source
 from shards.packing.writer import ShardSetWriter

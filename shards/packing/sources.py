@@ -31,9 +31,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_FILE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 ARRAY_EXTS = (".npz", ".npy")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 SPLIT_DIRS = frozenset({"train", "test", "val", "valid", "validation"})
@@ -265,14 +265,14 @@ def webdataset_tree(paths: Sequence[str], cls: dict[str, bytes], where: str, req
     are part of it, not skipped inputs."""
     keyed = [(p, *_wds_key(p)) for p in paths]
     labels_at = {k: cls[p] for p, k, ext in keyed if ext.lower() == "cls" and p in cls}
-    image_keys = {k for p, k, _ in keyed if p.lower().endswith(IMAGE_EXTS)}
+    image_keys = {k for p, k, _ in keyed if p.lower().endswith(IMAGE_FILE_EXTS)}
     if not image_keys & set(labels_at):
         if required:
             raise ShardError(f"{where}: no image has a KEY.cls label beside it; use --layout imagefolder or flat")
         return None
     files, labels, skipped = [], [], []
     for p, k, _ in keyed:
-        if not p.lower().endswith(IMAGE_EXTS):
+        if not p.lower().endswith(IMAGE_FILE_EXTS):
             if k not in image_keys:
                 skipped.append(
                     {"path": p, "reason": f"not an image file ({PurePosixPath(p).suffix or 'no extension'})"}
@@ -314,12 +314,12 @@ def classify_tree(
             return tree
     images, skipped = [], []
     for p in paths:
-        (images if p.lower().endswith(IMAGE_EXTS) else skipped).append(p)
+        (images if p.lower().endswith(IMAGE_FILE_EXTS) else skipped).append(p)
     skipped = [
         {"path": p, "reason": f"not an image file ({PurePosixPath(p).suffix or 'no extension'})"} for p in skipped
     ]
     if not images:
-        raise ShardError(f"{where}: no image files ({', '.join(IMAGE_EXTS)}) found; {_FIX}")
+        raise ShardError(f"{where}: no image files ({', '.join(IMAGE_FILE_EXTS)}) found; {_FIX}")
     # look through single wrapper folders (e.g. "cifar10/" or "edm-cifar10/fid-tmp/")
     strip = 0
     parts = [PurePosixPath(p).parts for p in images]
@@ -577,7 +577,7 @@ def _list_tar(archive: Path, subdir: str, where: str, stop_after: int | None = N
                 if base.endswith(ARRAY_EXTS) or _is_cifar_name(base) or (base.endswith(".cls") and m.size <= 64):
                     f = tf.extractfile(m)
                     blobs[rel] = f.read() if f is not None else b""
-                elif base.lower().endswith(IMAGE_EXTS):
+                elif base.lower().endswith(IMAGE_FILE_EXTS):
                     n_images += 1
                     if stop_after is not None and n_images >= stop_after:
                         break
@@ -680,7 +680,7 @@ def open_source(
     cifar = [b for b, p in zip(bases, paths) if "/" not in p and _is_cifar_name(b)]
     if any(b not in _CIFAR_META for b in cifar):
         return _open_cifar_dir(root, split, cifar)
-    images = [p for p in paths if p.lower().endswith(IMAGE_EXTS)]
+    images = [p for p in paths if p.lower().endswith(IMAGE_FILE_EXTS)]
     arrays = [p for p in paths if p.lower().endswith(ARRAY_EXTS)]
     if arrays and not images:
         if len(arrays) > 1:
@@ -742,7 +742,7 @@ def _open_tar(archive: Path, subdir: str, split: str, layout: str, stop_after: i
         src = cifar_from_blobs({b: blobs[r] for b, r in bases.items() if _is_cifar_name(b)}, split, where)
         src.detected += " (inside the archive)"
         return src
-    has_images = any(r.lower().endswith(IMAGE_EXTS) for r in rel)
+    has_images = any(r.lower().endswith(IMAGE_FILE_EXTS) for r in rel)
     arrays = [r for r in blobs if r.endswith(ARRAY_EXTS)]
     if arrays and not has_images:
         if len(arrays) > 1:

@@ -55,7 +55,6 @@ WHY = {  # each completes "sample KEY …"
     BAD_META: "is damaged (its .json is unreadable or disagrees with its .cls label or the manifest)",
     BAD_HEADER: "is damaged (its tar header does not match the index)",
 }
-IMAGE_EXTS = ("jpg", "png", "npy", "raw")  # members an image may be stored as (raw: legacy, before .npy)
 NPY_HEADER = 512  # the .npy header pack writes: one tar block, so the pixels stay block-aligned
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _LABEL = re.compile(rb"-?[0-9]{1,18}")

@@ -49,16 +49,15 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError
-from shards.read.check import (  # noqa: F401  (re-exported: the loaders' names for the shared check)
+from shards.base.errors import ShardError
+from shards.format.manifest import MANIFEST_NAME, Manifest
+from shards.read.check import (
     BAD_HEADER,
     BAD_LABEL,
     BAD_SIZE,
-    BAD_STRUCTURE,
     LABEL_RANGE,
     OK,
     TRUNCATED,
-    UNDECODABLE,
     WHY,
     check_bytes,
     check_members,
