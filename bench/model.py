@@ -43,10 +43,11 @@ def build_trainer(method, batch_size: int, device, compile: str = "off", dtype=N
     """``Trainer`` around ``method`` as train.py builds it: runtime, precision (``dtype`` None: bf16 autocast on a
     GPU, fp32 on the CPU), channels_last, optimizer, the release's 100k-step schedule and ``--compile``."""
     from models.training import Settings, Trainer, setup_runtime
+    from models.training.settings import DEFAULT_STEPS
 
     device = torch.device(device)
     s = Settings(method=method.name, backbone=method.cfg.backbone, batch_size=batch_size, device=device.type)
-    s = s.replace(precision=_PRECISION[dtype], compile=compile, steps=100_000, progress=False)
+    s = s.replace(precision=_PRECISION[dtype], compile=compile, steps=DEFAULT_STEPS, progress=False)
     trainer = Trainer(s, setup_runtime(s.device, s.precision), _ResidentData(), method)
     trainer.method.train()
     return trainer

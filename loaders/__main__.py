@@ -12,13 +12,15 @@ import time
 import click
 
 from loaders.audit import format_plan, format_report, plan_report, run_audit
+from loaders.recipe.augment import FAMILY_NAMES
 from loaders.recipe.mixture import parse_shards_args
-from loaders.recipe.policy import DEFAULT_MODE
-from loaders.recipe.resolve import AUG_CHOICES, FAMILY_CHOICES, INFLATION_CHOICES, resolve_recipe
+from loaders.recipe.policy import DEFAULT_MODE, INFLATION_MODES
+from loaders.recipe.resolve import AUG_CHOICES, resolve_recipe
 from shards.base.errors import UserError
-from shards.base.host import LOADER_THREADS, resolve_device
+from shards.base.host import LOADER_DEVICES, LOADER_THREADS, resolve_device, resolve_loader_device
 from shards.base.interrupt import interrupts, signal_of
 from shards.base.progress import duration, progress
+from shards.read.reader import ON_CORRUPT
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,7 +34,7 @@ def recipe_options(f):
         click.option("--shards", "shards", multiple=True, required=True, help="DIR[:WEIGHT] (repeatable) or mix.yaml"),
         click.option(
             "--family",
-            type=click.Choice(FAMILY_CHOICES),
+            type=click.Choice(FAMILY_NAMES),
             default="symmetric",
             show_default=True,
             help="augmentation family of the method: symmetric (SimCLR), symmetric_weak (MoCo v2+), "
@@ -40,7 +42,7 @@ def recipe_options(f):
         ),
         click.option(
             "--inflation",
-            type=click.Choice(INFLATION_CHOICES),
+            type=click.Choice(INFLATION_MODES),
             default=DEFAULT_MODE,
             show_default=True,
             help="AdaInf policy: adainf (the release's recipe), none, vanilla, or auto (this project's "
@@ -84,7 +86,7 @@ def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
 @click.option("--device", default="cpu", show_default=True, help="Where the batches go: cpu or cuda[:N].")
 @click.option(
     "--loader-device",
-    type=click.Choice(["auto", "cpu", "gpu"]),
+    type=click.Choice(LOADER_DEVICES),
     default="auto",
     show_default=True,
     help="Where the DALI pipeline runs (auto: gpu when --device is cuda).",
@@ -96,7 +98,7 @@ def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
     show_default=True,
     help="drop the last partial batch (as training does) or count it",
 )
-@click.option("--on-corrupt", type=click.Choice(["error", "skip"]), default="error", show_default=True)
+@click.option("--on-corrupt", type=click.Choice(ON_CORRUPT), default="error", show_default=True)
 @click.option(
     "--plan-only",
     is_flag=True,
@@ -200,14 +202,9 @@ class Estimate:
 
 
 def check_devices(device: str, loader_device: str) -> None:
-    """A device this machine lacks, refused in one line naming the flag (before any work)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        if str(device).startswith("cuda"):
-            raise UserError(f"--device {device}: no GPU is visible here; use --device cpu")
-        if loader_device == "gpu":
-            raise UserError("--loader-device gpu: no GPU is visible here; use --loader-device cpu (or auto)")
+    """A device this machine lacks, refused in one line naming the flag (before any work; ``shards.base.host``
+    decides)."""
+    resolve_loader_device(loader_device, resolve_device(device))
 
 
 def flag_spelling(message: str) -> str:

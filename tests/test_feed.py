@@ -15,7 +15,7 @@ from loaders.batch.loader import TrainLoader
 from loaders.batch.table import SampleTable
 from loaders.recipe.augment import AugConfig, preset
 from loaders.recipe.mixture import parse_shards_args
-from shards.base.errors import ShardError
+from shards.base.errors import ConfigError, ShardError
 from shards.format.manifest import Manifest
 from shards.read.index import cache_paths, read_index
 from shards.read.reader import SourceReader
@@ -324,10 +324,10 @@ def test_index_advice_only_when_the_index_is_stale(tmp_path, monkeypatch, fresh_
 def test_loader_device_choices(data, plain_view):
     m = parse_shards_args([str(data["gen"])])
     assert TrainLoader(m, AugConfig((plain_view,)), 8).loader_device == "cpu"  # auto on a CPU model
-    with pytest.raises(ValueError, match="loader_device"):
+    with pytest.raises(ValueError, match="--loader-device tpu"):
         TrainLoader(m, AugConfig((plain_view,)), 8, loader_device="tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ShardError, match="--loader-device cpu"):
+        with pytest.raises(ConfigError, match="--loader-device cpu"):
             TrainLoader(m, AugConfig((plain_view,)), 8, loader_device="gpu")
 
 

@@ -49,10 +49,10 @@ from loaders.batch.table import LoaderStats, SampleTable
 from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig
 from loaders.recipe.mixture import Mixture
 from shards.base.errors import ShardError
+from shards.base.host import cuda_index, resolve_device, resolve_loader_device
 from shards.format.manifest import Manifest
 
 log = logging.getLogger("loaders")
-LOADER_DEVICES = ("auto", "cpu", "gpu")
 #: samples per piece of the colour stage on a CPU (a piece stays in cache between its phases)
 CPU_CHUNK = 64
 
@@ -113,8 +113,8 @@ class TrainLoader:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
         self.mixture, self.aug, self.batch_size = mixture, aug, int(batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
-        self.device = _device(device)
-        self.loader_device = _resolve_loader_device(loader_device, self.device)
+        self.device = torch.device(resolve_device(device))
+        self.loader_device = resolve_loader_device(loader_device, str(self.device))
         self.num_threads, self.drop_last = num_threads, drop_last
         self.prefetch_batches, self.colour_threads = int(prefetch_batches), int(colour_threads)
         self.table = SampleTable([(s.name, s.path, s.manifest) for s in mixture.sources], on_corrupt)
@@ -262,7 +262,7 @@ class TrainLoader:
             relative=self._relative,
             batch_size=self.batch_size,
             device=self.loader_device,
-            device_id=_device_id(self.device),
+            device_id=cuda_index(self.device),
             num_threads=self.num_threads,
         )
         self.dali_operators = operator_count(pipe)
@@ -341,8 +341,8 @@ class EvalLoader:
             on_corrupt,
         )
         self.batch_size, self.size = int(batch_size), int(size)
-        self.device = _device(device)
-        self.loader_device = _resolve_loader_device(loader_device, self.device)
+        self.device = torch.device(resolve_device(device))
+        self.loader_device = resolve_loader_device(loader_device, str(self.device))
         self.num_threads, self.mean, self.std = num_threads, tuple(mean), tuple(std)
         counts = [m.count for m in manifests]
         self._plan = EpochPlan(
@@ -380,7 +380,7 @@ class EvalLoader:
             resize=self._resize,
             batch_size=self.batch_size,
             device=self.loader_device,
-            device_id=_device_id(self.device),
+            device_id=cuda_index(self.device),
             num_threads=self.num_threads,
         )
         delivery = Delivery(self.device, self.loader_device, self._finish)
@@ -427,24 +427,3 @@ def run(pipe, table: SampleTable, feed: Feed) -> Iterator[tuple[list, Fed]]:
         if fed.error:
             raise ShardError(fed.error)
         yield outs, fed
-
-
-def _device(device) -> torch.device:
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ShardError("device cuda requested but no GPU is visible; use --device cpu")
-    return d
-
-
-def _device_id(device: torch.device) -> int:
-    return (device.index or 0) if device.type == "cuda" else 0
-
-
-def _resolve_loader_device(loader_device: str, device: torch.device) -> str:
-    if loader_device not in LOADER_DEVICES:
-        raise ValueError(f"loader_device={loader_device!r}: use one of {', '.join(LOADER_DEVICES)}")
-    if loader_device == "auto":
-        return "gpu" if device.type == "cuda" else "cpu"
-    if loader_device == "gpu" and not torch.cuda.is_available():
-        raise ShardError("--loader-device gpu requested but no GPU is visible; use --loader-device cpu")
-    return loader_device

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from loaders.recipe.mixture import Mixture, load_manifest, parse_shards_args
-from loaders.recipe.resolve import AUG_KNOBS, Recipe, resolve_recipe
+from loaders.recipe.policy import AUG_KNOBS
+from loaders.recipe.resolve import Recipe, resolve_recipe
 from shards.base.errors import ConfigError
 from shards.format.manifest import Manifest
 

@@ -19,18 +19,17 @@ from pathlib import Path
 
 import torch
 
-from models.optim import build_optimizer, build_scheduler
+from models.optim import build_optimizer, build_scheduler, scaled_lr
 from models.syncbn import convert_sync_batchnorm
 from models.training.checkpoint import CKPT_LAST, save_checkpoint
 from models.training.compiling import StepClock, compile_method, compile_optimizer, describe, resolve_compile
 from models.training.metrics import Metrics, Progress
 from models.training.runtime import rng_state, set_rng_state
+from models.training.settings import DEFAULT_STEPS
 from shards.base import host
 from shards.base.errors import UserError
 from shards.base.interrupt import Interrupt, in_forked_child, interrupts, signal_of
 from shards.base.progress import duration
-
-DEFAULT_STEPS = 100_000  # the release's budget for every CIFAR setting (scripts/pretrain/cifar/*.yaml)
 
 
 class NonFiniteLoss(UserError):
@@ -92,7 +91,7 @@ def resolved_run(s, rt, steps_per_epoch: int, method_cfg) -> dict:
         "steps_per_epoch": steps_per_epoch,
         "warmup_steps": warmup,
         "per_rank_batch_size": s.batch_size // rt.world_size,
-        "lr": method_cfg.lr * s.batch_size / 256,
+        "lr": scaled_lr(method_cfg.lr, s.batch_size),
         "lr_per_256": method_cfg.lr,
         "optimizer": method_cfg.optimizer,
         "compile": resolve_compile(s.compile, cuda=rt.is_cuda, distributed=rt.distributed),

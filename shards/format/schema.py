@@ -22,7 +22,7 @@ FORMATS = ("jpg", "png", "raw")  # what a shard set holds
 PACK_FORMATS = ("auto",) + FORMATS  # what `shards pack --format` accepts (auto: see shards.packing.pack.resolve_format)
 #: what a sample's image member may be named: jpg and png as encoded; raw pixels behind a .npy header (``npy``,
 #: manifest version 2 on) or alone (``raw``, before version 2)
-IMAGE_MEMBER_EXTS = ("jpg", "png", "npy", "raw")
+IMAGE_MEMBER_EXTS = ("jpg", "png", "raw", "npy")
 PIXEL_MEMBER_EXTS = ("npy", "raw")  # the members holding pixels (no decoder needed; their size is the manifest's)
 _PACKED_EXT = {"jpg": "jpg", "png": "png", "raw": "npy"}  # the image member's extension pack writes today
 

@@ -51,6 +51,7 @@ import numpy as np
 
 from shards.base.errors import ShardError
 from shards.format.manifest import MANIFEST_NAME, Manifest
+from shards.format.schema import IMAGE_MEMBER_EXTS
 from shards.read.check import (
     BAD_HEADER,
     BAD_LABEL,
@@ -71,8 +72,17 @@ from shards.read.members import BLOCK, covers, header_ok, tar_members
 
 log = logging.getLogger("loaders")
 CACHE_VERSION = 2
-_EXT_CODES = {"jpg": 1, "png": 2, "raw": 3, "npy": 4}
+_EXT_CODES = {ext: code for code, ext in enumerate(IMAGE_MEMBER_EXTS, 1)}  # in each cache's head
+#: what a reader does with a damaged sample (``--on-corrupt``): raise one line naming it, or leave it out and count it
+ON_CORRUPT = ("error", "skip")
 _TABLE = ("keys", "offsets", "sizes", "labels", "verdict", "hw")
+
+
+def check_on_corrupt(on_corrupt: str) -> str:
+    """``on_corrupt`` when it is one of :data:`ON_CORRUPT`, else a ValueError naming the choices."""
+    if on_corrupt not in ON_CORRUPT:
+        raise ValueError(f"on_corrupt={on_corrupt!r}: use {' or '.join(map(repr, ON_CORRUPT))}")
+    return on_corrupt
 
 
 class SourceReader:
@@ -104,8 +114,7 @@ class SourceReader:
         on_corrupt: str = "error",
         confirmation: Confirmation | None = None,
     ):
-        if on_corrupt not in ("error", "skip"):
-            raise ValueError(f"on_corrupt={on_corrupt!r}: use 'error' or 'skip'")
+        check_on_corrupt(on_corrupt)
         self.directory = Path(directory)
         self.manifest = manifest
         self.format, self.ext = manifest.format, manifest.ext
