@@ -33,7 +33,7 @@ def feed_row(loader, timing: h.Timing) -> dict:
     def one() -> int:
         t = time.perf_counter()
         feed()
-        feed.fed.popleft()
+        feed.in_flight.popleft()
         secs.append(time.perf_counter() - t)
         return loader.batch_size
 

@@ -133,13 +133,14 @@ def compile_modes(value: str, cuda: bool) -> list[str]:
 @h.timing_options(noun="steps", floor=4)
 @click.option("--image-size", default=32, show_default=True, type=click.IntRange(8))
 @h.device_option
-@click.option("--threads", type=click.IntRange(1), help="torch intra-op threads on the CPU [torch's default]")
-def main(methods, backbone, batch_size, compile_, timing, image_size, device, threads, out_dir):
+@click.option("--torch-threads", type=click.IntRange(1), help="torch intra-op threads on the CPU [torch's default]")
+@click.option("--threads", "old_threads", type=click.IntRange(1), hidden=True, deprecated="use --torch-threads")
+def main(methods, backbone, batch_size, compile_, timing, image_size, device, torch_threads, old_threads, out_dir):
     """Training throughput with no data loading (the model ceiling), eager and compiled."""
     from models.training.compiling import cache_dir
 
-    if threads:
-        torch.set_num_threads(threads)
+    if old_threads or torch_threads:
+        torch.set_num_threads(old_threads or torch_threads)
     device = torch.device(resolve_device(device))
     batch_size = min(batch_size, 16) if timing.small else batch_size
     modes, names = compile_modes(compile_, device.type == "cuda"), h.comma_list(methods, flag="--methods")

@@ -28,6 +28,15 @@ def main():
     """Plan, audit and preview training mixtures."""
 
 
+def num_threads_option(f):
+    """``--num-threads`` as train.py spells it, with its default (``shards.base.host.LOADER_THREADS``); the old
+    ``--threads`` still works, hidden and announced as deprecated."""
+    f = click.option("--threads", "old_threads", type=click.IntRange(1), hidden=True, deprecated="use --num-threads")(f)
+    return click.option(
+        "--num-threads", default=LOADER_THREADS, show_default=True, type=click.IntRange(1), help="DALI CPU threads"
+    )(f)
+
+
 def recipe_options(f):
     """The options that choose a recipe, shared by audit and preview (as train.py names them)."""
     options = [
@@ -91,7 +100,7 @@ def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
     show_default=True,
     help="Where the DALI pipeline runs (auto: gpu when --device is cuda).",
 )
-@click.option("--threads", default=LOADER_THREADS, show_default=True, type=click.IntRange(1))
+@num_threads_option
 @click.option(
     "--drop-last/--keep-last",
     default=False,
@@ -119,7 +128,8 @@ def audit(
     seed,
     device,
     loader_device,
-    threads,
+    num_threads,
+    old_threads,
     drop_last,
     on_corrupt,
     plan_only,
@@ -151,7 +161,7 @@ def audit(
                         seed=seed,
                         device=resolve_device(device),
                         loader_device=loader_device,
-                        num_threads=threads,
+                        num_threads=old_threads or num_threads,
                         drop_last=drop_last,
                         on_corrupt=on_corrupt,
                         progress=Estimate(bar, total, quiet=as_json).update,
@@ -209,7 +219,7 @@ def check_devices(device: str, loader_device: str) -> None:
 
 def flag_spelling(message: str) -> str:
     """The loaders' messages name Python arguments (``device='cpu'``); on the command line, the flags."""
-    for arg, flag in (("loader_device", "--loader-device"), ("device", "--device"), ("num_threads", "--threads")):
+    for arg, flag in (("loader_device", "--loader-device"), ("device", "--device"), ("num_threads", "--num-threads")):
         message = re.sub(rf"(?<![\w-]){arg}=['\"]?([\w:]+)['\"]?", rf"{flag} \1", message)
     return message
 
@@ -220,15 +230,29 @@ def flag_spelling(message: str) -> str:
 @click.option("--n", "n", default=8, show_default=True, type=click.IntRange(1, 64), help="samples per kind")
 @click.option("--seed", default=0, show_default=True, type=int, help="which samples and which augmentations")
 @click.option("--scale", default=3, show_default=True, type=click.IntRange(1, 8), help="pixels per image pixel")
-@click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
-def preview(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, out, n, seed, scale, threads):
+@num_threads_option
+def preview(
+    shards,
+    family,
+    inflation,
+    aug,
+    crop_min_scale,
+    jitter_strength,
+    jitter_p,
+    out,
+    n,
+    seed,
+    scale,
+    num_threads,
+    old_threads,
+):
     """Draw real and generated samples as stored and as their augmented views under the recipe (CPU)."""
     from loaders.preview import preview as draw
 
     try:
         with interrupts():
             recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
-            info = draw(recipe, out, n=n, seed=seed, scale=scale, num_threads=threads)
+            info = draw(recipe, out, n=n, seed=seed, scale=scale, num_threads=old_threads or num_threads)
     except UserError as e:
         raise click.ClickException(flag_spelling(str(e))) from None
     except KeyboardInterrupt as e:

@@ -41,7 +41,7 @@ import torch
 
 from loaders.batch.colour import ColourStage, normalise
 from loaders.batch.delivery import Delivery, Prefetcher
-from loaders.batch.feed import Fed, Feed, Plans
+from loaders.batch.feed import FedBatch, Feed, Plans
 from loaders.batch.graph import eval_pipeline, first_line, operator_count, train_pipeline
 from loaders.batch.params import ParamLayout, augment_rng
 from loaders.batch.sampler import EpochPlan, plan_epoch
@@ -49,7 +49,7 @@ from loaders.batch.table import LoaderStats, SampleTable
 from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig
 from loaders.recipe.mixture import Mixture
 from shards.base.errors import ShardError
-from shards.base.host import cuda_index, resolve_device, resolve_loader_device
+from shards.base.host import LOADER_THREADS, cuda_index, resolve_device, resolve_loader_device
 from shards.format.manifest import Manifest
 
 log = logging.getLogger("loaders")
@@ -58,7 +58,7 @@ CPU_CHUNK = 64
 
 
 @dataclass
-class Batch:
+class TrainBatch:
     views: list[torch.Tensor]  # each (B, 3, H, W) on the device
     labels: torch.Tensor  # int64 (B,), -1 for generated / unlabelled
     source: torch.Tensor  # int64 (B,), index into mixture.sources
@@ -75,7 +75,7 @@ class TrainLoader:
 
     ``for batch in loader.batches()`` yields batches endlessly, across epochs, from the loader's
     position (``load_state_dict``; default epoch 0, step 0), with one DALI pipeline for its whole life;
-    each :class:`Batch` carries its ``epoch`` and ``step``. ``state_dict()`` is the position of the next
+    each :class:`TrainBatch` carries its ``epoch`` and ``step``. ``state_dict()`` is the position of the next
     batch *delivered* (not prefetched): after batch ``(e, k)`` it is ``(e, k + 1)``, or ``(e + 1, 0)``
     after an epoch's last batch. ``for batch in loader.epoch(e, start_step=k)`` yields the batches of
     epoch ``e`` from step ``k`` (with no arguments: from the loaded position to the end of its epoch).
@@ -99,7 +99,7 @@ class TrainLoader:
         device: str = "cpu",
         rank: int = 0,
         world_size: int = 1,
-        num_threads: int = 2,
+        num_threads: int = LOADER_THREADS,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         drop_last: bool = True,
@@ -150,7 +150,7 @@ class TrainLoader:
         full = plan_epoch(self.mixture.counts, self.mixture.weights, self.seed, epoch)
         return full.for_rank(self.rank, self.world_size)
 
-    def keys_for(self, batch: Batch) -> list[str]:
+    def keys_for(self, batch: TrainBatch) -> list[str]:
         """``SOURCE_NAME/KEY`` of every sample of the batch."""
         return self.table.keys(batch.source.cpu().numpy(), batch.index.cpu().numpy())
 
@@ -181,7 +181,7 @@ class TrainLoader:
         return self.layout.draw(rng, hw[:, 0], hw[:, 1], self._relative)
 
     # -- iteration ---------------------------------------------------------------------------------
-    def batches(self) -> Iterator[Batch]:
+    def batches(self) -> Iterator[TrainBatch]:
         """Batches without end from the current position, across epochs, through one DALI pipeline."""
         plans = Plans(self.plan)
 
@@ -198,8 +198,9 @@ class TrainLoader:
         finally:
             plans.close()
 
-    def epoch(self, epoch: int | None = None, start_step: int | None = None) -> Iterator[Batch]:
-        """Yield :class:`Batch` es of ``epoch`` from ``start_step`` (default: the loaded / current position)."""
+    def epoch(self, epoch: int | None = None, start_step: int | None = None) -> Iterator[TrainBatch]:
+        """Yield the :class:`TrainBatch` items of ``epoch`` from ``start_step`` (default: the loaded / current
+        position)."""
         if epoch is None:
             epoch, start_step = self._position if start_step is None else (self._position[0], start_step)
         plans = Plans(self.plan)
@@ -232,7 +233,7 @@ class TrainLoader:
             return epoch + 1, 0
         return epoch, step
 
-    def _stream(self, plans: Plans, positions_from, start: tuple[int, int]) -> Iterator[Batch]:
+    def _stream(self, plans: Plans, positions_from, start: tuple[int, int]) -> Iterator[TrainBatch]:
         """Deliver the batches of ``positions_from(*start)`` through one pipeline. Should DALI's decoder reject a
         batch with ``on_corrupt="skip"``, its culprits are marked (never fed again) and a new pipeline goes on
         from that batch, which it delivers without them (counted as skipped; the others keep their draws)."""
@@ -247,7 +248,7 @@ class TrainLoader:
                     self.table.count_skipped(tuple(a[: r.fed.carried] for a in r.fed.skipped))
                 position = self._position = (r.fed.epoch, r.fed.step)  # fed again without the culprits
 
-    def _stream_once(self, plans: Plans, positions: Iterator[tuple[int, int]]) -> Iterator[Batch]:
+    def _stream_once(self, plans: Plans, positions: Iterator[tuple[int, int]]) -> Iterator[TrainBatch]:
         """Build one pipeline, feed it ``positions`` and deliver its batches (made ready by a background
         thread when ``prefetch_batches`` > 0); the position advances as each batch is delivered."""
         first = next(positions, None)
@@ -277,7 +278,7 @@ class TrainLoader:
         def produce():
             if own_threads:
                 torch.set_num_threads(self.colour_threads)  # the prefetch thread's colour stage
-            for outs, fed in run(pipe, self.table, feed):
+            for outs, fed in pipeline_outputs(pipe, self.table, feed):
                 host = [fed.labels, fed.source.astype(np.int64), fed.index.astype(np.int64)]
                 yield (*delivery.make(list(outs), host, fed.colour), fed)
 
@@ -294,7 +295,7 @@ class TrainLoader:
                     self.table.count_skipped(fed.skipped)
                 self.stats.batches += 1
                 self.stats.samples += len(fed.index)
-                yield Batch(views, labels, source, index, fed.epoch, fed.step)
+                yield TrainBatch(views, labels, source, index, fed.epoch, fed.step)
         finally:
             made.close()  # the producer is done with the pipeline; drop our reference to it
             pipe = None  # noqa: F841
@@ -320,7 +321,7 @@ class EvalLoader:
         device: str = "cpu",
         size: int = 32,
         *,
-        num_threads: int = 2,
+        num_threads: int = LOADER_THREADS,
         mean=CIFAR_MEAN,
         std=CIFAR_STD,
         on_corrupt: str = "error",
@@ -385,7 +386,7 @@ class EvalLoader:
         )
         delivery = Delivery(self.device, self.loader_device, self._finish)
         try:
-            for outs, fed in run(pipe, self.table, feed):
+            for outs, fed in pipeline_outputs(pipe, self.table, feed):
                 (images,), (labels,), event = delivery.make(list(outs), [fed.labels])
                 delivery.take([images], [labels], event)
                 if fed.skipped is not None:
@@ -399,12 +400,12 @@ class Rejected(ShardError):
     """DALI's decoder failed on the batch fed for ``fed`` (``on_corrupt="skip"``): its culprits are marked, the
     pipeline is rebuilt and the run goes on from that batch, without them."""
 
-    def __init__(self, line: str, fed: Fed, bad: np.ndarray):
+    def __init__(self, line: str, fed: FedBatch, bad: np.ndarray):
         super().__init__(line)
         self.fed, self.bad = fed, bad
 
 
-def run(pipe, table: SampleTable, feed: Feed) -> Iterator[tuple[list, Fed]]:
+def pipeline_outputs(pipe, table: SampleTable, feed: Feed) -> Iterator[tuple[list, FedBatch]]:
     """Yield (the pipeline's outputs, what was fed for them) until the feed's StopIteration. When DALI fails on
     a batch, its samples are checked again (:meth:`SampleTable.rejected`): a one-line :class:`ShardError`
     naming the culprit, or with ``on_corrupt="skip"`` a :class:`Rejected` the loader recovers from."""
@@ -416,14 +417,14 @@ def run(pipe, table: SampleTable, feed: Feed) -> Iterator[tuple[list, Fed]]:
         except ShardError:
             raise
         except RuntimeError as e:
-            if not feed.fed:
+            if not feed.in_flight:
                 raise ShardError(f"the DALI pipeline failed before any batch was fed [DALI: {first_line(e)}]") from None
-            fed = feed.fed[0]  # outputs come back in feeding order: the failure is the oldest batch's
+            fed = feed.in_flight[0]  # outputs come back in feeding order: the failure is the oldest batch's
             bad, line = table.rejected(fed.source, fed.index)
             if table.on_corrupt == "skip":
                 raise Rejected(line, fed, bad) from None
             raise ShardError(line) from None
-        fed = feed.fed.popleft()
+        fed = feed.in_flight.popleft()
         if fed.error:
             raise ShardError(fed.error)
         yield outs, fed

@@ -29,7 +29,7 @@ from shards.format.manifest import MANIFEST_NAME, Manifest
 
 
 @dataclass(frozen=True)
-class Source:
+class MixtureSource:
     name: str
     path: Path
     manifest: Manifest
@@ -47,7 +47,7 @@ class Source:
 
 @dataclass(frozen=True)
 class Mixture:
-    sources: tuple[Source, ...]
+    sources: tuple[MixtureSource, ...]
 
     @property
     def counts(self) -> list[int]:
@@ -69,7 +69,7 @@ class Mixture:
         return _checked(
             Mixture(
                 tuple(
-                    Source(s.name, s.path, s.manifest, _check_weight(w, str(s.path)), s.weight_given)
+                    MixtureSource(s.name, s.path, s.manifest, _check_weight(w, str(s.path)), s.weight_given)
                     for s, w in zip(self.sources, weights)
                 )
             )
@@ -105,7 +105,9 @@ def parse_shards_args(args) -> Mixture:
     for path, weight, name in entries:
         manifest = load_manifest(path)
         given = weight is not None
-        sources.append(Source(name or manifest.name, Path(path), manifest, 1.0 if weight is None else weight, given))
+        sources.append(
+            MixtureSource(name or manifest.name, Path(path), manifest, 1.0 if weight is None else weight, given)
+        )
     names = [s.name for s in sources]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

@@ -45,14 +45,14 @@ _FIX = "give an ImageFolder tree, a folder of images, CIFAR pickles, an .npz/.np
 
 
 @dataclass(frozen=True)
-class Batch:
+class InputBatch:
     positions: np.ndarray  # (n,) positions in the source's enumeration order
     kind: str  # "pixels" | "paths" | "bytes"
     payload: object  # uint8 (n, H, W, 3) array | list[str] | list[bytes]
 
 
 @dataclass
-class Source:
+class InputSource:
     """What the packer needs from any source. Subclasses implement ``batches``."""
 
     detected: str  # one line for the user: what SRC was recognised as
@@ -66,7 +66,7 @@ class Source:
     def origin(self, pos: int) -> str:
         raise NotImplementedError
 
-    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[InputBatch]:
         raise NotImplementedError
 
     def input_formats(self, order: np.ndarray) -> Counter:
@@ -90,7 +90,7 @@ def format_of_name(name: str) -> str:
 
 
 @dataclass
-class ArraySource(Source):
+class ArraySource(InputSource):
     images: np.ndarray = None  # (n, H, W, 3) uint8, possibly a read-only memmap
     origin_prefix: str = ""
 
@@ -101,14 +101,14 @@ class ArraySource(Source):
     def image_shape(self) -> tuple[int, int] | None:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
-    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[InputBatch]:
         for start in range(0, len(order), batch_size):
             chunk = np.asarray(order[start : start + batch_size])
             # read rows in ascending order (sequential on a memmap), then restore the asked order
             sort = np.argsort(chunk, kind="stable")
             rows = np.empty((len(chunk),) + self.images.shape[1:], dtype=np.uint8)
             rows[sort] = self.images[chunk[sort]]
-            yield Batch(chunk, "pixels", rows)
+            yield InputBatch(chunk, "pixels", rows)
 
 
 def check_images(images: np.ndarray, where: str) -> np.ndarray:
@@ -365,7 +365,7 @@ def _describe_tree(tree: Tree, where: str) -> str:
 
 
 @dataclass
-class FolderSource(Source):
+class FolderSource(InputSource):
     root: Path = None
     files: list[str] = None
 
@@ -375,14 +375,14 @@ class FolderSource(Source):
     def input_formats(self, order: np.ndarray) -> Counter:
         return Counter(format_of_name(self.files[int(i)]) for i in order)
 
-    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[InputBatch]:
         for start in range(0, len(order), batch_size):
             chunk = np.asarray(order[start : start + batch_size])
-            yield Batch(chunk, "paths", [str(self.root / self.files[i]) for i in chunk])
+            yield InputBatch(chunk, "paths", [str(self.root / self.files[i]) for i in chunk])
 
 
 @dataclass
-class TarSource(Source):
+class TarSource(InputSource):
     archive: Path = None
     members: list[str] = None  # full member names, enumeration (= archive) order
     offsets: list[tuple[int, int]] = None  # (data offset, size) per member, usable when not compressed
@@ -394,7 +394,7 @@ class TarSource(Source):
     def input_formats(self, order: np.ndarray) -> Counter:
         return Counter(format_of_name(self.members[int(i)]) for i in order)
 
-    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[InputBatch]:
         order = np.asarray(order)
         if not self.compressed:
             yield from self._seek_batches(order, batch_size)
@@ -406,7 +406,7 @@ class TarSource(Source):
             data = dict(self._stream(set(order.tolist())))
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                yield Batch(chunk, "bytes", [data.pop(int(i)) for i in chunk])
+                yield InputBatch(chunk, "bytes", [data.pop(int(i)) for i in chunk])
 
     def _seek_batches(self, order, batch_size):
         with open(self.archive, "rb") as f:
@@ -417,7 +417,7 @@ class TarSource(Source):
                     off, size = self.offsets[i]
                     f.seek(off)
                     out.append(f.read(size))
-                yield Batch(chunk, "bytes", out)
+                yield InputBatch(chunk, "bytes", out)
 
     def _stream_batches(self, order, batch_size):
         pos, payload = [], []
@@ -425,10 +425,10 @@ class TarSource(Source):
             pos.append(i)
             payload.append(data)
             if len(pos) == batch_size:
-                yield Batch(np.asarray(pos), "bytes", payload)
+                yield InputBatch(np.asarray(pos), "bytes", payload)
                 pos, payload = [], []
         if pos:
-            yield Batch(np.asarray(pos), "bytes", payload)
+            yield InputBatch(np.asarray(pos), "bytes", payload)
 
     def _stream(self, wanted: set[int]) -> Iterator[tuple[int, bytes]]:
         """Stream the archive once, yielding (position, bytes) of wanted members; stop after the last."""
@@ -453,7 +453,7 @@ class TarSource(Source):
 
 
 @dataclass
-class ShardSetSource(Source):
+class ShardSetSource(InputSource):
     """A shard set written by ``shards pack`` (a folder with ``manifest.json``), read back from its tars
     through their indexes: re-pack it to take a subset (``--per-class``, ``--limit``) or change the format.
     Labels come from the ``KEY.cls`` members, classes from the manifest."""
@@ -518,7 +518,7 @@ class ShardSetSource(Source):
     def input_formats(self, order: np.ndarray) -> Counter:
         return Counter({{"jpg": "jpeg", "raw": "array"}.get(self.format, self.format): len(order)})
 
-    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[InputBatch]:
         files: dict[str, object] = {}
         try:
             for start in range(0, len(order), batch_size):
@@ -539,9 +539,9 @@ class ShardSetSource(Source):
                             for d in data
                         ]
                     )
-                    yield Batch(chunk, "pixels", pixels)
+                    yield InputBatch(chunk, "pixels", pixels)
                 else:
-                    yield Batch(chunk, "bytes", data)
+                    yield InputBatch(chunk, "bytes", data)
         finally:
             for f in files.values():
                 f.close()
@@ -643,8 +643,8 @@ def open_source(
     split: str = "train",
     layout: str = "auto",
     stop_after: int | None = None,
-) -> Source:
-    """Detect what ``src`` holds and return a Source over it (ShardError naming the path otherwise).
+) -> InputSource:
+    """Detect what ``src`` holds and return a InputSource over it (ShardError naming the path otherwise).
 
     ``stop_after``: the caller needs only the first N images in archive order and no labels, so an
     archive's listing may stop there (a streamed .tar.gz is then read only up to that point)."""
@@ -733,7 +733,7 @@ def _open_cifar_dir(root: Path, split: str, names: list[str]) -> ArraySource:
     return cifar_from_blobs(blobs, split, str(root))
 
 
-def _open_tar(archive: Path, subdir: str, split: str, layout: str, stop_after: int | None = None) -> Source:
+def _open_tar(archive: Path, subdir: str, split: str, layout: str, stop_after: int | None = None) -> InputSource:
     where = f"{archive}:{subdir}" if subdir else str(archive)
     names, offsets, blobs, prefix = _list_tar(archive, subdir, where, stop_after)
     rel = [n[len(prefix) :] for n in names]
