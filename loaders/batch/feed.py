@@ -9,7 +9,7 @@ runs where ``pipe.run()`` runs — the loader's prefetch thread — and is vecto
 ``python -m bench feed``).
 
 Labels, source ids, sample indices and the colour parameters never go through DALI: the feed keeps them,
-with the position it fed, in :attr:`Feed.fed`, and the loader pairs them with DALI's outputs, which come
+with the position it fed, in :attr:`Feed.in_flight`, and the loader pairs them with DALI's outputs, which come
 back in feeding order.
 """
 
