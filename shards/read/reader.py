@@ -68,7 +68,7 @@ from shards.read.check import (
 )
 from shards.read.confirm import Confirmation
 from shards.read.index import file_stamp, load_cache, read_index, save_cache
-from shards.read.members import BLOCK, covers, header_ok, tar_members
+from shards.read.members import BLOCK, covers, header_ok, map_file, tar_members
 
 log = logging.getLogger("loaders")
 CACHE_VERSION = 2
@@ -355,7 +355,7 @@ class SourceReader:
 
     def _map(self, s: int) -> np.ndarray:
         if s not in self._maps:
-            self._maps[s] = _map(self._files[s])
+            self._maps[s] = map_file(self._files[s])
         return self._maps[s]
 
     # -- access -------------------------------------------------------------------------------------
@@ -509,17 +509,6 @@ def _parse_labels(m: np.ndarray, off: np.ndarray, size: np.ndarray, ok: np.ndarr
 # ---------------------------------------------------------------------------------------------------
 # Memory maps
 # ---------------------------------------------------------------------------------------------------
-def _map(path: Path) -> np.ndarray:
-    try:
-        with open(path, "rb") as f:
-            if f.seek(0, 2) == 0:
-                return np.zeros(0, np.uint8)
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except OSError as e:
-        raise ShardError(f"{path}: cannot open shard ({e.strerror}); check the path or re-pack the shard set") from None
-    return np.frombuffer(mm, dtype=np.uint8)
-
-
 class Region:
     """Files mapped read-only back to back (each at a page boundary) in one reserved address range.
 
