@@ -49,17 +49,23 @@ def build(shards: list[str], cfg: EndToEndConfig):
     )
 
     fields = {k: v for k, v in asdict(cfg).items() if k != "loader_devices"}
-    s = Settings(shards=tuple(shards), progress=False, **fields)
-    rt = setup_runtime(s.device, s.precision)
-    data = plan_data(s, rt.world_size, aug_family(s.method))
+    settings = Settings(shards=tuple(shards), progress=False, **fields)
+    runtime = setup_runtime(settings.device, settings.precision)
+    data = plan_data(settings, runtime.world_size, aug_family(settings.method))
 
     def loader_for(loader_device: str):
-        return data.train_loader(s.replace(loader_device=loader_device), rt)
+        return data.train_loader(settings.replace(loader_device=loader_device), runtime)
 
-    seed_everything(s.seed)
-    trainer = Trainer(s, rt, loader_for(cfg.loader_devices[0]), build_method_for(s, data.num_classes))
+    seed_everything(settings.seed)
+    trainer = Trainer(
+        settings, runtime, loader_for(cfg.loader_devices[0]), build_method_for(settings, data.num_classes)
+    )
     trainer.method.train()
-    resolved = {"device": rt.device, "precision": rt.precision, "channels_last": rt.is_cuda and s.channels_last}
+    resolved = {
+        "device": runtime.device,
+        "precision": runtime.precision,
+        "channels_last": runtime.is_cuda and settings.channels_last,
+    }
     resolved.update(epoch_size=data.epoch_size, steps_per_epoch=trainer.loader.steps_per_epoch, aug=data.aug.to_dict())
     resolved.update(
         weights=[x.weight for x in data.mixture.sources], sources=[str(x.path) for x in data.mixture.sources]

@@ -48,9 +48,9 @@ def build_trainer(method, batch_size: int, device, compile: str = "off", dtype=N
     from models.training.settings import DEFAULT_STEPS
 
     device = torch.device(device)
-    s = Settings(method=method.name, backbone=method.cfg.backbone, batch_size=batch_size, device=device.type)
-    s = s.replace(precision=_PRECISION[dtype], compile=compile, steps=DEFAULT_STEPS, progress=False)
-    trainer = Trainer(s, setup_runtime(s.device, s.precision), _ResidentData(), method)
+    settings = Settings(method=method.name, backbone=method.cfg.backbone, batch_size=batch_size, device=device.type)
+    settings = settings.replace(precision=_PRECISION[dtype], compile=compile, steps=DEFAULT_STEPS, progress=False)
+    trainer = Trainer(settings, setup_runtime(settings.device, settings.precision), _ResidentData(), method)
     trainer.method.train()
     return trainer
 
@@ -78,7 +78,7 @@ def measure_model_ceiling(
     trainer = build_trainer(method, batch_size, device, compile, dtype)
     gen = torch.Generator().manual_seed(0)
     views = [torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device) for _ in range(num_views)]
-    if trainer.rt.is_cuda and trainer.s.channels_last:
+    if trainer.runtime.is_cuda and trainer.settings.channels_last:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     labels = torch.randint(-1, trainer.method.num_classes, (batch_size,), generator=gen).to(device)
     if flops_per_step is None:  # one eager forward + backward: what the compiled step computes too
@@ -102,7 +102,7 @@ def measure_model_ceiling(
         "batch_size": batch_size,
         "variant": VARIANT[trainer.compile],
         "compile": trainer.compile,
-        "precision": trainer.rt.precision,
+        "precision": trainer.runtime.precision,
         **row,
         "samples_per_s": batch_size * steps_per_s,
         "steps_per_s": steps_per_s,

@@ -26,13 +26,15 @@ from models.training.settings import Settings
 from models.training.trainer import Interrupted, NonFiniteLoss, Trainer
 
 
-def build_method_for(s: Settings, num_classes: int):
+def build_method_for(settings: Settings, num_classes: int):
     """The method of ``s`` with the optimisation overrides it gives (lr, optimizer, weight decay)."""
     from shards.base.errors import ConfigError
 
-    overrides = {k: getattr(s, k) for k in ("lr", "optimizer", "weight_decay") if getattr(s, k) is not None}
+    overrides = {
+        k: getattr(settings, k) for k in ("lr", "optimizer", "weight_decay") if getattr(settings, k) is not None
+    }
     try:
-        return build_method(s.method, num_classes=num_classes, backbone=s.backbone, **overrides)
+        return build_method(settings.method, num_classes=num_classes, backbone=settings.backbone, **overrides)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
