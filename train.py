@@ -37,11 +37,12 @@ from models.training import (
     load_checkpoint,
     plan_data,
     plan_eval,
+    read_records,
     seed_everything,
     setup_runtime,
 )
 from models.training.data import check_sources, data_notes, describe_resolved
-from models.training.metrics import read_records
+from models.training.metrics import Metrics
 from models.training.rundir import check_out
 from models.training.runtime import plan_runtime
 from models.training.settings import DEMO_CPU_DEFAULTS, DEMO_DEFAULTS, RESUME_MAY_CHANGE, click_options, read_yaml
@@ -321,8 +322,6 @@ def evaluate_checkpoint(settings: Settings, given: set[str]) -> dict:
     result = Evaluator(data, settings, runtime)(method.to(runtime.device), probe_epochs=settings.probe_epochs)
     result["checkpoint"] = str(path)
     if runtime.master:
-        from models.training import Metrics
-
         metrics = Metrics(path.parent, tensorboard=False)
         metrics.write("eval_only", int(ckpt["step"]), **result)
         metrics.close()
@@ -332,11 +331,14 @@ def evaluate_checkpoint(settings: Settings, given: set[str]) -> dict:
 
 def compare_with_random_init(settings: Settings, final: dict) -> None:
     """The same evaluation of a randomly initialised backbone (same seed): what training has to beat."""
-    from models.training import Metrics
-    from models.training.evaluation import random_init_baseline
+    import torch
 
     _log("measuring a randomly initialised backbone for comparison ...")
-    base = random_init_baseline(settings)
+    data = plan_eval(settings.eval_shards, settings.train_labels)
+    runtime = setup_runtime(settings.device, settings.precision)
+    torch.manual_seed(settings.seed)  # the run's seed: the initialisation training started from
+    method = build_method_for(settings, data.num_classes).to(runtime.device)
+    base = Evaluator(data, settings, runtime)(method, probe_epochs=settings.probe_epochs)
     metrics = Metrics(Path(settings.out), tensorboard=False)
     metrics.write("baseline_random_init", 0, **base)
     metrics.close()

@@ -335,7 +335,7 @@ def test_loader_device_choices(data, plain_view):
 def test_a_gpu_pipeline_that_cannot_start_is_one_clear_line(data):
     loader = TrainLoader(parse_shards_args([str(data["gen"])]), preset("simclr"), 8)
     feed = loader.feed(iter([]))
-    with pytest.raises(ShardError) as e:
+    with pytest.raises(ConfigError) as e:
         train_pipeline(
             feed, loader.table.mode, [32, 32], relative=False, batch_size=8, device="gpu", device_id=0, num_threads=1
         )

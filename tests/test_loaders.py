@@ -9,7 +9,7 @@ import torch
 from loaders.batch.loader import EvalLoader, TrainLoader
 from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig, ViewAug, preset
 from loaders.recipe.mixture import parse_shards_args
-from shards.base.errors import ShardError
+from shards.base.errors import ConfigError, ShardError
 from shards.format.manifest import Manifest
 
 
@@ -199,7 +199,7 @@ def test_determinism_and_resume(data):
     e = TrainLoader(m, aug, 10, seed=7)
     e.load_state_dict(d.state_dict())
     assert [e.keys_for(b) for b in e.epoch()][0] == next(iter([a.keys_for(b) for b in a.epoch(2)]))
-    with pytest.raises(ShardError, match="batch_size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         TrainLoader(m, aug, 5, seed=7).load_state_dict(state)
 
 

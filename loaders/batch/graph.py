@@ -19,7 +19,7 @@ already S×S, uint8 out (normalised by the loader).
 
 from __future__ import annotations
 
-from shards.base.errors import ShardError
+from shards.base.errors import ConfigError, ShardError
 
 
 def _decode(outs, mode: str, device: str):
@@ -103,7 +103,7 @@ def _build(graph, batch_size: int, device: str, device_id: int | None, num_threa
     except Exception as e:  # noqa: BLE001 - any start-up failure of a GPU pipeline gets the same advice
         if device != "gpu" or isinstance(e, ShardError):
             raise
-        raise ShardError(
+        raise ConfigError(
             f"the GPU loader pipeline failed to start ({first_line(e)}); run the loader on the CPU "
             f"with --loader-device cpu"
         ) from None

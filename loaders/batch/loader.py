@@ -48,7 +48,7 @@ from loaders.batch.sampler import EpochPlan, plan_epoch
 from loaders.batch.table import LoaderStats, SampleTable
 from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig
 from loaders.recipe.mixture import Mixture
-from shards.base.errors import ShardError
+from shards.base.errors import ConfigError, ShardError
 from shards.base.host import LOADER_THREADS, cuda_index, resolve_device, resolve_loader_device
 from shards.format.manifest import Manifest
 
@@ -136,7 +136,7 @@ class TrainLoader:
         self.samples_per_epoch = len(plan)
         self.steps_per_epoch = plan.num_batches(self.batch_size, drop_last)
         if self.steps_per_epoch == 0:
-            raise ShardError(
+            raise ConfigError(
                 f"rank {rank}/{world_size} gets {len(plan)} samples per epoch, fewer than batch size "
                 f"{batch_size}; lower --batch-size or add data"
             )
@@ -166,7 +166,7 @@ class TrainLoader:
     def load_state_dict(self, state: dict) -> None:
         for k in ("seed", "batch_size", "world_size"):
             if k in state and state[k] != getattr(self, k):
-                raise ShardError(
+                raise ConfigError(
                     f"loader state has {k}={state[k]} but this loader has {getattr(self, k)}; resume with the same {k}"
                 )
         self._position = (int(state["epoch"]), int(state["step"]))

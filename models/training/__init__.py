@@ -19,7 +19,7 @@ from models import METHODS, build_method
 from models.training.checkpoint import CKPT_LAST, CheckpointError, load_checkpoint, save_checkpoint
 from models.training.data import DataPlan, plan_data, plan_eval
 from models.training.evaluation import Evaluator, format_result
-from models.training.metrics import Metrics, Progress, read_records
+from models.training.metrics import Progress, read_records
 from models.training.rundir import RunDir
 from models.training.runtime import Runtime, seed_everything, setup_runtime
 from models.training.settings import Settings
@@ -50,7 +50,6 @@ __all__ = [
     "DataPlan",
     "Evaluator",
     "Interrupted",
-    "Metrics",
     "NonFiniteLoss",
     "Progress",
     "RunDir",

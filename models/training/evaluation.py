@@ -196,14 +196,3 @@ def format_result(result: dict, step: int) -> str:
     if "linear_probe_acc" in result:
         parts.append(f"offline linear probe {result['linear_probe_acc']:.2%}")
     return f"final accuracy at step {step} on {result['eval_samples']} test images: " + ", ".join(parts)
-
-
-def random_init_baseline(settings) -> dict:
-    """The run's evaluation of a randomly initialised backbone (same seed): what training has to beat."""
-    from models.training import build_method_for, plan_eval, setup_runtime
-
-    data = plan_eval(settings.eval_shards, settings.train_labels)
-    runtime = setup_runtime(settings.device, settings.precision)
-    torch.manual_seed(settings.seed)
-    method = build_method_for(settings, data.num_classes).to(runtime.device)
-    return Evaluator(data, settings, runtime)(method, probe_epochs=settings.probe_epochs)

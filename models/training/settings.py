@@ -20,8 +20,8 @@ import click
 
 from loaders.recipe.policy import DEFAULT_MODE, INFLATION_MODES
 from loaders.recipe.resolve import AUG_CHOICES
+from models import METHODS
 from models.backbone import BACKBONES
-from models.methods import METHODS
 from models.training.compiling import COMPILE_CHOICES
 from shards.base.errors import ConfigError
 from shards.base.host import LOADER_DEVICES, LOADER_THREADS
