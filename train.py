@@ -8,9 +8,9 @@
     python train.py --eval-only --checkpoint runs/NAME/ckpt-last.pt
     torchrun --nproc_per_node 8 train.py ...                 # DDP (NCCL on GPU, gloo on CPU)
 
-Reads top to bottom: settings → runtime → data (shards → mixture + inflation policy → recipe) → loader
-(exact epoch plan → DALI pipeline → views on the device) → method (backbone, heads, loss) → trainer
-(optimizer, schedule, precision, compile, DDP) → fit → report. The pieces live in ``models.training``.
+Reads top to bottom: settings → runtime → data (shards → mixture + inflation policy → recipe) → loader →
+method (backbone, heads, loss) → trainer (optimizer, schedule, precision, compile, DDP) → fit → report. The
+pieces live in ``models.training``; the path of a batch is told in ``docs/design.md``.
 
 Run directory (``--out``, default ``runs/<method>-<timestamp>``): ``config.yaml`` (settings and what they
 resolved to), ``metrics.jsonl`` (one JSON object per line, ``kind`` train / eval / final), TensorBoard
@@ -137,9 +137,7 @@ def run(ctx, config_file, print_config, options) -> dict:
 
         # -- data: shards → mixture, weighted by the inflation policy → augmentation recipe → the DALI loader
         data = plan_data(settings, runtime.world_size, aug_family(settings.method))
-        loader = data.train_loader(
-            settings, runtime
-        )  # exact epoch plan → DALI pipeline → augmented views on the device
+        loader = data.train_loader(settings, runtime)
 
         # -- method: backbone + projector/predictor + loss (+ online probe); resolved record of the whole run
         seed_everything(settings.seed + runtime.rank)

@@ -3,7 +3,7 @@
 References: torchvision's functional tensor ops on uint8 images for ColorJitter (each adjustment and the
 whole jitter in the drawn per-sample order) and grayscale; PIL for the release's Gaussian blur
 (``ImageFilter.GaussianBlur``) and solarization (``ImageOps.solarize``). Images: 64 CIFAR-10 JPEGs and 64
-EDM PNGs from ../shared/data. Requirement (issue 17): every adjustment and the whole jitter within a mean
+EDM PNGs from ../shared/data. Requirement: every adjustment and the whole jitter within a mean
 absolute difference of 0.02 of a level and no pixel off by more than one level; grayscale, solarization
 exact. Found: the eager stage is bitwise torchvision's (and PIL's) on these images; each test asserts the
 requirement and, where the stage is exact, exactness.

@@ -1,7 +1,7 @@
 """Rotten images never crash the process: they are caught once per set, on the host, before DALI sees them.
 
 The realistic bit rot is a JPEG whose body is flipped (bytes 4 … end−40) while its SOI/EOI markers survive:
-it passes a signature check and used to take DALI's decoder down with SIGSEGV. The loader runs in a
+it passes a signature check and can take DALI's decoder down with SIGSEGV. The loader runs in a
 subprocess here, so a segfault fails the test instead of killing pytest.
 """
 

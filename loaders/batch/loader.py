@@ -9,19 +9,15 @@ epochs are exact: a last partial batch is a smaller batch, never lost or padded)
 ``Pipeline.run()`` ourselves instead of ``DALIGenericIterator(size=...)``, which drops or duplicates
 samples at the epoch boundary.
 
-The path of a batch: the plan (``loaders.batch.sampler``) → the table of samples (``loaders.batch.table``) → the feed
-(``loaders.batch.feed``: bytes and crop boxes) → the DALI graph (``loaders.batch.graph``: decode and crop, uint8) → the
-delivery (``loaders.batch.delivery``: onto the model's device, off the training thread) → the colour stage
-(``loaders.batch.colour``: jitter, grayscale, blur, solarization, flip, normalisation). Every random parameter is
-drawn on the host from ``(seed, epoch, rank, step)`` (``loaders.batch.params``), so a batch is a pure function of
-(seed, epoch, rank, step, data): a resumed run (``load_state_dict`` then ``batches()``, or
+The path of a batch through these modules is told in ``docs/design.md``. A batch is a pure function of
+(seed, epoch, rank, step, data) (``loaders.batch.params``): a resumed run (``load_state_dict`` then ``batches()``, or
 ``epoch(e, start_step=k)``) yields the batches the uninterrupted run would have had next — bitwise on the
 CPU, within interpolation tolerance between the CPU and GPU pipelines, which get the same parameters.
 
-Where the DALI graph runs (``loader_device``) is independent of where the model runs (``device``):
-``"gpu"`` runs the ``mixed`` decoder and GPU resizes; ``"cpu"`` runs the graph with ``num_threads`` CPU
-threads and hands uint8 crops to the model's device; ``"auto"`` is ``"gpu"`` exactly when the model is on
-CUDA. The colour stage always runs on the model's device.
+Where the DALI graph runs (``loader_device``, decided by ``shards.base.host.resolve_loader_device``) is
+independent of where the model runs (``device``): ``"gpu"`` runs the ``mixed`` decoder and GPU resizes;
+``"cpu"`` runs the graph with ``num_threads`` CPU threads and hands uint8 crops to the model's device. The
+colour stage always runs on the model's device.
 
 Damaged samples: labels and the validity of every sample were decided once per set when it was opened
 (``shards.read.reader``): a damaged sample never reaches DALI; it raises a one-line :class:`ShardError` or, with

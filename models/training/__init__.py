@@ -1,16 +1,9 @@
-"""The training engine that ``train.py`` and ``bench/`` share: settings, runtime, data, trainer, evaluation.
+"""The training engine that ``train.py`` and ``bench/`` share; ``train.py`` reads as its walk-through.
 
-    s = Settings(shards=("data/cifar10:10", "data/edm:1"), steps=1000)
-    rt = setup_runtime(s.device, s.precision)                # device, precision, DDP
-    data = plan_data(s, rt.world_size, aug_family)          # shards → mixture, inflation policy, recipe
-    loader = data.train_loader(s, rt)                        # exact epoch plan → DALI → views on the device
-    trainer = Trainer(s, rt, loader, build_method_for(s, data.num_classes))
-    trainer.step(batch.views, batch.labels)                  # or trainer.fit(run_dir, evaluator)
-
-Modules: ``config`` (Settings, the CLI options), ``runtime`` (device, precision, DDP, RNG),
-``data`` (DataPlan: inputs checked, recipe resolved, loaders), ``trainer`` (step / fit), ``evaluate``
-(kNN, online and offline probes), ``checkpoint`` (atomic save / load), ``metrics`` (metrics.jsonl,
-TensorBoard, progress), ``rundir`` (the run directory, never clobbered).
+Modules: ``settings`` (Settings, the CLI options), ``runtime`` (device, precision, DDP, RNG), ``data``
+(DataPlan: inputs checked, recipe resolved, loaders), ``trainer`` (step / fit), ``evaluation`` (kNN, online
+and offline probes), ``checkpoint`` (atomic save / load), ``metrics`` (metrics.jsonl, TensorBoard,
+progress), ``rundir`` (the run directory, never clobbered), ``compiling`` (``--compile``).
 """
 
 from __future__ import annotations

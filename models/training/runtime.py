@@ -1,4 +1,5 @@
-"""Where and how a run computes: device, precision, distributed set-up. Decided here and nowhere else.
+"""How a run computes: precision and the distributed set-up, on the device ``shards.base.host.resolve_device``
+decides (this module adds the rank's GPU number).
 
 ``setup_runtime`` reads torchrun's environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``) and starts the
 process group (NCCL on GPU, gloo on CPU). Precision costs the loop no branches (nanoGPT's habit): one

@@ -241,7 +241,7 @@ def data_wait_hint(wait: float, settings, on_gpu: bool, threshold: float = 0.2) 
     if settings.num_threads < cores:
         levers.append(f"more loader threads (--num-threads, now {settings.num_threads}; {cores} cores here)")
     if settings.loader_device == "cpu":
-        levers.append("--loader-device gpu (DALI on the GPU was the faster one on an H200)")
+        levers.append("--loader-device gpu (decode and crop on the GPU, off the CPU cores)")
     advice = f"; try {' or '.join(levers)}" if levers else ""
     return f"the GPU waited for data {wait:.0%} of the last interval: the loader is the bottleneck{advice}"
 

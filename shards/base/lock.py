@@ -1,7 +1,7 @@
 """An exclusive lock on an output folder, so that two writers never fill one folder at once.
 
-Two ``shards pack`` runs into one ``--out`` used to both report success while one silently replaced
-the other; a training run directory has the same problem. :class:`OutputLock` is the fix both use:
+Two ``shards pack`` runs into one ``--out`` would both report success while one silently replaced the
+other; two training runs in one run directory likewise. :class:`OutputLock` keeps both to one writer:
 
     with OutputLock(out, "shards pack"):
         ...  # only one holder at a time; a second one gets LockHeld (a UserError) naming the holder
