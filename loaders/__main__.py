@@ -116,13 +116,6 @@ def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 def audit(
-    shards,
-    family,
-    inflation,
-    aug,
-    crop_min_scale,
-    jitter_strength,
-    jitter_p,
     epochs,
     batch_size,
     seed,
@@ -134,12 +127,13 @@ def audit(
     on_corrupt,
     plan_only,
     as_json,
+    **recipe_options,
 ):
     """Run the real pipeline over whole epochs and report what it delivers (--plan-only: the plan alone)."""
     try:
         with interrupts():
             check_devices(device, loader_device)
-            recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
+            recipe = _recipe(**recipe_options)
             plan = plan_report(recipe.mixture, batch_size=batch_size, epochs=epochs, seed=seed, drop_last=drop_last)
             if plan_only:
                 report = {"recipe": recipe.to_dict(), "plan": plan, "epochs": []}
@@ -231,27 +225,13 @@ def flag_spelling(message: str) -> str:
 @click.option("--seed", default=0, show_default=True, type=int, help="which samples and which augmentations")
 @click.option("--scale", default=3, show_default=True, type=click.IntRange(1, 8), help="pixels per image pixel")
 @num_threads_option
-def preview(
-    shards,
-    family,
-    inflation,
-    aug,
-    crop_min_scale,
-    jitter_strength,
-    jitter_p,
-    out,
-    n,
-    seed,
-    scale,
-    num_threads,
-    old_threads,
-):
+def preview(out, n, seed, scale, num_threads, old_threads, **recipe_options):
     """Draw real and generated samples as stored and as their augmented views under the recipe (CPU)."""
     from loaders.preview import preview as draw
 
     try:
         with interrupts():
-            recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
+            recipe = _recipe(**recipe_options)
             info = draw(recipe, out, n=n, seed=seed, scale=scale, num_threads=old_threads or num_threads)
     except UserError as e:
         raise click.ClickException(flag_spelling(str(e))) from None
