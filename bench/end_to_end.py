@@ -156,7 +156,7 @@ def run(shards: list[str], cfg: EndToEndConfig, timing: harness.Timing) -> tuple
 @click.option("--batch-size", type=click.IntRange(2), help="[512 on a GPU; 32 on the CPU]")
 @harness.timing_options(noun="steps")
 @harness.device_option
-@click.option("--loader-device", default="both", show_default=True, type=click.Choice(["auto", "cpu", "gpu", "both"]))
+@click.option("--loader-device", default="both", show_default=True, type=click.Choice([*host.LOADER_DEVICES, "both"]))
 @click.option("--precision", default="auto", show_default=True, help="as train.py --precision")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
 @click.option("--compile", "compile_", default="auto", type=click.Choice(["auto", "on", "off", "cudagraphs"]))

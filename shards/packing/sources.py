@@ -644,7 +644,7 @@ def open_source(
     layout: str = "auto",
     stop_after: int | None = None,
 ) -> InputSource:
-    """Detect what ``src`` holds and return a InputSource over it (ShardError naming the path otherwise).
+    """Detect what ``src`` holds and return an InputSource over it (ShardError naming the path otherwise).
 
     ``stop_after``: the caller needs only the first N images in archive order and no labels, so an
     archive's listing may stop there (a streamed .tar.gz is then read only up to that point)."""
