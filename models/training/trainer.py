@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from models.optim import build_optimizer, build_scheduler, scaled_lr
+from models import build_optimizer, build_scheduler
+from models.optim import scaled_lr
 from models.syncbn import convert_sync_batchnorm
 from models.training.checkpoint import CKPT_LAST, save_checkpoint
 from models.training.compiling import StepClock, compile_method, compile_optimizer, describe, resolve_compile
