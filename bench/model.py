@@ -136,7 +136,7 @@ def compile_modes(value: str, cuda: bool) -> list[str]:
 @click.option("--image-size", default=32, show_default=True, type=click.IntRange(8))
 @harness.device_option
 @click.option("--torch-threads", type=click.IntRange(1), help="torch intra-op threads on the CPU [torch's default]")
-@click.option("--threads", "old_threads", type=click.IntRange(1), hidden=True, deprecated="use --torch-threads")
+@click.option("--threads", "old_threads", type=click.IntRange(1), hidden=True)  # the old spelling, still accepted
 def main(methods, backbone, batch_size, compile_, timing, image_size, device, torch_threads, old_threads, out_dir):
     """Training throughput with no data loading (the model ceiling), eager and compiled."""
     from models.training.compiling import cache_dir

@@ -30,8 +30,8 @@ def main():
 
 def num_threads_option(f):
     """``--num-threads`` as train.py spells it, with its default (``shards.base.host.LOADER_THREADS``); the old
-    ``--threads`` still works, hidden and announced as deprecated."""
-    f = click.option("--threads", "old_threads", type=click.IntRange(1), hidden=True, deprecated="use --num-threads")(f)
+    spelling ``--threads`` is still accepted (hidden from the help) so that existing scripts keep working."""
+    f = click.option("--threads", "old_threads", type=click.IntRange(1), hidden=True)(f)
     return click.option(
         "--num-threads", default=LOADER_THREADS, show_default=True, type=click.IntRange(1), help="DALI CPU threads"
     )(f)
