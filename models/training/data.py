@@ -66,9 +66,8 @@ class DataPlan:
             drop_last=True,
             on_corrupt=settings.on_corrupt,
             loader_device=settings.loader_device,
-            compile={"auto": None, "off": False}.get(
-                settings.compile, True
-            ),  # the loader's colour stage, like the step
+            # the loader's colour stage compiles when the step does
+            compile={"auto": None, "off": False}.get(settings.compile, True),
         )
 
     def eval_loader(self, dirs, settings, runtime, limit: int):

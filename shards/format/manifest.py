@@ -78,9 +78,7 @@ class Manifest:
     created: str = ""
     version: int = MANIFEST_VERSION
     encoding: dict | None = None  # see the module docstring; None in manifests older than the field
-    image_ext: str | None = (
-        None  # the image member's extension as recorded (schema.stored_image_ext); None: the format's
-    )
+    image_ext: str | None = None  # the image member's extension (schema.recorded_image_ext); None: the format's
     standin: str | None = None  # a benchmark stand-in repeating other sets' tars (see the module docstring)
 
     @property
