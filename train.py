@@ -158,9 +158,8 @@ def run(ctx, config_file, print_config, options) -> dict:
         trainer = Trainer(settings, runtime, loader, method)
         if ckpt is not None:
             trainer.load_state_dict(ckpt)
-        evaluator = (
-            Evaluator(data, settings, runtime) if data.eval_shards else None
-        )  # opened now: a bad set fails before training
+        # the evaluator opens its sets now: a bad set fails before training
+        evaluator = Evaluator(data, settings, runtime) if data.eval_shards else None
     run_dir = RunDir(
         settings.out, resume_step=trainer.step_count if ckpt else None, master=runtime.master, continues=continues
     )

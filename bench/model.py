@@ -29,9 +29,8 @@ def measure_matmul_flops(device, dtype=None, n: int | None = None, min_products:
     n = n or (8192 if device.type == "cuda" else 1024)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     timing = harness.Timing(2, min_products, min_seconds)
-    row = harness.timed(
-        lambda: [a @ b] and 1, timing, sync=harness.device_sync(device), memory=False
-    )  # one product a call
+    # one product a call
+    row = harness.timed(lambda: [a @ b] and 1, timing, sync=harness.device_sync(device), memory=False)
     return 2 * n**3 * row["timed_batches"] / row["seconds"]
 
 
