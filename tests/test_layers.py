@@ -129,31 +129,33 @@ def test_the_check_sees_arrows():
 
 
 def test_each_name_is_imported_from_one_place():
-    """A name a package's ``__init__`` re-exports is imported either from the package or from its module,
-    never both ways, by the project and by its tests (a reader looks it up in one place)."""
+    """Every importer, the tests included, takes a name from one place: the module that defines it, or the package
+    whose ``__init__`` re-exports it, never both ways and never from a module that merely imports it too (a
+    reader looks it up in one place)."""
     modules = project_modules()
-    reexported: dict[tuple[str, str], tuple[str, str]] = {}  # (package, name) -> (module, name) it comes from
-    imports: list[tuple[str, str, str]] = []  # (importer, module imported from, name)
+    passed_on: dict[tuple[str, str], tuple[str, str]] = {}  # (module, name) -> (module, name) it was imported from
+    imports: list[tuple[str, str]] = []  # (module imported from, name), one per importing statement and name
     importers = {**modules, **{f"tests.{p.stem}": p for p in sorted((ROOT / "tests").glob("*.py"))}}
     for name, path in importers.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        top_level = set(map(id, tree.body))
+        for node in ast.walk(tree):
             if not isinstance(node, ast.ImportFrom) or not node.module or node.module.split(".")[0] not in modules:
                 continue
             for alias in node.names:
                 if f"{node.module}.{alias.name}" in modules:
                     continue  # a module, not a name
-                if path.name == "__init__.py" and node.module.startswith(package + "."):
-                    reexported[(package, alias.asname or alias.name)] = (node.module, alias.name)
-                else:
-                    imports.append((name, node.module, alias.name))
+                if id(node) in top_level and name in modules:
+                    passed_on[(name, alias.asname or alias.name)] = (node.module, alias.name)
+                if not (path.name == "__init__.py" and node.module.startswith(name + ".")):  # a re-export
+                    imports.append((node.module, alias.name))
 
     def origin(module: str, attr: str) -> tuple[str, str]:
-        while (module, attr) in reexported:
-            module, attr = reexported[(module, attr)]
+        while (module, attr) in passed_on:
+            module, attr = passed_on[(module, attr)]
         return module, attr
 
     places: dict[tuple[str, str], set[str]] = {}
-    for _, module, attr in imports:
+    for module, attr in imports:
         places.setdefault(origin(module, attr), set()).add(module)
     assert {f"{m}.{a}": sorted(p) for (m, a), p in places.items() if len(p) > 1} == {}
