@@ -1,7 +1,7 @@
 """Packing: images/s and peak memory of ``shards.packing.pack.pack`` for npz->raw, npz->jpg, npz->png and
-ImageFolder->jpg, each in a fresh process; a "batch" is one whole pack of the same input (one untimed, then until
->= 10 s). Inputs: the demo images, or with ``--source`` real ones
-(their pixels in the .npz, their own files in the ImageFolder).
+ImageFolder->jpg, each in a fresh process; a "batch" is one whole pack of the same input (one untimed, then
+until >= 10 s). Inputs: the demo images, or with ``--source`` real ones (their pixels in the .npz, their own files
+in the ImageFolder).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench import harness
+from bench import harness as h
 from shards.base import host
 
 
@@ -54,9 +54,7 @@ def make_inputs(tmp: str, source: str | None, subdir: str, n: int | None, n_fold
     return {"n": len(images), "n_imagefolder": len(files), "image_size": list(images.shape[1:3]), "input": what}
 
 
-def pack_timed(
-    backend: str, src: str, out_root: str, fmt: str, workers: int, quality: int, timing: harness.Timing
-) -> dict:
+def pack_timed(backend: str, src: str, out_root: str, fmt: str, workers: int, quality: int, timing: h.Timing) -> dict:
     """Whole packs of ``src`` timed by the rule, each output removed after it."""
     from shards.packing.pack import PackConfig, pack
 
@@ -70,7 +68,7 @@ def pack_timed(
         shutil.rmtree(out, ignore_errors=True)
         return r.written
 
-    row = harness.timed(one, timing)
+    row = h.timed(one, timing)
     how = last["how"]  # shards.packing.pack counts passthrough / lossless / lossy
     return {
         "backend": backend,
@@ -84,11 +82,11 @@ def pack_timed(
     }
 
 
-@harness.command("pack")
+@h.command("pack")
 @click.option("--n", type=click.IntRange(min=1000), help="images in the npz [50,000; --source: all]")
 @click.option("--source", type=click.Path(exists=True), help="real images (anything `shards pack` reads)")
 @click.option("--subdir", default="", help="folder inside --source, e.g. cifar10/train")
-@harness.timing_options(warmup=1, min_batches=1, noun="packs")
+@h.timing_options(warmup=1, min_batches=1, noun="packs")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="encoding processes (0 = one per core)")
 @click.option("--size", type=int, default=32, show_default=True, help="demo image side")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality")
@@ -98,16 +96,14 @@ def main(n, source, subdir, timing, workers, size, quality, out_dir):
     with tempfile.TemporaryDirectory(prefix="bench-pack-") as tmp:
         n = n or (None if source else 50_000)
         n_folder = min(n or 10**9, 10_000) if timing.small else n
-        inputs = harness.in_fresh_process(make_inputs, tmp, source, subdir, n, n_folder, size)
+        inputs = h.in_fresh_process(make_inputs, tmp, source, subdir, n, n_folder, size)
         npz, folder, out = (os.path.join(tmp, x) for x in ("images.npz", "folder", "out"))
         common = dict(out_root=out, workers=workers, quality=quality, timing=timing)
         grid = [("npz->raw", npz, "raw"), ("npz->jpg", npz, "jpg"), ("npz->png", npz, "png")]
         grid += [("imagefolder->jpg", folder, "jpg")]
-        rows = harness.run_cases(
-            harness.Case(b, pack_timed, dict(backend=b, src=s, fmt=f, **common)) for b, s, f in grid
-        )
+        rows = h.run_cases(h.Case(b, pack_timed, dict(backend=b, src=s, fmt=f, **common)) for b, s, f in grid)
     hh, ww = inputs["image_size"]
     settings = {**inputs, "workers": workers or host.cores(), "input_mb": round(inputs["n"] * hh * ww * 3 / 2**20, 1)}
     settings.update(quality=quality, **timing.settings())
     columns = "backend samples_per_s timed_batches seconds peak_pss_mb bytes_per_sample passthrough"
-    harness.finish("pack", settings, rows, columns, out_dir)
+    h.finish("pack", settings, rows, columns, out_dir)
