@@ -1,6 +1,7 @@
-"""The import graph of the project's packages: no module imports a layer above its own, and no two modules
-import each other, directly or round a longer loop. Every ``import`` counts, also one inside a function (a
-lazy import is still an arrow). The layers and what each may import are listed once, below."""
+"""The import graph of the project's packages, as docs/design.md maps it: no module imports a layer above its
+own, and no two modules import each other, directly or round a longer loop. Every ``import`` counts, also one
+inside a function (a lazy import is still an arrow). The layers and what each may import are listed once,
+below."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("shards.base", "shards.format", "shards.read", "shards.packing", "shards"),
         *("loaders.recipe", "loaders.batch"),
     ),  # audit, preview, the CLI
-    "models": ("shards.base",),  # networks, losses, methods: nothing of loaders
+    "models": (),  # networks, losses, methods: nothing of the project (no loader, no shard)
     "models.training": (
         *("shards.base", "shards.format", "shards.read", "shards.packing", "shards"),
         *("loaders.recipe", "loaders.batch", "loaders", "models"),
