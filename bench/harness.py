@@ -331,7 +331,7 @@ def host_kind(hw: dict | None = None) -> str:
 
 def write_results(bench: str, settings: dict, results: list[dict], out_dir=None) -> Path:
     """``<out_dir>/<host-kind>-<date>-<bench>.json`` (atomically); ``settings["quick"]`` is also the top-level flag."""
-    from shards.format.manifest import atomic_write_text
+    from shards.base.atomic import atomic_write_text
 
     hw = hardware_info()
     out = Path(out_dir) if out_dir else RESULTS_DIR

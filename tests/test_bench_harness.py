@@ -137,7 +137,7 @@ def test_in_fresh_process_keeps_the_start_method_and_tells_user_errors_from_fail
 @pytest.mark.parametrize(
     "name, args, line",
     [
-        ("loader", ["--device", "cuda", "--plan-only"], "--device cuda: no CUDA device is visible"),
+        ("loader", ["--device", "cuda", "--plan-only"], "--device cuda: no GPU is visible here"),
         ("formats", ["--shards", "/nonexistent/set"], "/nonexistent/set"),
         ("model", ["--methods", "nope", "--device", "cpu"], "--methods/--backbone"),
         ("confirm", ["--shards", "/nonexistent/set"], "/nonexistent/set"),

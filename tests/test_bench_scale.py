@@ -84,7 +84,7 @@ def test_scale_loader_quick(bench_demo, tmp_path):
 
 def test_variants_are_distinct_and_start_with_the_identity():
     from bench.scale import transform, variants
-    from shards.format.manifest import ShardError
+    from shards.base.errors import ShardError
 
     vs = variants(60)
     assert vs[0] == ("none", (0, 1, 2), (0, 0)) and len(set(vs)) == 60

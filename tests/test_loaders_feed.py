@@ -11,7 +11,7 @@ import loaders.batch.loader as loader_module
 from loaders.batch.loader import TrainLoader
 from loaders.recipe.augment import AugConfig, preset
 from loaders.recipe.mixture import parse_shards_args
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from loaders.batch.sampler import mixing_bound, plan_epoch
-from shards.format.manifest import ShardError
+from shards.base.errors import ConfigError, ShardError
 
 
 def multiplicities(plan, num_sources, counts):
@@ -89,7 +89,7 @@ def test_rank_split_disjoint_equal_complete():
     joined_i = np.concatenate([p.index for p in parts])
     # the ranks cover the global order exactly, minus the last len % world positions
     assert np.array_equal(joined_s, plan.source[: q * world]) and np.array_equal(joined_i, plan.index[: q * world])
-    with pytest.raises(ShardError):
+    with pytest.raises(ConfigError):
         plan.for_rank(5, 5)
 
 
@@ -116,10 +116,9 @@ def test_overflowing_weight_is_one_line_not_a_crash():
 def test_epoch_beyond_memory_is_refused_before_allocating(monkeypatch):
     """plan_epoch refuses what could never fit (half the machine's total memory at ~48 B per planned
     sample), naming the source when names are given."""
-    import psutil
+    import loaders.batch.sampler as sampler
 
-    one_gib = psutil.virtual_memory()._replace(total=2**30, available=2**30)
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: one_gib)  # a 1 GiB machine: 11,184,810 samples
+    monkeypatch.setattr(sampler, "memory_bytes", lambda which: 2**30)  # a 1 GiB machine: 11,184,810 samples
     with pytest.raises(ShardError) as e:
         plan_epoch([50_000, 1000], [1e6, 1], 0, 0, names=["cifar10", "edm"])
     msg = str(e.value)
@@ -132,7 +131,7 @@ def test_plan_memory_per_sample_is_what_the_bound_assumes():
     """The bound's 48 B per planned sample is plan_epoch's real peak (tracemalloc sees numpy's buffers)."""
     import tracemalloc
 
-    from loaders.batch.sampler import PLAN_BYTES_PER_SAMPLE
+    from loaders.recipe.mixture import PLAN_BYTES_PER_SAMPLE
 
     tracemalloc.start()
     try:

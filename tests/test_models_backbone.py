@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import build_backbone
+from models.backbone import build_backbone
 
 
 def test_resnet18_cifar_stem_and_feature_shape():

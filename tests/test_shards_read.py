@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards.format.manifest import Manifest, ShardError
+from shards.base.errors import ShardError
+from shards.format.manifest import Manifest
 from shards.packing.pack import PackConfig, pack
 from shards.read.index import cache_paths, read_index
 from shards.read.reader import SourceReader

@@ -20,7 +20,7 @@ from trainargs import train_args
 
 import train
 from loaders.batch.loader import TrainLoader
-from models.methods.simclr import SimCLR
+from models.methods import SimCLR
 from models.training import Settings, read_records
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from trainargs import train_args
 
 import train
-from models.methods.simclr import SimCLR
-from models.optim import warmup_cosine
+from models import warmup_cosine
+from models.methods import SimCLR
 from models.training import read_records
 
 ROOT = Path(__file__).resolve().parents[1]

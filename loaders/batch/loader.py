@@ -9,19 +9,15 @@ epochs are exact: a last partial batch is a smaller batch, never lost or padded)
 ``Pipeline.run()`` ourselves instead of ``DALIGenericIterator(size=...)``, which drops or duplicates
 samples at the epoch boundary.
 
-The path of a batch: the plan (``loaders.batch.sampler``) → the table of samples (``loaders.batch.table``) → the feed
-(``loaders.batch.feed``: bytes and crop boxes) → the DALI graph (``loaders.batch.graph``: decode and crop, uint8) → the
-delivery (``loaders.batch.delivery``: onto the model's device, off the training thread) → the colour stage
-(``loaders.batch.colour``: jitter, grayscale, blur, solarization, flip, normalisation). Every random parameter is
-drawn on the host from ``(seed, epoch, rank, step)`` (``loaders.batch.params``), so a batch is a pure function of
-(seed, epoch, rank, step, data): a resumed run (``load_state_dict`` then ``batches()``, or
+The path of a batch through these modules is told in ``docs/design.md``. A batch is a pure function of
+(seed, epoch, rank, step, data) (``loaders.batch.params``): a resumed run (``load_state_dict`` then ``batches()``, or
 ``epoch(e, start_step=k)``) yields the batches the uninterrupted run would have had next — bitwise on the
 CPU, within interpolation tolerance between the CPU and GPU pipelines, which get the same parameters.
 
-Where the DALI graph runs (``loader_device``) is independent of where the model runs (``device``):
-``"gpu"`` runs the ``mixed`` decoder and GPU resizes; ``"cpu"`` runs the graph with ``num_threads`` CPU
-threads and hands uint8 crops to the model's device; ``"auto"`` is ``"gpu"`` exactly when the model is on
-CUDA. The colour stage always runs on the model's device.
+Where the DALI graph runs (``loader_device``, decided by ``shards.base.host.resolve_loader_device``) is
+independent of where the model runs (``device``): ``"gpu"`` runs the ``mixed`` decoder and GPU resizes;
+``"cpu"`` runs the graph with ``num_threads`` CPU threads and hands uint8 crops to the model's device. The
+colour stage always runs on the model's device.
 
 Damaged samples: labels and the validity of every sample were decided once per set when it was opened
 (``shards.read.reader``): a damaged sample never reaches DALI; it raises a one-line :class:`ShardError` or, with
@@ -41,23 +37,24 @@ import torch
 
 from loaders.batch.colour import ColourStage, normalise
 from loaders.batch.delivery import Delivery, Prefetcher
-from loaders.batch.feed import Fed, Feed, Plans
+from loaders.batch.feed import FedBatch, Feed, Plans
 from loaders.batch.graph import eval_pipeline, first_line, operator_count, train_pipeline
 from loaders.batch.params import ParamLayout, augment_rng
 from loaders.batch.sampler import EpochPlan, plan_epoch
 from loaders.batch.table import LoaderStats, SampleTable
 from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig
 from loaders.recipe.mixture import Mixture
-from shards.format.manifest import Manifest, ShardError
+from shards.base.errors import ConfigError, ShardError
+from shards.base.host import LOADER_THREADS, cuda_index, resolve_device, resolve_loader_device
+from shards.format.manifest import Manifest
 
 log = logging.getLogger("loaders")
-LOADER_DEVICES = ("auto", "cpu", "gpu")
 #: samples per piece of the colour stage on a CPU (a piece stays in cache between its phases)
 CPU_CHUNK = 64
 
 
 @dataclass
-class Batch:
+class TrainBatch:
     views: list[torch.Tensor]  # each (B, 3, H, W) on the device
     labels: torch.Tensor  # int64 (B,), -1 for generated / unlabelled
     source: torch.Tensor  # int64 (B,), index into mixture.sources
@@ -74,7 +71,7 @@ class TrainLoader:
 
     ``for batch in loader.batches()`` yields batches endlessly, across epochs, from the loader's
     position (``load_state_dict``; default epoch 0, step 0), with one DALI pipeline for its whole life;
-    each :class:`Batch` carries its ``epoch`` and ``step``. ``state_dict()`` is the position of the next
+    each :class:`TrainBatch` carries its ``epoch`` and ``step``. ``state_dict()`` is the position of the next
     batch *delivered* (not prefetched): after batch ``(e, k)`` it is ``(e, k + 1)``, or ``(e + 1, 0)``
     after an epoch's last batch. ``for batch in loader.epoch(e, start_step=k)`` yields the batches of
     epoch ``e`` from step ``k`` (with no arguments: from the loaded position to the end of its epoch).
@@ -98,7 +95,7 @@ class TrainLoader:
         device: str = "cpu",
         rank: int = 0,
         world_size: int = 1,
-        num_threads: int = 2,
+        num_threads: int = LOADER_THREADS,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         drop_last: bool = True,
@@ -112,8 +109,8 @@ class TrainLoader:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
         self.mixture, self.aug, self.batch_size = mixture, aug, int(batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
-        self.device = _device(device)
-        self.loader_device = _resolve_loader_device(loader_device, self.device)
+        self.device = torch.device(resolve_device(device))
+        self.loader_device = resolve_loader_device(loader_device, str(self.device))
         self.num_threads, self.drop_last = num_threads, drop_last
         self.prefetch_batches, self.colour_threads = int(prefetch_batches), int(colour_threads)
         self.table = SampleTable([(s.name, s.path, s.manifest) for s in mixture.sources], on_corrupt)
@@ -135,7 +132,7 @@ class TrainLoader:
         self.samples_per_epoch = len(plan)
         self.steps_per_epoch = plan.num_batches(self.batch_size, drop_last)
         if self.steps_per_epoch == 0:
-            raise ShardError(
+            raise ConfigError(
                 f"rank {rank}/{world_size} gets {len(plan)} samples per epoch, fewer than batch size "
                 f"{batch_size}; lower --batch-size or add data"
             )
@@ -149,7 +146,7 @@ class TrainLoader:
         full = plan_epoch(self.mixture.counts, self.mixture.weights, self.seed, epoch)
         return full.for_rank(self.rank, self.world_size)
 
-    def keys_for(self, batch: Batch) -> list[str]:
+    def keys_for(self, batch: TrainBatch) -> list[str]:
         """``SOURCE_NAME/KEY`` of every sample of the batch."""
         return self.table.keys(batch.source.cpu().numpy(), batch.index.cpu().numpy())
 
@@ -165,7 +162,7 @@ class TrainLoader:
     def load_state_dict(self, state: dict) -> None:
         for k in ("seed", "batch_size", "world_size"):
             if k in state and state[k] != getattr(self, k):
-                raise ShardError(
+                raise ConfigError(
                     f"loader state has {k}={state[k]} but this loader has {getattr(self, k)}; resume with the same {k}"
                 )
         self._position = (int(state["epoch"]), int(state["step"]))
@@ -180,7 +177,7 @@ class TrainLoader:
         return self.layout.draw(rng, hw[:, 0], hw[:, 1], self._relative)
 
     # -- iteration ---------------------------------------------------------------------------------
-    def batches(self) -> Iterator[Batch]:
+    def batches(self) -> Iterator[TrainBatch]:
         """Batches without end from the current position, across epochs, through one DALI pipeline."""
         plans = Plans(self.plan)
 
@@ -197,8 +194,9 @@ class TrainLoader:
         finally:
             plans.close()
 
-    def epoch(self, epoch: int | None = None, start_step: int | None = None) -> Iterator[Batch]:
-        """Yield :class:`Batch` es of ``epoch`` from ``start_step`` (default: the loaded / current position)."""
+    def epoch(self, epoch: int | None = None, start_step: int | None = None) -> Iterator[TrainBatch]:
+        """Yield the :class:`TrainBatch` items of ``epoch`` from ``start_step`` (default: the loaded / current
+        position)."""
         if epoch is None:
             epoch, start_step = self._position if start_step is None else (self._position[0], start_step)
         plans = Plans(self.plan)
@@ -231,7 +229,7 @@ class TrainLoader:
             return epoch + 1, 0
         return epoch, step
 
-    def _stream(self, plans: Plans, positions_from, start: tuple[int, int]) -> Iterator[Batch]:
+    def _stream(self, plans: Plans, positions_from, start: tuple[int, int]) -> Iterator[TrainBatch]:
         """Deliver the batches of ``positions_from(*start)`` through one pipeline. Should DALI's decoder reject a
         batch with ``on_corrupt="skip"``, its culprits are marked (never fed again) and a new pipeline goes on
         from that batch, which it delivers without them (counted as skipped; the others keep their draws)."""
@@ -246,7 +244,7 @@ class TrainLoader:
                     self.table.count_skipped(tuple(a[: r.fed.carried] for a in r.fed.skipped))
                 position = self._position = (r.fed.epoch, r.fed.step)  # fed again without the culprits
 
-    def _stream_once(self, plans: Plans, positions: Iterator[tuple[int, int]]) -> Iterator[Batch]:
+    def _stream_once(self, plans: Plans, positions: Iterator[tuple[int, int]]) -> Iterator[TrainBatch]:
         """Build one pipeline, feed it ``positions`` and deliver its batches (made ready by a background
         thread when ``prefetch_batches`` > 0); the position advances as each batch is delivered."""
         first = next(positions, None)
@@ -261,7 +259,7 @@ class TrainLoader:
             relative=self._relative,
             batch_size=self.batch_size,
             device=self.loader_device,
-            device_id=_device_id(self.device),
+            device_id=cuda_index(self.device),
             num_threads=self.num_threads,
         )
         self.dali_operators = operator_count(pipe)
@@ -276,7 +274,7 @@ class TrainLoader:
         def produce():
             if own_threads:
                 torch.set_num_threads(self.colour_threads)  # the prefetch thread's colour stage
-            for outs, fed in run(pipe, self.table, feed):
+            for outs, fed in pipeline_outputs(pipe, self.table, feed):
                 host = [fed.labels, fed.source.astype(np.int64), fed.index.astype(np.int64)]
                 yield (*delivery.make(list(outs), host, fed.colour), fed)
 
@@ -293,7 +291,7 @@ class TrainLoader:
                     self.table.count_skipped(fed.skipped)
                 self.stats.batches += 1
                 self.stats.samples += len(fed.index)
-                yield Batch(views, labels, source, index, fed.epoch, fed.step)
+                yield TrainBatch(views, labels, source, index, fed.epoch, fed.step)
         finally:
             made.close()  # the producer is done with the pipeline; drop our reference to it
             pipe = None  # noqa: F841
@@ -319,7 +317,7 @@ class EvalLoader:
         device: str = "cpu",
         size: int = 32,
         *,
-        num_threads: int = 2,
+        num_threads: int = LOADER_THREADS,
         mean=CIFAR_MEAN,
         std=CIFAR_STD,
         on_corrupt: str = "error",
@@ -340,8 +338,8 @@ class EvalLoader:
             on_corrupt,
         )
         self.batch_size, self.size = int(batch_size), int(size)
-        self.device = _device(device)
-        self.loader_device = _resolve_loader_device(loader_device, self.device)
+        self.device = torch.device(resolve_device(device))
+        self.loader_device = resolve_loader_device(loader_device, str(self.device))
         self.num_threads, self.mean, self.std = num_threads, tuple(mean), tuple(std)
         counts = [m.count for m in manifests]
         self._plan = EpochPlan(
@@ -379,12 +377,12 @@ class EvalLoader:
             resize=self._resize,
             batch_size=self.batch_size,
             device=self.loader_device,
-            device_id=_device_id(self.device),
+            device_id=cuda_index(self.device),
             num_threads=self.num_threads,
         )
         delivery = Delivery(self.device, self.loader_device, self._finish)
         try:
-            for outs, fed in run(pipe, self.table, feed):
+            for outs, fed in pipeline_outputs(pipe, self.table, feed):
                 (images,), (labels,), event = delivery.make(list(outs), [fed.labels])
                 delivery.take([images], [labels], event)
                 if fed.skipped is not None:
@@ -398,12 +396,12 @@ class Rejected(ShardError):
     """DALI's decoder failed on the batch fed for ``fed`` (``on_corrupt="skip"``): its culprits are marked, the
     pipeline is rebuilt and the run goes on from that batch, without them."""
 
-    def __init__(self, line: str, fed: Fed, bad: np.ndarray):
+    def __init__(self, line: str, fed: FedBatch, bad: np.ndarray):
         super().__init__(line)
         self.fed, self.bad = fed, bad
 
 
-def run(pipe, table: SampleTable, feed: Feed) -> Iterator[tuple[list, Fed]]:
+def pipeline_outputs(pipe, table: SampleTable, feed: Feed) -> Iterator[tuple[list, FedBatch]]:
     """Yield (the pipeline's outputs, what was fed for them) until the feed's StopIteration. When DALI fails on
     a batch, its samples are checked again (:meth:`SampleTable.rejected`): a one-line :class:`ShardError`
     naming the culprit, or with ``on_corrupt="skip"`` a :class:`Rejected` the loader recovers from."""
@@ -415,35 +413,14 @@ def run(pipe, table: SampleTable, feed: Feed) -> Iterator[tuple[list, Fed]]:
         except ShardError:
             raise
         except RuntimeError as e:
-            if not feed.fed:
+            if not feed.in_flight:
                 raise ShardError(f"the DALI pipeline failed before any batch was fed [DALI: {first_line(e)}]") from None
-            fed = feed.fed[0]  # outputs come back in feeding order: the failure is the oldest batch's
+            fed = feed.in_flight[0]  # outputs come back in feeding order: the failure is the oldest batch's
             bad, line = table.rejected(fed.source, fed.index)
             if table.on_corrupt == "skip":
                 raise Rejected(line, fed, bad) from None
             raise ShardError(line) from None
-        fed = feed.fed.popleft()
+        fed = feed.in_flight.popleft()
         if fed.error:
             raise ShardError(fed.error)
         yield outs, fed
-
-
-def _device(device) -> torch.device:
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ShardError("device cuda requested but no GPU is visible; use --device cpu")
-    return d
-
-
-def _device_id(device: torch.device) -> int:
-    return (device.index or 0) if device.type == "cuda" else 0
-
-
-def _resolve_loader_device(loader_device: str, device: torch.device) -> str:
-    if loader_device not in LOADER_DEVICES:
-        raise ValueError(f"loader_device={loader_device!r}: use one of {', '.join(LOADER_DEVICES)}")
-    if loader_device == "auto":
-        return "gpu" if device.type == "cuda" else "cpu"
-    if loader_device == "gpu" and not torch.cuda.is_available():
-        raise ShardError("--loader-device gpu requested but no GPU is visible; use --loader-device cpu")
-    return loader_device

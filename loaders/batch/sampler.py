@@ -47,7 +47,7 @@ a fraction of a second and ~70 MB transient memory (see ``bench/loader.py --plan
 Memory bound
     Planning costs about 44-48 bytes per planned sample at its peak (keys, ids, the multiset, two
     permutations and the argsort; measured with tracemalloc) and keeps 12. A weight typed wrong
-    (``DIR:1e6``) would ask for tens of GB; :func:`check_epoch_size` refuses, in one line naming the
+    (``DIR:1e6``) would ask for tens of GB; ``loaders.recipe.mixture.check_epoch_size`` refuses, in one line naming the
     source, any epoch larger than half the memory available now can plan, and any weight whose epoch
     overflows. ``loaders.recipe.mixture`` checks this when the mixture is read; ``plan_epoch`` itself
     checks against half the machine's *total* memory only (what could never fit), so a run whose
@@ -61,7 +61,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shards.format.manifest import ShardError
+from loaders.recipe.mixture import check_epoch_size, memory_bytes
+from shards.base.errors import ConfigError, ShardError
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class EpochPlan:
     def for_rank(self, rank: int, world_size: int) -> EpochPlan:
         """Rank ``rank``'s contiguous, equal-length part; the last ``len % world_size`` positions are dropped."""
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ShardError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
+            raise ConfigError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
         q = len(self) // world_size
         sl = slice(rank * q, (rank + 1) * q)
         return EpochPlan(self.source[sl], self.index[sl], self.seed, self.epoch)
@@ -95,63 +96,6 @@ class EpochPlan:
     def counts(self, num_sources: int) -> np.ndarray:
         """Occurrences per source."""
         return np.bincount(self.source, minlength=num_sources)
-
-
-PLAN_BYTES_PER_SAMPLE = 48  # peak of plan_epoch per planned sample (tracemalloc: 44-48 B)
-PLAN_MEMORY_SHARE = 0.5  # of the memory available now; the rest is for the model, DALI and the OS
-
-
-def max_epoch_samples(available_bytes: int | None = None) -> int:
-    """The most samples one epoch may plan here: ``PLAN_MEMORY_SHARE`` of the available memory
-    (``psutil.virtual_memory().available`` unless given) at ``PLAN_BYTES_PER_SAMPLE`` each."""
-    if available_bytes is None:
-        available_bytes = _memory("available")
-    return int(available_bytes * PLAN_MEMORY_SHARE // PLAN_BYTES_PER_SAMPLE)
-
-
-def _memory(which: str) -> int:
-    import psutil
-
-    return int(getattr(psutil.virtual_memory(), which))
-
-
-def check_epoch_size(counts, weights, names: Sequence[str] | None = None, available_bytes: int | None = None) -> float:
-    """The expected epoch size ``Σ w·n``, or a one-line ShardError naming the source whose weight makes
-    the epoch overflow or outgrow the memory that can plan it (see the module docstring)."""
-    n = np.asarray(counts, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    if n.shape != w.shape:
-        raise ShardError(f"{len(n)} source counts but {len(w)} weights")
-    names = list(names) if names is not None else [f"source {i}" for i in range(len(n))]
-    if (w < 0).any() or np.isnan(w).any():
-        i = int(np.flatnonzero((w < 0) | np.isnan(w))[0])
-        raise ShardError(f"{names[i]}: weight {w[i]:g} is invalid; use a finite number >= 0 (0 excludes the source)")
-    with np.errstate(over="ignore", invalid="ignore"):
-        planned = w * n
-        total = float(planned.sum())
-    if not np.isfinite(total):
-        finite = np.isfinite(planned)
-        i = int(np.argmin(finite)) if not finite.all() else int(np.argmax(planned))
-        raise ShardError(
-            f"{names[i]}: weight {w[i]:g} × {int(n[i]):,} samples overflows the epoch size; "
-            "a weight is how many times each sample appears per epoch (e.g. 10)"
-        )
-    if available_bytes is None:
-        available_bytes = _memory("available")
-    limit = max_epoch_samples(available_bytes)
-    if total > limit:
-        i = int(np.argmax(planned))
-        share = f"{PLAN_MEMORY_SHARE:.0%} of {_gib(available_bytes)} of memory"
-        raise ShardError(
-            f"{names[i]}: weight {w[i]:g} × {int(n[i]):,} samples makes an epoch of {total:,.0f} samples; "
-            f"at most {limit:,} can be planned here ({PLAN_BYTES_PER_SAMPLE} B each in {share}); "
-            "lower the weight (it is how many times each sample appears per epoch, e.g. 10)"
-        )
-    return total
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:,.1f} GiB"
 
 
 def occurrences(counts, weights, rng: np.random.Generator) -> np.ndarray:
@@ -171,7 +115,7 @@ def occurrences(counts, weights, rng: np.random.Generator) -> np.ndarray:
 def plan_epoch(counts, weights, seed: int, epoch: int, *, names: Sequence[str] | None = None) -> EpochPlan:
     """The exact, well-mixed plan of one epoch, a pure function of ``(counts, weights, seed, epoch)``.
     ``names`` (one per source) only make the error of an epoch too large to plan name the source."""
-    check_epoch_size(counts, weights, names, available_bytes=_memory("total"))
+    check_epoch_size(counts, weights, names, available_bytes=memory_bytes("total"))
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), 0xADA1])))
     m = occurrences(counts, weights, rng)
     total = int(m.sum())

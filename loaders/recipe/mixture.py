@@ -13,22 +13,26 @@ Two spellings:
 Kind, counts, format and FID come from each directory's ``manifest.json``. Weight ``w`` means every
 sample of that source appears ``w`` times per epoch (see ``loaders.batch.sampler``); weight 0 excludes it.
 A mixture whose epoch could not be planned in the memory available (``DIR:1e6``) or overflows
-(``DIR:1e308``) is refused when it is read, naming the source (``loaders.batch.sampler.check_epoch_size``).
+(``DIR:1e308``) is refused when it is read, naming the source (:func:`check_epoch_size`, which the sampler
+asks again for each epoch).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from loaders.batch.sampler import check_epoch_size
-from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError
+import numpy as np
+
+from shards.base.errors import ShardError
+from shards.format.manifest import MANIFEST_NAME, Manifest
 
 
 @dataclass(frozen=True)
-class Source:
+class MixtureSource:
     name: str
     path: Path
     manifest: Manifest
@@ -46,7 +50,7 @@ class Source:
 
 @dataclass(frozen=True)
 class Mixture:
-    sources: tuple[Source, ...]
+    sources: tuple[MixtureSource, ...]
 
     @property
     def counts(self) -> list[int]:
@@ -68,7 +72,7 @@ class Mixture:
         return _checked(
             Mixture(
                 tuple(
-                    Source(s.name, s.path, s.manifest, _check_weight(w, str(s.path)), s.weight_given)
+                    MixtureSource(s.name, s.path, s.manifest, _check_weight(w, str(s.path)), s.weight_given)
                     for s, w in zip(self.sources, weights)
                 )
             )
@@ -104,7 +108,9 @@ def parse_shards_args(args) -> Mixture:
     for path, weight, name in entries:
         manifest = load_manifest(path)
         given = weight is not None
-        sources.append(Source(name or manifest.name, Path(path), manifest, 1.0 if weight is None else weight, given))
+        sources.append(
+            MixtureSource(name or manifest.name, Path(path), manifest, 1.0 if weight is None else weight, given)
+        )
     names = [s.name for s in sources]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -165,7 +171,7 @@ def not_a_shard_set(p: Path, option: str = "--shards") -> str | None:
 
 def _describe_folder(p: Path, peek: int = 200) -> str | None:
     """What a folder without a manifest holds, from a look at its first entries (never a full walk)."""
-    from shards.packing.sources import IMAGE_EXTS
+    from shards.packing.sources import IMAGE_FILE_EXTS
 
     try:
         entries = sorted(os.scandir(p), key=lambda e: e.name)
@@ -176,7 +182,7 @@ def _describe_folder(p: Path, peek: int = 200) -> str | None:
         return None
     files = [e.name for e in entries if e.is_file()]
     dirs = [e for e in entries if e.is_dir()]
-    images = [f for f in files if f.lower().endswith(IMAGE_EXTS)]
+    images = [f for f in files if f.lower().endswith(IMAGE_FILE_EXTS)]
     tars = [f for f in files if f.lower().endswith((".tar", ".tar.gz", ".tgz"))]
     if images:
         return f"a folder of images ({images[0]}, …)"
@@ -185,7 +191,7 @@ def _describe_folder(p: Path, peek: int = 200) -> str | None:
     with_images = []
     for d in dirs[:peek]:
         try:
-            if any(e.name.lower().endswith(IMAGE_EXTS) for _, e in zip(range(peek), os.scandir(d.path))):
+            if any(e.name.lower().endswith(IMAGE_FILE_EXTS) for _, e in zip(range(peek), os.scandir(d.path))):
                 with_images.append(d.name)
         except OSError:
             continue
@@ -268,3 +274,62 @@ def _read_yaml(path: Path) -> list[tuple[str, float | None, str | None]]:
         w = _check_weight(weight, f"{path}: entry {i + 1}") if "weight" in item else None
         entries.append((str(p), w, item.get("name")))
     return entries
+
+
+# -- the memory bound of an epoch's plan (loaders.batch.sampler's docstring, "Memory bound") ----------------
+PLAN_BYTES_PER_SAMPLE = 48  # peak of plan_epoch per planned sample (tracemalloc: 44-48 B)
+PLAN_MEMORY_SHARE = 0.5  # of the memory available now; the rest is for the model, DALI and the OS
+
+
+def max_epoch_samples(available_bytes: int | None = None) -> int:
+    """The most samples one epoch may plan here: ``PLAN_MEMORY_SHARE`` of the available memory
+    (``psutil.virtual_memory().available`` unless given) at ``PLAN_BYTES_PER_SAMPLE`` each."""
+    if available_bytes is None:
+        available_bytes = memory_bytes("available")
+    return int(available_bytes * PLAN_MEMORY_SHARE // PLAN_BYTES_PER_SAMPLE)
+
+
+def memory_bytes(which: str) -> int:
+    """``psutil.virtual_memory()``'s ``available`` or ``total`` bytes."""
+    import psutil
+
+    return int(getattr(psutil.virtual_memory(), which))
+
+
+def check_epoch_size(counts, weights, names: Sequence[str] | None = None, available_bytes: int | None = None) -> float:
+    """The expected epoch size ``Σ w·n``, or a one-line ShardError naming the source whose weight makes
+    the epoch overflow or outgrow the memory that can plan it (see the module docstring)."""
+    n = np.asarray(counts, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if n.shape != w.shape:
+        raise ShardError(f"{len(n)} source counts but {len(w)} weights")
+    names = list(names) if names is not None else [f"source {i}" for i in range(len(n))]
+    if (w < 0).any() or np.isnan(w).any():
+        i = int(np.flatnonzero((w < 0) | np.isnan(w))[0])
+        raise ShardError(f"{names[i]}: weight {w[i]:g} is invalid; use a finite number >= 0 (0 excludes the source)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        planned = w * n
+        total = float(planned.sum())
+    if not np.isfinite(total):
+        finite = np.isfinite(planned)
+        i = int(np.argmin(finite)) if not finite.all() else int(np.argmax(planned))
+        raise ShardError(
+            f"{names[i]}: weight {w[i]:g} × {int(n[i]):,} samples overflows the epoch size; "
+            "a weight is how many times each sample appears per epoch (e.g. 10)"
+        )
+    if available_bytes is None:
+        available_bytes = memory_bytes("available")
+    limit = max_epoch_samples(available_bytes)
+    if total > limit:
+        i = int(np.argmax(planned))
+        share = f"{PLAN_MEMORY_SHARE:.0%} of {_gib(available_bytes)} of memory"
+        raise ShardError(
+            f"{names[i]}: weight {w[i]:g} × {int(n[i]):,} samples makes an epoch of {total:,.0f} samples; "
+            f"at most {limit:,} can be planned here ({PLAN_BYTES_PER_SAMPLE} B each in {share}); "
+            "lower the weight (it is how many times each sample appears per epoch, e.g. 10)"
+        )
+    return total
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
