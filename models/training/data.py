@@ -55,7 +55,7 @@ class DataPlan:
         return TrainLoader(
             self.mixture,
             self.aug,
-            s.batch_size // rt.world_size,
+            s.batch_size,  # the global batch: each rank delivers its part of it (elastic determinism)
             seed=s.seed,
             device=rt.device,
             rank=rt.rank,
