@@ -198,7 +198,7 @@ def test_order_is_a_uniform_permutation_drawn_with_the_rest():
     assert len(counts) == 24 and abs(counts / n - 1 / 24).max() < 5 * np.sqrt(1 / 24 / n)
     assert np.abs(p["hue"]).max() <= view.hue and abs(p["hue"].mean()) < 0.01 * view.hue  # turns, not degrees
     again = draws(view, n)
-    assert all(np.array_equal(p[k], again[k]) for k in p)  # a pure function of (seed, epoch, rank, step)
+    assert all(np.array_equal(p[k], again[k]) for k in p)  # a pure function of (seed, epoch, step)
 
 
 # ---- grayscale, blur, solarization ----------------------------------------------------------------------------
