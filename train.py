@@ -46,7 +46,7 @@ from models.training.rundir import check_out
 from models.training.runtime import plan_runtime
 from models.training.settings import DEMO_CPU_DEFAULTS, DEMO_DEFAULTS, RESUME_MAY_CHANGE, click_options, read_yaml
 from models.training.trainer import Interrupted, resolved_run, schedule
-from shards.base.errors import ConfigError, UserError
+from shards.base.errors import ConfigError, ShardError, UserError
 from shards.base.host import resolve_device
 from shards.base.interrupt import interrupts, signal_of
 
@@ -149,7 +149,10 @@ def run(ctx, config_file, print_config, options) -> dict:
         # -- trainer: optimizer, schedule, precision, compile, DDP; then the run
         trainer = Trainer(s, rt, loader, method)
         if ckpt is not None:
-            trainer.load_state_dict(ckpt)
+            try:
+                trainer.load_state_dict(ckpt)  # on any number of processes dividing the global batch
+            except ShardError as e:  # a loader state this release cannot continue (another version, batch size)
+                raise ConfigError(f"--resume {s.resume}: {e}") from None
         evaluator = Evaluator(data, s, rt) if data.eval_shards else None  # opened now: a bad set fails before training
     run_dir = RunDir(s.out, resume_step=trainer.step_count if ckpt else None, master=rt.master, continues=continues)
     started = (
@@ -164,8 +167,10 @@ def run(ctx, config_file, print_config, options) -> dict:
                 _log(data.recipe.describe())
                 _log(
                     f"{s.method}/{s.backbone} on {rt.device} x{rt.world_size} ({rt.precision}), "
-                    f"{trainer.total_steps} steps of batch {s.batch_size} ({loader.steps_per_epoch} steps/epoch "
-                    f"of {data.epoch_size} samples), lr {resolved['lr']:.4g}; run directory {s.out}"
+                    f"{trainer.total_steps} steps of batch {s.batch_size} ("
+                    + (f"{loader.local_batch_size} a process; " if rt.distributed else "")
+                    + f"{loader.steps_per_epoch} steps/epoch of {data.epoch_size} samples), "
+                    f"lr {resolved['lr']:.4g}; run directory {s.out}"
                     + (f"; resumed at step {trainer.step_count}" if ckpt else "")
                 )
                 for line in data_notes(data, s) + (resume_notes(trainer, ckpt) if ckpt else []):

@@ -135,3 +135,21 @@ def test_two_nodes_with_the_c10d_rendezvous_log_the_one_process_curves(data, one
     nodes = [torchrun(launcher, args(data, out, 3)) for _ in range(2)]  # rank 0 writes the run (a shared --out)
     finish(*nodes)
     assert_same_curves(figures(out), figures(one_process)[:3])
+
+
+def test_a_checkpoint_of_several_processes_of_version_one_is_refused_in_one_line(one_process, tmp_path):
+    """Version 1 loader states (no ``version``; each rank's own batch size) of a multi-process run: refused in one
+    line naming the checkpoint and the version; nothing is trained or written."""
+    run = tmp_path / "old"
+    run.mkdir()
+    for name in ("config.yaml", "metrics.jsonl"):
+        (run / name).write_bytes((one_process / name).read_bytes())
+    ckpt = torch.load(one_process / "ckpt-last.pt", map_location="cpu", weights_only=False)
+    ckpt["loader"] = {"epoch": 1, "step": 2, "seed": 0, "batch_size": 8, "world_size": 2}  # as version 1 saved it
+    torch.save(ckpt, run / "ckpt-last.pt")
+    before = (run / "metrics.jsonl").read_bytes()
+    result = CliRunner().invoke(train.main, ["--resume", str(run), "--steps", "7"])
+    assert result.exit_code == 1 and result.exception is not None
+    line = result.output.strip().splitlines()[-1]
+    assert str(run / "ckpt-last.pt") in line and "version 1 written by 2 processes" in line, result.output
+    assert "Traceback" not in result.output and (run / "metrics.jsonl").read_bytes() == before
