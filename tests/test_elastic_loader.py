@@ -132,3 +132,15 @@ def test_a_resume_that_changes_the_global_batch_is_refused_in_one_line(mixture):
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(mixture):
     with pytest.raises(ShardError, match="does not split over 5 processes"):
         TrainLoader(mixture, preset("simclr"), GLOBAL_BATCH, rank=0, world_size=5)
+
+
+def test_the_draws_of_a_step_are_version_one_rank_zero_draws():
+    """Why a one-process version 1 state is continued exactly: its rank 0 drew the whole batch from the key
+    ``(seed, epoch, 0, step)``, which is this version's key of the global batch."""
+    import numpy as np
+
+    from loaders.batch.params import augment_rng
+
+    for seed, epoch, step in [(0, 0, 0), (3, 5, 17), (2**40, 1, 99)]:
+        v1 = np.random.Generator(np.random.Philox(np.random.SeedSequence([0x41756741, seed, epoch, 0, step])))
+        assert np.array_equal(augment_rng(seed, epoch, step).random(64), v1.random(64))
