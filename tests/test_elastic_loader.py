@@ -12,10 +12,12 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from loaders.batch.loader import LOADER_STATE_VERSION, Batch, TrainLoader
+from loaders.batch.params import augment_rng
 from loaders.recipe.augment import preset
 from loaders.recipe.mixture import parse_shards_args
 from shards.format.manifest import ShardError
@@ -137,10 +139,7 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(mixtur
 def test_the_draws_of_a_step_are_version_one_rank_zero_draws():
     """Why a one-process version 1 state is continued exactly: its rank 0 drew the whole batch from the key
     ``(seed, epoch, 0, step)``, which is this version's key of the global batch."""
-    import numpy as np
-
-    from loaders.batch.params import augment_rng
-
     for seed, epoch, step in [(0, 0, 0), (3, 5, 17), (2**40, 1, 99)]:
+        # version 1's key: its stream constant, seed, epoch, rank, step
         v1 = np.random.Generator(np.random.Philox(np.random.SeedSequence([0x41756741, seed, epoch, 0, step])))
         assert np.array_equal(augment_rng(seed, epoch, step).random(64), v1.random(64))
