@@ -157,7 +157,10 @@ def run(ctx, config_file, print_config, options) -> dict:
         # -- trainer: optimizer, schedule, precision, compile, DDP; then the run
         trainer = Trainer(settings, runtime, loader, method)
         if ckpt is not None:
-            trainer.load_state_dict(ckpt)
+            try:
+                trainer.load_state_dict(ckpt)  # on any number of processes dividing the global batch
+            except ConfigError as e:  # a loader state this release cannot continue (another version, batch size)
+                raise ConfigError(f"--resume {settings.resume}: {e}") from None
         # the evaluator opens its sets now: a bad set fails before training
         evaluator = Evaluator(data, settings, runtime) if data.eval_shards else None
     run_dir = RunDir(
@@ -176,9 +179,10 @@ def run(ctx, config_file, print_config, options) -> dict:
                 _log(data.recipe.describe())
                 _log(
                     f"{settings.method}/{settings.backbone} on {runtime.device} x{runtime.world_size} "
-                    f"({runtime.precision}), "
-                    f"{trainer.total_steps} steps of batch {settings.batch_size} ({loader.steps_per_epoch} steps/epoch "
-                    f"of {data.epoch_size} samples), lr {resolved['lr']:.4g}; run directory {settings.out}"
+                    f"({runtime.precision}), {trainer.total_steps} steps of batch {settings.batch_size} ("
+                    + (f"{loader.local_batch_size} a process; " if runtime.distributed else "")
+                    + f"{loader.steps_per_epoch} steps/epoch of {data.epoch_size} samples), "
+                    f"lr {resolved['lr']:.4g}; run directory {settings.out}"
                     + (f"; resumed at step {trainer.step_count}" if ckpt else "")
                 )
                 for line in data_notes(data, settings) + (resume_notes(trainer, ckpt) if ckpt else []):

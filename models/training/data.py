@@ -56,7 +56,7 @@ class DataPlan:
         return TrainLoader(
             self.mixture,
             self.aug,
-            settings.batch_size // runtime.world_size,
+            settings.batch_size,  # the global batch: each rank delivers its part of it (elastic determinism)
             seed=settings.seed,
             device=runtime.device,
             rank=runtime.rank,
