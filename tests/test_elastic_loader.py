@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from loaders.batch.loader import LOADER_STATE_VERSION, Batch, TrainLoader
+from loaders.batch.loader import LOADER_STATE_VERSION, TrainBatch, TrainLoader
 from loaders.batch.params import augment_rng
 from loaders.recipe.augment import preset
 from loaders.recipe.mixture import parse_shards_args
@@ -38,10 +38,10 @@ def loaders(mixture, recipe: str, world: int, **kw) -> list[TrainLoader]:
     ]
 
 
-def joined(parts: list[Batch]) -> Batch:
+def joined(parts: list[TrainBatch]) -> TrainBatch:
     """The global batch of one step: the ranks' batches of that step in rank order."""
     assert len({(b.epoch, b.step) for b in parts}) == 1, "the ranks delivered different steps"
-    return Batch(
+    return TrainBatch(
         [torch.cat([b.views[v] for b in parts]) for v in range(len(parts[0].views))],
         torch.cat([b.labels for b in parts]),
         torch.cat([b.source for b in parts]),
@@ -51,7 +51,7 @@ def joined(parts: list[Batch]) -> Batch:
     )
 
 
-def steps(ranks: list[TrainLoader], n: int) -> list[Batch]:
+def steps(ranks: list[TrainLoader], n: int) -> list[TrainBatch]:
     """``n`` global batches of a run on ``len(ranks)`` processes from the loaders' positions (across epochs)."""
     streams = [r.batches() for r in ranks]
     try:
