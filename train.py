@@ -40,7 +40,7 @@ from models.training import (
     seed_everything,
     setup_runtime,
 )
-from models.training.data import check_sources, data_notes, describe_resolved
+from models.training.data import check_sources, data_notes, describe_resolved, remote_options
 from models.training.metrics import read_records
 from models.training.rundir import check_out
 from models.training.runtime import plan_runtime
@@ -298,6 +298,7 @@ def evaluate_checkpoint(s: Settings, given: set[str]) -> dict:
     data = plan_eval(
         s.eval_shards if "eval_shards" in given else tuple(run_info.get("eval_shards", ())),
         s.train_labels if "train_labels" in given else tuple(run_info.get("train_labels", ())),
+        remote=remote_options(s),
     )
     rt = setup_runtime(s.device, s.precision)
     cfg = dict(run_info.get("method_config") or {})

@@ -19,6 +19,8 @@ from shards.base.errors import UserError
 from shards.base.host import LOADER_THREADS, resolve_device
 from shards.base.interrupt import interrupts, signal_of
 from shards.base.progress import duration, progress
+from shards.remote.options import RemoteOptions
+from shards.remote.options import click_options as remote_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,7 +31,13 @@ def main():
 def recipe_options(f):
     """The options that choose a recipe, shared by audit and preview (as train.py names them)."""
     options = [
-        click.option("--shards", "shards", multiple=True, required=True, help="DIR[:WEIGHT] (repeatable) or mix.yaml"),
+        click.option(
+            "--shards",
+            "shards",
+            multiple=True,
+            required=True,
+            help="DIR[:WEIGHT] or URL[:WEIGHT] (s3://, gs://, http(s)://; repeatable) or mix.yaml",
+        ),
         click.option(
             "--family",
             type=click.Choice(FAMILY_CHOICES),
@@ -63,12 +71,12 @@ def recipe_options(f):
     ]
     for option in reversed(options):
         f = option(f)
-    return f
+    return remote_options(f)
 
 
-def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p):
+def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, remote: RemoteOptions):
     return resolve_recipe(
-        parse_shards_args(shards),
+        parse_shards_args(shards, remote),
         family=family,
         inflation=inflation,
         aug=aug,
@@ -112,6 +120,8 @@ def audit(
     crop_min_scale,
     jitter_strength,
     jitter_p,
+    cache_dir,
+    storage_option,
     epochs,
     batch_size,
     seed,
@@ -127,7 +137,8 @@ def audit(
     try:
         with interrupts():
             check_devices(device, loader_device)
-            recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
+            remote = RemoteOptions.from_cli(cache_dir, storage_option, on_corrupt=on_corrupt, progress=not as_json)
+            recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, remote)
             plan = plan_report(recipe.mixture, batch_size=batch_size, epochs=epochs, seed=seed, drop_last=drop_last)
             if plan_only:
                 report = {"recipe": recipe.to_dict(), "plan": plan, "epochs": []}
@@ -224,13 +235,29 @@ def flag_spelling(message: str) -> str:
 @click.option("--seed", default=0, show_default=True, type=int, help="which samples and which augmentations")
 @click.option("--scale", default=3, show_default=True, type=click.IntRange(1, 8), help="pixels per image pixel")
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
-def preview(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, out, n, seed, scale, threads):
+def preview(
+    shards,
+    family,
+    inflation,
+    aug,
+    crop_min_scale,
+    jitter_strength,
+    jitter_p,
+    cache_dir,
+    storage_option,
+    out,
+    n,
+    seed,
+    scale,
+    threads,
+):
     """Draw real and generated samples as stored and as their augmented views under the recipe (CPU)."""
     from loaders.preview import preview as draw
 
     try:
         with interrupts():
-            recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
+            remote = RemoteOptions.from_cli(cache_dir, storage_option)
+            recipe = _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, remote)
             info = draw(recipe, out, n=n, seed=seed, scale=scale, num_threads=threads)
     except UserError as e:
         raise click.ClickException(flag_spelling(str(e))) from None

@@ -18,6 +18,17 @@ from loaders.recipe.mixture import Mixture, load_manifest, parse_shards_args
 from loaders.recipe.resolve import AUG_KNOBS, Recipe, resolve_recipe
 from shards.base.errors import ConfigError
 from shards.format.manifest import Manifest
+from shards.remote import RemoteOptions, local_set
+
+
+def remote_options(s) -> RemoteOptions:
+    """Where and how the run stages remote shard sets (``--cache-dir``, ``--storage-option``, ``--on-corrupt``)."""
+    return RemoteOptions.from_cli(
+        getattr(s, "cache_dir", None),
+        getattr(s, "storage_option", ()),
+        on_corrupt=getattr(s, "on_corrupt", "error"),
+        progress=getattr(s, "progress", True),
+    )
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,9 @@ class DataPlan:
         from loaders.batch.loader import EvalLoader
 
         # a fixed random subset when capped: test sets are often packed in class order
+        remote = remote_options(s)
         return EvalLoader(
-            list(dirs),
+            [local_set(d, remote, "--eval-shards") for d in dirs],  # a URL: its staged copy
             s.eval_batch_size,
             rt.device,
             size=s.image_size,
@@ -97,14 +109,14 @@ def plan_data(s, world_size: int, aug_family: str) -> DataPlan:
     ``aug_family``: the method's augmentation family (its no-inflation and AdaInf presets)."""
     if not s.shards:
         raise ConfigError("no training data: give --shards DIR[:WEIGHT] (repeatable) or --demo")
-    mixture = parse_shards_args(list(s.shards))
+    mixture = parse_shards_args(list(s.shards), remote_options(s))
     for src in mixture.sources:
         if src.manifest.count == 0:
-            raise ConfigError(f"{src.path}: shard set is empty; pack images into it with `python -m shards pack`")
+            raise ConfigError(f"{src.location}: shard set is empty; pack images into it with `python -m shards pack`")
     label_dirs = s.train_labels or tuple(
-        str(src.path) for src in mixture.sources if src.manifest.kind == "real" and src.manifest.labelled
+        src.location for src in mixture.sources if src.manifest.kind == "real" and src.manifest.labelled
     )
-    eval_plan = plan_eval(s.eval_shards, label_dirs, required=False)
+    eval_plan = plan_eval(s.eval_shards, label_dirs, required=False, remote=remote_options(s))
     if s.eval_shards and not label_dirs:
         raise ConfigError(
             "evaluation needs labelled training features: give --train-labels DIR (a labelled real shard set)"
@@ -162,8 +174,9 @@ def data_notes(plan: DataPlan, s) -> list[str]:
     return notes
 
 
-def plan_eval(eval_shards, train_labels, required: bool = True) -> DataPlan:
-    """The evaluation sets alone (``--eval-only``, the random-init baseline): labelled, readable."""
+def plan_eval(eval_shards, train_labels, required: bool = True, remote: RemoteOptions | None = None) -> DataPlan:
+    """The evaluation sets alone (``--eval-only``, the random-init baseline): labelled, readable. ``remote``:
+    how URLs among them are staged (``remote_options(settings)``)."""
     if required and not eval_shards:
         raise ConfigError("no evaluation data: give --eval-shards DIR (a labelled test shard set)")
     if required and not train_labels:
@@ -171,7 +184,7 @@ def plan_eval(eval_shards, train_labels, required: bool = True) -> DataPlan:
     classes = [10]
     for opt, dirs in (("--eval-shards", eval_shards), ("--train-labels", train_labels)):
         for d in dirs:
-            m = load_manifest(d, opt)
+            m = load_manifest(d, opt, remote)
             if not m.labelled:
                 raise ConfigError(f"{opt} {d}: shard set has no labels ({m.kind}); give a labelled real set")
             classes.append(m.num_classes)  # class names, or the labels a set without names uses

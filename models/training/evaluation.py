@@ -201,8 +201,9 @@ def format_result(result: dict, step: int) -> str:
 def random_init_baseline(s) -> dict:
     """The run's evaluation of a randomly initialised backbone (same seed): what training has to beat."""
     from models.training import build_method_for, plan_eval, setup_runtime
+    from models.training.data import remote_options
 
-    data = plan_eval(s.eval_shards, s.train_labels)
+    data = plan_eval(s.eval_shards, s.train_labels, remote=remote_options(s))
     rt = setup_runtime(s.device, s.precision)
     torch.manual_seed(s.seed)
     method = build_method_for(s, data.num_classes).to(rt.device)
