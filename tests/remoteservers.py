@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import logging
 import shutil
 import socket
 import threading
@@ -29,6 +30,7 @@ def moto_port():
     pytest.importorskip("s3fs")
     server_mod = pytest.importorskip("moto.server")
     port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield port
