@@ -176,3 +176,23 @@ def test_wrong_endpoint_on_the_command_line_is_one_line(remote, monkeypatch):
     line = one_line(res.exit_code, res.output)
     assert remote["real"] in line and "cannot reach the server" in line and "endpoint_url" in line
     assert Manifest  # the set was never staged: nothing to read
+
+
+def test_set_damaged_on_the_server_in_audit_and_verify(s3, data, corrupt_sample, tmp_path):
+    """One line naming the shard by default; with --on-corrupt skip its damaged sample is skipped and counted;
+    ``shards verify`` stages it to say what is wrong."""
+    damaged = copy_set(Path(data["real"]), tmp_path / "real")
+    file, key = corrupt_sample(damaged, 0, 2)
+    url = s3.put_set(Path(data["real"]), "demo/real")
+    s3.put_file(damaged / file, "demo/real")
+    res = CliRunner().invoke(loaders_main, ["audit", "--shards", url, "--batch-size", "8", "--json"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip().splitlines()[-1].startswith(f"Error: {url}/{file}: its sha256 differs")
+    res = CliRunner().invoke(
+        loaders_main, ["audit", "--shards", url, "--batch-size", "8", "--on-corrupt", "skip", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    epoch = json.loads(res.output.strip().splitlines()[-1])["epochs"][0]
+    assert epoch["corrupt_skipped"] == 1 and epoch["corrupt_keys"] == [f"demo-real/{key}"]
+    code, out = shards("verify", url)
+    assert code == 1 and f"{file}: sha256 differs from the manifest" in out and key in out
