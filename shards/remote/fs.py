@@ -107,9 +107,10 @@ def explain(url: str, e: BaseException, what: str = "") -> str | None:
     return None
 
 
-def read_manifest(url: str, storage_options: dict | None = None, option: str = "") -> tuple[Manifest, bytes]:
-    """The manifest at ``url/manifest.json`` (checked field by field) and its bytes, read remotely."""
-    fs = filesystem(url, storage_options, option)
+def read_manifest(url: str, storage_options: dict | None = None, option: str = "", fs=None) -> tuple[Manifest, bytes]:
+    """The manifest at ``url/manifest.json`` (checked field by field) and its bytes, read remotely (through
+    ``fs`` when given, else a filesystem of its own)."""
+    fs = fs or filesystem(url, storage_options, option)
     where = child(url, MANIFEST_NAME)
     try:
         with remote_errors(where, "no manifest there"):

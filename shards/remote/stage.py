@@ -87,7 +87,7 @@ def stage(
     scheme_of(url, option)
     t0 = time.perf_counter()
     fs = filesystem(url, options.storage_options, option)
-    manifest, raw = read_manifest(url, options.storage_options, option)
+    manifest, raw = read_manifest(url, options.storage_options, option, fs=fs)
     folder = staged_folder(url, manifest, options.cache)
     stats = stats if stats is not None else {}
     stats.update(bytes=0, seconds=0.0, cached=True, folder=str(folder))
