@@ -196,3 +196,27 @@ def test_set_damaged_on_the_server_in_audit_and_verify(s3, data, corrupt_sample,
     assert epoch["corrupt_skipped"] == 1 and epoch["corrupt_keys"] == [f"demo-real/{key}"]
     code, out = shards("verify", url)
     assert code == 1 and f"{file}: sha256 differs from the manifest" in out and key in out
+
+
+def test_preview_from_an_http_server(http_root, data, tmp_path):
+    root, base = http_root
+    for part in ("real", "generated"):
+        copy_set(Path(data[part]), root / part)
+    out = tmp_path / "grid.png"
+    args = ["preview", "--shards", f"{base}/real:10", "--shards", f"{base}/generated", "--out", str(out), "--n", "2"]
+    res = CliRunner().invoke(loaders_main, args)
+    assert res.exit_code == 0, res.output
+    assert "real 2, generated 2" in res.output and out.is_file()
+
+
+def test_byte_progress_lines_are_in_mb():
+    import io
+
+    from shards.base.progress import LineProgress
+
+    stream = io.StringIO()
+    with LineProgress(10 * 2**20, "stage s3://b/set", "B", stream=stream, quiet_s=0, min_gap_s=0) as bar:
+        bar.update(2**20)
+    first, last = stream.getvalue().splitlines()
+    assert first.startswith("stage s3://b/set: 1.0/10.0 MB (10%), ") and " MB/s, " in first and first.endswith(" left")
+    assert last.startswith("stage s3://b/set: 1.0/10.0 MB (10%)")
