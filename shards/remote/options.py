@@ -49,8 +49,6 @@ class RemoteOptions:
         return RemoteOptions(self.cache_dir, merged, self.on_corrupt, self.progress)
 
 
-
-
 def click_options(f):
     """``--cache-dir`` and ``--storage-option KEY=VALUE`` (repeatable), as every command that takes shard sets
     spells them."""

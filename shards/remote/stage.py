@@ -341,6 +341,7 @@ class NodeLock:
             fd, self.fd = self.fd, None
             os.close(fd)  # drops the flock
 
+
 def local_set(location, options: RemoteOptions | None = None, option: str = "--shards") -> Path:
     """The local folder of the shard set at ``location``: itself for a folder, the staged copy for a URL
     (staged now if the cache does not hold it; see ``shards.remote.stage``)."""
