@@ -115,7 +115,7 @@ def audit(
 
 def share_text(row: dict) -> str | None:
     """The per-batch generated share for the table: ``mean±std [min–max]``."""
-    if row.get("gen_share_mean") is None:
-        return None
     r = row
+    if any(r.get(f"gen_share_{k}") is None for k in ("mean", "std", "min", "max")):
+        return None
     return f"{r['gen_share_mean']:.3f}±{r['gen_share_std']:.3f} [{r['gen_share_min']:.3f}–{r['gen_share_max']:.3f}]"

@@ -449,7 +449,7 @@ def run_suite(rows, shards, timing: h.Timing, rounds: int, isolate: bool, audit_
         mem = _one(f"{label} (memory pass)", fn, {**kwargs, "timing": timing, "memory": True}, isolate, peer)
         row.update(memory_fields(mem) if "failed" not in mem else {"memory_failed": mem["failed"]})
         if audit_on:
-            akw = dict(backend=fields["backend"], shards=shards, aug=kwargs["aug"], batch_size=fields["batch_size"])
+            akw = dict(backend=fields["backend"], shards=shards, aug=kwargs.get("aug"), batch_size=fields["batch_size"])
             akw.update(workers=workers, device=device, work_dir=work_dir)
             exact = _one(f"{label} (audit)", audit_backend, akw, isolate, True)
             row.update(exact if "failed" not in exact else {"audit_failed": exact["failed"]})
