@@ -351,18 +351,28 @@ def interleave(rows: list, rounds: int) -> list[tuple[int, int]]:
     return [(r, i) for r in range(rounds) for i in range(len(rows))]
 
 
-def ratio_summary(rates: list, reference: list) -> dict:
+def ratio_summary(rates: list, reference: list, key: str = "vs_reference") -> dict:
     """A row's ratio to the reference, round by round (each round's rate over the reference's in the same round),
-    as its median and range over the rounds; rounds where either rate is missing are left out."""
+    as its median and range over the rounds; rounds where either rate is missing are left out. ``key``: the
+    fields' prefix (``vs_best_peer``: against the fastest peer of each round)."""
     ratios = [round(a / b, 3) for a, b in zip(rates, reference) if a and b]
     if not ratios:
-        return {"vs_reference": None, "vs_reference_min": None, "vs_reference_max": None, "vs_reference_rounds": []}
+        return {key: None, f"{key}_min": None, f"{key}_max": None, f"{key}_rounds": []}
     return {
-        "vs_reference": round(statistics.median(ratios), 2),
-        "vs_reference_min": min(ratios),
-        "vs_reference_max": max(ratios),
-        "vs_reference_rounds": ratios,
+        key: round(statistics.median(ratios), 2),
+        f"{key}_min": min(ratios),
+        f"{key}_max": max(ratios),
+        f"{key}_rounds": ratios,
     }
+
+
+def best_peer_rates(passes: list[list[dict]], peer_rows: list[int], rounds: int) -> list:
+    """The fastest peer's rate in each round (None where no peer ran)."""
+    best = []
+    for k in range(rounds):
+        rates = [passes[j][k].get("samples_per_s") or 0 for j in peer_rows if k < len(passes[j])]
+        best.append(max(rates) if rates and max(rates) > 0 else None)
+    return best
 
 
 def combine(fields: dict, passes: list[dict]) -> dict:
@@ -521,9 +531,13 @@ def main(
         done, passes = run_suite(grid, shards, timing, rounds, isolate, audit, workers, device, work_dir)
         rows += [{**r, **fields} for r in done]
     ref = next((i for i, (*_, f) in enumerate(grid) if f["backend"] == "reference"), None) if not plan_only else None
+    peer_rows = [i for i, (*_, f) in enumerate(grid) if f["backend"] in PEERS] if not plan_only else []
+    best = best_peer_rates(passes, peer_rows, rounds)
     for i, r in enumerate(rows[len(rows) - len(passes) :]):
         rates = [p.get("samples_per_s") for p in passes[i]]
         r.update(ratio_summary(rates, [p.get("samples_per_s") for p in passes[ref]] if ref is not None else []))
+        if r["backend"].startswith("dali") and any(best):  # the issue's targets: this project against the best peer
+            r.update(ratio_summary(rates, best, "vs_best_peer"))
     settings = {"shards": list(shards), "preset": preset, "batch_size": batch_size, "sweep": sizes[1:]}
     settings.update(workers=workers, device=device, colour=colours, isolate=isolate, rounds=rounds, audit=audit)
     settings.update(memory="a pass of its own per row, after the timed rounds", peers={n: version(n) for n in PEERS})
@@ -531,7 +545,9 @@ def main(
     print(
         f"workers/threads per backend: {workers}, batch {batch_size}, preset {preset}, device {device}, rounds {rounds}"
     )
-    columns = "backend samples_per_s vs_reference vs_reference_min vs_reference_max peak_pss_mb real_exact "
+    columns = (
+        "backend samples_per_s vs_reference vs_reference_min vs_reference_max vs_best_peer peak_pss_mb real_exact "
+    )
     columns += "generated_exact samples_lost gen_share batches_outside_bound batch_size startup_s conversion_s "
     columns += "timed_batches skipped failed"
     h.finish("loader", settings, rows, columns, o["out_dir"], save=not o["no_save"])

@@ -221,3 +221,17 @@ def test_the_loader_command_lists_the_peers_without_them_installed(demo, tmp_pat
     assert [r["backend"] for r in rest] == ["mosaic", "litdata", "spdl"]
     assert all(r["samples_per_s"] is None and "is not installed" in r["skipped"] for r in rest)
     assert "mosaic" in result.output and "is not installed" in result.output  # in the printed table too
+
+
+def test_the_fastest_peer_of_each_round_is_what_the_project_is_held_against():
+    passes = [
+        [{"samples_per_s": 400.0}, {"samples_per_s": 300.0}],  # dali
+        [{"samples_per_s": 50.0}, {"samples_per_s": 60.0}],  # mosaic
+        [{"samples_per_s": 80.0}, {"samples_per_s": 40.0}],  # litdata
+        [],  # spdl: did not run
+    ]
+    best = bl.best_peer_rates(passes, [1, 2, 3], 2)
+    assert best == [80.0, 60.0]
+    summary = bl.ratio_summary([400.0, 300.0], best, "vs_best_peer")
+    assert summary["vs_best_peer_rounds"] == [5.0, 5.0] and summary["vs_best_peer"] == 5.0
+    assert bl.best_peer_rates([[], []], [1], 2) == [None, None]
