@@ -272,7 +272,7 @@ class _SpdlBatch:
     views stacked (one tensor per view) and the labels; without, the places."""
 
     def __init__(self, dirs, views: TwoViews | None):
-        self.dirs, self.views, self.files = dirs, views, None
+        self.dirs, self.views = list(dirs), views
 
     def __call__(self, places):
         import torch
@@ -281,16 +281,21 @@ class _SpdlBatch:
         index = np.array([i for _, i in places], dtype=np.int64)
         if self.views is None:
             return source, index
-        if self.files is None:  # opened once per worker process
-            self.files = [
-                (np.memmap(d / "data.bin", np.uint8, "r"), np.load(d / "offsets.npy"), np.load(d / "labels.npy"))
-                for d in map(Path, self.dirs)
-            ]
+        files = _bytes_files(tuple(self.dirs))
         out = []
         for s, i in zip(source.tolist(), index.tolist()):
-            data, offsets, labels = self.files[s]
+            data, offsets, labels = files[s]
             out.append(self.views(data[offsets[i] : offsets[i + 1]].tobytes(), int(labels[i]), s))
         return (*[torch.stack(col) for col in list(zip(*out))[:-1]], torch.tensor([o[-1] for o in out]))
+
+
+@functools.lru_cache(maxsize=4)
+def _bytes_files(dirs: tuple[str, ...]) -> list:
+    """The SPDL sets' files, opened once per worker process (the stage object is pickled with every task)."""
+    return [
+        (np.memmap(d / "data.bin", np.uint8, "r"), np.load(d / "offsets.npy"), np.load(d / "labels.npy"))
+        for d in map(Path, dirs)
+    ]
 
 
 def spdl_epoch_order(mixture, epoch: int):
