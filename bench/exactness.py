@@ -14,7 +14,7 @@ source of the mixture fills each place of the batch), and the mixture (counts, w
 
 The callers (``bench.loader.audit_backend``) hand it each loader's order over one epoch, taken without the
 costly transform wherever the loader decides its order before it reads a sample (every loader here: see
-docs/_frag-26-peers.md).
+bench/README.md, "The peer loaders").
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ batch-size sweep of train.py's loader on this device, then ``reference``, ``webd
 time to plan a 1.5M-sample epoch. Its passes: ``--rounds`` throughput rounds, the rows interleaved (A B C A B C …,
 each ratio to the reference a median and range over the rounds), then one memory pass per row (peak PSS sampled
 apart from the timed rounds), then one exactness audit per row (``bench.exactness.audit`` over one epoch of each
-loader's order). How the baselines are configured: bench/README.md ("Loader"), docs/_frag-26-peers.md.
+loader's order). How the baselines are configured: bench/README.md ("Loader", "The peer loaders").
 """
 
 from __future__ import annotations
