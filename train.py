@@ -41,7 +41,7 @@ from models.training import (
     seed_everything,
     setup_runtime,
 )
-from models.training.data import check_sources, data_notes, describe_resolved
+from models.training.data import check_sources, data_notes, describe_resolved, remote_options
 from models.training.metrics import Metrics
 from models.training.rundir import check_out
 from models.training.runtime import plan_runtime
@@ -157,7 +157,10 @@ def run(ctx, config_file, print_config, options) -> dict:
         # -- trainer: optimizer, schedule, precision, compile, DDP; then the run
         trainer = Trainer(settings, runtime, loader, method)
         if ckpt is not None:
-            trainer.load_state_dict(ckpt)
+            try:
+                trainer.load_state_dict(ckpt)  # on any number of processes dividing the global batch
+            except ConfigError as e:  # a loader state this release cannot continue (another version, batch size)
+                raise ConfigError(f"--resume {settings.resume}: {e}") from None
         # the evaluator opens its sets now: a bad set fails before training
         evaluator = Evaluator(data, settings, runtime) if data.eval_shards else None
     run_dir = RunDir(
@@ -176,9 +179,10 @@ def run(ctx, config_file, print_config, options) -> dict:
                 _log(data.recipe.describe())
                 _log(
                     f"{settings.method}/{settings.backbone} on {runtime.device} x{runtime.world_size} "
-                    f"({runtime.precision}), "
-                    f"{trainer.total_steps} steps of batch {settings.batch_size} ({loader.steps_per_epoch} steps/epoch "
-                    f"of {data.epoch_size} samples), lr {resolved['lr']:.4g}; run directory {settings.out}"
+                    f"({runtime.precision}), {trainer.total_steps} steps of batch {settings.batch_size} ("
+                    + (f"{loader.local_batch_size} a process; " if runtime.distributed else "")
+                    + f"{loader.steps_per_epoch} steps/epoch of {data.epoch_size} samples), "
+                    f"lr {resolved['lr']:.4g}; run directory {settings.out}"
                     + (f"; resumed at step {trainer.step_count}" if ckpt else "")
                 )
                 for line in data_notes(data, settings) + (resume_notes(trainer, ckpt) if ckpt else []):
@@ -311,6 +315,7 @@ def evaluate_checkpoint(settings: Settings, given: set[str]) -> dict:
     data = plan_eval(
         settings.eval_shards if "eval_shards" in given else tuple(run_info.get("eval_shards", ())),
         settings.train_labels if "train_labels" in given else tuple(run_info.get("train_labels", ())),
+        remote=remote_options(settings),
     )
     runtime = setup_runtime(settings.device, settings.precision)
     cfg = dict(run_info.get("method_config") or {})
@@ -331,7 +336,7 @@ def compare_with_random_init(settings: Settings, final: dict) -> None:
     import torch
 
     _log("measuring a randomly initialised backbone for comparison ...")
-    data = plan_eval(settings.eval_shards, settings.train_labels)
+    data = plan_eval(settings.eval_shards, settings.train_labels, remote=remote_options(settings))
     runtime = setup_runtime(settings.device, settings.precision)
     torch.manual_seed(settings.seed)  # the run's seed: the initialisation training started from
     method = build_method_for(settings, data.num_classes).to(runtime.device)

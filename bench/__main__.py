@@ -28,11 +28,13 @@ BENCHMARKS = {
     "feed": ("bench.feed", "the host feed on one core, the training thread's share, epoch boundary, opening sets"),
     "pack": ("bench.pack", "packing speed of `shards pack`"),
 }
-# outside `all`: the report, the AdaInf study (it trains) and confirming shards at open (on the user's sets)
+# outside `all`: the report, the AdaInf study (it trains), confirming shards at open (on the user's sets) and staging
+# remote sets (a server and a disk of the sets' size)
 EXTRA = {
     "report": ("bench.report", "PNG charts and a Markdown table from the JSON files"),
     "inflation": ("bench.studies.inflation", "the AdaInf study: SimCLR under each --inflation mode (trains models)"),
     "confirm": ("bench.confirm", "what confirming every shard's sha256 costs when a set is opened (your sets)"),
+    "stage": ("bench.stage", "remote sets from a local server: staging MB/s, time to the first batch, confirmation"),
 }
 SHARED = ("quick", "shards", "out_dir", "device")  # what `all` forwards to every benchmark that has it
 

@@ -21,6 +21,8 @@ from shards.base.host import LOADER_DEVICES, LOADER_THREADS, resolve_device, res
 from shards.base.interrupt import interrupts, signal_of
 from shards.base.progress import duration, progress
 from shards.read.reader import ON_CORRUPT
+from shards.remote.options import RemoteOptions
+from shards.remote.options import click_options as remote_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,7 +42,13 @@ def num_threads_option(f):
 def recipe_options(f):
     """The options that choose a recipe, shared by audit and preview (as train.py names them)."""
     options = [
-        click.option("--shards", "shards", multiple=True, required=True, help="DIR[:WEIGHT] (repeatable) or mix.yaml"),
+        click.option(
+            "--shards",
+            "shards",
+            multiple=True,
+            required=True,
+            help="DIR[:WEIGHT] or URL[:WEIGHT] (s3://, gs://, http(s)://; repeatable) or mix.yaml",
+        ),
         click.option(
             "--family",
             type=click.Choice(FAMILY_NAMES),
@@ -74,12 +82,12 @@ def recipe_options(f):
     ]
     for option in reversed(options):
         f = option(f)
-    return f
+    return remote_options(f)
 
 
-def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p):
+def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, remote: RemoteOptions):
     return resolve_recipe(
-        parse_shards_args(shards),
+        parse_shards_args(shards, remote),
         family=family,
         inflation=inflation,
         aug=aug,
@@ -133,7 +141,13 @@ def audit(
     try:
         with interrupts():
             check_devices(device, loader_device)
-            recipe = _recipe(**recipe_options)
+            remote = RemoteOptions.from_cli(
+                recipe_options.pop("cache_dir"),
+                recipe_options.pop("storage_option"),
+                on_corrupt=on_corrupt,
+                progress=not as_json,
+            )
+            recipe = _recipe(**recipe_options, remote=remote)
             plan = plan_report(recipe.mixture, batch_size=batch_size, epochs=epochs, seed=seed, drop_last=drop_last)
             if plan_only:
                 report = {"recipe": recipe.to_dict(), "plan": plan, "epochs": []}
@@ -231,7 +245,8 @@ def preview(out, n, seed, scale, num_threads, old_threads, **recipe_options):
 
     try:
         with interrupts():
-            recipe = _recipe(**recipe_options)
+            remote = RemoteOptions.from_cli(recipe_options.pop("cache_dir"), recipe_options.pop("storage_option"))
+            recipe = _recipe(**recipe_options, remote=remote)
             info = draw(recipe, out, n=n, seed=seed, scale=scale, num_threads=old_threads or num_threads)
     except UserError as e:
         raise click.ClickException(flag_spelling(str(e))) from None

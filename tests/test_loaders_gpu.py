@@ -53,7 +53,7 @@ def test_each_op_on_the_gpu_matches_the_cpu(op, compile, plain_view, run_augment
     n = 64
     images = textured(n)
     view = ViewAug(**{**plain_view.__dict__, **OPS[op]})
-    params = sample_view_params(augment_rng(0, 0, 0, 7), view, np.full(n, 32), np.full(n, 32))
+    params = sample_view_params(augment_rng(0, 0, 7), view, np.full(n, 32), np.full(n, 32))
     [cpu] = run_augment(images, [view], [params], "cpu")
     [gpu] = run_augment(images, [view], [params], "gpu", compile=compile)
     assert cpu.shape == gpu.shape == (n, 3, 32, 32)

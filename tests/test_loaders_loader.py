@@ -174,12 +174,13 @@ def test_resumed_epoch_is_bitwise_the_uninterrupted_one(data, recipe, same_batch
 def test_ranks_disjoint_and_complete(data, plain_view):
     m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1"])  # 105 samples
     per_rank = []
-    for r in range(3):
-        loader = TrainLoader(m, AugConfig((plain_view,)), 7, rank=r, world_size=3, drop_last=False)
-        per_rank.append([(s, i) for b in loader.epoch(0) for s, i in zip(b.source.tolist(), b.index.tolist())])
-    assert [len(p) for p in per_rank] == [35, 35, 35]
-    plan = TrainLoader(m, AugConfig((plain_view,)), 7).plan(0)
-    assert sum(per_rank, []) == list(zip(plan.source.tolist(), plan.index.tolist()))
+    for r in range(3):  # the global batch of 21: 7 samples a rank, a window of the global order a step
+        loader = TrainLoader(m, AugConfig((plain_view,)), 21, rank=r, world_size=3, drop_last=False)
+        per_rank.append([[(s, i) for s, i in zip(b.source.tolist(), b.index.tolist())] for b in loader.epoch(0)])
+    assert [sum(map(len, p)) for p in per_rank] == [35, 35, 35]
+    plan = TrainLoader(m, AugConfig((plain_view,)), 21).plan(0)
+    steps = [sum((per_rank[r][k] for r in range(3)), []) for k in range(5)]  # step k: rank 0's, 1's, 2's parts
+    assert sum(steps, []) == list(zip(plan.source.tolist(), plan.index.tolist()))
 
 
 def test_raw_and_encoded_sources_mix(data, plain_view, sample_image):

@@ -63,10 +63,9 @@ def test_every_window_obeys_the_mixing_bound(counts, weights):
 def test_bound_holds_for_each_rank_batches():
     plan = plan_epoch([400, 3000], [10, 1], seed=0, epoch=0)
     p = np.bincount(plan.source) / len(plan)
-    for r in range(4):
-        part = plan.for_rank(r, 4)
-        for k in range(part.num_batches(64)):
-            c = np.bincount(part.batch(k, 64).source, minlength=2)
+    for k in range(plan.num_batches(256)):
+        for r in range(4):  # rank r's part of the global batch of 256: 64 consecutive positions
+            c = np.bincount(plan.batch(k, 256).part(r, 4).source, minlength=2)
             assert (np.abs(c - 64 * p) < 2).all()
 
 
@@ -81,16 +80,17 @@ def test_deterministic_and_epoch_dependent():
 
 def test_rank_split_disjoint_equal_complete():
     plan = plan_epoch([103, 250], [2, 1], seed=0, epoch=0)  # 456 samples
-    world = 5
-    parts = [plan.for_rank(r, world) for r in range(world)]
-    q = len(plan) // world
-    assert all(len(p) == q for p in parts)
-    joined_s = np.concatenate([p.source for p in parts])
-    joined_i = np.concatenate([p.index for p in parts])
-    # the ranks cover the global order exactly, minus the last len % world positions
-    assert np.array_equal(joined_s, plan.source[: q * world]) and np.array_equal(joined_i, plan.index[: q * world])
+    world, batch = 5, 20
+    steps = plan.num_batches(batch)
+    parts = [[plan.batch(k, batch).part(r, world) for r in range(world)] for k in range(steps)]
+    assert all(len(p) == batch // world for step in parts for p in step)
+    joined_s = np.concatenate([p.source for step in parts for p in step])
+    joined_i = np.concatenate([p.index for step in parts for p in step])
+    # the ranks' parts, step after step, cover the global order exactly, minus the last len % batch positions
+    q = steps * batch
+    assert np.array_equal(joined_s, plan.source[:q]) and np.array_equal(joined_i, plan.index[:q])
     with pytest.raises(ConfigError):
-        plan.for_rank(5, 5)
+        plan.batch(0, batch).part(5, 5)
 
 
 def test_large_epoch_is_arrays_only():

@@ -256,7 +256,7 @@ class ColourStage:
     ``torch.compile`` — Triton kernels on a GPU, vectorised C++ on the CPU. The first batches pay the
     compilation (inductor caches the result on disk for later runs); views with the same config share the
     compiled code. The phases are compiled apart because inductor fused them into slower loops
-    (``docs/_frag-25-history.md``). ``chunk``: process the batch in pieces of
+    (``docs/design.md``, "Why some code is the way it is"). ``chunk``: process the batch in pieces of
     this many samples when compiled (the last one padded, so compiled shapes never change): on a CPU a piece
     then stays in cache between phases; on a GPU the loader sets it to the batch size (a batch that lost
     corrupt samples is padded back). Eager mode on a CPU computes each op only for the samples it applies

@@ -45,8 +45,8 @@ class FedBatch:
 
 #: ``batch_of(epoch, step) -> (source, index, steps of that epoch)``
 BatchOf = Callable[[int, int], tuple[np.ndarray, np.ndarray, int]]
-#: ``params(epoch, step, ids) -> (crops (B, 4·V), colour (B, P))`` for the planned batch's global sample ids
-Params = Callable[[int, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: ``params(epoch, step) -> (crops (B, 4·V), colour (B, P))``, one row per sample of ``batch_of(epoch, step)``
+Params = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
 
 
 class Feed:
@@ -76,7 +76,7 @@ class Feed:
                 continue  # every sample of this batch was skipped (or damaged)
             crops = colour = None
             if self.params is not None:
-                crops, colour = self.params(epoch, step, self.table.ids(source, index))
+                crops, colour = self.params(epoch, step)
             if sel.keep is not None:
                 source, index = source[sel.keep], index[sel.keep]
                 if crops is not None:

@@ -9,10 +9,17 @@ epochs are exact: a last partial batch is a smaller batch, never lost or padded)
 ``Pipeline.run()`` ourselves instead of ``DALIGenericIterator(size=...)``, which drops or duplicates
 samples at the epoch boundary.
 
-The path of a batch through these modules is told in ``docs/design.md``. A batch is a pure function of
-(seed, epoch, rank, step, data) (``loaders.batch.params``): a resumed run (``load_state_dict`` then ``batches()``, or
+The path of a batch through these modules is told in ``docs/design.md``. Every random parameter is drawn on the
+host from ``(seed, epoch, step)`` for the whole global batch (``loaders.batch.params``), so a batch is a pure
+function of (seed, epoch, step, data): a resumed run (``load_state_dict`` then ``batches()``, or
 ``epoch(e, start_step=k)``) yields the batches the uninterrupted run would have had next — bitwise on the
 CPU, within interpolation tolerance between the CPU and GPU pipelines, which get the same parameters.
+
+Elastic determinism: ``batch_size`` is the *global* batch ``G``. Step ``k`` of an epoch is the window
+``[k·G, (k+1)·G)`` of the epoch plan whatever the number of processes ``W``; rank ``r`` delivers the ``r``-th of
+its ``W`` consecutive parts (``loaders.batch.sampler.part_rows``) with its part of the global batch's draws. So
+the ranks' batches of a step, concatenated in rank order, are bitwise the batch of a one-process run, and a
+position saved on ``W`` ranks resumes on any ``W'`` that divides ``G`` (:meth:`TrainLoader.load_state_dict`).
 
 Where the DALI graph runs (``loader_device``, decided by ``shards.base.host.resolve_loader_device``) is
 independent of where the model runs (``device``): ``"gpu"`` runs the ``mixed`` decoder and GPU resizes;
@@ -40,7 +47,7 @@ from loaders.batch.delivery import Delivery, Prefetcher
 from loaders.batch.feed import FedBatch, Feed, Plans
 from loaders.batch.graph import eval_pipeline, first_line, operator_count, train_pipeline
 from loaders.batch.params import ParamLayout, augment_rng
-from loaders.batch.sampler import EpochPlan, plan_epoch
+from loaders.batch.sampler import EpochPlan, part_rows, plan_epoch
 from loaders.batch.table import LoaderStats, SampleTable
 from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig
 from loaders.recipe.mixture import Mixture
@@ -49,6 +56,9 @@ from shards.base.host import LOADER_THREADS, cuda_index, resolve_device, resolve
 from shards.format.manifest import Manifest
 
 log = logging.getLogger("loaders")
+#: The loader state's format: 1 (no ``version`` key) kept a rank's own batch size and drew views per rank; 2 keeps
+#: the global batch size and positions of the global order (any world size dividing it resumes them)
+LOADER_STATE_VERSION = 2
 #: samples per piece of the colour stage on a CPU (a piece stays in cache between its phases)
 CPU_CHUNK = 64
 
@@ -69,6 +79,8 @@ class TrainBatch:
 class TrainLoader:
     """Augmented multi-view batches of a weighted mixture, planned exactly per epoch.
 
+    ``batch_size`` is the global batch ``G`` (a multiple of ``world_size``); each rank's batches hold
+    ``local_batch_size = G / world_size`` samples, its part of the global batch of each step.
     ``for batch in loader.batches()`` yields batches endlessly, across epochs, from the loader's
     position (``load_state_dict``; default epoch 0, step 0), with one DALI pipeline for its whole life;
     each :class:`TrainBatch` carries its ``epoch`` and ``step``. ``state_dict()`` is the position of the next
@@ -107,8 +119,16 @@ class TrainLoader:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
+        if batch_size % world_size:
+            raise ConfigError(
+                f"global batch size {batch_size} does not split over {world_size} processes; "
+                f"use a multiple of {world_size}"
+            )
         self.mixture, self.aug, self.batch_size = mixture, aug, int(batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.local_batch_size = self.batch_size // self.world_size
         self.device = torch.device(resolve_device(device))
         self.loader_device = resolve_loader_device(loader_device, str(self.device))
         self.num_threads, self.drop_last = num_threads, drop_last
@@ -122,7 +142,7 @@ class TrainLoader:
             dtype=dtype,
             channels_last=channels_last,
             compile=cuda if compile is None else compile,
-            chunk=self.batch_size if cuda else CPU_CHUNK,
+            chunk=self.local_batch_size if cuda else CPU_CHUNK,
         )
         # crop boxes in pixels of each image's own size; relative units where a size is unknown
         self._relative = bool((self.table.hw == 0).any())
@@ -133,8 +153,8 @@ class TrainLoader:
         self.steps_per_epoch = plan.num_batches(self.batch_size, drop_last)
         if self.steps_per_epoch == 0:
             raise ConfigError(
-                f"rank {rank}/{world_size} gets {len(plan)} samples per epoch, fewer than batch size "
-                f"{batch_size}; lower --batch-size or add data"
+                f"an epoch has {len(plan)} samples, fewer than the global batch size {batch_size}; "
+                "lower --batch-size or add data"
             )
 
     @property
@@ -142,16 +162,22 @@ class TrainLoader:
         return self.table.stats
 
     def plan(self, epoch: int) -> EpochPlan:
-        """This rank's part of epoch ``epoch``'s plan."""
-        full = plan_epoch(self.mixture.counts, self.mixture.weights, self.seed, epoch)
-        return full.for_rank(self.rank, self.world_size)
+        """Epoch ``epoch``'s plan, the global order every rank serves its parts of (:meth:`rank_batch`)."""
+        return plan_epoch(self.mixture.counts, self.mixture.weights, self.seed, epoch)
+
+    def rank_batch(self, plan: EpochPlan, step: int) -> EpochPlan:
+        """This rank's part of the global batch ``step`` of ``plan``."""
+        return plan.batch(step, self.batch_size).part(self.rank, self.world_size)
 
     def keys_for(self, batch: TrainBatch) -> list[str]:
         """``SOURCE_NAME/KEY`` of every sample of the batch."""
         return self.table.keys(batch.source.cpu().numpy(), batch.index.cpu().numpy())
 
     def state_dict(self) -> dict:
+        """The position of the next global batch: the same on every rank, valid for any world size dividing
+        ``batch_size`` (``world_size`` is recorded for information only)."""
         return {
+            "version": LOADER_STATE_VERSION,
             "epoch": self._position[0],
             "step": self._position[1],
             "seed": self.seed,
@@ -160,21 +186,50 @@ class TrainLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for k in ("seed", "batch_size", "world_size"):
-            if k in state and state[k] != getattr(self, k):
-                raise ConfigError(
-                    f"loader state has {k}={state[k]} but this loader has {getattr(self, k)}; resume with the same {k}"
-                )
+        """Continue from ``state`` (:meth:`state_dict`), saved on any number of processes. A state of another
+        seed or global batch size, or of a version this release cannot continue exactly, is a one-line
+        ConfigError. Version 1 (no ``version`` key) is read when one process wrote it: its batches and views
+        were this version's; written by several processes they were not (each rank its own slice of the epoch
+        and its own draws), and it is refused."""
+        version = int(state.get("version", 1))
+        if version == 1 and int(state.get("world_size", 1)) != 1:
+            raise ConfigError(
+                f"loader state version 1 written by {state['world_size']} processes: its batches and views depended "
+                f"on the number of processes and this release (loader state version {LOADER_STATE_VERSION}) cannot "
+                "continue them; finish the run with the release that wrote it, or start a new run"
+            )
+        if version > LOADER_STATE_VERSION:
+            raise ConfigError(
+                f"loader state version {version} is newer than this release's ({LOADER_STATE_VERSION}); "
+                "resume with the release that wrote it"
+            )
+        if "seed" in state and state["seed"] != self.seed:
+            raise ConfigError(
+                f"loader state has seed={state['seed']} but this loader has {self.seed}; resume with the same seed"
+            )
+        if "batch_size" in state and state["batch_size"] != self.batch_size:
+            raise ConfigError(
+                f"loader state has batch_size={state['batch_size']} (the global batch) but this loader has "
+                f"{self.batch_size}; resume with --batch-size {state['batch_size']} (on any number of processes "
+                "dividing it)"
+            )
         self._position = (int(state["epoch"]), int(state["step"]))
 
     # -- the augmentation parameters of a planned batch ---------------------------------------------
     def aug_params(self, epoch: int, step: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(crop boxes (B, 4·V), colour parameters (B, P))`` of the planned batch ``step`` of ``epoch``
-        whose global sample ids are ``ids`` (:meth:`SampleTable.ids`): every view's draws from
-        ``augment_rng(seed, epoch, rank, step)``, view after view (:meth:`ParamLayout.draw`)."""
+        """``(crop boxes (G, 4·V), colour parameters (G, P))`` of the global batch ``step`` of ``epoch``
+        whose sample ids are ``ids`` (:meth:`SampleTable.ids`, all ``G`` of them, every rank's): every view's
+        draws from ``augment_rng(seed, epoch, step)``, view after view (:meth:`ParamLayout.draw`)."""
         hw = self.table.hw[ids]
-        rng = augment_rng(self.seed, epoch, self.rank, step)
+        rng = augment_rng(self.seed, epoch, step)
         return self.layout.draw(rng, hw[:, 0], hw[:, 1], self._relative)
+
+    def rank_params(self, plans: Plans, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's rows of :meth:`aug_params` of the global batch ``step`` of ``epoch``."""
+        window = plans.get(epoch).batch(step, self.batch_size)
+        crops, colour = self.aug_params(epoch, step, self.table.ids(window.source, window.index))
+        rows = part_rows(len(window), self.rank, self.world_size)  # the rows of rank_batch's samples
+        return crops[rows], colour[rows]
 
     # -- iteration ---------------------------------------------------------------------------------
     def batches(self) -> Iterator[TrainBatch]:
@@ -215,10 +270,10 @@ class TrainLoader:
 
         def batch_of(e: int, k: int):
             plan = plans.get(e, ahead=True)
-            b = plan.batch(k, self.batch_size)
+            b = self.rank_batch(plan, k)
             return b.source, b.index, self._steps(plan)
 
-        return Feed(self.table, positions, batch_of, params=self.aug_params)
+        return Feed(self.table, positions, batch_of, params=lambda e, k: self.rank_params(plans, e, k))
 
     def _steps(self, plan: EpochPlan) -> int:
         return plan.num_batches(self.batch_size, self.drop_last)
@@ -257,7 +312,7 @@ class TrainLoader:
             self.table.mode,
             [v.size for v in self.aug.views],
             relative=self._relative,
-            batch_size=self.batch_size,
+            batch_size=self.local_batch_size,
             device=self.loader_device,
             device_id=cuda_index(self.device),
             num_threads=self.num_threads,

@@ -19,12 +19,12 @@ Mixing (a low-discrepancy interleave)
     fills each of its occurrences is an independent uniform shuffle of its multiset.
 
     Bound. Let ``N = Σ m_t`` and ``p_s = m_s / N``. For every window of ``L`` consecutive
-    positions (in particular every batch, and every batch of every rank — ranks take contiguous
-    slices) the number ``c_s`` of occurrences of source ``s`` satisfies
+    positions the number ``c_s`` of occurrences of source ``s`` satisfies
 
         |c_s − L·p_s| < 2·(1 + (S − 2)·p_s)        (S = number of sources with m_s > 0),
 
-    i.e. ``|c_s − L·p_s| < 2`` for the usual two-source mixture.
+    i.e. ``|c_s − L·p_s| < 2`` for the usual two-source mixture. Every global batch is such a window
+    (``L = G``), and so is every rank's part of it (``L = G / W``, see Ranks).
 
     Proof. Let ``C_s(x) = #{j : (j + U_j)/m_s < x}``. Every ``j < ⌊m_s x⌋`` counts, no
     ``j > ⌊m_s x⌋`` does, and ``j = ⌊m_s x⌋`` counts iff ``U_j < frac(m_s x)``; hence
@@ -33,13 +33,18 @@ Mixing (a low-discrepancy interleave)
     ``c_s − L p_s = e_s (1 − p_s) − p_s Σ_{t≠s} e_t`` and
     ``|c_s − L p_s| < 2(1 − p_s) + 2 p_s (S − 1) = 2(1 + (S − 2) p_s)``. ∎
 
-    (Ties between keys have probability zero; ``tests/test_loaders_sampler.py`` checks every window.)
+    (Ties between keys have probability zero; ``tests/test_loaders_sampler.py`` checks every window,
+    ``tests/test_elastic_plan.py`` every rank's part of every batch.)
 
-Ranks
-    ``for_rank(r, W)`` gives rank ``r`` the contiguous slice ``[r·q, (r+1)·q)`` with
-    ``q = N // W``: disjoint, equal lengths, and each a run of consecutive positions, so the
-    mixing bound holds for every rank's batches. The last ``N mod W`` (< W) positions of the
-    global order — random samples, since the order is random — are not served that epoch.
+Ranks (elastic: the same global batches whatever the number of processes)
+    The global batch of step ``k`` is the window ``[k·G, (k+1)·G)`` of the epoch order
+    (:meth:`EpochPlan.batch` with the global batch size ``G``), whatever the world size ``W``;
+    rank ``r`` takes the ``r``-th of its ``W`` consecutive parts (:meth:`EpochPlan.part`,
+    ``[r·G/W, (r+1)·G/W)`` of the window). The ranks' parts of a step, concatenated in rank
+    order, are the global batch of a one-process run, so a run's batches do not depend on ``W``
+    and a position saved on ``W`` ranks is a position for any ``W'`` dividing ``G``. Each part
+    is a run of consecutive positions: the mixing bound holds for it with ``L = G / W``. The last
+    ``N mod G`` positions (a partial global batch) are not served with ``drop_last``.
 
 Everything is numpy arrays (no Python object per sample): planning a 1.5M-sample epoch takes
 a fraction of a second and ~70 MB transient memory (see ``bench/loader.py --plan-only``).
@@ -77,17 +82,18 @@ class EpochPlan:
     def __len__(self) -> int:
         return int(self.source.shape[0])
 
-    def for_rank(self, rank: int, world_size: int) -> EpochPlan:
-        """Rank ``rank``'s contiguous, equal-length part; the last ``len % world_size`` positions are dropped."""
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
-        q = len(self) // world_size
-        sl = slice(rank * q, (rank + 1) * q)
-        return EpochPlan(self.source[sl], self.index[sl], self.seed, self.epoch)
-
     def batch(self, step: int, batch_size: int) -> EpochPlan:
         """Positions ``[step·B, (step+1)·B)`` (shorter at the end)."""
         sl = slice(step * batch_size, (step + 1) * batch_size)
+        return EpochPlan(self.source[sl], self.index[sl], self.seed, self.epoch)
+
+    def part(self, rank: int, world_size: int) -> EpochPlan:
+        """Rank ``rank``'s part of this window (a global batch): its :func:`part_rows`, ``L / W`` positions
+        when ``W`` divides the window's length ``L`` (every full batch of a run: the global batch size is a
+        multiple of the world size)."""
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
+        sl = part_rows(len(self), rank, world_size)
         return EpochPlan(self.source[sl], self.index[sl], self.seed, self.epoch)
 
     def num_batches(self, batch_size: int, drop_last: bool = True) -> int:
@@ -96,6 +102,12 @@ class EpochPlan:
     def counts(self, num_sources: int) -> np.ndarray:
         """Occurrences per source."""
         return np.bincount(self.source, minlength=num_sources)
+
+
+def part_rows(length: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s rows of a global batch of ``length`` rows (its samples, or anything drawn per sample):
+    ``[⌊r·L/W⌋, ⌊(r+1)·L/W⌋)``, consecutive, ``L / W`` of them when ``W`` divides ``L``."""
+    return slice(rank * length // world_size, (rank + 1) * length // world_size)
 
 
 def occurrences(counts, weights, rng: np.random.Generator) -> np.ndarray:

@@ -427,12 +427,25 @@ class _Loop:
             {"corrupt_skipped": stats.corrupt, "corrupt_keys": list(stats.corrupt_keys[:10])} if stats.corrupt else {}
         )
 
+    def interval_means(self) -> dict[str, float]:
+        """Each figure of the steps since the last record, averaged over them and over the ranks: the global
+        batch's. A method's figures are the global batch's already (probe accuracy, feature spread: from sums
+        and counts over the ranks) or a rank's share whose mean over the ranks is (losses over equal parts of
+        the global batch; the probe's scaled by its labelled samples), so the curves of a recipe are the same on
+        any number of processes. One collective, on every rank."""
+        keys = sorted(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).double()
+        if self.runtime.distributed:
+            torch.distributed.all_reduce(values)
+            values = values / self.runtime.world_size
+        return {k: v / self.interval_steps for k, v in zip(keys, values.tolist())}
+
     def log(self, step: int) -> None:
         self.runtime.synchronize()
         self.check_finite(step)
         now = time.perf_counter()
         elapsed = max(now - self.t_interval, 1e-9)
-        record = {k: v.item() / self.interval_steps for k, v in self.sums.items()}
+        record = self.interval_means()
         record.update(
             epoch=self.epoch,
             lr=self.trainer.optimizer.param_groups[0]["lr"],
