@@ -137,12 +137,12 @@ def test_yaml_with_urls_and_storage_options(remote, tmp_path, moto_port, monkeyp
 
 
 def test_url_weights_never_take_ports():
-    from loaders.recipe.mixture import _split_arg
+    from loaders.recipe.mixture import split_shards_arg
     from shards.remote.url import parse_storage_options, split_weight
 
-    assert _split_arg("s3://b/p/set:10") == ("s3://b/p/set", 10.0, None)
-    assert _split_arg("http://host:8000/set") == ("http://host:8000/set", None, None)
-    assert _split_arg("http://host:8000/set:2.5") == ("http://host:8000/set", 2.5, None)
+    assert split_shards_arg("s3://b/p/set:10") == ("s3://b/p/set", 10.0, None)
+    assert split_shards_arg("http://host:8000/set") == ("http://host:8000/set", None, None)
+    assert split_shards_arg("http://host:8000/set:2.5") == ("http://host:8000/set", 2.5, None)
     assert split_weight("https://host:8443") == ("https://host:8443", None)
     assert split_weight("s3://bucket:3") == ("s3://bucket", "3")
     assert parse_storage_options(["anon=true", "config_kwargs.retries.max_attempts=2", "endpoint_url=http://h:9"]) == {
