@@ -13,7 +13,6 @@ loader's order). How the baselines are configured: bench/README.md ("Loader", "T
 from __future__ import annotations
 
 import io
-import random
 import statistics
 
 import click
@@ -22,42 +21,12 @@ import numpy as np
 from bench import harness
 from bench.exactness import audit, epoch_samples, share_text
 from bench.peers import PEERS  # a light module: the peers themselves are imported where they run
+from bench.torchvision_recipe import torchvision_transform
 from shards.base.host import resolve_device
 
 BACKENDS = ("dali-cpu", "dali-gpu", "reference", "webdataset", *PEERS)
 COLOUR = ("eager", "compiled")
 ROUNDS, QUICK_ROUNDS = 3, 1  # throughput rounds over the interleaved rows (--rounds; --quick)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The release's recipe: PIL + torchvision per view
-# ---------------------------------------------------------------------------------------------------
-def torchvision_transform(view):
-    """One view of the recipe as torchvision transforms (the knobs of ``loaders.recipe.augment.ViewAug``)."""
-    from torchvision import transforms as T
-
-    bicubic = T.InterpolationMode.BICUBIC
-    ops = [T.RandomResizedCrop(view.size, scale=view.crop_scale, ratio=view.crop_ratio, interpolation=bicubic)]
-    if view.jitter_p > 0:
-        jitter = T.ColorJitter(view.brightness, view.contrast, view.saturation, view.hue)
-        ops.append(T.RandomApply([jitter], p=view.jitter_p))
-    if view.gray_p > 0:
-        ops.append(T.RandomGrayscale(p=view.gray_p))
-    if view.blur_p > 0:
-        ops.append(T.RandomApply([PILBlur(view.blur_sigma)], p=view.blur_p))  # solo-learn's PIL blur
-    if view.solarize_p > 0:
-        ops.append(T.RandomSolarize(128, p=view.solarize_p))
-    return T.Compose([*ops, T.RandomHorizontalFlip(view.flip_p), T.ToTensor(), T.Normalize(view.mean, view.std)])
-
-
-class PILBlur:
-    def __init__(self, sigma):
-        self.sigma = sigma
-
-    def __call__(self, img):
-        from PIL import ImageFilter
-
-        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
 
 
 class ArrayDataset:

@@ -9,8 +9,8 @@ mosaicml-streaming pins an older numpy); none is needed by the tests or the demo
   once, cached under ``--work-dir`` (``<work-dir>/<peer>/<set name>-<manifest digest>``); the conversion time is
   reported (``conversion_s``), never timed;
 * is **configured as its own docs recommend for a training loop**, with ``workers`` processes (the same core
-  budget as every row), the same batch size and the same two-view recipe (``bench.loader.torchvision_transform``,
-  PIL decoding, as the reference);
+  budget as every row), the same batch size and the same two-view recipe
+  (``bench.torchvision_recipe.torchvision_transform``, PIL decoding, as the reference);
 * gives the **order of one epoch** without the transform (:func:`audit_batches`): each peer decides which sample
   comes where before it reads it, so the same configuration with a transform that returns ``(source, index)``
   delivers the same order (the seeds are the same);
@@ -108,7 +108,7 @@ class TwoViews:
     """A stored sample -> (view 1, view 2, …, label) with the recipe's torchvision transforms (picklable)."""
 
     def __init__(self, aug, raw_shapes):
-        from bench.loader import torchvision_transform
+        from bench.torchvision_recipe import torchvision_transform
 
         self.transforms, self.raw_shapes = [torchvision_transform(v) for v in aug.views], raw_shapes
 
