@@ -99,10 +99,6 @@ def test_scale_full_builds_distinct_images_once_and_counts_every_key(bench_demo,
     from bench.harness import read_images
     from bench.scale import main, recipe_of, valid_generated
 
-    # recipe_of fingerprints every file of the source folder, the loader's index cache too, which the first open
-    # writes: open it first, as the loader tests did when they shared a file with this one (else the second run
-    # below would not reuse the set; bench/scale.py's fingerprint should pass the cache files over)
-    read_images(bench_demo / "generated")
     work = tmp_path / "work"
     args = ["--full", "--shards", f"{bench_demo / 'real'}:10", "--generated", str(bench_demo / "generated")]
     args += ["--generated-count", "150", "--work-dir", str(work), "--batch-size", "32", "--workers", "1"]
