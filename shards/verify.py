@@ -23,9 +23,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from shards.base.errors import ShardError
 from shards.base.host import cores
 from shards.base.interrupt import fork_context, start_pool, stop_pool
-from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError, ShardInfo
+from shards.format.manifest import MANIFEST_NAME, Manifest, ShardInfo
+from shards.format.schema import PIXEL_MEMBER_EXTS
 from shards.read.check import (
     BAD_STRUCTURE,
     OK,
@@ -234,7 +236,7 @@ def _verify_shard(directory: Path, path: Path, idx_path: Path, s: ShardInfo, m: 
         verdict, reason, detail = explain_meta(blob["json"], label, blob[ext], m.name, m.kind, m.digests)
         if verdict != OK:
             problems.append(SampleProblem(s.file, key, reason, _meta_fix(reason, directory), detail))
-        if decode or ext in ("npy", "raw"):
+        if decode or ext in PIXEL_MEMBER_EXTS:
             err = _image_problem(blob[ext], ext, m)
             if err:
                 problems.append(SampleProblem(s.file, f"{key}.{ext}", err, SAMPLE_FIX))
@@ -364,10 +366,14 @@ def describe_encoding(m: Manifest) -> str | None:
     return "lossless"
 
 
-def info_rows(dirs) -> list[dict]:
+def info_rows(dirs, storage_options: dict | None = None) -> list[dict]:
+    """One row per set; a URL's manifest is read remotely (nothing staged)."""
+    from shards.remote.fs import read_manifest
+    from shards.remote.url import is_url
+
     rows = []
     for d in dirs:
-        m = Manifest.load(d)
+        m = read_manifest(d, storage_options)[0] if is_url(str(d)) else Manifest.load(d)
         rows.append(
             {
                 "name": m.name,

@@ -15,9 +15,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from loaders.recipe.mixture import Mixture, load_manifest, parse_shards_args
-from loaders.recipe.resolve import AUG_KNOBS, Recipe, resolve_recipe
+from loaders.recipe.policy import AUG_KNOBS
+from loaders.recipe.resolve import Recipe, resolve_recipe
 from shards.base.errors import ConfigError
 from shards.format.manifest import Manifest
+from shards.remote.options import RemoteOptions
+from shards.remote.stage import local_set
+
+
+def remote_options(settings) -> RemoteOptions:
+    """Where and how the run stages remote shard sets (``--cache-dir``, ``--storage-option``, ``--on-corrupt``)."""
+    return RemoteOptions.from_cli(
+        getattr(settings, "cache_dir", None),
+        getattr(settings, "storage_option", ()),
+        on_corrupt=getattr(settings, "on_corrupt", "error"),
+        progress=getattr(settings, "progress", True),
+    )
 
 
 @dataclass(frozen=True)
@@ -49,38 +62,40 @@ class DataPlan:
             for d, src in zip(self.mixture.describe(), self.mixture.sources)
         ]
 
-    def train_loader(self, s, rt):
+    def train_loader(self, settings, runtime):
         from loaders.batch.loader import TrainLoader
 
         return TrainLoader(
             self.mixture,
             self.aug,
-            s.batch_size // rt.world_size,
-            seed=s.seed,
-            device=rt.device,
-            rank=rt.rank,
-            world_size=rt.world_size,
-            num_threads=s.num_threads,
-            channels_last=rt.is_cuda and s.channels_last,
+            settings.batch_size,  # the global batch: each rank delivers its part of it (elastic determinism)
+            seed=settings.seed,
+            device=runtime.device,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            num_threads=settings.num_threads,
+            channels_last=runtime.is_cuda and settings.channels_last,
             drop_last=True,
-            on_corrupt=s.on_corrupt,
-            loader_device=s.loader_device,
-            compile={"auto": None, "off": False}.get(s.compile, True),  # the loader's colour stage, like the step
+            on_corrupt=settings.on_corrupt,
+            loader_device=settings.loader_device,
+            # the loader's colour stage compiles when the step does
+            compile={"auto": None, "off": False}.get(settings.compile, True),
         )
 
-    def eval_loader(self, dirs, s, rt, limit: int):
+    def eval_loader(self, dirs, settings, runtime, limit: int):
         from loaders.batch.loader import EvalLoader
 
         # a fixed random subset when capped: test sets are often packed in class order
+        remote = remote_options(settings)
         return EvalLoader(
-            list(dirs),
-            s.eval_batch_size,
-            rt.device,
-            size=s.image_size,
-            num_threads=s.num_threads,
+            [local_set(d, remote, "--eval-shards") for d in dirs],  # a URL: its staged copy
+            settings.eval_batch_size,
+            runtime.device,
+            size=settings.image_size,
+            num_threads=settings.num_threads,
             limit=limit,
-            on_corrupt=s.on_corrupt,
-            loader_device=s.loader_device,
+            on_corrupt=settings.on_corrupt,
+            loader_device=settings.loader_device,
         )
 
 
@@ -92,20 +107,20 @@ def manifest_digest(m: Manifest) -> str:
     return h.hexdigest()[:16]
 
 
-def plan_data(s, world_size: int, aug_family: str) -> DataPlan:
+def plan_data(settings, world_size: int, aug_family: str) -> DataPlan:
     """Resolve and check the run's data (ShardError / ConfigError, one line, before any work starts);
     ``aug_family``: the method's augmentation family (its no-inflation and AdaInf presets)."""
-    if not s.shards:
+    if not settings.shards:
         raise ConfigError("no training data: give --shards DIR[:WEIGHT] (repeatable) or --demo")
-    mixture = parse_shards_args(list(s.shards))
+    mixture = parse_shards_args(list(settings.shards), remote_options(settings))
     for src in mixture.sources:
         if src.manifest.count == 0:
-            raise ConfigError(f"{src.path}: shard set is empty; pack images into it with `python -m shards pack`")
-    label_dirs = s.train_labels or tuple(
-        str(src.path) for src in mixture.sources if src.manifest.kind == "real" and src.manifest.labelled
+            raise ConfigError(f"{src.location}: shard set is empty; pack images into it with `python -m shards pack`")
+    label_dirs = settings.train_labels or tuple(
+        src.location for src in mixture.sources if src.manifest.kind == "real" and src.manifest.labelled
     )
-    eval_plan = plan_eval(s.eval_shards, label_dirs, required=False)
-    if s.eval_shards and not label_dirs:
+    eval_plan = plan_eval(settings.eval_shards, label_dirs, required=False, remote=remote_options(settings))
+    if settings.eval_shards and not label_dirs:
         raise ConfigError(
             "evaluation needs labelled training features: give --train-labels DIR (a labelled real shard set)"
         )
@@ -113,33 +128,38 @@ def plan_data(s, world_size: int, aug_family: str) -> DataPlan:
         recipe = resolve_recipe(
             mixture,
             family=aug_family,
-            aug=s.aug,
-            inflation=s.inflation,
-            overrides={k: getattr(s, k) for k in AUG_KNOBS},
-            size=s.image_size,
+            aug=settings.aug,
+            inflation=settings.inflation,
+            overrides={k: getattr(settings, k) for k in AUG_KNOBS},
+            size=settings.image_size,
         )
     except ValueError as e:  # a mixture the policy cannot serve, a knob out of range: one line
         raise ConfigError(str(e)) from None
     epoch_size = int(round(recipe.mixture.expected_epoch_size))
-    if s.batch_size % world_size:
+    if settings.batch_size % world_size:
         raise ConfigError(
-            f"--batch-size {s.batch_size} does not split over {world_size} processes; use a multiple of {world_size}"
+            f"--batch-size {settings.batch_size} does not split over {world_size} processes; "
+            f"use a multiple of {world_size}"
         )
-    if s.batch_size > epoch_size:
+    if settings.batch_size > epoch_size:
         raise ConfigError(
-            f"--batch-size {s.batch_size} is larger than an epoch of the mixture "
+            f"--batch-size {settings.batch_size} is larger than an epoch of the mixture "
             f"({epoch_size} samples); lower --batch-size or add data"
         )
     classes = max([eval_plan.num_classes] + [src.manifest.num_classes for src in mixture.sources])
     return DataPlan(recipe.mixture, recipe, eval_plan.train_labels, eval_plan.eval_shards, classes)
 
 
-def data_notes(plan: DataPlan, s) -> list[str]:
+def data_notes(plan: DataPlan, settings) -> list[str]:
     """Lines a user should read before the run starts: evaluation that will not happen, real sources
     without labels (often generator output packed without ``--kind generated``)."""
     notes = []
     if not plan.eval_shards:
-        ignored = [f"--{k.replace('_', '-')} {getattr(s, k)}" for k in ("probe_epochs", "eval_every") if getattr(s, k)]
+        ignored = [
+            f"--{k.replace('_', '-')} {getattr(settings, k)}"
+            for k in ("probe_epochs", "eval_every")
+            if getattr(settings, k)
+        ]
         notes.append(
             "no --eval-shards: no accuracy will be measured (no kNN monitor, no final evaluation"
             + (f"; {' and '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored" if ignored else "")
@@ -162,8 +182,9 @@ def data_notes(plan: DataPlan, s) -> list[str]:
     return notes
 
 
-def plan_eval(eval_shards, train_labels, required: bool = True) -> DataPlan:
-    """The evaluation sets alone (``--eval-only``, the random-init baseline): labelled, readable."""
+def plan_eval(eval_shards, train_labels, required: bool = True, remote: RemoteOptions | None = None) -> DataPlan:
+    """The evaluation sets alone (``--eval-only``, the random-init baseline): labelled, readable. ``remote``:
+    how URLs among them are staged (``remote_options(settings)``)."""
     if required and not eval_shards:
         raise ConfigError("no evaluation data: give --eval-shards DIR (a labelled test shard set)")
     if required and not train_labels:
@@ -171,7 +192,7 @@ def plan_eval(eval_shards, train_labels, required: bool = True) -> DataPlan:
     classes = [10]
     for opt, dirs in (("--eval-shards", eval_shards), ("--train-labels", train_labels)):
         for d in dirs:
-            m = load_manifest(d, opt)
+            m = load_manifest(d, opt, remote)
             if not m.labelled:
                 raise ConfigError(f"{opt} {d}: shard set has no labels ({m.kind}); give a labelled real set")
             classes.append(m.num_classes)  # class names, or the labels a set without names uses

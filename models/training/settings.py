@@ -18,14 +18,16 @@ from pathlib import Path
 
 import click
 
-from loaders.recipe.policy import DEFAULT_MODE
-from loaders.recipe.policy import MODES as INFLATION_MODES
+from loaders.recipe.policy import DEFAULT_MODE, INFLATION_MODES
 from loaders.recipe.resolve import AUG_CHOICES
+from models import METHODS
 from models.backbone import BACKBONES
-from models.methods import METHODS
 from models.training.compiling import COMPILE_CHOICES
 from shards.base.errors import ConfigError
-from shards.base.host import LOADER_THREADS
+from shards.base.host import LOADER_DEVICES, LOADER_THREADS
+from shards.read.reader import ON_CORRUPT
+
+DEFAULT_STEPS = 100_000  # the release's budget for every CIFAR setting (scripts/pretrain/cifar/*.yaml)
 
 
 def _opt(default, help, **extra):
@@ -36,8 +38,12 @@ def _opt(default, help, **extra):
 @dataclass(frozen=True)
 class Settings:
     # data
-    shards: tuple[str, ...] = _opt((), "Training shard set as DIR[:WEIGHT] or a mixture YAML; repeat for more sources.")
-    eval_shards: tuple[str, ...] = _opt((), "Labelled test shard set(s) for kNN / linear-probe accuracy; repeat.")
+    shards: tuple[str, ...] = _opt(
+        (),
+        "Training shard set as DIR[:WEIGHT] or URL[:WEIGHT] (s3://, gs://, http(s)://: staged into --cache-dir) or a "
+        "mixture YAML; repeat for more sources.",
+    )
+    eval_shards: tuple[str, ...] = _opt((), "Labelled test shard set(s) (DIR or URL) for kNN / linear-probe accuracy.")
     train_labels: tuple[str, ...] = _opt(
         (),
         "Labelled real shard set(s) giving kNN / linear-probe training "
@@ -66,15 +72,23 @@ class Settings:
         "auto",
         "Where the DALI pipeline runs: gpu (mixed decoder, GPU ops), cpu (CPU "
         "threads, batches copied to the GPU), auto (gpu when the model is on a GPU).",
-        choices=("auto", "cpu", "gpu"),
+        choices=LOADER_DEVICES,
     )
     on_corrupt: str = _opt(
-        "error", "What the loaders do with an undecodable sample (training and evaluation).", choices=("error", "skip")
+        "error", "What the loaders do with an undecodable sample (training and evaluation).", choices=ON_CORRUPT
+    )
+    cache_dir: str | None = _opt(
+        None, "Node-local cache for remote shard sets (default $ADAINF_CACHE_DIR or ~/.cache/adainf-loader)."
+    )
+    storage_option: tuple[str, ...] = _opt(
+        (),
+        "fsspec storage option KEY=VALUE for remote shard sets (repeatable; saved with the run's settings: give "
+        "secrets through the environment or a profile, never here).",
     )
     # model and optimisation
     method: str = _opt("simclr", "Contrastive method.", choices=tuple(METHODS))
     backbone: str = _opt("resnet18", "Backbone (CIFAR stem for the ResNets).", choices=tuple(BACKBONES))
-    steps: int | None = _opt(None, "Optimisation steps (default 100000 unless --epochs is given).")
+    steps: int | None = _opt(None, f"Optimisation steps (default {DEFAULT_STEPS} unless --epochs is given).")
     epochs: int | None = _opt(None, "Train for this many epochs of the mixture instead of --steps.")
     batch_size: int = _opt(512, "Global batch size (split evenly over the DDP ranks).")
     lr: float | None = _opt(None, "Learning rate per 256 samples (scaled by batch/256). Default: the method's.")
@@ -248,6 +262,8 @@ DEMO_DEFAULTS = dict(
 DEMO_CPU_DEFAULTS = dict(backbone="convnet", batch_size=128, steps=500, warmup_steps=50, log_every=10, ckpt_every=100)
 # Settings that may differ from the checkpoint's when resuming (everything else must match).
 RESUME_MAY_CHANGE = (
+    "cache_dir",
+    "storage_option",
     "steps",
     "epochs",
     "device",

@@ -13,12 +13,14 @@ import time
 
 
 def progress(total: int | None, desc: str, unit: str = "img", *, enabled: bool = True, stream=None):
-    """A context manager with ``update(n)``: tqdm on a terminal, :class:`LineProgress` elsewhere."""
+    """A context manager with ``update(n)``: tqdm on a terminal, :class:`LineProgress` elsewhere. With
+    ``unit="B"`` the counts are bytes, shown in MB (and MB/s)."""
     stream = stream or sys.stderr
     if enabled and getattr(stream, "isatty", lambda: False)():
         from tqdm import tqdm
 
-        return tqdm(total=total, unit=unit, desc=desc, file=stream, mininterval=0.5, dynamic_ncols=True)
+        scaled = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
+        return tqdm(total=total, unit=unit, desc=desc, file=stream, mininterval=0.5, dynamic_ncols=True, **scaled)
     return LineProgress(total, desc, unit, enabled=enabled, stream=stream)
 
 
@@ -82,13 +84,17 @@ class LineProgress:
     def _line(self, now: float) -> None:
         elapsed = max(now - self.t0, 1e-9)
         rate = self.n / elapsed
+        unit, show = self.unit, (lambda n: f"{n:,}")
+        if unit == "B":  # bytes: in MB
+            unit, show = "MB", (lambda n: f"{n / 2**20:,.1f}")
         if self.total:
             left = (self.total - self.n) / rate if rate > 0 else float("nan")
-            where = f"{self.n:,}/{self.total:,} {self.unit} ({math.floor(100 * self.n / self.total)}%)"
+            where = f"{show(self.n)}/{show(self.total)} {unit} ({math.floor(100 * self.n / self.total)}%)"
             tail = f", {duration(left)} left" if self.n < self.total else f" in {duration(elapsed)}"
         else:
-            where, tail = f"{self.n:,} {self.unit}", f" in {duration(elapsed)}"
-        print(f"{self.desc}: {where}, {rate:,.0f} {self.unit}/s{tail}", file=self.stream, flush=True)
+            where, tail = f"{show(self.n)} {unit}", f" in {duration(elapsed)}"
+        rate_text = f"{rate / 2**20:,.1f}" if self.unit == "B" else f"{rate:,.0f}"
+        print(f"{self.desc}: {where}, {rate_text} {unit}/s{tail}", file=self.stream, flush=True)
         self.last_line, self.lines = now, self.lines + 1
 
 

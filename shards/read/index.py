@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 
 INDEX_VERSION = "v1.2"
 INT64_MAX = 2**63 - 1  # every offset, size and count the loaders keep is an int64
@@ -83,16 +83,16 @@ def read_index(path: str | Path) -> ShardIndex:
             "re-create the index with `wds2idx` or re-pack the set"
         )
     n = int(digits or 0)
-    fast = _parse_uniform(body_text, n)
+    fast = parse_uniform_index(body_text, n)
     if fast is not None:
         return fast
     lines = body_text.splitlines()
     if len(lines) < n:
         raise ShardError(f"{path}: index header says {n} samples but holds {len(lines)} lines")
-    return _parse_lines(path, lines[:n])
+    return parse_index_lines(path, lines[:n])
 
 
-def _parse_uniform(body: str, n: int) -> ShardIndex | None:
+def parse_uniform_index(body: str, n: int) -> ShardIndex | None:
     """The common case in a few vectorised passes: exactly ``n`` lines, each listing the same
     extensions in the same order (what `shards pack` and `wds2idx` write). None otherwise."""
     first = body[: body.find("\n")].split() if "\n" in body else body.split()
@@ -119,7 +119,7 @@ def _parse_uniform(body: str, n: int) -> ShardIndex | None:
     return ShardIndex(keys=np.array([name[: -len(suffix)] for name in names], dtype=str), offsets=offsets, sizes=sizes)
 
 
-def _parse_lines(path: Path, body: list[str]) -> ShardIndex:
+def parse_index_lines(path: Path, body: list[str]) -> ShardIndex:
     n = len(body)
     keys = np.empty(n, dtype=object)
     offsets: dict[str, np.ndarray] = {}
