@@ -48,10 +48,8 @@ def image_member_ext(fmt: str, recorded: str | None) -> str:
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _SHARD_KEYS = ("file", "index", "count", "sha256", "bytes")
 _MAX_SIDE = 65535  # JPEG's limit; no shard set holds larger images
-INT64_MAX = 2**63 - 1
-_MAX_FLOAT = (
-    sys.float_info.max
-)  # counts and byte sizes become int64 arrays in the loaders: larger ones are refused here
+INT64_MAX = 2**63 - 1  # counts and byte sizes become int64 arrays in the loaders: larger ones are refused here
+_MAX_FLOAT = sys.float_info.max  # an integer fid past it (10^400) is no float
 
 
 def _show(v) -> str:

@@ -56,6 +56,7 @@ from shards.read.check import (
     BAD_HEADER,
     BAD_LABEL,
     BAD_SIZE,
+    BAD_STRUCTURE,
     LABEL_RANGE,
     OK,
     TRUNCATED,
