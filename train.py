@@ -27,6 +27,7 @@ from pathlib import Path
 import click
 
 from models.training import (
+    CKPT_LAST,
     Evaluator,
     RunDir,
     Settings,
@@ -129,6 +130,8 @@ def run(ctx, config_file, print_config, options) -> dict:
 
         # -- data: shards → mixture, weighted by the inflation policy → augmentation recipe → the DALI loader
         data = plan_data(s, rt.world_size, aug_family(s.method))
+        if rt.master:
+            _log(data.reading_line())  # opening large sets the first time builds their index caches: a wait
         loader = data.train_loader(s, rt)  # exact epoch plan → DALI pipeline → augmented views on the device
 
         # -- method: backbone + projector/predictor + loss (+ online probe); resolved record of the whole run
@@ -185,6 +188,11 @@ def run(ctx, config_file, print_config, options) -> dict:
         if (s.demo or s.compare_random) and rt.master:
             with on_interrupt(f"during the random-init comparison: the run is complete and saved in {s.out}"):
                 compare_with_random_init(s, final)
+    if rt.master:
+        _log(
+            f"done: {trainer.step_count} steps, checkpoint at {Path(s.out) / CKPT_LAST}; export the backbone with "
+            f"`python -m models export {s.out} --out backbone.pt`"
+        )
     return final
 
 

@@ -158,6 +158,15 @@ class Evaluator:
         self.train_loader = plan.eval_loader(plan.train_labels, s, rt, s.knn_train_limit)
         self.test_loader = plan.eval_loader(plan.eval_shards, s, rt, s.eval_limit)
 
+    def describe(self, probe_epochs: int = 0) -> str:
+        """What an evaluation does, said before it starts (it can take a minute): ``evaluating on N test
+        images (kNN over M labelled training images, offline linear probe of E epochs)…``."""
+        probe = f", offline linear probe of {probe_epochs} epochs" if probe_epochs else ""
+        return (
+            f"evaluating on {self.test_loader.num_samples:,} test images (kNN over "
+            f"{self.train_loader.num_samples:,} labelled training images{probe})…"
+        )
+
     @property
     def corrupt_skipped(self) -> int:
         return self.train_loader.stats.corrupt + self.test_loader.stats.corrupt
