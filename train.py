@@ -46,7 +46,7 @@ from models.training.metrics import read_records
 from models.training.rundir import check_out
 from models.training.runtime import plan_runtime
 from models.training.settings import DEMO_CPU_DEFAULTS, DEMO_DEFAULTS, RESUME_MAY_CHANGE, click_options, read_yaml
-from models.training.trainer import Interrupted, resolved_run, schedule
+from models.training.trainer import Interrupted, resolved_run, schedule, warmup_note
 from shards.base.errors import ConfigError, UserError
 from shards.base.host import resolve_device
 from shards.base.interrupt import interrupts, signal_of
@@ -171,7 +171,9 @@ def run(ctx, config_file, print_config, options) -> dict:
                     f"of {data.epoch_size} samples), lr {resolved['lr']:.4g}; run directory {s.out}"
                     + (f"; resumed at step {trainer.step_count}" if ckpt else "")
                 )
-                for line in data_notes(data, s) + (resume_notes(trainer, ckpt) if ckpt else []):
+                shortened = warmup_note(s, trainer.total_steps, trainer.warmup_steps)
+                notes = data_notes(data, s) + ([shortened] if shortened else [])
+                for line in notes + (resume_notes(trainer, ckpt) if ckpt else []):
                     _log(line)
                 for line in resolved.get("data_changes", []):
                     _log(f"warning: {line} (--allow-data-change): the epoch plan differs from the checkpoint's")
@@ -319,7 +321,7 @@ def evaluate_checkpoint(s: Settings, given: set[str]) -> dict:
         metrics = Metrics(path.parent, tensorboard=False)
         metrics.write("eval_only", int(ckpt["step"]), **result)
         metrics.close()
-        _log(format_result(result, int(ckpt["step"])))
+        _log(format_result(result, int(ckpt["step"]), of=str(path)))
     return result
 
 

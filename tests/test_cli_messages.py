@@ -79,3 +79,93 @@ def test_an_image_tree_still_gets_the_pack_command(tmp_path, sample_image, encod
     line = _one_error_line(CliRunner().invoke(train.main, ["--shards", str(tmp_path), "--print-config"]))
     assert "a folder of image trees (test, train), not a shard set" in line
     assert f"`python -m shards pack {tmp_path} --out data/" in line
+
+
+# -- item 4: commands that agree ------------------------------------------------------------------------------
+
+
+def test_audit_counts_the_steps_per_epoch_training_takes(data):
+    """72 samples (real x2 + generated) in batches of 16: 4 steps, the last 8 samples dropped, as training."""
+    shards = ["--shards", f"{data['real']}:2", "--shards", f"{data['generated']}:1", "--batch-size", "16"]
+    audit = CliRunner().invoke(loaders_cli, ["audit", *shards, "--plan-only"])
+    assert audit.exit_code == 0, audit.output
+    assert (
+        "epoch 0: 72 samples = 4 steps of 16 (the last 8 samples, a partial batch, dropped as training does; "
+        "--keep-last counts them)" in audit.output.splitlines()
+    )
+    config = CliRunner().invoke(train.main, [*shards, "--device", "cpu", "--print-config"])
+    assert config.exit_code == 0, config.output
+    assert "  steps_per_epoch: 4" in config.output.splitlines()
+    kept = CliRunner().invoke(loaders_cli, ["audit", *shards, "--plan-only", "--keep-last"])
+    assert (
+        "epoch 0: 72 samples = 5 steps of 16 (the last partial batch of 8 counted, --keep-last; training drops it)"
+        in (kept.output.splitlines())
+    )
+
+
+@pytest.mark.parametrize(
+    "method, family",
+    [("simclr", "symmetric"), ("mocov2plus", "symmetric_weak"), ("byol", "asymmetric"), ("barlow", "asymmetric")],
+)
+def test_audit_takes_train_py_method(data, method, family):
+    result = CliRunner().invoke(
+        loaders_cli, ["audit", "--shards", str(data["real"]), "--method", method, "--plan-only"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == f"inflation adainf ({family} augmentation family)"
+
+
+def test_family_still_works_and_a_contradiction_is_one_line(data):
+    ok = CliRunner().invoke(
+        loaders_cli, ["audit", "--shards", str(data["real"]), "--family", "asymmetric", "--plan-only"]
+    )
+    assert ok.exit_code == 0 and ok.output.splitlines()[0] == "inflation adainf (asymmetric augmentation family)"
+    both = CliRunner().invoke(
+        loaders_cli, ["audit", "--shards", str(data["real"]), "--method", "byol", "--family", "symmetric"]
+    )
+    assert _one_error_line(both) == (
+        "Error: --method byol trains with the asymmetric augmentation family, not --family symmetric; give one of "
+        "the two (--method as train.py takes it)"
+    )
+
+
+def test_preview_takes_method_and_writes_under_runs_by_default(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["preview", "--shards", f"{data['real']}:1", "--shards", f"{data['generated']}:1", "--method", "byol"]
+    result = CliRunner().invoke(loaders_cli, [*args, "--n", "2", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("wrote runs/preview.png (") and "preset asymmetric_adainf" in result.output
+    assert (tmp_path / "runs" / "preview.png").stat().st_size > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]
+
+
+def test_shortened_warmup_eval_only_title_and_metric_names(data, tmp_path):
+    """--steps 30 with the default --warmup-steps 1000 says the warm-up is 3 steps; the training views'
+    probe accuracy and the test set's read differently; --eval-only is not the "final accuracy"."""
+    from models.training import read_records
+
+    out = tmp_path / "run"
+    args = ["--shards", f"{data['real']}:1", "--shards", f"{data['generated']}:1", "--steps", "30"]
+    args += ["--eval-shards", str(data["test"]), "--train-labels", str(data["real"]), "--probe-epochs", "0"]
+    args += ["--batch-size", "16", "--image-size", "8", "--backbone", "convnet", "--knn-k", "5", "--log-every", "10"]
+    args += ["--no-progress", "--device", "cpu", "--out", str(out)]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        "warm-up: 3 steps, not --warmup-steps 1000: the warm-up is at most a tenth of the 30-step run"
+        in result.output.splitlines()
+    )
+    train_records, (final,) = read_records(out, "train"), read_records(out, "final")
+    assert all("online_probe_acc_train_views" in r and "probe_acc" not in r for r in train_records)
+    assert "online_probe_acc" in final and "online_probe_acc_train_views" not in final
+    evaluated = CliRunner().invoke(train.main, ["--eval-only", "--checkpoint", str(out), "--probe-epochs", "0"])
+    assert evaluated.exit_code == 0, evaluated.output
+    (line,) = [ln for ln in evaluated.output.splitlines() if " test images: " in ln]
+    assert line.startswith(f"evaluation of {out / 'ckpt-last.pt'} at step 30 on 8 test images: kNN ")
+
+
+def test_read_records_reads_an_older_run_under_todays_names(tmp_path):
+    from models.training import read_records
+
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "probe_acc": 0.25}\n')
+    assert read_records(tmp_path, "train") == [{"kind": "train", "step": 1, "online_probe_acc_train_views": 0.25}]

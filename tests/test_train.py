@@ -88,7 +88,18 @@ def test_run_writes_config_metrics_checkpoint_and_events(straight):
     assert [r["step"] for r in train_recs] == list(range(1, 10))
     assert [r["epoch"] for r in train_recs] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     for r in train_recs:
-        assert all(k in r for k in ("loss", "ssl_loss", "probe_loss", "probe_acc", "lr", "samples_per_s", "data_wait"))
+        assert all(
+            k in r
+            for k in (
+                "loss",
+                "ssl_loss",
+                "probe_loss",
+                "online_probe_acc_train_views",
+                "lr",
+                "samples_per_s",
+                "data_wait",
+            )
+        )
         assert r["loss"] == pytest.approx(r["ssl_loss"] + r["probe_loss"], rel=1e-6)  # the probe trains too
         # one step per record: data_wait × (16 samples / samples_per_s) is the seconds spent waiting for the
         # batch, which hold the feed's delay, and cannot exceed the step's time
@@ -221,7 +232,7 @@ def test_eval_only_on_checkpoint(straight):
         ]
     )
     assert result.exit_code == 0, result.output
-    assert "final accuracy at step 3 on 40 test images" in result.output
+    assert f"evaluation of {out / 'ckpt-3.pt'} at step 3 on 40 test images" in result.output
     (rec,) = records(out, "eval_only")
     assert rec["step"] == 3 and rec["checkpoint"].endswith("ckpt-3.pt")
     assert rec["eval_samples"] == 40 and rec["knn_train_samples"] == 24

@@ -111,7 +111,9 @@ class Method(nn.Module):
             "loss": ssl + probe_loss,
             "ssl_loss": ssl.detach(),
             "probe_loss": probe_loss.detach(),
-            "probe_acc": (correct.float() / count.clamp(min=1)).detach(),
+            # the online probe's accuracy on this step's augmented training views (train/ in the logs); its
+            # accuracy on the test set is eval/online_probe_acc (models.training.evaluation)
+            "online_probe_acc_train_views": (correct.float() / count.clamp(min=1)).detach(),
             "probe_correct": correct.detach(),
             "probe_count": count.detach(),
             "feat_std": F.normalize(feats[0].detach().float(), dim=1).std(dim=0).mean(),

@@ -200,11 +200,14 @@ class Evaluator:
         return result
 
 
-def format_result(result: dict, step: int) -> str:
+def format_result(result: dict, step: int, of: str | None = None) -> str:
+    """The accuracies of one evaluation on the test set: ``final accuracy at step N on M test images: …``, or
+    with ``of`` (``--eval-only``) ``evaluation of CHECKPOINT at step N on M test images: …``."""
     parts = [f"kNN {result['knn_acc']:.2%}", f"online probe {result['online_probe_acc']:.2%}"]
     if "linear_probe_acc" in result:
         parts.append(f"offline linear probe {result['linear_probe_acc']:.2%}")
-    return f"final accuracy at step {step} on {result['eval_samples']} test images: " + ", ".join(parts)
+    title = f"evaluation of {of}" if of else "final accuracy"
+    return f"{title} at step {step} on {result['eval_samples']} test images: " + ", ".join(parts)
 
 
 def random_init_baseline(s) -> dict:

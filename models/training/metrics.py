@@ -73,8 +73,13 @@ class Metrics:
             self.tb = None
 
 
+# Record keys renamed since: an older run's metrics.jsonl reads with today's names.
+RENAMED_KEYS = {"probe_acc": "online_probe_acc_train_views"}  # the online probe on the training views
+
+
 def read_records(run_dir: str | Path, kind: str | None = None) -> list[dict]:
-    """The records of a run's metrics.jsonl (of one ``kind``), skipping a torn line."""
+    """The records of a run's metrics.jsonl (of one ``kind``), skipping a torn line; keys an older version
+    wrote (``RENAMED_KEYS``) under today's names."""
     path = Path(run_dir) / "metrics.jsonl"
     out = []
     if path.is_file():
@@ -84,7 +89,7 @@ def read_records(run_dir: str | Path, kind: str | None = None) -> list[dict]:
             except ValueError:
                 continue
             if isinstance(rec, dict) and (kind is None or rec.get("kind") == kind):
-                out.append(rec)
+                out.append({RENAMED_KEYS.get(k, k): v for k, v in rec.items()})
     return out
 
 

@@ -79,6 +79,16 @@ def schedule(s, steps_per_epoch: int) -> tuple[int, int]:
     return total, min(s.warmup_steps, total // 10)
 
 
+def warmup_note(s, total: int, warmup: int) -> str | None:
+    """One line when the schedule shortened ``--warmup-steps`` (at most a tenth of the run), else None."""
+    if warmup >= s.warmup_steps:
+        return None
+    return (
+        f"warm-up: {warmup} steps, not --warmup-steps {s.warmup_steps}: the warm-up is at most a tenth of the "
+        f"{total}-step run"
+    )
+
+
 def resolved_run(s, rt, steps_per_epoch: int, method_cfg) -> dict:
     """The run-level facts the settings resolve to (config.yaml's and every checkpoint's ``resolved``)."""
     import dataclasses
