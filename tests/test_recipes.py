@@ -58,7 +58,7 @@ def resolved(sets, *args) -> dict:
         ],
     )
     assert result.exit_code == 0, result.output
-    return yaml.safe_load(result.output)["resolved"]
+    return yaml.safe_load(result.stdout)["resolved"]
 
 
 @pytest.mark.parametrize("mode", [None, "none", "vanilla", "adainf"])
@@ -114,6 +114,6 @@ def test_real_data_alone_gets_the_no_inflation_recipe(sets):
         ],
     )
     assert r_real.exit_code == 0, r_real.output
-    views = yaml.safe_load(r_real.output)["resolved"]["augmentation"]["views"]
+    views = yaml.safe_load(r_real.stdout)["resolved"]["augmentation"]["views"]
     assert views[0]["crop_scale"][0] == 0.08 and views[0]["jitter_p"] == 0.8 and views[0]["brightness"] == 0.4
     assert r["augmentation"]["views"][0]["crop_scale"][0] == 0.2  # with generated data: AdaInf

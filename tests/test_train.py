@@ -315,7 +315,7 @@ def test_config_file_with_flags_overriding(straight, tmp_path):
         ["--config", str(out / "config.yaml"), "--seed", "5", "--steps", "2", "--out", str(new), "--print-config"]
     )
     assert result.exit_code == 0, result.output
-    doc = yaml.safe_load(result.output)
+    doc = yaml.safe_load(result.stdout)
     old = yaml.safe_load((out / "config.yaml").read_text())["settings"]
     assert doc["settings"]["seed"] == 5 and doc["settings"]["steps"] == 2 and doc["settings"]["out"] == str(new)
     same = {k: v for k, v in old.items() if k not in ("seed", "steps", "out", "keep_every", "eval_every", "ckpt_every")}
@@ -330,7 +330,7 @@ def test_print_config_resolves_everything_and_writes_nothing(data, tmp_path):
     out = tmp_path / "never"
     result = run(base_args(data, out) + ["--inflation", "adainf", "--print-config"])
     assert result.exit_code == 0, result.output
-    doc = yaml.safe_load(result.output)
+    doc = yaml.safe_load(result.stdout)
     resolved = doc["resolved"]
     assert resolved["inflation"]["weights"] == {"demo-real": 1.0, "demo-generated": 1.0}  # explicit :1 weights win
     views = resolved["augmentation"]["views"]
