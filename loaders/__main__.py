@@ -178,7 +178,7 @@ def audit(
                         "the plan without running it)",
                         err=True,
                     )
-                with progress(total, "audit", "samples", enabled=not as_json) as bar:
+                with progress(total, "audit", "samples", enabled=not as_json, summary_follows=True) as bar:
                     report = run_audit(
                         recipe.mixture,
                         recipe.aug,

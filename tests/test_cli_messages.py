@@ -3,6 +3,8 @@ no silent waits, commands that agree. Each test asserts the command-line output 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -169,3 +171,28 @@ def test_read_records_reads_an_older_run_under_todays_names(tmp_path):
 
     (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "probe_acc": 0.25}\n')
     assert read_records(tmp_path, "train") == [{"kind": "train", "step": 1, "online_probe_acc_train_views": 0.25}]
+
+
+# -- item 5: one throughput figure per job ----------------------------------------------------------------------
+
+
+def test_pack_prints_one_throughput_for_the_job(tmp_path, sample_image, encode_image, monkeypatch):
+    """The progress lines show the live rate; the closing one gives count and time, and the summary the one
+    figure for the job (not a second, different one). Lines are forced here: a small pack is quiet."""
+    from functools import partial
+
+    import shards.base.progress as progress_module
+    from shards.cli import main as shards_cli
+
+    monkeypatch.setattr(progress_module, "LineProgress", partial(progress_module.LineProgress, quiet_s=0, min_gap_s=0))
+    for i in range(20):
+        (tmp_path / "images" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "images" / f"c{i % 2}" / f"{i}.png").write_bytes(encode_image(sample_image(i), "png"))
+    result = CliRunner().invoke(shards_cli, ["pack", str(tmp_path / "images"), "--out", str(tmp_path / "set")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    progress_lines = [ln for ln in lines if ln.startswith("pack ")]
+    rate = re.compile(r"\d[\d,]* (img|images)/s")
+    assert progress_lines[-1].startswith("pack set: 20/20 img (100%) in ") and not rate.search(progress_lines[-1])
+    rates = [ln for ln in lines if rate.search(ln) and ln not in progress_lines]
+    assert len(rates) == 1 and rates[0].startswith("wrote:   20 samples") and " images/s)" in rates[0]
