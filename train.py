@@ -6,6 +6,7 @@
     python train.py ... --print-config                       # the fully resolved recipe, then exit
     python train.py --resume runs/NAME                       # continue after an interruption
     python train.py --eval-only --checkpoint runs/NAME/ckpt-last.pt
+    python -m models export runs/NAME --out backbone.pt      # the trained backbone as a plain state dict
     torchrun --nproc_per_node 8 train.py ...                 # DDP (NCCL on GPU, gloo on CPU)
 
 Reads top to bottom: settings → runtime → data (shards → mixture + inflation policy → recipe) → loader
@@ -64,7 +65,10 @@ from shards.base.interrupt import interrupts, signal_of
 @click_options
 @click.pass_context
 def main(ctx: click.Context, config_file, print_config, **options) -> None:
-    """Train a contrastive model on a weighted mixture of real and generated shards (AdaInf)."""
+    """Train a contrastive model on a weighted mixture of real and generated shards (AdaInf).
+
+    The trained backbone, as a plain state dict: python -m models export RUN_DIR --out backbone.pt
+    """
     try:
         with interrupts():  # Ctrl-C / SIGTERM anywhere: one line saying what was kept, exit 128 + signal
             run(ctx, config_file, print_config, options)
