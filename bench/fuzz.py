@@ -234,7 +234,7 @@ MANIFEST_EDITS = [
     ("shards.file", 7),
     ("shards.file", None),
     ("shards.file", "../elsewhere.tar"),
-    ("shards.read.index", 5),
+    ("shards.index", 5),
     ("shards.sha256", 123),
     ("shards.bytes", -5),
     ("count", float("inf")),

@@ -1,7 +1,7 @@
 """Packing: images/s and peak memory of ``shards.packing.pack.pack`` for npz->raw, npz->jpg, npz->png and
 ImageFolder->jpg, each in a fresh process; a "batch" is one whole pack of the same input (one untimed, then
-until >= 10 s). Inputs: the demo images, or with ``--source`` real ones (their pixels in the .npz, their own
-files in the ImageFolder).
+until >= 10 s). Inputs: the demo images, or with ``--source`` real ones (their pixels in the .npz, their own files
+in the ImageFolder).
 """
 
 from __future__ import annotations

@@ -273,7 +273,7 @@ def test_a_changed_shard_whose_samples_all_check_out_is_reported_and_delivered(t
         ("shards.count", "6", "field shards[0].count is '6'"),
         ("shards.file", 3, "field shards[0].file is 3"),
         ("shards.file", None, "field shards[0].file is None"),
-        ("shards.read.index", 4, "field shards[0].index is 4"),
+        ("shards.index", 4, "field shards[0].index is 4"),
         ("count", float("inf"), "field count is inf"),
         ("count", 1e400, "field count is inf"),
         ("count", 300.5, "field count is 300.5"),
