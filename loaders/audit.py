@@ -198,10 +198,9 @@ def format_report(report: dict) -> str:
         )
     for e in report["epochs"]:
         lines.append(
-            f"epoch {e['epoch']}: {e['samples']} samples (planned {e['planned']}"
-            + (f", {e['dropped']} in a last partial batch dropped" if e.get("dropped") else "")
-            + "), "
-            f"{e['samples_per_s']} samples/s, {e['corrupt_skipped']} corrupt skipped"
+            f"epoch {e['epoch']}: {e['samples']} samples (planned {e['planned']}), "
+            + (f"{e['dropped']} in a last partial batch dropped as training does, " if e.get("dropped") else "")
+            + f"{e['samples_per_s']} samples/s, {e['corrupt_skipped']} corrupt skipped"
         )
         for name, count in e["per_source"].items():
             f = e["batch_fraction"].get(name, {})

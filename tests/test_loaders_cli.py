@@ -64,7 +64,7 @@ def test_audit_announces_the_epoch_and_logs_no_bar_frames(data):
     )
     assert "--plan-only shows the plan without running it" in first
     assert "\r" not in res.output and "sample/s]" not in res.output  # not a terminal: no tqdm frames
-    assert "epoch 0: 96 samples (planned 105, 9 in a last partial batch dropped)" in res.output
+    assert "epoch 0: 96 samples (planned 105), 9 in a last partial batch dropped as training does, " in res.output
 
 
 def test_the_estimate_says_how_long_the_rest_takes_once_measured():
