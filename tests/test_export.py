@@ -35,7 +35,7 @@ def _train(data, out: Path, method: str = "simclr", backbone: str = "resnet18", 
 
 @pytest.fixture(scope="module")
 def resnet_run(demo_sets, tmp_path_factory):
-    return _train(demo_sets(24, 24, 8), tmp_path_factory.mktemp("export") / "runs" / "my-run")
+    return _train(demo_sets(24, 24, 8), tmp_path_factory.mktemp("export") / "runs" / "first")
 
 
 def _blocks(language: str) -> list[str]:
