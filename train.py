@@ -9,9 +9,9 @@
     python -m models export runs/NAME --out backbone.pt      # the trained backbone as a plain state dict
     torchrun --nproc_per_node 8 train.py ...                 # DDP (NCCL on GPU, gloo on CPU)
 
-Reads top to bottom: settings → runtime → data (shards → mixture + inflation policy → recipe) → loader
-(exact epoch plan → DALI pipeline → views on the device) → method (backbone, heads, loss) → trainer
-(optimizer, schedule, precision, compile, DDP) → fit → report. The pieces live in ``models.training``.
+Reads top to bottom: settings → runtime → data (shards → mixture + inflation policy → recipe) → loader →
+method (backbone, heads, loss) → trainer (optimizer, schedule, precision, compile, DDP) → fit → report. The
+pieces live in ``models.training``; the path of a batch is told in ``docs/design.md``.
 
 Run directory (``--out``, default ``runs/<method>-<timestamp>``): ``config.yaml`` (settings and what they
 resolved to), ``metrics.jsonl`` (one JSON object per line, ``kind`` train / eval / final), TensorBoard
@@ -39,11 +39,12 @@ from models.training import (
     load_checkpoint,
     plan_data,
     plan_eval,
+    read_records,
     seed_everything,
     setup_runtime,
 )
 from models.training.data import check_sources, data_notes, describe_resolved
-from models.training.metrics import read_records
+from models.training.metrics import Metrics
 from models.training.rundir import check_out
 from models.training.runtime import plan_runtime
 from models.training.settings import DEMO_CPU_DEFAULTS, DEMO_DEFAULTS, RESUME_MAY_CHANGE, click_options, read_yaml
@@ -105,48 +106,55 @@ def run(ctx, config_file, print_config, options) -> dict:
     # -- settings: defaults < --config FILE < flags; --resume takes the checkpoint's, --demo fills small ones
     given = {k for k in options if ctx.get_parameter_source(k) not in (click.core.ParameterSource.DEFAULT, None)}
     base = read_yaml(config_file) if config_file else {}
-    s = Settings.from_dict({**base, **{k: v for k, v in options.items() if k in given}})
+    settings = Settings.from_dict({**base, **{k: v for k, v in options.items() if k in given}})
     given |= set(base)
-    s.validate()
-    if s.eval_only:
+    settings.validate()
+    if settings.eval_only:
         with on_interrupt("during --eval-only: nothing was recorded; run the command again"):
-            return evaluate_checkpoint(s, given)
+            return evaluate_checkpoint(settings, given)
     ckpt = None
-    if s.resume:
-        s, ckpt = resume_settings(s, given)
-        if not print_config and finished(s, ckpt):
+    if settings.resume:
+        settings, ckpt = resume_settings(settings, given)
+        if not print_config and finished(settings, ckpt):
             return {}
-    elif s.demo:
-        s = demo_settings(s, given)
-    if s.out is None:
-        s = s.replace(out=str(Path("runs") / f"{s.method}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"))
-    continues = ckpt is not None and Path(s.out).resolve() == Path(s.resume).resolve().parent
+    elif settings.demo:
+        settings = demo_settings(settings, given)
+    if settings.out is None:
+        settings = settings.replace(
+            out=str(Path("runs") / f"{settings.method}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        )
+    continues = ckpt is not None and Path(settings.out).resolve() == Path(settings.resume).resolve().parent
     startup = (
-        f"during start-up: nothing was trained, the run is as it was; continue with `python train.py --resume {s.out}`"
+        "during start-up: nothing was trained, the run is as it was; continue with "
+        f"`python train.py --resume {settings.out}`"
         if continues
         else "during start-up: nothing was trained or written; run the command again"
     )
     with on_interrupt(startup):
         # -- where and how to compute (device, precision, DDP); --print-config touches no GPU
-        rt = plan_runtime(s.device, s.precision) if print_config else setup_runtime(s.device, s.precision)
-        if rt.master and not print_config:
-            check_out(Path(s.out), continues)  # before any work: never start inside another run's directory
+        runtime = (
+            plan_runtime(settings.device, settings.precision)
+            if print_config
+            else setup_runtime(settings.device, settings.precision)
+        )
+        if runtime.master and not print_config:
+            check_out(Path(settings.out), continues)  # before any work: never start inside another run's directory
 
         # -- data: shards → mixture, weighted by the inflation policy → augmentation recipe → the DALI loader
-        data = plan_data(s, rt.world_size, aug_family(s.method))
-        if rt.master:
+        data = plan_data(settings, runtime.world_size, aug_family(settings.method))
+        if runtime.master:
             _log(data.reading_line())  # opening large sets the first time builds their index caches: a wait
-        loader = data.train_loader(s, rt)  # exact epoch plan → DALI pipeline → augmented views on the device
+        loader = data.train_loader(settings, runtime)
 
         # -- method: backbone + projector/predictor + loss (+ online probe); resolved record of the whole run
-        seed_everything(s.seed + rt.rank)
-        method = build_method_for(s, data.num_classes)
-        resolved = {**resolved_run(s, rt, loader.steps_per_epoch, method.cfg), **describe_resolved(data)}
+        seed_everything(settings.seed + runtime.rank)
+        method = build_method_for(settings, data.num_classes)
+        resolved = {**resolved_run(settings, runtime, loader.steps_per_epoch, method.cfg), **describe_resolved(data)}
         if ckpt is not None:
             resolved["data_changes"] = check_sources(
-                ckpt.get("resolved", {}).get("mixture", []), resolved["mixture"], s.allow_data_change
+                ckpt.get("resolved", {}).get("mixture", []), resolved["mixture"], settings.allow_data_change
             )
-        doc = {"settings": s.to_dict(), "resolved": resolved}
+        doc = {"settings": settings.to_dict(), "resolved": resolved}
         if print_config:
             import yaml
 
@@ -154,34 +162,43 @@ def run(ctx, config_file, print_config, options) -> dict:
             return {}
 
         # -- trainer: optimizer, schedule, precision, compile, DDP; then the run
-        trainer = Trainer(s, rt, loader, method)
+        trainer = Trainer(settings, runtime, loader, method)
         if ckpt is not None:
-            trainer.load_state_dict(ckpt)
-        evaluator = Evaluator(data, s, rt) if data.eval_shards else None  # opened now: a bad set fails before training
-    run_dir = RunDir(s.out, resume_step=trainer.step_count if ckpt else None, master=rt.master, continues=continues)
+            try:
+                trainer.load_state_dict(ckpt)  # on any number of processes dividing the global batch
+            except ConfigError as e:  # a loader state this release cannot continue (another version, batch size)
+                raise ConfigError(f"--resume {settings.resume}: {e}") from None
+        # the evaluator opens its sets now: a bad set fails before training
+        evaluator = Evaluator(data, settings, runtime) if data.eval_shards else None
+    run_dir = RunDir(
+        settings.out, resume_step=trainer.step_count if ckpt else None, master=runtime.master, continues=continues
+    )
     started = (
         startup
         if continues
-        else f"during start-up: nothing was trained; {s.out} holds no checkpoint: remove it and run the command again"
+        else f"during start-up: nothing was trained; {settings.out} holds no checkpoint: remove it and run the "
+        "command again"
     )
     try:
         with on_interrupt(started):
             run_dir.write_config(doc)
-            if rt.master:
+            if runtime.master:
                 _log(data.recipe.describe())
                 _log(
-                    f"{s.method}/{s.backbone} on {rt.device} x{rt.world_size} ({rt.precision}), "
-                    f"{trainer.total_steps} steps of batch {s.batch_size} ({loader.steps_per_epoch} steps/epoch "
-                    f"of {data.epoch_size} samples), lr {resolved['lr']:.4g}; run directory {s.out}"
+                    f"{settings.method}/{settings.backbone} on {runtime.device} x{runtime.world_size} "
+                    f"({runtime.precision}), {trainer.total_steps} steps of batch {settings.batch_size} ("
+                    + (f"{loader.local_batch_size} a process; " if runtime.distributed else "")
+                    + f"{loader.steps_per_epoch} steps/epoch of {data.epoch_size} samples), "
+                    f"lr {resolved['lr']:.4g}; run directory {settings.out}"
                     + (f"; resumed at step {trainer.step_count}" if ckpt else "")
                 )
-                shortened = warmup_note(s, trainer.total_steps, trainer.warmup_steps)
-                notes = data_notes(data, s) + ([shortened] if shortened else [])
+                shortened = warmup_note(settings, trainer.total_steps, trainer.warmup_steps)
+                notes = data_notes(data, settings) + ([shortened] if shortened else [])
                 for line in notes + (resume_notes(trainer, ckpt) if ckpt else []):
                     _log(line)
                 for line in resolved.get("data_changes", []):
                     _log(f"warning: {line} (--allow-data-change): the epoch plan differs from the checkpoint's")
-        final = trainer.fit(run_dir, evaluator, resolved, last_good=Path(s.resume) if ckpt else None)
+        final = trainer.fit(run_dir, evaluator, resolved, last_good=Path(settings.resume) if ckpt else None)
     finally:
         run_dir.close()
     if final:
@@ -191,37 +208,37 @@ def run(ctx, config_file, print_config, options) -> dict:
                 f"{final['corrupt_skipped']} corrupt training sample(s) were skipped (--on-corrupt skip), first: "
                 f"{', '.join(final['corrupt_keys'])}"
             )
-        if (s.demo or s.compare_random) and rt.master:
-            with on_interrupt(f"during the random-init comparison: the run is complete and saved in {s.out}"):
-                compare_with_random_init(s, final)
-    if rt.master:
+        if (settings.demo or settings.compare_random) and runtime.master:
+            with on_interrupt(f"during the random-init comparison: the run is complete and saved in {settings.out}"):
+                compare_with_random_init(settings, final)
+    if runtime.master:
         _log(
-            f"done: {trainer.step_count} steps, checkpoint at {Path(s.out) / CKPT_LAST}; export the backbone with "
-            f"`python -m models export {s.out} --out backbone.pt`"
+            f"done: {trainer.step_count} steps, checkpoint at {Path(settings.out) / CKPT_LAST}; export the "
+            f"backbone with `python -m models export {settings.out} --out backbone.pt`"
         )
     return final
 
 
-def finished(s: Settings, ckpt: dict) -> bool:
+def finished(settings: Settings, ckpt: dict) -> bool:
     """For ``--resume``: True (after one line saying so) when the checkpoint's run has nothing left to do;
     a ConfigError when the asked ``--steps`` / ``--epochs`` end before the checkpoint's step. A run whose
     training is complete but whose final evaluation was not recorded (interrupted) goes on: it evaluates."""
     per_epoch = ckpt.get("resolved", {}).get("steps_per_epoch")
-    if per_epoch is None and s.epochs:
+    if per_epoch is None and settings.epochs:
         return False  # an old checkpoint: decided once the loader is built (the loop then does nothing)
-    total, _ = schedule(s, per_epoch or 1)
+    total, _ = schedule(settings, per_epoch or 1)
     done = int(ckpt["step"])
-    run = Path(s.resume).parent
+    run = Path(settings.resume).parent
     if done > total:
-        asked = f"--epochs {s.epochs} ({total} steps)" if s.epochs else f"--steps {total}"
+        asked = f"--epochs {settings.epochs} ({total} steps)" if settings.epochs else f"--steps {total}"
         raise ConfigError(
-            f"{asked}: the checkpoint {s.resume} is already at step {done}; give more than {done} steps "
-            f"to train further, or evaluate it with `python train.py --eval-only --checkpoint {s.resume}`"
+            f"{asked}: the checkpoint {settings.resume} is already at step {done}; give more than {done} steps "
+            f"to train further, or evaluate it with `python train.py --eval-only --checkpoint {settings.resume}`"
         )
     if done < total:
         return False
     finals = [r for r in read_records(run, "final") if r.get("step") == done]
-    evaluates = bool(s.eval_shards or ckpt.get("resolved", {}).get("eval_shards"))
+    evaluates = bool(settings.eval_shards or ckpt.get("resolved", {}).get("eval_shards"))
     if evaluates and not finals:
         _log(f"{run}: training is complete ({done} steps) but no final evaluation was recorded; running it now")
         return False
@@ -251,19 +268,19 @@ def resume_notes(trainer: Trainer, ckpt: dict) -> list[str]:
     ]
 
 
-def resume_settings(s: Settings, given: set[str]) -> tuple[Settings, dict]:
+def resume_settings(settings: Settings, given: set[str]) -> tuple[Settings, dict]:
     """The checkpoint's settings, with only the options a resumed run may change taken from the command line."""
-    path, ckpt = load_checkpoint(s.resume)
+    path, ckpt = load_checkpoint(settings.resume)
     saved = Settings.from_dict(ckpt["settings"])
-    clash = [k for k in sorted(given) if k not in RESUME_MAY_CHANGE and getattr(s, k) != getattr(saved, k)]
+    clash = [k for k in sorted(given) if k not in RESUME_MAY_CHANGE and getattr(settings, k) != getattr(saved, k)]
     if clash:
         k = clash[0]
         raise click.UsageError(
-            f"--{k.replace('_', '-')} {getattr(s, k)!r} differs from the checkpoint's "
+            f"--{k.replace('_', '-')} {getattr(settings, k)!r} differs from the checkpoint's "
             f"{getattr(saved, k)!r}; a resumed run keeps its settings (may change: "
             f"{', '.join(RESUME_MAY_CHANGE)})"
         )
-    keep = {k: getattr(s, k) for k in given if k in RESUME_MAY_CHANGE and k != "resume"}
+    keep = {k: getattr(settings, k) for k in given if k in RESUME_MAY_CHANGE and k != "resume"}
     keep.setdefault("out", str(path.parent))  # the run the checkpoint belongs to
     if "steps" in keep and "epochs" not in keep:
         keep["epochs"] = None
@@ -272,17 +289,17 @@ def resume_settings(s: Settings, given: set[str]) -> tuple[Settings, dict]:
     return saved.replace(**keep, resume=str(path), demo=False), ckpt
 
 
-def demo_settings(s: Settings, given: set[str]) -> Settings:
+def demo_settings(settings: Settings, given: set[str]) -> Settings:
     """Build the demo mixture if missing and point the settings at it; DEMO_DEFAULTS fill what was not given."""
     from shards.packing.demo import make_demo
 
-    data = Path(s.demo_data)
+    data = Path(settings.demo_data)
     parts = {name: data / name for name in ("real", "generated", "test")}
     if not all((p / "manifest.json").is_file() for p in parts.values()):
         _log(f"building the demo mixture in {data} ...")
         make_demo(data)
     defaults = dict(DEMO_DEFAULTS)
-    if resolve_device(s.device) == "cpu":
+    if resolve_device(settings.device) == "cpu":
         defaults.update(DEMO_CPU_DEFAULTS)
     changes = {k: v for k, v in defaults.items() if k not in given}
     for key, value in (
@@ -293,35 +310,33 @@ def demo_settings(s: Settings, given: set[str]) -> Settings:
     ):
         if key not in given:
             changes[key] = value
-    return s.replace(**changes)
+    return settings.replace(**changes)
 
 
-def evaluate_checkpoint(s: Settings, given: set[str]) -> dict:
+def evaluate_checkpoint(settings: Settings, given: set[str]) -> dict:
     """kNN and offline linear probe of a checkpoint's backbone on --eval-shards (default: the run's)."""
     from models import build_method
 
-    if not s.checkpoint:
+    if not settings.checkpoint:
         raise click.UsageError("--eval-only needs --checkpoint PATH (a .pt file or a run directory)")
-    path, ckpt = load_checkpoint(s.checkpoint)
+    path, ckpt = load_checkpoint(settings.checkpoint)
     run_info = ckpt.get("resolved", {})
     saved = Settings.from_dict(ckpt["settings"])
     # evaluation knobs: the run's own (crop size, kNN k, limits ...) unless given on this command line
-    s = saved.replace(
-        **{k: getattr(s, k) for k in given if k not in ("eval_only", "resume")}, eval_only=True, resume=None
+    settings = saved.replace(
+        **{k: getattr(settings, k) for k in given if k not in ("eval_only", "resume")}, eval_only=True, resume=None
     )
     data = plan_eval(
-        s.eval_shards if "eval_shards" in given else tuple(run_info.get("eval_shards", ())),
-        s.train_labels if "train_labels" in given else tuple(run_info.get("train_labels", ())),
+        settings.eval_shards if "eval_shards" in given else tuple(run_info.get("eval_shards", ())),
+        settings.train_labels if "train_labels" in given else tuple(run_info.get("train_labels", ())),
     )
-    rt = setup_runtime(s.device, s.precision)
+    runtime = setup_runtime(settings.device, settings.precision)
     cfg = dict(run_info.get("method_config") or {})
     method = build_method(saved.method, **cfg) if cfg else build_method_for(saved, data.num_classes)
     method.load_state_dict(ckpt["model"])
-    result = Evaluator(data, s, rt)(method.to(rt.device), probe_epochs=s.probe_epochs)
+    result = Evaluator(data, settings, runtime)(method.to(runtime.device), probe_epochs=settings.probe_epochs)
     result["checkpoint"] = str(path)
-    if rt.master:
-        from models.training import Metrics
-
+    if runtime.master:
         metrics = Metrics(path.parent, tensorboard=False)
         metrics.write("eval_only", int(ckpt["step"]), **result)
         metrics.close()
@@ -329,18 +344,21 @@ def evaluate_checkpoint(s: Settings, given: set[str]) -> dict:
     return result
 
 
-def compare_with_random_init(s: Settings, final: dict) -> None:
+def compare_with_random_init(settings: Settings, final: dict) -> None:
     """The same evaluation of a randomly initialised backbone (same seed): what training has to beat."""
-    from models.training import Metrics
-    from models.training.evaluation import random_init_baseline
+    import torch
 
     _log("measuring a randomly initialised backbone for comparison ...")
-    base = random_init_baseline(s)
-    metrics = Metrics(Path(s.out), tensorboard=False)
+    data = plan_eval(settings.eval_shards, settings.train_labels)
+    runtime = setup_runtime(settings.device, settings.precision)
+    torch.manual_seed(settings.seed)  # the run's seed: the initialisation training started from
+    method = build_method_for(settings, data.num_classes).to(runtime.device)
+    base = Evaluator(data, settings, runtime)(method, probe_epochs=settings.probe_epochs)
+    metrics = Metrics(Path(settings.out), tensorboard=False)
     metrics.write("baseline_random_init", 0, **base)
     metrics.close()
     click.echo(f"{'backbone':<22}{'kNN':>8}{'linear probe':>14}")
-    for name, r in (("random init", base), (f"trained ({s.steps} steps)", final)):
+    for name, r in (("random init", base), (f"trained ({settings.steps} steps)", final)):
         click.echo(f"{name:<22}{r['knn_acc']:>8.2%}{r.get('linear_probe_acc', float('nan')):>14.2%}")
 
 

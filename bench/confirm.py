@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from bench import harness as h
+from bench import harness
 from shards.base import host
 from shards.format.manifest import Manifest
 from shards.read.confirm import Confirmation, file_sha256
@@ -63,7 +63,7 @@ def measure(directory: Path, repeat: int) -> list[dict]:
     return [*rows, row("open-trusting", trusting)]
 
 
-@h.command("confirm")
+@harness.command("confirm")
 @click.option("--shards", "sets", multiple=True, required=True, type=click.Path(path_type=Path), help="a shard set")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True, help="runs per figure (best)")
 def main(sets, repeat, out_dir):
@@ -71,4 +71,4 @@ def main(sets, repeat, out_dir):
     rows = [r for d in sets for r in measure(Path(d), repeat)]
     free = shutil.disk_usage(sets[0]).free // 2**30
     settings = {"sets": [str(s) for s in sets], "repeat": repeat, "disk_free_gib": free}
-    h.finish("confirm", settings, rows, "set backend samples gib seconds samples_per_s gb_per_s", out_dir)
+    harness.finish("confirm", settings, rows, "set backend samples gib seconds samples_per_s gb_per_s", out_dir)

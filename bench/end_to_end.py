@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 
 import click
 
-from bench import harness as h
+from bench import harness
 from shards.base import host
 
 VARIANT = {"off": "eager", "on": "compiled", "cudagraphs": "compiled+cudagraphs"}
@@ -49,17 +49,23 @@ def build(shards: list[str], cfg: EndToEndConfig):
     )
 
     fields = {k: v for k, v in asdict(cfg).items() if k != "loader_devices"}
-    s = Settings(shards=tuple(shards), progress=False, **fields)
-    rt = setup_runtime(s.device, s.precision)
-    data = plan_data(s, rt.world_size, aug_family(s.method))
+    settings = Settings(shards=tuple(shards), progress=False, **fields)
+    runtime = setup_runtime(settings.device, settings.precision)
+    data = plan_data(settings, runtime.world_size, aug_family(settings.method))
 
     def loader_for(loader_device: str):
-        return data.train_loader(s.replace(loader_device=loader_device), rt)
+        return data.train_loader(settings.replace(loader_device=loader_device), runtime)
 
-    seed_everything(s.seed)
-    trainer = Trainer(s, rt, loader_for(cfg.loader_devices[0]), build_method_for(s, data.num_classes))
+    seed_everything(settings.seed)
+    trainer = Trainer(
+        settings, runtime, loader_for(cfg.loader_devices[0]), build_method_for(settings, data.num_classes)
+    )
     trainer.method.train()
-    resolved = {"device": rt.device, "precision": rt.precision, "channels_last": rt.is_cuda and s.channels_last}
+    resolved = {
+        "device": runtime.device,
+        "precision": runtime.precision,
+        "channels_last": runtime.is_cuda and settings.channels_last,
+    }
     resolved.update(epoch_size=data.epoch_size, steps_per_epoch=trainer.loader.steps_per_epoch, aug=data.aug.to_dict())
     resolved.update(
         weights=[x.weight for x in data.mixture.sources], sources=[str(x.path) for x in data.mixture.sources]
@@ -67,7 +73,7 @@ def build(shards: list[str], cfg: EndToEndConfig):
     return trainer, loader_for, resolved
 
 
-def timed_steps(trainer, batches, device: str, timing: h.Timing) -> dict:
+def timed_steps(trainer, batches, device: str, timing: harness.Timing) -> dict:
     """The rule over ``Trainer.step`` fed by ``batches``, with the data wait: on a GPU the device's idle share
     between steps (CUDA events around each step: 1 − Σ step time ÷ (last end − first start)); on a CPU the
     host's share of time blocked in ``next(batches)`` (``wall_wait_fraction``, reported on both)."""
@@ -92,7 +98,7 @@ def timed_steps(trainer, batches, device: str, timing: h.Timing) -> dict:
             events.append((start, event()))
         return int(batch.views[0].shape[0])
 
-    row = h.timed(step, timing, sync=h.device_sync(device))
+    row = harness.timed(step, timing, sync=harness.device_sync(device))
     wall = wait[0] / row["seconds"] if row["seconds"] > 0 else None
     busy = None
     if events:
@@ -114,7 +120,7 @@ def resident(batch, device: str):
         yield fixed
 
 
-def run(shards: list[str], cfg: EndToEndConfig, timing: h.Timing) -> tuple[list[dict], dict]:
+def run(shards: list[str], cfg: EndToEndConfig, timing: harness.Timing) -> tuple[list[dict], dict]:
     """The model ceiling once, then one end-to-end row per loader device, in one process."""
     trainer, loader_for, resolved = build(shards, cfg)
     device = resolved["device"]
@@ -143,14 +149,14 @@ def run(shards: list[str], cfg: EndToEndConfig, timing: h.Timing) -> tuple[list[
     return rows, resolved
 
 
-@h.command("end-to-end")
-@h.shards_option("the training mixture, as for train.py [the demo mixture real:10 generated:1]")
+@harness.command("end-to-end")
+@harness.shards_option("the training mixture, as for train.py [the demo mixture real:10 generated:1]")
 @click.option("--method", default="simclr", show_default=True)
 @click.option("--backbone", default="resnet18", show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), help="[512 on a GPU; 32 on the CPU]")
-@h.timing_options(noun="steps")
-@h.device_option
-@click.option("--loader-device", default="both", show_default=True, type=click.Choice(["auto", "cpu", "gpu", "both"]))
+@harness.timing_options(noun="steps")
+@harness.device_option
+@click.option("--loader-device", default="both", show_default=True, type=click.Choice([*host.LOADER_DEVICES, "both"]))
 @click.option("--precision", default="auto", show_default=True, help="as train.py --precision")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
 @click.option("--compile", "compile_", default="auto", type=click.Choice(["auto", "on", "off", "cudagraphs"]))
@@ -170,9 +176,9 @@ def main(shards, batch_size, timing, device, loader_device, compile_, out_dir, *
     devices = both if loader_device == "both" else (loader_device,)
     cfg = EndToEndConfig(batch_size=batch_size or (512 if gpu else 32), device=device.split(":")[0], **o)
     cfg = replace(cfg, compile=compile_, loader_devices=devices)
-    shards = h.resolve_shards(shards)
+    shards = harness.resolve_shards(shards)
     with contextlib.redirect_stdout(sys.stderr):  # the engine's log lines stay off the table
         rows, resolved = run(shards, cfg, timing)
     settings = {**asdict(cfg), "shards": shards, **timing.settings(), "resolved": resolved}
     columns = "backend loader_device device precision batch_size samples_per_s timed_batches data_wait_fraction"
-    h.finish("end-to-end", settings, rows, columns + " ratio_to_ceiling peak_pss_mb", out_dir)
+    harness.finish("end-to-end", settings, rows, columns + " ratio_to_ceiling peak_pss_mb", out_dir)

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import click
 
-from bench import harness as h
+from bench import harness
 from bench.formats import convert
 from bench.scale import make_standin
-from shards.format.manifest import FORMATS, Manifest
+from shards.format.manifest import Manifest
+from shards.format.schema import FORMATS
 
 
-def feed_row(loader, timing: h.Timing) -> dict:
+def feed_row(loader, timing: harness.Timing) -> dict:
     """The host feed alone (gather, validity, parameters) epoch after epoch, the next plan made ahead as in training:
     means over the timed calls, and medians and the 90th percentile, which a shared machine's stalls move less."""
     from loaders.batch.feed import Plans
@@ -32,12 +33,12 @@ def feed_row(loader, timing: h.Timing) -> dict:
     def one() -> int:
         t = time.perf_counter()
         feed()
-        feed.fed.popleft()
+        feed.in_flight.popleft()
         secs.append(time.perf_counter() - t)
         return loader.batch_size
 
     try:
-        row = h.timed(one, timing, memory=False)
+        row = harness.timed(one, timing, memory=False)
     finally:
         plans.close()
     secs = secs[timing.warmup :]
@@ -61,7 +62,7 @@ def thread_cost(loader, batches: int) -> dict:
 
     for _ in range(5):  # warm-up
         next(it)
-    row = h.timed(one, h.Timing(0, batches, 0.0), memory=False)
+    row = harness.timed(one, harness.Timing(0, batches, 0.0), memory=False)
     it.close()
     return {"ms": round(1e3 * cpu[0] / row["timed_batches"], 4), **row}
 
@@ -138,7 +139,7 @@ def converted(sources, formats, work: Path) -> dict[str, list[str]]:
     return out
 
 
-def run(shards, sets: dict, work: Path, o: dict, timing: h.Timing) -> list[dict]:
+def run(shards, sets: dict, work: Path, o: dict, timing: harness.Timing) -> list[dict]:
     """Every row, pinned to the first ``--cores`` CPUs."""
     from loaders.batch.loader import TrainLoader
     from loaders.recipe.augment import preset
@@ -186,29 +187,29 @@ def run(shards, sets: dict, work: Path, o: dict, timing: h.Timing) -> list[dict]
     return rows
 
 
-@h.command("feed")
-@h.shards_option()
+@harness.command("feed")
+@harness.shards_option()
 @click.option("--formats", default=",".join(FORMATS), show_default=True, help="formats to time the feed in")
 @click.option("--batch-size", type=click.IntRange(1), default=512, show_default=True, help="[--quick: at most 128]")
 @click.option("--aug", default="simclr", show_default=True, help="augmentation preset (its parameters are drawn)")
-@h.timing_options(warmup=20, min_batches=200)
+@harness.timing_options(warmup=20, min_batches=200)
 @click.option("--loader-batches", type=click.IntRange(1), default=50, show_default=True, help="[--quick 10]")
 @click.option("--boundary-batches", type=click.IntRange(2), default=8, show_default=True, help="each side")
 @click.option("--large-size", type=click.IntRange(0), default=1_000_000, show_default=True, help="[--quick 100000]")
 @click.option("--large-format", type=click.Choice(FORMATS), default="jpg", show_default=True)
 @click.option("--cores", type=click.IntRange(1), default=1, show_default=True, help="CPUs the run is pinned to")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="keep converted and large sets here [a temp dir]")
-@h.device_option
+@harness.device_option
 def main(shards, formats, timing, work_dir, device, out_dir, **o):
     """Host feed per batch on one core, the training thread's share, the epoch boundary, opening sets."""
     from loaders.recipe.mixture import parse_shards_args
 
-    fmts = h.comma_list(formats, str, FORMATS, "--formats")
+    fmts = harness.comma_list(formats, str, FORMATS, "--formats")
     if timing.small:
         o.update(batch_size=min(o["batch_size"], 128), loader_batches=min(o["loader_batches"], 10))
         o["large_size"] = min(o["large_size"], 100_000)
     o["large_format"] = o["large_format"] if o["large_format"] in fmts else fmts[0]
-    shards = h.resolve_shards(shards)
+    shards = harness.resolve_shards(shards)
     work = Path(work_dir or tempfile.mkdtemp(prefix="bench-feed-"))
     try:
         rows = run(shards, converted(parse_shards_args(shards).sources, fmts, work), work, o, timing)
@@ -218,4 +219,4 @@ def main(shards, formats, timing, work_dir, device, out_dir, **o):
     settings = {"formats": fmts, **o, **timing.settings(), "work_dir": work_dir, "shards": shards}
     columns = "backend samples_per_s ms_per_batch ms_per_batch_p50 timed_batches training_thread_ms_per_batch"
     columns += " training_thread_ms_per_batch_inline loader_samples_per_s gap_ms gap_ratio rebuild_gap_ratio"
-    h.finish("feed", settings, rows, columns + " cold_open_s validation_s warm_open_s loader_open_s", out_dir)
+    harness.finish("feed", settings, rows, columns + " cold_open_s validation_s warm_open_s loader_open_s", out_dir)

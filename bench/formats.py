@@ -13,9 +13,10 @@ from pathlib import Path
 
 import click
 
-from bench import harness as h
+from bench import harness
 from shards.base.host import resolve_device
-from shards.format.manifest import FORMATS, Manifest
+from shards.format.manifest import Manifest
+from shards.format.schema import FORMATS
 
 
 def convert(source: Path, out: Path, formats=FORMATS, limit: int | None = None, quality: int = 95) -> dict:
@@ -25,7 +26,7 @@ def convert(source: Path, out: Path, formats=FORMATS, limit: int | None = None, 
     from shards.packing.writer import ShardSetWriter
 
     src = Manifest.load(source)
-    reader, ids, data, images, labels = h.read_images(source, limit)
+    reader, ids, data, images, labels = harness.read_images(source, limit)
     writers = {}
     try:
         meta = dict(kind=src.kind, split=src.split, classes=src.classes, command=f"bench.formats from {source}")
@@ -43,25 +44,25 @@ def convert(source: Path, out: Path, formats=FORMATS, limit: int | None = None, 
         raise
 
 
-@h.command("formats")
-@h.shards_option("the shard set whose images are converted (the first one) [the demo real set]")
+@harness.command("formats")
+@harness.shards_option("the shard set whose images are converted (the first one) [the demo real set]")
 @click.option("--formats", default=",".join(FORMATS), show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="images to convert [all; --quick 2048]")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
-@h.workers_option
-@h.timing_options()
-@h.isolate_option
-@h.preset_option
-@h.device_option
+@harness.workers_option
+@harness.timing_options()
+@harness.isolate_option
+@harness.preset_option
+@harness.device_option
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(shards, formats, limit, batch_size, workers, timing, isolate, preset, device, jpeg_quality, seed, out_dir):
     """Loader samples/s on jpg vs png vs raw shards of the same images."""
     from loaders.recipe.mixture import parse_shards_args
 
-    fmts, device = h.comma_list(formats, str, FORMATS, "--formats"), resolve_device(device)
-    limit, workers = limit or (2048 if timing.small else None), h.workers_or_cores(workers)
-    shards = h.resolve_shards(shards)[:1]
+    fmts, device = harness.comma_list(formats, str, FORMATS, "--formats"), resolve_device(device)
+    limit, workers = limit or (2048 if timing.small else None), harness.workers_or_cores(workers)
+    shards = harness.resolve_shards(shards)[:1]
     work = Path(tempfile.mkdtemp(prefix="bench-formats-"))
     try:
         manifests = convert(Path(parse_shards_args(shards).sources[0].path), work, fmts, limit, jpeg_quality)
@@ -72,11 +73,11 @@ def main(shards, formats, limit, batch_size, workers, timing, isolate, preset, d
             size = sum(s.bytes for s in m.shards)
             fields = {"backend": backend, "format": f, "images": m.count, "shard_mb": round(size / 2**20, 2)}
             fields["bytes_per_image"] = round(size / max(m.count, 1), 1)
-            grid.append(h.Case(f, h.time_loader, {"shards": [f"{work / f}:1"], **loader}, fields))
-        rows = h.run_cases(grid, isolate)
+            grid.append(harness.Case(f, harness.time_loader, {"shards": [f"{work / f}:1"], **loader}, fields))
+        rows = harness.run_cases(grid, isolate)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     settings = {"formats": fmts, "limit": limit, "batch_size": batch_size, **timing.settings(), "workers": workers}
     settings.update(isolate=isolate, aug=preset, device=device, seed=seed, jpeg_quality=jpeg_quality, shards=shards)
     columns = "backend format images bytes_per_image samples_per_s peak_pss_mb timed_batches seconds"
-    h.finish("formats", settings, rows, columns, out_dir)
+    harness.finish("formats", settings, rows, columns, out_dir)

@@ -335,7 +335,7 @@ def host_kind(hw: dict | None = None) -> str:
 def write_results(bench: str, settings: dict, results: list[dict], out_dir=None) -> Path:
     """``<out_dir>/<host-kind>-<date>-<bench>.json`` (atomically); ``settings["quick"]`` is also the top-level flag.
     Without ``out_dir``: ``RESULTS_DIR``, or ``QUICK_RESULTS_DIR`` for a quick run."""
-    from shards.format.manifest import atomic_write_text
+    from shards.base.atomic import atomic_write_text
 
     hw = hardware_info()
     quick = bool(settings.get("quick", False))

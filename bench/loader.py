@@ -14,7 +14,7 @@ import random
 import click
 import numpy as np
 
-from bench import harness as h
+from bench import harness
 from shards.base.host import resolve_device
 
 BACKENDS = ("dali-cpu", "dali-gpu", "reference", "webdataset")
@@ -82,7 +82,7 @@ class ViewsAndLabel:
 def decoded_arrays(mixture):
     """Every sample of every source decoded once into one uint8 array (what the release keeps in RAM);
     returns (images, labels, offset of each source's first sample)."""
-    sets = [h.read_images(s.path) for s in mixture.sources]
+    sets = [harness.read_images(s.path) for s in mixture.sources]
     offsets = np.cumsum([0] + [len(r) for r, *_ in sets[:-1]])
     images = np.stack([im for *_, ims, _ in sets for im in ims])
     return images, np.concatenate([lab for *_, lab in sets]), offsets
@@ -137,7 +137,7 @@ def webdataset_loader(mixture, aug, batch_size: int, workers: int, device: str, 
     return loader.unbatched().shuffle(rebatch).batched(batch_size) if rebatch else loader
 
 
-def time_baseline(backend, shards, aug: str, batch_size, workers, device, timing: h.Timing) -> dict:
+def time_baseline(backend, shards, aug: str, batch_size, workers, device, timing: harness.Timing) -> dict:
     """``reference`` or ``webdataset`` timed by the rule; on a GPU each batch is copied to it (pinned,
     non-blocking) as a training loop would."""
     from loaders.recipe.augment import preset
@@ -159,7 +159,7 @@ def time_baseline(backend, shards, aug: str, batch_size, workers, device, timing
             [v.to(device, non_blocking=True) for v in batch[:n]]
         return len(batch[-1])
 
-    row = h.timed(run_one, timing, sync=h.device_sync(device))
+    row = harness.timed(run_one, timing, sync=harness.device_sync(device))
     getattr(source, "close", lambda: None)()  # the workers stop now, not at interpreter exit
     return {**row, **extra}
 
@@ -172,8 +172,8 @@ def measure_plan(counts, weights, seed: int = 0, min_plans: int = 50) -> tuple[d
     from loaders.batch.sampler import plan_epoch
 
     epochs = iter(range(1, 10**9))
-    row = h.timed(
-        lambda: len(plan_epoch(counts, weights, seed, next(epochs))), h.Timing(1, min_plans, 0.0), memory=False
+    row = harness.timed(
+        lambda: len(plan_epoch(counts, weights, seed, next(epochs))), harness.Timing(1, min_plans, 0.0), memory=False
     )
     tracemalloc.start()
     plan = plan_epoch(counts, weights, seed, 0)
@@ -201,9 +201,9 @@ def cases(names, colours, sizes, shards, preset, workers, device, timing):
         kwargs = dict(shards=shards, aug=preset, batch_size=batch_size, timing=timing, device=device)
         kwargs.update(loader_device=name[5:], num_threads=workers, compile=compile)
         colour = "compiled" if label.endswith("compiled") else "eager"
-        return h.Case(
+        return harness.Case(
             f"{label} batch {batch_size}",
-            h.time_loader,
+            harness.time_loader,
             kwargs,
             {"backend": label, "colour": colour, "batch_size": batch_size},
         )
@@ -214,32 +214,32 @@ def cases(names, colours, sizes, shards, preset, workers, device, timing):
     yield from (dali(default, bs, None) for bs in sizes[1:] if default in dalis)
     for n in (n for n in names if not n.startswith("dali")):
         kwargs = dict(backend=n, shards=shards, aug=preset, batch_size=sizes[0], workers=workers, device=device)
-        yield h.Case(
+        yield harness.Case(
             n, time_baseline, {**kwargs, "timing": timing}, {"backend": n, "colour": None, "batch_size": sizes[0]}
         )
 
 
-@h.command("loader")
-@h.shards_option()
-@h.preset_option
+@harness.command("loader")
+@harness.shards_option()
+@harness.preset_option
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(1))
 @click.option("--sweep", default="", help="more batch sizes for the DALI rows, e.g. 64,128,256,1024 (a per-batch cost)")
-@h.workers_option
-@h.device_option
+@harness.workers_option
+@harness.device_option
 @click.option("--backends", default=",".join(BACKENDS), show_default=True)
 @click.option("--colour", default="eager,compiled", show_default=True, help="the DALI rows' colour stage(s)")
-@h.timing_options()
-@h.isolate_option
+@harness.timing_options()
+@harness.isolate_option
 @click.option("--plan-only", is_flag=True, help="only time planning a 1.5M-sample epoch")
 @click.option("--no-save", is_flag=True, help="write no JSON")
 def main(shards, preset, batch_size, sweep, workers, device, backends, colour, timing, isolate, plan_only, **o):
     """Two-view samples/s and peak PSS of each loading backend."""
     from loaders.recipe.augment import preset as recipe
 
-    names = h.comma_list(backends, str, BACKENDS, "--backends")
-    colours = h.comma_list(colour, str, COLOUR, "--colour")
-    sizes = list(dict.fromkeys([batch_size, *(h.comma_list(sweep, int, flag="--sweep") if sweep else [])]))
-    device, workers = resolve_device(device), h.workers_or_cores(workers)
+    names = harness.comma_list(backends, str, BACKENDS, "--backends")
+    colours = harness.comma_list(colour, str, COLOUR, "--colour")
+    sizes = list(dict.fromkeys([batch_size, *(harness.comma_list(sweep, int, flag="--sweep") if sweep else [])]))
+    device, workers = resolve_device(device), harness.workers_or_cores(workers)
     plan, row = measure_plan([50_000, 1_000_000], [10, 1], min_plans=timing.min_batches)
     rows = [{"backend": "plan_epoch", "planned_samples": 1_500_000, **row, **plan}]
     if "dali-gpu" in names and not device.startswith("cuda") and not plan_only:
@@ -247,10 +247,10 @@ def main(shards, preset, batch_size, sweep, workers, device, backends, colour, t
         print(f"dali-gpu: skipped ({why})")
         rows.append({"backend": "dali-gpu", "samples_per_s": None, "skipped": why})
     if not plan_only:
-        shards = h.resolve_shards(shards)
+        shards = harness.resolve_shards(shards)
         grid = cases(names, colours, sizes, shards, preset, workers, device, timing)
         fields = {"device": device, "views": len(recipe(preset).views), "workers": workers}
-        rows += [{**r, **fields} for r in h.run_cases(grid, isolate)]
+        rows += [{**r, **fields} for r in harness.run_cases(grid, isolate)]
     ref = next((r["samples_per_s"] for r in rows if r["backend"] == "reference"), None)
     for r in rows[1:]:
         r["vs_reference"] = round(r["samples_per_s"] / ref, 2) if ref and r.get("samples_per_s") else None
@@ -258,4 +258,4 @@ def main(shards, preset, batch_size, sweep, workers, device, backends, colour, t
     settings.update(workers=workers, device=device, colour=colours, isolate=isolate, **timing.settings())
     print(f"workers/threads per backend: {workers}, batch {batch_size}, preset {preset}, device {device}")
     columns = "backend samples_per_s peak_pss_mb vs_reference batch_size dali_operators startup_s timed_batches seconds"
-    h.finish("loader", settings, rows, columns, o["out_dir"], save=not o["no_save"])
+    harness.finish("loader", settings, rows, columns, o["out_dir"], save=not o["no_save"])

@@ -12,7 +12,7 @@ import click
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import harness as h
+from bench import harness
 from models import build_method
 from shards.base.errors import ConfigError
 from shards.base.host import resolve_device
@@ -28,8 +28,9 @@ def measure_matmul_flops(device, dtype=None, n: int | None = None, min_products:
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     n = n or (8192 if device.type == "cuda" else 1024)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    timing = h.Timing(2, min_products, min_seconds)
-    row = h.timed(lambda: [a @ b] and 1, timing, sync=h.device_sync(device), memory=False)  # one product a call
+    timing = harness.Timing(2, min_products, min_seconds)
+    # one product a call
+    row = harness.timed(lambda: [a @ b] and 1, timing, sync=harness.device_sync(device), memory=False)
     return 2 * n**3 * row["timed_batches"] / row["seconds"]
 
 
@@ -43,11 +44,12 @@ def build_trainer(method, batch_size: int, device, compile: str = "off", dtype=N
     """``Trainer`` around ``method`` as train.py builds it: runtime, precision (``dtype`` None: bf16 autocast on a
     GPU, fp32 on the CPU), channels_last, optimizer, the release's 100k-step schedule and ``--compile``."""
     from models.training import Settings, Trainer, setup_runtime
+    from models.training.settings import DEFAULT_STEPS
 
     device = torch.device(device)
-    s = Settings(method=method.name, backbone=method.cfg.backbone, batch_size=batch_size, device=device.type)
-    s = s.replace(precision=_PRECISION[dtype], compile=compile, steps=100_000, progress=False)
-    trainer = Trainer(s, setup_runtime(s.device, s.precision), _ResidentData(), method)
+    settings = Settings(method=method.name, backbone=method.cfg.backbone, batch_size=batch_size, device=device.type)
+    settings = settings.replace(precision=_PRECISION[dtype], compile=compile, steps=DEFAULT_STEPS, progress=False)
+    trainer = Trainer(settings, setup_runtime(settings.device, settings.precision), _ResidentData(), method)
     trainer.method.train()
     return trainer
 
@@ -69,13 +71,13 @@ def measure_model_ceiling(
     by the rule with at least 4 warm-up steps (compiling falls there). ``flops_per_step``: counted here on an eager
     step unless given; ``peak_flops``: measured before and after the steps unless given (the higher)."""
     device = torch.device(device)
-    timing = dataclasses.replace(timing or h.Timing(), warmup=max((timing or h.Timing()).warmup, 4))
+    timing = dataclasses.replace(timing or harness.Timing(), warmup=max((timing or harness.Timing()).warmup, 4))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer = build_trainer(method, batch_size, device, compile, dtype)
     gen = torch.Generator().manual_seed(0)
     views = [torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device) for _ in range(num_views)]
-    if trainer.rt.is_cuda and trainer.s.channels_last:
+    if trainer.runtime.is_cuda and trainer.settings.channels_last:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     labels = torch.randint(-1, trainer.method.num_classes, (batch_size,), generator=gen).to(device)
     if flops_per_step is None:  # one eager forward + backward: what the compiled step computes too
@@ -89,7 +91,7 @@ def measure_model_ceiling(
         trainer.step(views, labels)
         return batch_size
 
-    row = h.timed(step, timing, sync=h.device_sync(device))
+    row = harness.timed(step, timing, sync=harness.device_sync(device))
     peak = peak_flops or max(before, measure_matmul_flops(device))
     steps_per_s = row["timed_batches"] / row["seconds"]
     compiled = trainer.compile_report(final=True) or {}
@@ -99,7 +101,7 @@ def measure_model_ceiling(
         "batch_size": batch_size,
         "variant": VARIANT[trainer.compile],
         "compile": trainer.compile,
-        "precision": trainer.rt.precision,
+        "precision": trainer.runtime.precision,
         **row,
         "samples_per_s": batch_size * steps_per_s,
         "steps_per_s": steps_per_s,
@@ -118,30 +120,31 @@ def compile_modes(value: str, cuda: bool) -> list[str]:
     """``--compile``: a comma list of off / on / cudagraphs; auto = off,on (and cudagraphs on a GPU)."""
     if value == "auto":
         return ["off", "on", "cudagraphs"] if cuda else ["off", "on"]
-    modes = h.comma_list(value, str, tuple(VARIANT), "--compile")
+    modes = harness.comma_list(value, str, tuple(VARIANT), "--compile")
     if "cudagraphs" in modes and not cuda:
         raise click.BadParameter("cudagraphs needs a GPU; on the CPU use off,on", param_hint="--compile")
     return modes
 
 
-@h.command("model")
+@harness.command("model")
 @click.option("--methods", "--method", default="simclr,byol", show_default=True, help="comma list of methods")
 @click.option("--backbone", default="resnet18", show_default=True)
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(2), help="[--quick: at most 16]")
 @click.option("--compile", "compile_", default="auto", show_default=True, help="comma list of off, on, cudagraphs")
-@h.timing_options(noun="steps", floor=4)
+@harness.timing_options(noun="steps", floor=4)
 @click.option("--image-size", default=32, show_default=True, type=click.IntRange(8))
-@h.device_option
-@click.option("--threads", type=click.IntRange(1), help="torch intra-op threads on the CPU [torch's default]")
-def main(methods, backbone, batch_size, compile_, timing, image_size, device, threads, out_dir):
+@harness.device_option
+@click.option("--torch-threads", type=click.IntRange(1), help="torch intra-op threads on the CPU [torch's default]")
+@click.option("--threads", "old_threads", type=click.IntRange(1), hidden=True)  # the old spelling, still accepted
+def main(methods, backbone, batch_size, compile_, timing, image_size, device, torch_threads, old_threads, out_dir):
     """Training throughput with no data loading (the model ceiling), eager and compiled."""
     from models.training.compiling import cache_dir
 
-    if threads:
-        torch.set_num_threads(threads)
+    if old_threads or torch_threads:
+        torch.set_num_threads(old_threads or torch_threads)
     device = torch.device(resolve_device(device))
     batch_size = min(batch_size, 16) if timing.small else batch_size
-    modes, names = compile_modes(compile_, device.type == "cuda"), h.comma_list(methods, flag="--methods")
+    modes, names = compile_modes(compile_, device.type == "cuda"), harness.comma_list(methods, flag="--methods")
     try:
         configs = {n: dataclasses.asdict(build_method(n, backbone=backbone).cfg) for n in names}  # every name checked
     except ValueError as e:
@@ -174,4 +177,4 @@ def main(methods, backbone, batch_size, compile_, timing, image_size, device, th
     columns = (
         "method variant batch_size samples_per_s speedup mfu compile_s peak_gpu_mb peak_pss_mb timed_batches seconds"
     )
-    h.finish("model", settings, rows, columns, out_dir)
+    harness.finish("model", settings, rows, columns, out_dir)

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench import harness as h
+from bench import harness
 from bench.loader import measure_plan
 from shards.base.errors import ShardError
 from shards.base.host import resolve_device
@@ -92,10 +92,12 @@ def scale_cases(points, backend: str, loader: dict, plan_only: bool, seed: int):
         counts, weights = [c for _, c, _ in p["parts"]], [w for _, _, w in p["parts"]]
         fields = {"backend": backend, "axis": p["axis"], "planned_samples": p["planned_samples"]}
         fields.update(sources=len(counts), weights=weights, source_counts=counts)
-        fields.update(measure_plan(counts, weights, seed, min(loader["timing"].min_batches, h.MIN_BATCHES))[0])
+        fields.update(measure_plan(counts, weights, seed, min(loader["timing"].min_batches, harness.MIN_BATCHES))[0])
         shards = [f"{d}:{w:g}" for d, _, w in p["parts"]]
         label = f"{p['axis']} {p['planned_samples']:,} × {len(counts)} source(s)"
-        yield h.Case(label, _no_loader if plan_only else h.time_loader, {"shards": shards, **loader}, fields)
+        yield harness.Case(
+            label, _no_loader if plan_only else harness.time_loader, {"shards": shards, **loader}, fields
+        )
 
 
 def _no_loader(**_) -> dict:
@@ -133,7 +135,7 @@ def transform(images: np.ndarray, variant) -> np.ndarray:
 def load_images(path: Path) -> tuple[list[str], np.ndarray]:
     """(keys, uint8 images N×H×W×3) of a shard set (the project's reader) or of anything ``shards pack`` reads."""
     if (path / "manifest.json").is_file():
-        reader, ids, _, images, _ = h.read_images(path)
+        reader, ids, _, images, _ = harness.read_images(path)
         keys = [str(k).replace("/", "-") for k in reader.keys[ids]]
     else:
         from shards.packing.sources import open_source
@@ -246,8 +248,8 @@ def run_full_epoch(shards: list[str], aug: str, batch_size: int, num_threads: in
     from loaders.recipe.augment import preset
     from loaders.recipe.mixture import parse_shards_args
 
-    sync = h.device_sync(device)
-    with h.PssSampler(interval=1.0) as mem:
+    sync = harness.device_sync(device)
+    with harness.PssSampler(interval=1.0) as mem:
         t0, mixture = time.perf_counter(), parse_shards_args(shards)
         loader = TrainLoader(
             mixture, preset(aug), batch_size, seed=seed, device=device, num_threads=num_threads, drop_last=False
@@ -287,7 +289,7 @@ def run_full_epoch(shards: list[str], aug: str, batch_size: int, num_threads: in
         "key_multiplicity": multiplicity,
         "multiplicities_exact": exact,
         "stopped": "exhausted",
-        "meets_minimum": len(seen) - 1 >= h.MIN_BATCHES or seconds >= h.MIN_SECONDS,
+        "meets_minimum": len(seen) - 1 >= harness.MIN_BATCHES or seconds >= harness.MIN_SECONDS,
         **mem.row(),
     }
 
@@ -301,7 +303,7 @@ def full_scale(real: str, generated: Path, work: Path, count: int, o: dict) -> d
     mixture = parse_shards_args(shards)
     click.echo(f"one epoch of {int(mixture.expected_epoch_size):,} samples ...", err=True)
     args = (shards, o["aug"], o["batch_size"], o["workers"], o["device"], o["seed"])
-    row = h.in_fresh_process(run_full_epoch, *args) if o["isolate"] else run_full_epoch(*args)
+    row = harness.in_fresh_process(run_full_epoch, *args) if o["isolate"] else run_full_epoch(*args)
     return {
         "backend": "dali-gpu" if o["device"].startswith("cuda") else "dali-cpu",
         "axis": "epoch_size",
@@ -319,18 +321,18 @@ def full_scale(real: str, generated: Path, work: Path, count: int, o: dict) -> d
     }
 
 
-@h.command("scale")
-@h.shards_option("the real then the generated set [the demo mixture real:10 generated:1]")
+@harness.command("scale")
+@harness.shards_option("the real then the generated set [the demo mixture real:10 generated:1]")
 @click.option("--sizes", default="50000,500000,1500000", show_default=True, help="planned samples per epoch")
 @click.option("--sources", "ns", default="1,2,4,8", show_default=True, help="numbers of sources")
 @click.option(
     "--sources-size", type=click.IntRange(1), help="planned samples on the sources axis [500000; quick 50000]"
 )
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
-@h.workers_option
-@h.timing_options()
+@harness.workers_option
+@harness.timing_options()
 @click.option("--aug", default="simclr-adainf", show_default=True, help="augmentation preset")
-@h.device_option
+@harness.device_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plan-only", is_flag=True, help="only planning time and memory; no loader")
 @click.option("--full", is_flag=True, help="one whole epoch of the first --shards set + 1M distinct generated images")
@@ -342,33 +344,36 @@ def main(shards, sizes, ns, sources_size, workers, timing, device, plan_only, fu
     """How loader samples/s, planning time and memory change with epoch size and number of sources."""
     from loaders.recipe.mixture import parse_shards_args
 
-    device, workers = resolve_device(device), h.workers_or_cores(workers)
-    cfg = {"sizes": h.comma_list(sizes, _int, flag="--sizes"), "sources": h.comma_list(ns, _int, flag="--sources")}
+    device, workers = resolve_device(device), harness.workers_or_cores(workers)
+    cfg = {
+        "sizes": harness.comma_list(sizes, _int, flag="--sizes"),
+        "sources": harness.comma_list(ns, _int, flag="--sources"),
+    }
     cfg.update(sources_size=sources_size or (50_000 if timing.small else 500_000), batch_size=o["batch_size"])
     cfg.update(timing.settings(), workers=workers, aug=o["aug"], device=device, seed=o["seed"])
     cfg.update(plan_only=plan_only, isolate=not no_isolate)
     backend = "dali-gpu" if device.startswith("cuda") else "dali-cpu"
     if full:
         real, gen = _full_inputs(shards, o["generated"])
-        work = o["work_dir"] or h.demo_cache_dir().parent / "scale-full"
+        work = o["work_dir"] or harness.demo_cache_dir().parent / "scale-full"
         rows = [full_scale(real, gen, work, o["generated_count"], cfg)]
         settings = {**cfg, "shards": [real], "generated": str(gen), "generated_count": o["generated_count"]}
         settings.update(work_dir=str(work), variants=VARIANTS_VERSION, quick=False)
         columns = "backend planned_samples samples_per_s epoch_s open_s multiplicities_exact peak_pss_mb"
-        h.finish("scale-full", settings, rows, columns + " peak_pss_file_mb peak_rss_sum_mb", out_dir)
+        harness.finish("scale-full", settings, rows, columns + " peak_pss_file_mb peak_rss_sum_mb", out_dir)
         click.echo(f"key multiplicity: {rows[0]['key_multiplicity']}")
         return
-    shards = h.resolve_shards(shards)
+    shards = harness.resolve_shards(shards)
     srcs = [(Path(s.path), s.manifest.count, float(s.weight)) for s in parse_shards_args(shards).sources]
     loader = dict(aug=o["aug"], batch_size=o["batch_size"], timing=timing, device=device, num_threads=workers)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         points = size_points(srcs[0], srcs[1] if len(srcs) > 1 else None, cfg["sizes"], Path(tmp) / "size")
         points += source_points([p for p, _, _ in srcs], cfg["sources"], cfg["sources_size"], Path(tmp) / "sources")
         grid = scale_cases(points, backend, {**loader, "seed": o["seed"]}, plan_only, o["seed"])
-        rows = h.run_cases(grid, isolate=not (no_isolate or plan_only))
+        rows = harness.run_cases(grid, isolate=not (no_isolate or plan_only))
     settings = {**cfg, "shards": shards, "standin": "generated set repeated under one manifest (symlinked tars)"}
     columns = "backend axis planned_samples sources plan_s plan_mb samples_per_s peak_pss_mb startup_s timed_batches"
-    h.finish("scale", settings, rows, columns + " seconds", out_dir)
+    harness.finish("scale", settings, rows, columns + " seconds", out_dir)
 
 
 def _int(text: str) -> int:

@@ -1,12 +1,8 @@
-"""Plans exact weighted epochs over shard sets and runs DALI decoding + augmentation.
+"""Plans exact weighted epochs over shard sets and delivers batches: DALI decodes and crops, a batched torch
+colour stage does the rest of the augmentation.
 
-Along the data path, one noun per module: ``mixture`` (``--shards`` → sources and weights), ``sampler``
-(the exact epoch plan), ``reader`` (one shard set: memory-mapped tars, per-sample table, verdicts),
-``table`` (the samples of all sources as one table; a batch's bytes in one copy), ``params`` (every random
-parameter drawn on the host, and where each travels), ``feed`` (what DALI's external source calls),
-``graph`` (the DALI graphs: decode and crop), ``delivery`` (onto the model's device, off the training
-thread), ``colour`` (the colour stage: jitter, grayscale, blur, solarization, flip, normalisation, as one
-batched tensor program), ``loader`` (``TrainLoader``, ``EvalLoader``). Around them: ``augment`` (view
-configs and the release's presets), ``policy`` and ``recipe`` (the AdaInf rule and where the presets,
-policy and flags meet), ``audit`` and ``preview`` (``python -m loaders audit|preview``).
+Two groups: ``loaders.recipe`` (what a run trains on: the mixture, the augmentation presets, the AdaInf
+inflation policy and where they meet) and ``loaders.batch`` (how a batch is made: sampler, table, params,
+feed, graph, delivery, colour, loader); beside them ``audit`` and ``preview`` (``python -m loaders
+audit|preview``). The path of a batch is told once, in ``docs/design.md``.
 """

@@ -18,15 +18,19 @@ from pathlib import Path
 import click
 
 from loaders.audit import format_plan, format_report, plan_report, run_audit
+from loaders.recipe.augment import FAMILY_NAMES
 from loaders.recipe.mixture import parse_shards_args
-from loaders.recipe.policy import DEFAULT_MODE
-from loaders.recipe.resolve import AUG_CHOICES, FAMILY_CHOICES, INFLATION_CHOICES, resolve_recipe
+from loaders.recipe.policy import DEFAULT_MODE, INFLATION_MODES
+from loaders.recipe.resolve import AUG_CHOICES, resolve_recipe
 from models import METHODS
 from models.training.settings import Settings
 from shards.base.errors import ConfigError, UserError
-from shards.base.host import LOADER_THREADS, resolve_device
+from shards.base.host import LOADER_DEVICES, LOADER_THREADS, resolve_device, resolve_loader_device
 from shards.base.interrupt import interrupts, signal_of
 from shards.base.progress import duration, progress
+from shards.read.reader import ON_CORRUPT
+from shards.remote.options import RemoteOptions
+from shards.remote.options import click_options as remote_options
 
 METHOD_FAMILIES = {name: cls.aug_family for name, cls in METHODS.items()}  # what train.py --method trains with
 DEFAULT_METHOD = Settings.method
@@ -51,10 +55,25 @@ def main():
     """Plan, audit and preview training mixtures."""
 
 
+def num_threads_option(f):
+    """``--num-threads`` as train.py spells it, with its default (``shards.base.host.LOADER_THREADS``); the old
+    spelling ``--threads`` is still accepted (hidden from the help) so that existing scripts keep working."""
+    f = click.option("--threads", "old_threads", type=click.IntRange(1), hidden=True)(f)
+    return click.option(
+        "--num-threads", default=LOADER_THREADS, show_default=True, type=click.IntRange(1), help="DALI CPU threads"
+    )(f)
+
+
 def recipe_options(f):
     """The options that choose a recipe, shared by audit and preview (as train.py names them)."""
     options = [
-        click.option("--shards", "shards", multiple=True, required=True, help="DIR[:WEIGHT] (repeatable) or mix.yaml"),
+        click.option(
+            "--shards",
+            "shards",
+            multiple=True,
+            required=True,
+            help="DIR[:WEIGHT] or URL[:WEIGHT] (s3://, gs://, http(s)://; repeatable) or mix.yaml",
+        ),
         click.option(
             "--method",
             type=click.Choice(tuple(METHODS)),
@@ -64,13 +83,13 @@ def recipe_options(f):
         ),
         click.option(
             "--family",
-            type=click.Choice(FAMILY_CHOICES),
+            type=click.Choice(FAMILY_NAMES),
             default=None,
             help="the augmentation family itself, instead of --method",
         ),
         click.option(
             "--inflation",
-            type=click.Choice(INFLATION_CHOICES),
+            type=click.Choice(INFLATION_MODES),
             default=DEFAULT_MODE,
             show_default=True,
             help="AdaInf policy: adainf (the release's recipe), none, vanilla, or auto (this project's "
@@ -93,12 +112,12 @@ def recipe_options(f):
     ]
     for option in reversed(options):
         f = option(f)
-    return f
+    return remote_options(f)
 
 
-def _recipe(shards, method, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p):
+def _recipe(shards, method, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, remote: RemoteOptions):
     return resolve_recipe(
-        parse_shards_args(shards),
+        parse_shards_args(shards, remote),
         family=augmentation_family(method, family),
         inflation=inflation,
         aug=aug,
@@ -114,19 +133,19 @@ def _recipe(shards, method, family, inflation, aug, crop_min_scale, jitter_stren
 @click.option("--device", default="cpu", show_default=True, help="Where the batches go: cpu or cuda[:N].")
 @click.option(
     "--loader-device",
-    type=click.Choice(["auto", "cpu", "gpu"]),
+    type=click.Choice(LOADER_DEVICES),
     default="auto",
     show_default=True,
     help="Where the DALI pipeline runs (auto: gpu when --device is cuda).",
 )
-@click.option("--threads", default=LOADER_THREADS, show_default=True, type=click.IntRange(1))
+@num_threads_option
 @click.option(
     "--drop-last/--keep-last",
     default=True,
     show_default=True,
     help="drop each epoch's last partial batch, as training does (its steps per epoch), or count it",
 )
-@click.option("--on-corrupt", type=click.Choice(["error", "skip"]), default="error", show_default=True)
+@click.option("--on-corrupt", type=click.Choice(ON_CORRUPT), default="error", show_default=True)
 @click.option(
     "--plan-only",
     is_flag=True,
@@ -135,30 +154,30 @@ def _recipe(shards, method, family, inflation, aug, crop_min_scale, jitter_stren
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 def audit(
-    shards,
-    method,
-    family,
-    inflation,
-    aug,
-    crop_min_scale,
-    jitter_strength,
-    jitter_p,
     epochs,
     batch_size,
     seed,
     device,
     loader_device,
-    threads,
+    num_threads,
+    old_threads,
     drop_last,
     on_corrupt,
     plan_only,
     as_json,
+    **recipe_options,
 ):
     """Run the real pipeline over whole epochs and report what it delivers (--plan-only: the plan alone)."""
     try:
         with interrupts():
             check_devices(device, loader_device)
-            recipe = _recipe(shards, method, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
+            remote = RemoteOptions.from_cli(
+                recipe_options.pop("cache_dir"),
+                recipe_options.pop("storage_option"),
+                on_corrupt=on_corrupt,
+                progress=not as_json,
+            )
+            recipe = _recipe(**recipe_options, remote=remote)
             plan = plan_report(recipe.mixture, batch_size=batch_size, epochs=epochs, seed=seed, drop_last=drop_last)
             if plan_only:
                 report = {"recipe": recipe.to_dict(), "plan": plan, "epochs": []}
@@ -187,7 +206,7 @@ def audit(
                         seed=seed,
                         device=resolve_device(device),
                         loader_device=loader_device,
-                        num_threads=threads,
+                        num_threads=old_threads or num_threads,
                         drop_last=drop_last,
                         on_corrupt=on_corrupt,
                         progress=Estimate(bar, total, quiet=as_json).update,
@@ -238,19 +257,14 @@ class Estimate:
 
 
 def check_devices(device: str, loader_device: str) -> None:
-    """A device this machine lacks, refused in one line naming the flag (before any work)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        if str(device).startswith("cuda"):
-            raise UserError(f"--device {device}: no GPU is visible here; use --device cpu")
-        if loader_device == "gpu":
-            raise UserError("--loader-device gpu: no GPU is visible here; use --loader-device cpu (or auto)")
+    """A device this machine lacks, refused in one line naming the flag (before any work; ``shards.base.host``
+    decides)."""
+    resolve_loader_device(loader_device, resolve_device(device))
 
 
 def flag_spelling(message: str) -> str:
     """The loaders' messages name Python arguments (``device='cpu'``); on the command line, the flags."""
-    for arg, flag in (("loader_device", "--loader-device"), ("device", "--device"), ("num_threads", "--threads")):
+    for arg, flag in (("loader_device", "--loader-device"), ("device", "--device"), ("num_threads", "--num-threads")):
         message = re.sub(rf"(?<![\w-]){arg}=['\"]?([\w:]+)['\"]?", rf"{flag} \1", message)
     return message
 
@@ -267,19 +281,18 @@ def flag_spelling(message: str) -> str:
 @click.option("--n", "n", default=8, show_default=True, type=click.IntRange(1, 64), help="samples per kind")
 @click.option("--seed", default=0, show_default=True, type=int, help="which samples and which augmentations")
 @click.option("--scale", default=3, show_default=True, type=click.IntRange(1, 8), help="pixels per image pixel")
-@click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
-def preview(
-    shards, method, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, out, n, seed, scale, threads
-):
+@num_threads_option
+def preview(out, n, seed, scale, num_threads, old_threads, **recipe_options):
     """Draw real and generated samples as stored and as their augmented views under the recipe (CPU)."""
     from loaders.preview import preview as draw
 
     try:
         with interrupts():
-            recipe = _recipe(shards, method, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p)
+            remote = RemoteOptions.from_cli(recipe_options.pop("cache_dir"), recipe_options.pop("storage_option"))
+            recipe = _recipe(**recipe_options, remote=remote)
             if out == PREVIEW_OUT:
                 Path(out).parent.mkdir(exist_ok=True)
-            info = draw(recipe, out, n=n, seed=seed, scale=scale, num_threads=threads)
+            info = draw(recipe, out, n=n, seed=seed, scale=scale, num_threads=old_threads or num_threads)
     except UserError as e:
         raise click.ClickException(flag_spelling(str(e))) from None
     except KeyboardInterrupt as e:

@@ -20,6 +20,7 @@ from loaders.batch.loader import TrainLoader
 from loaders.batch.sampler import mixing_bound, plan_epoch
 from loaders.recipe.augment import AugConfig
 from loaders.recipe.mixture import Mixture
+from shards.base.host import LOADER_THREADS
 
 
 def run_audit(
@@ -31,7 +32,7 @@ def run_audit(
     seed: int = 0,
     device: str = "cpu",
     loader_device: str = "auto",
-    num_threads: int = 2,
+    num_threads: int = LOADER_THREADS,
     drop_last: bool = False,
     on_corrupt: str = "error",
     progress=None,

@@ -21,13 +21,14 @@ import numpy as np
 from loaders.recipe.augment import AugConfig, ViewAug
 from loaders.recipe.mixture import Mixture
 from shards.base.errors import ConfigError
+from shards.base.host import LOADER_THREADS
+from shards.format.schema import KINDS
 
-KINDS = ("real", "generated")
 _GAP, _GROUP_GAP, _PAD = 4, 20, 8
 
 
 def sample_views(
-    mixture: Mixture, aug: AugConfig, kind: str, *, n: int, seed: int = 0, num_threads: int = 2
+    mixture: Mixture, aug: AugConfig, kind: str, *, n: int, seed: int = 0, num_threads: int = LOADER_THREADS
 ) -> list[np.ndarray]:
     """``[stored, view 1, view 2, …]`` for ``n`` samples of the ``kind`` sources of ``mixture`` (each source
     weighted 1 for the draw, whatever its training weight): uint8 arrays (k, size, size, 3), k <= n (fewer
@@ -134,7 +135,7 @@ def preview(
     n: int = 8,
     seed: int = 0,
     scale: int = 3,
-    num_threads: int = 2,
+    num_threads: int = LOADER_THREADS,
     family: str = "",
     inflation: str = "",
 ) -> dict:

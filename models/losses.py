@@ -27,6 +27,20 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return funcol.all_gather_single(x.contiguous(), 0, dist.group.WORLD)
 
 
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the ranks, without gradient (a step's counts and moments: the global batch's); ``x``
+    itself when not distributed."""
+    if not _distributed():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x
+
+
+def world_size() -> int:
+    return dist.get_world_size() if _distributed() else 1
+
+
 def _rank() -> int:
     return dist.get_rank() if _distributed() else 0
 

@@ -198,6 +198,14 @@ def _lars_group_update(g: LarsGroup) -> None:
         torch._foreach_add_(g.adapted + g.plain, dirs, alpha=-lr)
 
 
+LR_REFERENCE_BATCH = 256  # learning rates are given per this many samples (the release's linear scaling rule)
+
+
+def scaled_lr(lr_per_256: float, batch_size: int) -> float:
+    """The learning rate a global batch of ``batch_size`` trains with: ``lr_per_256 * batch_size / 256``."""
+    return lr_per_256 * batch_size / LR_REFERENCE_BATCH
+
+
 def build_optimizer(
     method,
     name: str | None = None,
@@ -217,9 +225,8 @@ def build_optimizer(
     """
     cfg = method.cfg
     name = (name or cfg.optimizer).lower()
-    scale = batch_size / 256
-    lr = (cfg.lr if lr is None else lr) * scale
-    probe_lr = (cfg.probe_lr if probe_lr is None else probe_lr) * scale
+    lr = scaled_lr(cfg.lr if lr is None else lr, batch_size)
+    probe_lr = scaled_lr(cfg.probe_lr if probe_lr is None else probe_lr, batch_size)
     wd = cfg.weight_decay if weight_decay is None else weight_decay
     momentum = cfg.momentum if momentum is None else momentum
     exclude = cfg.exclude_bias_norm if exclude_bias_norm is None else exclude_bias_norm

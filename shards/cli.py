@@ -12,7 +12,7 @@ import click
 
 from shards.base.errors import UserError
 from shards.base.interrupt import interrupts, signal_of
-from shards.format.manifest import FORMATS, PACK_FORMATS
+from shards.format.schema import FORMATS, PACK_FORMATS
 from shards.packing.sources import LAYOUTS
 
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from shards.base.errors import ShardError
 from shards.base.host import cores
 from shards.base.interrupt import fork_context, start_pool, stop_pool
-from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError, ShardInfo
+from shards.format.manifest import MANIFEST_NAME, Manifest, ShardInfo
+from shards.format.schema import PIXEL_MEMBER_EXTS
 from shards.read.check import OK, WHY, check_image, check_meta, labels_in_range, parse_label, sizes_match
 from shards.read.index import read_index
 
@@ -142,7 +144,7 @@ def _verify_shard(path: Path, idx_path: Path, s: ShardInfo, m: Manifest, decode:
         verdict = check_meta(blob["json"], label, blob[ext], m.name, m.kind, m.digests)
         if verdict != OK:
             problems.append(f"{path}: sample {key} {WHY[verdict]}")
-        if decode or ext in ("npy", "raw"):
+        if decode or ext in PIXEL_MEMBER_EXTS:
             err = _image_problem(blob[ext], ext, m)
             if err:
                 problems.append(f"{path}: sample {key}.{ext} {err}")

@@ -329,7 +329,7 @@ def test_in_fresh_process_keeps_the_start_method_and_tells_user_errors_from_fail
 @pytest.mark.parametrize(
     "name, args, line",
     [
-        ("loader", ["--device", "cuda", "--plan-only"], "--device cuda: no CUDA device is visible"),
+        ("loader", ["--device", "cuda", "--plan-only"], "--device cuda: no GPU is visible here"),
         ("formats", ["--shards", "/nonexistent/set"], "/nonexistent/set"),
         ("model", ["--methods", "nope", "--device", "cpu"], "--methods/--backbone"),
         ("confirm", ["--shards", "/nonexistent/set"], "/nonexistent/set"),
@@ -498,7 +498,7 @@ def test_scale_loader_quick(demo, tmp_path):
 
 def test_variants_are_distinct_and_start_with_the_identity():
     from bench.scale import transform, variants
-    from shards.format.manifest import ShardError
+    from shards.base.errors import ShardError
 
     vs = variants(60)
     assert vs[0] == ("none", (0, 1, 2), (0, 0)) and len(set(vs)) == 60

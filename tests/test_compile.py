@@ -219,7 +219,8 @@ def test_resume_across_modes(runs, tmp_path):
 
 def test_a_checkpoint_with_wrapper_prefixes_loads_as_the_plain_method(tmp_path):
     """A state_dict saved from a DDP or compiled wrapper elsewhere (``module._orig_mod.`` keys) reads back plain."""
-    from models.training import load_checkpoint, save_checkpoint
+    from models.training import load_checkpoint
+    from models.training.checkpoint import save_checkpoint
 
     method = build_method("simclr", backbone="convnet")
     wrapped = torch.compile(method)

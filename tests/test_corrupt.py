@@ -1,7 +1,7 @@
 """Rotten images never crash the process: they are caught once per set, on the host, before DALI sees them.
 
 The realistic bit rot is a JPEG whose body is flipped (bytes 4 … end−40) while its SOI/EOI markers survive:
-it passes a signature check and used to take DALI's decoder down with SIGSEGV. The loader runs in a
+it passes a signature check and can take DALI's decoder down with SIGSEGV. The loader runs in a
 subprocess here, so a segfault fails the test instead of killing pytest.
 """
 
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards.format.manifest import Manifest, ShardError
+from shards.base.errors import ShardError
+from shards.format.manifest import Manifest
 from shards.packing.writer import ShardSetWriter
 from shards.read.check import BAD_STRUCTURE, OK, check_bytes
 from shards.read.reader import SourceReader
@@ -97,7 +98,7 @@ import json, sys
 from loaders.recipe.augment import preset
 from loaders.recipe.mixture import parse_shards_args
 from loaders.batch.loader import TrainLoader
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 src, mode = sys.argv[1], sys.argv[2]
 loader = TrainLoader(parse_shards_args([src + ":3"]), preset("simclr"), 16, on_corrupt=mode, num_threads=2,
                      drop_last=False)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import build_backbone
+from models.backbone import build_backbone
 from models.training.evaluation import extract_features, knn_accuracy, linear_probe
 
 

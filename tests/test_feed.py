@@ -15,7 +15,8 @@ from loaders.batch.loader import TrainLoader
 from loaders.batch.table import SampleTable
 from loaders.recipe.augment import AugConfig, preset
 from loaders.recipe.mixture import parse_shards_args
-from shards.format.manifest import Manifest, ShardError
+from shards.base.errors import ConfigError, ShardError
+from shards.format.manifest import Manifest
 from shards.read.index import cache_paths, read_index
 from shards.read.reader import SourceReader
 
@@ -323,10 +324,10 @@ def test_index_advice_only_when_the_index_is_stale(tmp_path, monkeypatch, fresh_
 def test_loader_device_choices(data, plain_view):
     m = parse_shards_args([str(data["gen"])])
     assert TrainLoader(m, AugConfig((plain_view,)), 8).loader_device == "cpu"  # auto on a CPU model
-    with pytest.raises(ValueError, match="loader_device"):
+    with pytest.raises(ValueError, match="--loader-device tpu"):
         TrainLoader(m, AugConfig((plain_view,)), 8, loader_device="tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ShardError, match="--loader-device cpu"):
+        with pytest.raises(ConfigError, match="--loader-device cpu"):
             TrainLoader(m, AugConfig((plain_view,)), 8, loader_device="gpu")
 
 
@@ -334,7 +335,7 @@ def test_loader_device_choices(data, plain_view):
 def test_a_gpu_pipeline_that_cannot_start_is_one_clear_line(data):
     loader = TrainLoader(parse_shards_args([str(data["gen"])]), preset("simclr"), 8)
     feed = loader.feed(iter([]))
-    with pytest.raises(ShardError) as e:
+    with pytest.raises(ConfigError) as e:
         train_pipeline(
             feed, loader.table.mode, [32, 32], relative=False, batch_size=8, device="gpu", device_id=0, num_threads=1
         )

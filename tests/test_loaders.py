@@ -9,7 +9,8 @@ import torch
 from loaders.batch.loader import EvalLoader, TrainLoader
 from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig, ViewAug, preset
 from loaders.recipe.mixture import parse_shards_args
-from shards.format.manifest import Manifest, ShardError
+from shards.base.errors import ConfigError, ShardError
+from shards.format.manifest import Manifest
 
 
 @pytest.fixture(scope="module")
@@ -198,19 +199,20 @@ def test_determinism_and_resume(data):
     e = TrainLoader(m, aug, 10, seed=7)
     e.load_state_dict(d.state_dict())
     assert [e.keys_for(b) for b in e.epoch()][0] == next(iter([a.keys_for(b) for b in a.epoch(2)]))
-    with pytest.raises(ShardError, match="batch_size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         TrainLoader(m, aug, 5, seed=7).load_state_dict(state)
 
 
 def test_ranks_disjoint_and_complete(data, plain_view):
     m = parse_shards_args([f"{data['real']}:2", f"{data['gen']}:1"])  # 105 samples
     per_rank = []
-    for r in range(3):
-        loader = TrainLoader(m, AugConfig((plain_view,)), 7, rank=r, world_size=3, drop_last=False)
-        per_rank.append([(s, i) for b in loader.epoch(0) for s, i in zip(b.source.tolist(), b.index.tolist())])
-    assert [len(p) for p in per_rank] == [35, 35, 35]
-    plan = TrainLoader(m, AugConfig((plain_view,)), 7).plan(0)
-    assert sum(per_rank, []) == list(zip(plan.source.tolist(), plan.index.tolist()))
+    for r in range(3):  # the global batch of 21: 7 samples a rank, a window of the global order a step
+        loader = TrainLoader(m, AugConfig((plain_view,)), 21, rank=r, world_size=3, drop_last=False)
+        per_rank.append([[(s, i) for s, i in zip(b.source.tolist(), b.index.tolist())] for b in loader.epoch(0)])
+    assert [sum(map(len, p)) for p in per_rank] == [35, 35, 35]
+    plan = TrainLoader(m, AugConfig((plain_view,)), 21).plan(0)
+    steps = [sum((per_rank[r][k] for r in range(3)), []) for k in range(5)]  # step k: rank 0's, 1's, 2's parts
+    assert sum(steps, []) == list(zip(plan.source.tolist(), plan.index.tolist()))
 
 
 def test_raw_and_encoded_sources_mix(data, plain_view, sample_image):

@@ -22,7 +22,7 @@ def audit(*args):
     return CliRunner().invoke(main, ["audit", *map(str, args)])
 
 
-# -- item 9: --plan-only prints the plan -------------------------------------------------------------------
+# -- --plan-only prints the plan -------------------------------------------------------------------
 def test_plan_only_prints_per_source_samples_batch_shares_and_steps(data):
     res = audit("--shards", f"{data['real']}:10", "--shards", f"{data['gen']}:1", "--batch-size", 16, "--plan-only")
     assert res.exit_code == 0, res.output
@@ -52,7 +52,7 @@ def test_plan_only_prints_per_source_samples_batch_shares_and_steps(data):
             assert v["per_batch_max"] < v["per_batch"] + v["per_batch_bound"]
 
 
-# -- item 9: a run over whole epochs says what it will do, estimates, and logs plain lines ------------------
+# -- a run over whole epochs says what it will do, estimates, and logs plain lines ------------------
 def test_audit_announces_the_epoch_and_logs_no_bar_frames(data):
     res = audit("--shards", f"{data['real']}:2", "--shards", data["gen"], "--batch-size", 16)
     assert res.exit_code == 0, res.output
@@ -88,7 +88,7 @@ def test_the_estimate_says_how_long_the_rest_takes_once_measured():
     assert len(lines) == 1
 
 
-# -- item 7: the flag, not the Python spelling ---------------------------------------------------------------
+# -- the flag, not the Python spelling ---------------------------------------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 @pytest.mark.parametrize(
     "extra,want",
@@ -115,7 +115,7 @@ def test_loader_messages_are_translated_to_flags():
     )
 
 
-# -- item 10: -h everywhere; mixture YAML paths are relative to the file -----------------------------------------
+# -- -h everywhere; mixture YAML paths are relative to the file -----------------------------------------
 @pytest.mark.parametrize(
     "cli,args",
     [

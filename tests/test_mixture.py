@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from loaders.recipe.mixture import parse_shards_args
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 from shards.packing.writer import ShardSetWriter
 
 GiB = 2**30

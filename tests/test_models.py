@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import METHODS, build_backbone, build_method, build_optimizer
+from models import METHODS, build_method, build_optimizer
+from models.backbone import build_backbone
 from models.methods import BYOL, BarlowTwins, MoCoV2Plus, SimCLR, momentum_tau
 
 

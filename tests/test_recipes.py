@@ -90,7 +90,7 @@ def test_every_method_and_mode_gets_the_release_recipe(sets, method, mode):
 def test_a_config_of_the_retired_fused_jitter_is_refused_in_one_line(sets, tmp_path):
     """--jitter-impl is gone (the exact colour stage is fast); an old config.yaml with jitter_impl: exact still
     reads, one with fused is refused naming the key."""
-    from models.training.settings import Settings
+    from models.training import Settings
 
     assert Settings.from_dict({"jitter_impl": "exact"}) == Settings()
     with pytest.raises(ValueError, match="jitter_impl: fused is gone"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from loaders.batch.sampler import mixing_bound, plan_epoch
-from shards.format.manifest import ShardError
+from shards.base.errors import ConfigError, ShardError
 
 
 def multiplicities(plan, num_sources, counts):
@@ -63,10 +63,9 @@ def test_every_window_obeys_the_mixing_bound(counts, weights):
 def test_bound_holds_for_each_rank_batches():
     plan = plan_epoch([400, 3000], [10, 1], seed=0, epoch=0)
     p = np.bincount(plan.source) / len(plan)
-    for r in range(4):
-        part = plan.for_rank(r, 4)
-        for k in range(part.num_batches(64)):
-            c = np.bincount(part.batch(k, 64).source, minlength=2)
+    for k in range(plan.num_batches(256)):
+        for r in range(4):  # rank r's part of the global batch of 256: 64 consecutive positions
+            c = np.bincount(plan.batch(k, 256).part(r, 4).source, minlength=2)
             assert (np.abs(c - 64 * p) < 2).all()
 
 
@@ -81,16 +80,17 @@ def test_deterministic_and_epoch_dependent():
 
 def test_rank_split_disjoint_equal_complete():
     plan = plan_epoch([103, 250], [2, 1], seed=0, epoch=0)  # 456 samples
-    world = 5
-    parts = [plan.for_rank(r, world) for r in range(world)]
-    q = len(plan) // world
-    assert all(len(p) == q for p in parts)
-    joined_s = np.concatenate([p.source for p in parts])
-    joined_i = np.concatenate([p.index for p in parts])
-    # the ranks cover the global order exactly, minus the last len % world positions
-    assert np.array_equal(joined_s, plan.source[: q * world]) and np.array_equal(joined_i, plan.index[: q * world])
-    with pytest.raises(ShardError):
-        plan.for_rank(5, 5)
+    world, batch = 5, 20
+    steps = plan.num_batches(batch)
+    parts = [[plan.batch(k, batch).part(r, world) for r in range(world)] for k in range(steps)]
+    assert all(len(p) == batch // world for step in parts for p in step)
+    joined_s = np.concatenate([p.source for step in parts for p in step])
+    joined_i = np.concatenate([p.index for step in parts for p in step])
+    # the ranks' parts, step after step, cover the global order exactly, minus the last len % batch positions
+    q = steps * batch
+    assert np.array_equal(joined_s, plan.source[:q]) and np.array_equal(joined_i, plan.index[:q])
+    with pytest.raises(ConfigError):
+        plan.batch(0, batch).part(5, 5)
 
 
 def test_large_epoch_is_arrays_only():
@@ -118,7 +118,7 @@ def test_epoch_beyond_memory_is_refused_before_allocating(monkeypatch):
     sample), naming the source when names are given."""
     import loaders.batch.sampler as sampler
 
-    monkeypatch.setattr(sampler, "_memory", lambda which: 2**30)  # a 1 GiB machine: 11,184,810 samples
+    monkeypatch.setattr(sampler, "memory_bytes", lambda which: 2**30)  # a 1 GiB machine: 11,184,810 samples
     with pytest.raises(ShardError) as e:
         plan_epoch([50_000, 1000], [1e6, 1], 0, 0, names=["cifar10", "edm"])
     msg = str(e.value)
@@ -131,7 +131,7 @@ def test_plan_memory_per_sample_is_what_the_bound_assumes():
     """The bound's 48 B per planned sample is plan_epoch's real peak (tracemalloc sees numpy's buffers)."""
     import tracemalloc
 
-    from loaders.batch.sampler import PLAN_BYTES_PER_SAMPLE
+    from loaders.recipe.mixture import PLAN_BYTES_PER_SAMPLE
 
     tracemalloc.start()
     try:

@@ -43,7 +43,7 @@ def open_with_the_loader(directory: Path) -> None:
     SourceReader(directory, Manifest.load(directory))
 
 
-# -- item 5: Ctrl-C during a parallel pack ----------------------------------------------------------------
+# -- Ctrl-C during a parallel pack ----------------------------------------------------------------
 def test_ctrl_c_during_a_parallel_pack_is_one_line_and_no_worker_traceback(tmp_path):
     """Ctrl-C reaches the whole process group (the pack and its encoding workers): the workers print
     nothing, the pack says what was kept in one line and exits 130, leaving nothing in --out."""
@@ -72,7 +72,7 @@ def test_ctrl_c_during_a_parallel_pack_is_one_line_and_no_worker_traceback(tmp_p
     assert not out.exists()
 
 
-# -- item 6: the loaders' caches are the project's own files -------------------------------------------
+# -- the loaders' caches are the project's own files -------------------------------------------
 @pytest.mark.parametrize("fmt", ["jpg", "raw"])
 def test_a_packed_set_with_loader_caches_packs_again_as_a_source(fmt, tmp_path, shard_factory, read_samples):
     src = shard_factory(tmp_path, "real", 40, fmt=fmt, shard_size=16)
@@ -128,7 +128,7 @@ def test_caches_are_readable_by_the_other_users_of_a_shared_folder(tmp_path, sha
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in src.glob(".*.loader-cache.npz"))
 
 
-# -- item 7: a mistyped --subdir lists the folders that exist ---------------------------------------------
+# -- a mistyped --subdir lists the folders that exist ---------------------------------------------
 def test_subdir_typo_in_a_folder_lists_what_is_there(tmp_path):
     for d in ("cifar10/train/cat", "cifar10/test/cat"):
         (tmp_path / "src" / d).mkdir(parents=True)
@@ -152,7 +152,7 @@ def test_subdir_typo_in_the_shared_archive_lists_its_folders(tmp_path):
     )
 
 
-# -- item 8: unlabelled images packed as real -------------------------------------------------------------
+# -- unlabelled images packed as real -------------------------------------------------------------
 def test_an_unlabelled_flat_folder_packed_as_real_gets_a_warning_naming_kind_generated(tmp_path):
     for i in range(5):
         Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / f"{i:05d}.png")
@@ -166,7 +166,7 @@ def test_an_unlabelled_flat_folder_packed_as_real_gets_a_warning_naming_kind_gen
     assert code == 0 and "warning" not in out
 
 
-# -- item 9: logs stay readable when not on a terminal ----------------------------------------------------
+# -- logs stay readable when not on a terminal ----------------------------------------------------
 def test_progress_off_a_terminal_is_a_few_plain_lines():
     import io
 

@@ -16,9 +16,10 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
+from shards.base.errors import UserError
 from shards.base.lock import LOCK_NAME, LockHeld, OutputLock
 from shards.cli import main
-from shards.format.manifest import Manifest, ShardError
+from shards.format.manifest import Manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,7 @@ def test_second_lock_refuses_with_one_line_naming_pid_and_folder(tmp_path):
         with pytest.raises(LockHeld) as e:
             OutputLock(tmp_path, "shards pack").acquire()
     msg = str(e.value)
-    assert isinstance(e.value, ShardError) and "\n" not in msg
+    assert isinstance(e.value, UserError) and "\n" not in msg
     assert f"pid {os.getpid()}" in msg and str(tmp_path) in msg and "shards pack" in msg
     assert e.value.holder["pid"] == os.getpid()
 

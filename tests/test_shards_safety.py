@@ -263,10 +263,10 @@ def test_disk_full_writing_the_manifest(arrays, tmp_path, monkeypatch):
     before = listing(out)
     import shards.format.manifest as manifest
 
-    def full(path, data):
+    def full(path, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(manifest, "atomic_write_bytes", full)
+    monkeypatch.setattr(manifest, "atomic_write_text", full)
     line = one_line_error(*run("pack", arrays[1], "--out", out, "--overwrite", "-q"))
     assert "no space left" in line
     assert listing(out) == before

@@ -20,7 +20,7 @@ from trainargs import train_args
 
 import train
 from loaders.batch.loader import TrainLoader
-from models.methods.simclr import SimCLR
+from models.methods import SimCLR
 from models.training import Settings, read_records
 from shards.base.errors import ConfigError
 
@@ -279,7 +279,7 @@ def test_settings_reject_unknown_keys_and_wrong_types():
 
 
 def test_torchrun_two_gloo_processes(data, tmp_path):
-    """DDP on CPU: 2 ranks × 8 samples, each reading its half of the epoch plan; rank 0 writes the run."""
+    """DDP on CPU: 2 ranks × 8 samples, each its half of every global batch of 16; rank 0 writes the run."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
@@ -299,7 +299,7 @@ def test_torchrun_two_gloo_processes(data, tmp_path):
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["resolved"]["world_size"] == 2 and cfg["resolved"]["per_rank_batch_size"] == 8
     assert cfg["settings"]["sync_batchnorm"]  # the release shares BatchNorm statistics across ranks
-    assert cfg["resolved"]["steps_per_epoch"] == 3  # 48 samples / 2 ranks = 24 per rank = 3 batches of 8
+    assert cfg["resolved"]["steps_per_epoch"] == 3  # 48 samples = 3 global batches of 16 (8 a rank)
     assert [r["step"] for r in records(out)] == [1, 2]
     ckpt = torch.load(out / "ckpt-last.pt", map_location="cpu", weights_only=False)
     assert ckpt["step"] == 2 and len(ckpt["rng"]) == 2

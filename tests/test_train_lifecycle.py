@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from trainargs import train_args
 
 import train
-from models.methods.simclr import SimCLR
-from models.optim import warmup_cosine
+from models import warmup_cosine
+from models.methods import SimCLR
 from models.training import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def tb_steps(run_dir: Path, tag: str) -> list[int]:
     return [e.step for e in acc.Scalars(tag)]
 
 
-# -- item 1: a resumed run follows the schedule its settings describe ----------------------------------------
+# -- a resumed run follows the schedule its settings describe ----------------------------------------
 def test_extending_a_finished_run_follows_the_new_schedule_and_keeps_every_record(data, tmp_path):
     run = tmp_path / "run"
     first = invoke(args_for(data, run, steps=20))
@@ -122,7 +122,7 @@ def test_steps_below_the_checkpoint_are_refused_in_one_line(data, tmp_path):
     assert (run / "metrics.jsonl").read_bytes() == before
 
 
-# -- item 2: resuming a finished run says so and writes nothing ----------------------------------------------
+# -- resuming a finished run says so and writes nothing ----------------------------------------------
 def test_resuming_a_finished_run_says_it_is_complete_and_changes_nothing(data, tmp_path):
     run = tmp_path / "run"
     assert invoke(args_for(data, run, steps=3)).exit_code == 0
@@ -135,7 +135,7 @@ def test_resuming_a_finished_run_says_it_is_complete_and_changes_nothing(data, t
     assert len(read_records(run, "final")) == 1
 
 
-# -- item 5: Ctrl-C anywhere: one line, exit 130, what was kept, how to go on ------------------------------
+# -- Ctrl-C anywhere: one line, exit 130, what was kept, how to go on ------------------------------
 def test_ctrl_c_during_the_final_evaluation_keeps_the_run_and_resume_only_evaluates(data, tmp_path, monkeypatch):
     import models.training.evaluation as evaluate
 
@@ -225,7 +225,7 @@ def test_no_eval_shards_and_an_unlabelled_real_source_are_announced(data, tmp_pa
     assert "'looks-real'" in warning and "no-inflation recipe" in warning and "--kind generated" in warning
 
 
-# -- item 4: a run far beyond minutes on its device says so, measured; the first steps are logged at once ------
+# -- a run far beyond minutes on its device says so, measured; the first steps are logged at once ------
 def test_estimate_line_names_the_knobs_for_the_device():
     from models.training import Settings
     from models.training.trainer import estimate_line
@@ -277,7 +277,7 @@ def test_a_long_background_run_logs_early_estimates_and_stops_on_sigint(data, tm
     assert not any("Traceback" in ln for ln in lines)
 
 
-# -- item 7: --shards at something that is not a shard set ----------------------------------------------------
+# -- --shards at something that is not a shard set ----------------------------------------------------
 @pytest.mark.parametrize("case", ["imagefolder", "tar.gz", "tar"])
 def test_shards_at_images_or_an_archive_gets_a_pack_command_with_its_own_out(case, data, tmp_path):
     from PIL import Image

@@ -28,11 +28,11 @@ from pathlib import Path
 import click
 
 from bench.harness import CONTEXT, RESULTS_DIR, comma_list, host_kind, resolve_shards, write_results
+from loaders.recipe.policy import INFLATION_MODES
 from models.training.settings import DEMO_DEFAULTS
 from shards.base.errors import UserError
 from shards.base.host import LOADER_THREADS, resolve_device
 
-MODES = ("none", "vanilla", "adainf", "auto")
 METRICS = ("knn_acc", "linear_probe_acc", "online_probe_acc")
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
 # train.py options every run shares, from the study's config
@@ -42,7 +42,7 @@ SHARED += ("eval_every", "knn_k", "knn_train_limit", "eval_limit", "probe_epochs
 
 @dataclass(frozen=True)
 class StudyConfig:
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = INFLATION_MODES
     seeds: tuple[int, ...] = (0, 1, 2)
     method: str = "simclr"
     backbone: str = "resnet18"
@@ -276,7 +276,7 @@ def sets_of(o: dict) -> tuple[list[Setting], str]:
 @click.option("--eval-shards", type=click.Path(file_okay=False), help="labelled test shard set")
 @click.option("--scarce-real", type=click.Path(file_okay=False), help="a small labelled real set: the scarce setting")
 @click.option("--train-labels", type=click.Path(file_okay=False), help="kNN / probe training set [each real set]")
-@click.option("--modes", default=",".join(MODES), show_default=True, help="comma-separated inflation modes")
+@click.option("--modes", default=",".join(INFLATION_MODES), show_default=True, help="comma-separated inflation modes")
 @click.option("--seeds", help="comma-separated seeds, one run per seed and arm [0,1,2; --quick 0,1]")
 @click.option("--method", default="simclr", show_default=True, help="the contrastive method of every run")
 @click.option("--backbone", type=click.Choice(["resnet18", "convnet"]), help="[resnet18; --quick convnet]")
@@ -298,13 +298,13 @@ def sets_of(o: dict) -> tuple[list[Setting], str]:
 @click.option("--out-dir", type=click.Path(file_okay=False), help="where the JSON, PNG and table go")
 def main(modes, seeds, method, lr, image_size, num_threads, device, no_baseline, quick, work_dir, out_dir, **o):
     """The AdaInf study: none / vanilla / adainf / auto inflation, same budget, several seeds: mean ± std."""
-    from shards.format.manifest import atomic_write_text
+    from shards.base.atomic import atomic_write_text
 
     sizes = ("backbone", "steps", "batch_size", "warmup_steps", "eval_every", "knn_train_limit", "eval_limit")
     given = {k: o.pop(k) for k in (*sizes, "probe_epochs")}
     given["seeds"] = tuple(comma_list(seeds, int, flag="--seeds")) if seeds else None
     base = (dict(QUICK) if quick else {}) | {k: v for k, v in given.items() if v is not None}
-    cfg = StudyConfig(modes=tuple(comma_list(modes, str, MODES, "--modes")), method=method, lr=lr, **base)
+    cfg = StudyConfig(modes=tuple(comma_list(modes, str, INFLATION_MODES, "--modes")), method=method, lr=lr, **base)
     cfg = dataclasses.replace(cfg, image_size=image_size, num_threads=num_threads, baseline=not no_baseline)
     cfg = dataclasses.replace(cfg, warmup_steps=min(cfg.warmup_steps, cfg.steps // 10))  # train.py's own cap
     try:

@@ -255,8 +255,8 @@ class ColourStage:
     ``compile``: run each phase of a view (to float; jitter and grayscale; blur; the rest) through
     ``torch.compile`` — Triton kernels on a GPU, vectorised C++ on the CPU. The first batches pay the
     compilation (inductor caches the result on disk for later runs); views with the same config share the
-    compiled code. The phases are compiled apart because inductor fused them into slower loops (measured on
-    the CPU: to-float fused into the jitter made it 3x slower). ``chunk``: process the batch in pieces of
+    compiled code. The phases are compiled apart because inductor fused them into slower loops
+    (``docs/_frag-25-history.md``). ``chunk``: process the batch in pieces of
     this many samples when compiled (the last one padded, so compiled shapes never change): on a CPU a piece
     then stays in cache between phases; on a GPU the loader sets it to the batch size (a batch that lost
     corrupt samples is padded back). Eager mode on a CPU computes each op only for the samples it applies

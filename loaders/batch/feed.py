@@ -9,7 +9,7 @@ runs where ``pipe.run()`` runs — the loader's prefetch thread — and is vecto
 ``python -m bench feed``).
 
 Labels, source ids, sample indices and the colour parameters never go through DALI: the feed keeps them,
-with the position it fed, in :attr:`Feed.fed`, and the loader pairs them with DALI's outputs, which come
+with the position it fed, in :attr:`Feed.in_flight`, and the loader pairs them with DALI's outputs, which come
 back in feeding order.
 """
 
@@ -24,11 +24,11 @@ import numpy as np
 
 from loaders.batch.sampler import EpochPlan
 from loaders.batch.table import SampleTable
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 
 
 @dataclass
-class Fed:
+class FedBatch:
     """What the feed handed DALI for one position; DALI's outputs come back in the same order."""
 
     epoch: int
@@ -45,8 +45,8 @@ class Fed:
 
 #: ``batch_of(epoch, step) -> (source, index, steps of that epoch)``
 BatchOf = Callable[[int, int], tuple[np.ndarray, np.ndarray, int]]
-#: ``params(epoch, step, ids) -> (crops (B, 4·V), colour (B, P))`` for the planned batch's global sample ids
-Params = Callable[[int, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: ``params(epoch, step) -> (crops (B, 4·V), colour (B, P))``, one row per sample of ``batch_of(epoch, step)``
+Params = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
 
 
 class Feed:
@@ -61,7 +61,7 @@ class Feed:
         self, table: SampleTable, positions: Iterator[tuple[int, int]], batch_of: BatchOf, params: Params | None = None
     ):
         self.table, self.positions, self.batch_of, self.params = table, positions, batch_of, params
-        self.fed: collections.deque[Fed] = collections.deque()  # handed to DALI, not yet delivered
+        self.in_flight: collections.deque[FedBatch] = collections.deque()  # handed to DALI, not yet delivered
 
     def __call__(self) -> list[np.ndarray]:
         pending = None
@@ -76,7 +76,7 @@ class Feed:
                 continue  # every sample of this batch was skipped (or damaged)
             crops = colour = None
             if self.params is not None:
-                crops, colour = self.params(epoch, step, self.table.ids(source, index))
+                crops, colour = self.params(epoch, step)
             if sel.keep is not None:
                 source, index = source[sel.keep], index[sel.keep]
                 if crops is not None:
@@ -89,7 +89,7 @@ class Feed:
             )
             carried = (len(done[0]) - len(sel.bad[0])) if done is not None else 0
             labels = self.table.labels[sel.ids]
-            self.fed.append(Fed(epoch, step, steps, source, index, labels, colour, pending, done, carried))
+            self.in_flight.append(FedBatch(epoch, step, steps, source, index, labels, colour, pending, done, carried))
             return outs
         if pending:
             raise ShardError(pending)

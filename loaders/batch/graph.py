@@ -19,7 +19,7 @@ already S×S, uint8 out (normalised by the loader).
 
 from __future__ import annotations
 
-from shards.format.manifest import ShardError
+from shards.base.errors import ConfigError, ShardError
 
 
 def _decode(outs, mode: str, device: str):
@@ -32,7 +32,6 @@ def _decode(outs, mode: str, device: str):
     data, spans = outs[0], outs[1]
     data = fn.slice(data, start=spans[0:1], shape=spans[1:2], axes=[0])  # the sample's bytes out of its row
     # fancy upsampling: nvJPEG upsamples chroma as libjpeg-turbo does, so both loader devices decode alike
-    # (without it, on an H200, JPEG-only batches differed by 3.3 levels on average after augmentation)
     gpu = {"jpeg_fancy_upsampling": True} if device == "gpu" else {}
     return fn.decoders.image(data, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB, **gpu)
 
@@ -103,7 +102,7 @@ def _build(graph, batch_size: int, device: str, device_id: int | None, num_threa
     except Exception as e:  # noqa: BLE001 - any start-up failure of a GPU pipeline gets the same advice
         if device != "gpu" or isinstance(e, ShardError):
             raise
-        raise ShardError(
+        raise ConfigError(
             f"the GPU loader pipeline failed to start ({first_line(e)}); run the loader on the CPU "
             f"with --loader-device cpu"
         ) from None

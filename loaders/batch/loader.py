@@ -9,19 +9,22 @@ epochs are exact: a last partial batch is a smaller batch, never lost or padded)
 ``Pipeline.run()`` ourselves instead of ``DALIGenericIterator(size=...)``, which drops or duplicates
 samples at the epoch boundary.
 
-The path of a batch: the plan (``loaders.batch.sampler``) → the table of samples (``loaders.batch.table``) → the feed
-(``loaders.batch.feed``: bytes and crop boxes) → the DALI graph (``loaders.batch.graph``: decode and crop, uint8) → the
-delivery (``loaders.batch.delivery``: onto the model's device, off the training thread) → the colour stage
-(``loaders.batch.colour``: jitter, grayscale, blur, solarization, flip, normalisation). Every random parameter is
-drawn on the host from ``(seed, epoch, rank, step)`` (``loaders.batch.params``), so a batch is a pure function of
-(seed, epoch, rank, step, data): a resumed run (``load_state_dict`` then ``batches()``, or
+The path of a batch through these modules is told in ``docs/design.md``. Every random parameter is drawn on the
+host from ``(seed, epoch, step)`` for the whole global batch (``loaders.batch.params``), so a batch is a pure
+function of (seed, epoch, step, data): a resumed run (``load_state_dict`` then ``batches()``, or
 ``epoch(e, start_step=k)``) yields the batches the uninterrupted run would have had next — bitwise on the
 CPU, within interpolation tolerance between the CPU and GPU pipelines, which get the same parameters.
 
-Where the DALI graph runs (``loader_device``) is independent of where the model runs (``device``):
-``"gpu"`` runs the ``mixed`` decoder and GPU resizes; ``"cpu"`` runs the graph with ``num_threads`` CPU
-threads and hands uint8 crops to the model's device; ``"auto"`` is ``"gpu"`` exactly when the model is on
-CUDA. The colour stage always runs on the model's device.
+Elastic determinism: ``batch_size`` is the *global* batch ``G``. Step ``k`` of an epoch is the window
+``[k·G, (k+1)·G)`` of the epoch plan whatever the number of processes ``W``; rank ``r`` delivers the ``r``-th of
+its ``W`` consecutive parts (``loaders.batch.sampler.part_rows``) with its part of the global batch's draws. So
+the ranks' batches of a step, concatenated in rank order, are bitwise the batch of a one-process run, and a
+position saved on ``W`` ranks resumes on any ``W'`` that divides ``G`` (:meth:`TrainLoader.load_state_dict`).
+
+Where the DALI graph runs (``loader_device``, decided by ``shards.base.host.resolve_loader_device``) is
+independent of where the model runs (``device``): ``"gpu"`` runs the ``mixed`` decoder and GPU resizes;
+``"cpu"`` runs the graph with ``num_threads`` CPU threads and hands uint8 crops to the model's device. The
+colour stage always runs on the model's device.
 
 Damaged samples: labels and the validity of every sample were decided once per set when it was opened
 (``shards.read.reader``): a damaged sample never reaches DALI; it raises a one-line :class:`ShardError` or, with
@@ -41,23 +44,27 @@ import torch
 
 from loaders.batch.colour import ColourStage, normalise
 from loaders.batch.delivery import Delivery, Prefetcher
-from loaders.batch.feed import Fed, Feed, Plans
+from loaders.batch.feed import FedBatch, Feed, Plans
 from loaders.batch.graph import eval_pipeline, first_line, operator_count, train_pipeline
 from loaders.batch.params import ParamLayout, augment_rng
-from loaders.batch.sampler import EpochPlan, plan_epoch
+from loaders.batch.sampler import EpochPlan, part_rows, plan_epoch
 from loaders.batch.table import LoaderStats, SampleTable
 from loaders.recipe.augment import CIFAR_MEAN, CIFAR_STD, AugConfig
 from loaders.recipe.mixture import Mixture
-from shards.format.manifest import Manifest, ShardError
+from shards.base.errors import ConfigError, ShardError
+from shards.base.host import LOADER_THREADS, cuda_index, resolve_device, resolve_loader_device
+from shards.format.manifest import Manifest
 
 log = logging.getLogger("loaders")
-LOADER_DEVICES = ("auto", "cpu", "gpu")
+#: The loader state's format: 1 (no ``version`` key) kept a rank's own batch size and drew views per rank; 2 keeps
+#: the global batch size and positions of the global order (any world size dividing it resumes them)
+LOADER_STATE_VERSION = 2
 #: samples per piece of the colour stage on a CPU (a piece stays in cache between its phases)
 CPU_CHUNK = 64
 
 
 @dataclass
-class Batch:
+class TrainBatch:
     views: list[torch.Tensor]  # each (B, 3, H, W) on the device
     labels: torch.Tensor  # int64 (B,), -1 for generated / unlabelled
     source: torch.Tensor  # int64 (B,), index into mixture.sources
@@ -72,9 +79,11 @@ class Batch:
 class TrainLoader:
     """Augmented multi-view batches of a weighted mixture, planned exactly per epoch.
 
+    ``batch_size`` is the global batch ``G`` (a multiple of ``world_size``); each rank's batches hold
+    ``local_batch_size = G / world_size`` samples, its part of the global batch of each step.
     ``for batch in loader.batches()`` yields batches endlessly, across epochs, from the loader's
     position (``load_state_dict``; default epoch 0, step 0), with one DALI pipeline for its whole life;
-    each :class:`Batch` carries its ``epoch`` and ``step``. ``state_dict()`` is the position of the next
+    each :class:`TrainBatch` carries its ``epoch`` and ``step``. ``state_dict()`` is the position of the next
     batch *delivered* (not prefetched): after batch ``(e, k)`` it is ``(e, k + 1)``, or ``(e + 1, 0)``
     after an epoch's last batch. ``for batch in loader.epoch(e, start_step=k)`` yields the batches of
     epoch ``e`` from step ``k`` (with no arguments: from the loaded position to the end of its epoch).
@@ -98,7 +107,7 @@ class TrainLoader:
         device: str = "cpu",
         rank: int = 0,
         world_size: int = 1,
-        num_threads: int = 2,
+        num_threads: int = LOADER_THREADS,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         drop_last: bool = True,
@@ -110,10 +119,18 @@ class TrainLoader:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
+        if batch_size % world_size:
+            raise ConfigError(
+                f"global batch size {batch_size} does not split over {world_size} processes; "
+                f"use a multiple of {world_size}"
+            )
         self.mixture, self.aug, self.batch_size = mixture, aug, int(batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
-        self.device = _device(device)
-        self.loader_device = _resolve_loader_device(loader_device, self.device)
+        self.local_batch_size = self.batch_size // self.world_size
+        self.device = torch.device(resolve_device(device))
+        self.loader_device = resolve_loader_device(loader_device, str(self.device))
         self.num_threads, self.drop_last = num_threads, drop_last
         self.prefetch_batches, self.colour_threads = int(prefetch_batches), int(colour_threads)
         self.table = SampleTable([(s.name, s.path, s.manifest) for s in mixture.sources], on_corrupt)
@@ -125,7 +142,7 @@ class TrainLoader:
             dtype=dtype,
             channels_last=channels_last,
             compile=cuda if compile is None else compile,
-            chunk=self.batch_size if cuda else CPU_CHUNK,
+            chunk=self.local_batch_size if cuda else CPU_CHUNK,
         )
         # crop boxes in pixels of each image's own size; relative units where a size is unknown
         self._relative = bool((self.table.hw == 0).any())
@@ -135,9 +152,9 @@ class TrainLoader:
         self.samples_per_epoch = len(plan)
         self.steps_per_epoch = plan.num_batches(self.batch_size, drop_last)
         if self.steps_per_epoch == 0:
-            raise ShardError(
-                f"rank {rank}/{world_size} gets {len(plan)} samples per epoch, fewer than batch size "
-                f"{batch_size}; lower --batch-size or add data"
+            raise ConfigError(
+                f"an epoch has {len(plan)} samples, fewer than the global batch size {batch_size}; "
+                "lower --batch-size or add data"
             )
 
     @property
@@ -145,16 +162,22 @@ class TrainLoader:
         return self.table.stats
 
     def plan(self, epoch: int) -> EpochPlan:
-        """This rank's part of epoch ``epoch``'s plan."""
-        full = plan_epoch(self.mixture.counts, self.mixture.weights, self.seed, epoch)
-        return full.for_rank(self.rank, self.world_size)
+        """Epoch ``epoch``'s plan, the global order every rank serves its parts of (:meth:`rank_batch`)."""
+        return plan_epoch(self.mixture.counts, self.mixture.weights, self.seed, epoch)
 
-    def keys_for(self, batch: Batch) -> list[str]:
+    def rank_batch(self, plan: EpochPlan, step: int) -> EpochPlan:
+        """This rank's part of the global batch ``step`` of ``plan``."""
+        return plan.batch(step, self.batch_size).part(self.rank, self.world_size)
+
+    def keys_for(self, batch: TrainBatch) -> list[str]:
         """``SOURCE_NAME/KEY`` of every sample of the batch."""
         return self.table.keys(batch.source.cpu().numpy(), batch.index.cpu().numpy())
 
     def state_dict(self) -> dict:
+        """The position of the next global batch: the same on every rank, valid for any world size dividing
+        ``batch_size`` (``world_size`` is recorded for information only)."""
         return {
+            "version": LOADER_STATE_VERSION,
             "epoch": self._position[0],
             "step": self._position[1],
             "seed": self.seed,
@@ -163,24 +186,53 @@ class TrainLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for k in ("seed", "batch_size", "world_size"):
-            if k in state and state[k] != getattr(self, k):
-                raise ShardError(
-                    f"loader state has {k}={state[k]} but this loader has {getattr(self, k)}; resume with the same {k}"
-                )
+        """Continue from ``state`` (:meth:`state_dict`), saved on any number of processes. A state of another
+        seed or global batch size, or of a version this release cannot continue exactly, is a one-line
+        ConfigError. Version 1 (no ``version`` key) is read when one process wrote it: its batches and views
+        were this version's; written by several processes they were not (each rank its own slice of the epoch
+        and its own draws), and it is refused."""
+        version = int(state.get("version", 1))
+        if version == 1 and int(state.get("world_size", 1)) != 1:
+            raise ConfigError(
+                f"loader state version 1 written by {state['world_size']} processes: its batches and views depended "
+                f"on the number of processes and this release (loader state version {LOADER_STATE_VERSION}) cannot "
+                "continue them; finish the run with the release that wrote it, or start a new run"
+            )
+        if version > LOADER_STATE_VERSION:
+            raise ConfigError(
+                f"loader state version {version} is newer than this release's ({LOADER_STATE_VERSION}); "
+                "resume with the release that wrote it"
+            )
+        if "seed" in state and state["seed"] != self.seed:
+            raise ConfigError(
+                f"loader state has seed={state['seed']} but this loader has {self.seed}; resume with the same seed"
+            )
+        if "batch_size" in state and state["batch_size"] != self.batch_size:
+            raise ConfigError(
+                f"loader state has batch_size={state['batch_size']} (the global batch) but this loader has "
+                f"{self.batch_size}; resume with --batch-size {state['batch_size']} (on any number of processes "
+                "dividing it)"
+            )
         self._position = (int(state["epoch"]), int(state["step"]))
 
     # -- the augmentation parameters of a planned batch ---------------------------------------------
     def aug_params(self, epoch: int, step: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(crop boxes (B, 4·V), colour parameters (B, P))`` of the planned batch ``step`` of ``epoch``
-        whose global sample ids are ``ids`` (:meth:`SampleTable.ids`): every view's draws from
-        ``augment_rng(seed, epoch, rank, step)``, view after view (:meth:`ParamLayout.draw`)."""
+        """``(crop boxes (G, 4·V), colour parameters (G, P))`` of the global batch ``step`` of ``epoch``
+        whose sample ids are ``ids`` (:meth:`SampleTable.ids`, all ``G`` of them, every rank's): every view's
+        draws from ``augment_rng(seed, epoch, step)``, view after view (:meth:`ParamLayout.draw`)."""
         hw = self.table.hw[ids]
-        rng = augment_rng(self.seed, epoch, self.rank, step)
+        rng = augment_rng(self.seed, epoch, step)
         return self.layout.draw(rng, hw[:, 0], hw[:, 1], self._relative)
 
+    def rank_params(self, plans: Plans, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's rows of :meth:`aug_params` of the global batch ``step`` of ``epoch``."""
+        window = plans.get(epoch).batch(step, self.batch_size)
+        crops, colour = self.aug_params(epoch, step, self.table.ids(window.source, window.index))
+        rows = part_rows(len(window), self.rank, self.world_size)  # the rows of rank_batch's samples
+        return crops[rows], colour[rows]
+
     # -- iteration ---------------------------------------------------------------------------------
-    def batches(self) -> Iterator[Batch]:
+    def batches(self) -> Iterator[TrainBatch]:
         """Batches without end from the current position, across epochs, through one DALI pipeline."""
         plans = Plans(self.plan)
 
@@ -197,8 +249,9 @@ class TrainLoader:
         finally:
             plans.close()
 
-    def epoch(self, epoch: int | None = None, start_step: int | None = None) -> Iterator[Batch]:
-        """Yield :class:`Batch` es of ``epoch`` from ``start_step`` (default: the loaded / current position)."""
+    def epoch(self, epoch: int | None = None, start_step: int | None = None) -> Iterator[TrainBatch]:
+        """Yield the :class:`TrainBatch` items of ``epoch`` from ``start_step`` (default: the loaded / current
+        position)."""
         if epoch is None:
             epoch, start_step = self._position if start_step is None else (self._position[0], start_step)
         plans = Plans(self.plan)
@@ -217,10 +270,10 @@ class TrainLoader:
 
         def batch_of(e: int, k: int):
             plan = plans.get(e, ahead=True)
-            b = plan.batch(k, self.batch_size)
+            b = self.rank_batch(plan, k)
             return b.source, b.index, self._steps(plan)
 
-        return Feed(self.table, positions, batch_of, params=self.aug_params)
+        return Feed(self.table, positions, batch_of, params=lambda e, k: self.rank_params(plans, e, k))
 
     def _steps(self, plan: EpochPlan) -> int:
         return plan.num_batches(self.batch_size, self.drop_last)
@@ -231,7 +284,7 @@ class TrainLoader:
             return epoch + 1, 0
         return epoch, step
 
-    def _stream(self, plans: Plans, positions_from, start: tuple[int, int]) -> Iterator[Batch]:
+    def _stream(self, plans: Plans, positions_from, start: tuple[int, int]) -> Iterator[TrainBatch]:
         """Deliver the batches of ``positions_from(*start)`` through one pipeline. Should DALI's decoder reject a
         batch with ``on_corrupt="skip"``, its culprits are marked (never fed again) and a new pipeline goes on
         from that batch, which it delivers without them (counted as skipped; the others keep their draws)."""
@@ -246,7 +299,7 @@ class TrainLoader:
                     self.table.count_skipped(tuple(a[: r.fed.carried] for a in r.fed.skipped))
                 position = self._position = (r.fed.epoch, r.fed.step)  # fed again without the culprits
 
-    def _stream_once(self, plans: Plans, positions: Iterator[tuple[int, int]]) -> Iterator[Batch]:
+    def _stream_once(self, plans: Plans, positions: Iterator[tuple[int, int]]) -> Iterator[TrainBatch]:
         """Build one pipeline, feed it ``positions`` and deliver its batches (made ready by a background
         thread when ``prefetch_batches`` > 0); the position advances as each batch is delivered."""
         first = next(positions, None)
@@ -259,9 +312,9 @@ class TrainLoader:
             self.table.mode,
             [v.size for v in self.aug.views],
             relative=self._relative,
-            batch_size=self.batch_size,
+            batch_size=self.local_batch_size,
             device=self.loader_device,
-            device_id=_device_id(self.device),
+            device_id=cuda_index(self.device),
             num_threads=self.num_threads,
         )
         self.dali_operators = operator_count(pipe)
@@ -276,7 +329,7 @@ class TrainLoader:
         def produce():
             if own_threads:
                 torch.set_num_threads(self.colour_threads)  # the prefetch thread's colour stage
-            for outs, fed in run(pipe, self.table, feed):
+            for outs, fed in pipeline_outputs(pipe, self.table, feed):
                 host = [fed.labels, fed.source.astype(np.int64), fed.index.astype(np.int64)]
                 yield (*delivery.make(list(outs), host, fed.colour), fed)
 
@@ -293,7 +346,7 @@ class TrainLoader:
                     self.table.count_skipped(fed.skipped)
                 self.stats.batches += 1
                 self.stats.samples += len(fed.index)
-                yield Batch(views, labels, source, index, fed.epoch, fed.step)
+                yield TrainBatch(views, labels, source, index, fed.epoch, fed.step)
         finally:
             made.close()  # the producer is done with the pipeline; drop our reference to it
             pipe = None  # noqa: F841
@@ -319,7 +372,7 @@ class EvalLoader:
         device: str = "cpu",
         size: int = 32,
         *,
-        num_threads: int = 2,
+        num_threads: int = LOADER_THREADS,
         mean=CIFAR_MEAN,
         std=CIFAR_STD,
         on_corrupt: str = "error",
@@ -340,8 +393,8 @@ class EvalLoader:
             on_corrupt,
         )
         self.batch_size, self.size = int(batch_size), int(size)
-        self.device = _device(device)
-        self.loader_device = _resolve_loader_device(loader_device, self.device)
+        self.device = torch.device(resolve_device(device))
+        self.loader_device = resolve_loader_device(loader_device, str(self.device))
         self.num_threads, self.mean, self.std = num_threads, tuple(mean), tuple(std)
         counts = [m.count for m in manifests]
         self._plan = EpochPlan(
@@ -379,12 +432,12 @@ class EvalLoader:
             resize=self._resize,
             batch_size=self.batch_size,
             device=self.loader_device,
-            device_id=_device_id(self.device),
+            device_id=cuda_index(self.device),
             num_threads=self.num_threads,
         )
         delivery = Delivery(self.device, self.loader_device, self._finish)
         try:
-            for outs, fed in run(pipe, self.table, feed):
+            for outs, fed in pipeline_outputs(pipe, self.table, feed):
                 (images,), (labels,), event = delivery.make(list(outs), [fed.labels])
                 delivery.take([images], [labels], event)
                 if fed.skipped is not None:
@@ -398,12 +451,12 @@ class Rejected(ShardError):
     """DALI's decoder failed on the batch fed for ``fed`` (``on_corrupt="skip"``): its culprits are marked, the
     pipeline is rebuilt and the run goes on from that batch, without them."""
 
-    def __init__(self, line: str, fed: Fed, bad: np.ndarray):
+    def __init__(self, line: str, fed: FedBatch, bad: np.ndarray):
         super().__init__(line)
         self.fed, self.bad = fed, bad
 
 
-def run(pipe, table: SampleTable, feed: Feed) -> Iterator[tuple[list, Fed]]:
+def pipeline_outputs(pipe, table: SampleTable, feed: Feed) -> Iterator[tuple[list, FedBatch]]:
     """Yield (the pipeline's outputs, what was fed for them) until the feed's StopIteration. When DALI fails on
     a batch, its samples are checked again (:meth:`SampleTable.rejected`): a one-line :class:`ShardError`
     naming the culprit, or with ``on_corrupt="skip"`` a :class:`Rejected` the loader recovers from."""
@@ -415,35 +468,14 @@ def run(pipe, table: SampleTable, feed: Feed) -> Iterator[tuple[list, Fed]]:
         except ShardError:
             raise
         except RuntimeError as e:
-            if not feed.fed:
+            if not feed.in_flight:
                 raise ShardError(f"the DALI pipeline failed before any batch was fed [DALI: {first_line(e)}]") from None
-            fed = feed.fed[0]  # outputs come back in feeding order: the failure is the oldest batch's
+            fed = feed.in_flight[0]  # outputs come back in feeding order: the failure is the oldest batch's
             bad, line = table.rejected(fed.source, fed.index)
             if table.on_corrupt == "skip":
                 raise Rejected(line, fed, bad) from None
             raise ShardError(line) from None
-        fed = feed.fed.popleft()
+        fed = feed.in_flight.popleft()
         if fed.error:
             raise ShardError(fed.error)
         yield outs, fed
-
-
-def _device(device) -> torch.device:
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ShardError("device cuda requested but no GPU is visible; use --device cpu")
-    return d
-
-
-def _device_id(device: torch.device) -> int:
-    return (device.index or 0) if device.type == "cuda" else 0
-
-
-def _resolve_loader_device(loader_device: str, device: torch.device) -> str:
-    if loader_device not in LOADER_DEVICES:
-        raise ValueError(f"loader_device={loader_device!r}: use one of {', '.join(LOADER_DEVICES)}")
-    if loader_device == "auto":
-        return "gpu" if device.type == "cuda" else "cpu"
-    if loader_device == "gpu" and not torch.cuda.is_available():
-        raise ShardError("--loader-device gpu requested but no GPU is visible; use --loader-device cpu")
-    return loader_device

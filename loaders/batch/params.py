@@ -2,9 +2,11 @@
 
 Randomness lives on the host, not in DALI or on the GPU: :func:`sample_view_params` draws every per-sample
 parameter of a view (crop box, flags, jitter factors and order, blur sigma) in numpy, vectorised over the
-batch, from :func:`augment_rng` — a counter-based Philox generator keyed by ``(seed, epoch, rank, step)``.
-Nothing downstream draws, so a view is a pure function of (seed, epoch, rank, step, image) and a resumed run
-reproduces the uninterrupted one exactly.
+batch, from :func:`augment_rng` — a counter-based Philox generator keyed by ``(seed, epoch, step)``. The draws
+are made for the whole *global* batch of the step (every rank draws them all and keeps its part: ``G`` draws are
+microseconds of numpy), so a view is a pure function of (seed, epoch, step, position in the global batch, image),
+whatever the number of processes, and a resumed run — on any number of processes — reproduces the uninterrupted
+one exactly.
 
 Where the draws go is decided once per recipe by :class:`ParamLayout` (a frozen object built from the
 :class:`~loaders.recipe.augment.AugConfig`) and asked by both sides, never re-derived:
@@ -55,13 +57,18 @@ _NUM_UNIFORMS = _ORDER.stop
 _AUG_STREAM = 0x41756741  # separates augmentation streams from any other use of the same seed
 
 
-def augment_rng(seed: int, epoch: int, rank: int, step: int) -> np.random.Generator:
-    """The counter-based generator of one training step's augmentation draws.
+#: The rank's place in version 1's key ``(seed, epoch, rank, step)``, now always this: the draws of a step are the
+#: global batch's, and a one-process run of version 1 (rank 0 drew them all) is continued exactly by this one.
+_GLOBAL_DRAWS = 0
 
-    A Philox generator keyed by ``SeedSequence([stream, seed, epoch, rank, step])``: the draws of a
-    step depend on nothing else (not on earlier steps, threads or where a run was resumed).
+
+def augment_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
+    """The counter-based generator of one training step's augmentation draws, for its whole global batch.
+
+    A Philox generator keyed by ``SeedSequence([stream, seed, epoch, 0, step])``: the draws of a step depend
+    on nothing else (not on earlier steps, threads, the number of processes or where a run was resumed).
     """
-    entropy = [_AUG_STREAM] + [int(x) % 2**64 for x in (seed, epoch, rank, step)]
+    entropy = [_AUG_STREAM] + [int(x) % 2**64 for x in (seed, epoch, _GLOBAL_DRAWS, step)]
     return np.random.Generator(np.random.Philox(np.random.SeedSequence(entropy)))
 
 

@@ -19,12 +19,12 @@ Mixing (a low-discrepancy interleave)
     fills each of its occurrences is an independent uniform shuffle of its multiset.
 
     Bound. Let ``N = Σ m_t`` and ``p_s = m_s / N``. For every window of ``L`` consecutive
-    positions (in particular every batch, and every batch of every rank — ranks take contiguous
-    slices) the number ``c_s`` of occurrences of source ``s`` satisfies
+    positions the number ``c_s`` of occurrences of source ``s`` satisfies
 
         |c_s − L·p_s| < 2·(1 + (S − 2)·p_s)        (S = number of sources with m_s > 0),
 
-    i.e. ``|c_s − L·p_s| < 2`` for the usual two-source mixture.
+    i.e. ``|c_s − L·p_s| < 2`` for the usual two-source mixture. Every global batch is such a window
+    (``L = G``), and so is every rank's part of it (``L = G / W``, see Ranks).
 
     Proof. Let ``C_s(x) = #{j : (j + U_j)/m_s < x}``. Every ``j < ⌊m_s x⌋`` counts, no
     ``j > ⌊m_s x⌋`` does, and ``j = ⌊m_s x⌋`` counts iff ``U_j < frac(m_s x)``; hence
@@ -33,13 +33,18 @@ Mixing (a low-discrepancy interleave)
     ``c_s − L p_s = e_s (1 − p_s) − p_s Σ_{t≠s} e_t`` and
     ``|c_s − L p_s| < 2(1 − p_s) + 2 p_s (S − 1) = 2(1 + (S − 2) p_s)``. ∎
 
-    (Ties between keys have probability zero; ``tests/test_sampler.py`` checks every window.)
+    (Ties between keys have probability zero; ``tests/test_sampler.py`` checks every window,
+    ``tests/test_elastic_plan.py`` every rank's part of every batch.)
 
-Ranks
-    ``for_rank(r, W)`` gives rank ``r`` the contiguous slice ``[r·q, (r+1)·q)`` with
-    ``q = N // W``: disjoint, equal lengths, and each a run of consecutive positions, so the
-    mixing bound holds for every rank's batches. The last ``N mod W`` (< W) positions of the
-    global order — random samples, since the order is random — are not served that epoch.
+Ranks (elastic: the same global batches whatever the number of processes)
+    The global batch of step ``k`` is the window ``[k·G, (k+1)·G)`` of the epoch order
+    (:meth:`EpochPlan.batch` with the global batch size ``G``), whatever the world size ``W``;
+    rank ``r`` takes the ``r``-th of its ``W`` consecutive parts (:meth:`EpochPlan.part`,
+    ``[r·G/W, (r+1)·G/W)`` of the window). The ranks' parts of a step, concatenated in rank
+    order, are the global batch of a one-process run, so a run's batches do not depend on ``W``
+    and a position saved on ``W`` ranks is a position for any ``W'`` dividing ``G``. Each part
+    is a run of consecutive positions: the mixing bound holds for it with ``L = G / W``. The last
+    ``N mod G`` positions (a partial global batch) are not served with ``drop_last``.
 
 Everything is numpy arrays (no Python object per sample): planning a 1.5M-sample epoch takes
 a fraction of a second and ~70 MB transient memory (see ``bench/loader.py --plan-only``).
@@ -47,7 +52,7 @@ a fraction of a second and ~70 MB transient memory (see ``bench/loader.py --plan
 Memory bound
     Planning costs about 44-48 bytes per planned sample at its peak (keys, ids, the multiset, two
     permutations and the argsort; measured with tracemalloc) and keeps 12. A weight typed wrong
-    (``DIR:1e6``) would ask for tens of GB; :func:`check_epoch_size` refuses, in one line naming the
+    (``DIR:1e6``) would ask for tens of GB; ``loaders.recipe.mixture.check_epoch_size`` refuses, in one line naming the
     source, any epoch larger than half the memory available now can plan, and any weight whose epoch
     overflows. ``loaders.recipe.mixture`` checks this when the mixture is read; ``plan_epoch`` itself
     checks against half the machine's *total* memory only (what could never fit), so a run whose
@@ -61,7 +66,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shards.format.manifest import ShardError
+from loaders.recipe.mixture import check_epoch_size, memory_bytes
+from shards.base.errors import ConfigError, ShardError
 
 
 @dataclass(frozen=True)
@@ -76,17 +82,18 @@ class EpochPlan:
     def __len__(self) -> int:
         return int(self.source.shape[0])
 
-    def for_rank(self, rank: int, world_size: int) -> EpochPlan:
-        """Rank ``rank``'s contiguous, equal-length part; the last ``len % world_size`` positions are dropped."""
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ShardError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
-        q = len(self) // world_size
-        sl = slice(rank * q, (rank + 1) * q)
-        return EpochPlan(self.source[sl], self.index[sl], self.seed, self.epoch)
-
     def batch(self, step: int, batch_size: int) -> EpochPlan:
         """Positions ``[step·B, (step+1)·B)`` (shorter at the end)."""
         sl = slice(step * batch_size, (step + 1) * batch_size)
+        return EpochPlan(self.source[sl], self.index[sl], self.seed, self.epoch)
+
+    def part(self, rank: int, world_size: int) -> EpochPlan:
+        """Rank ``rank``'s part of this window (a global batch): its :func:`part_rows`, ``L / W`` positions
+        when ``W`` divides the window's length ``L`` (every full batch of a run: the global batch size is a
+        multiple of the world size)."""
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
+        sl = part_rows(len(self), rank, world_size)
         return EpochPlan(self.source[sl], self.index[sl], self.seed, self.epoch)
 
     def num_batches(self, batch_size: int, drop_last: bool = True) -> int:
@@ -97,61 +104,10 @@ class EpochPlan:
         return np.bincount(self.source, minlength=num_sources)
 
 
-PLAN_BYTES_PER_SAMPLE = 48  # peak of plan_epoch per planned sample (tracemalloc: 44-48 B)
-PLAN_MEMORY_SHARE = 0.5  # of the memory available now; the rest is for the model, DALI and the OS
-
-
-def max_epoch_samples(available_bytes: int | None = None) -> int:
-    """The most samples one epoch may plan here: ``PLAN_MEMORY_SHARE`` of the available memory
-    (``psutil.virtual_memory().available`` unless given) at ``PLAN_BYTES_PER_SAMPLE`` each."""
-    if available_bytes is None:
-        available_bytes = _memory("available")
-    return int(available_bytes * PLAN_MEMORY_SHARE // PLAN_BYTES_PER_SAMPLE)
-
-
-def _memory(which: str) -> int:
-    import psutil
-
-    return int(getattr(psutil.virtual_memory(), which))
-
-
-def check_epoch_size(counts, weights, names: Sequence[str] | None = None, available_bytes: int | None = None) -> float:
-    """The expected epoch size ``Σ w·n``, or a one-line ShardError naming the source whose weight makes
-    the epoch overflow or outgrow the memory that can plan it (see the module docstring)."""
-    n = np.asarray(counts, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    if n.shape != w.shape:
-        raise ShardError(f"{len(n)} source counts but {len(w)} weights")
-    names = list(names) if names is not None else [f"source {i}" for i in range(len(n))]
-    if (w < 0).any() or np.isnan(w).any():
-        i = int(np.flatnonzero((w < 0) | np.isnan(w))[0])
-        raise ShardError(f"{names[i]}: weight {w[i]:g} is invalid; use a finite number >= 0 (0 excludes the source)")
-    with np.errstate(over="ignore", invalid="ignore"):
-        planned = w * n
-        total = float(planned.sum())
-    if not np.isfinite(total):
-        finite = np.isfinite(planned)
-        i = int(np.argmin(finite)) if not finite.all() else int(np.argmax(planned))
-        raise ShardError(
-            f"{names[i]}: weight {w[i]:g} × {int(n[i]):,} samples overflows the epoch size; "
-            "a weight is how many times each sample appears per epoch (e.g. 10)"
-        )
-    if available_bytes is None:
-        available_bytes = _memory("available")
-    limit = max_epoch_samples(available_bytes)
-    if total > limit:
-        i = int(np.argmax(planned))
-        share = f"{PLAN_MEMORY_SHARE:.0%} of {_gib(available_bytes)} of memory"
-        raise ShardError(
-            f"{names[i]}: weight {w[i]:g} × {int(n[i]):,} samples makes an epoch of {total:,.0f} samples; "
-            f"at most {limit:,} can be planned here ({PLAN_BYTES_PER_SAMPLE} B each in {share}); "
-            "lower the weight (it is how many times each sample appears per epoch, e.g. 10)"
-        )
-    return total
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:,.1f} GiB"
+def part_rows(length: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s rows of a global batch of ``length`` rows (its samples, or anything drawn per sample):
+    ``[⌊r·L/W⌋, ⌊(r+1)·L/W⌋)``, consecutive, ``L / W`` of them when ``W`` divides ``L``."""
+    return slice(rank * length // world_size, (rank + 1) * length // world_size)
 
 
 def occurrences(counts, weights, rng: np.random.Generator) -> np.ndarray:
@@ -171,7 +127,7 @@ def occurrences(counts, weights, rng: np.random.Generator) -> np.ndarray:
 def plan_epoch(counts, weights, seed: int, epoch: int, *, names: Sequence[str] | None = None) -> EpochPlan:
     """The exact, well-mixed plan of one epoch, a pure function of ``(counts, weights, seed, epoch)``.
     ``names`` (one per source) only make the error of an epoch too large to plan name the source."""
-    check_epoch_size(counts, weights, names, available_bytes=_memory("total"))
+    check_epoch_size(counts, weights, names, available_bytes=memory_bytes("total"))
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), 0xADA1])))
     m = occurrences(counts, weights, rng)
     total = int(m.sum())

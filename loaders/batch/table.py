@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from shards.format.manifest import Manifest
+from shards.read.check import OK, UNDECODABLE
 from shards.read.confirm import Confirmation
-from shards.read.reader import BLOCK, OK, UNDECODABLE, Region, SourceReader
+from shards.read.members import BLOCK
+from shards.read.reader import Region, SourceReader, check_on_corrupt
 
 #: bytes reserved in front of each row of a mixed batch for a raw sample's PPM header
 _HEADER_ROOM = 32
@@ -74,9 +76,7 @@ class SampleTable:
     instead of through one mapped region (what non-Linux systems get)."""
 
     def __init__(self, sources: list[tuple[str, str | Path, Manifest]], on_corrupt: str, *, contiguous: bool = True):
-        if on_corrupt not in ("error", "skip"):
-            raise ValueError(f"on_corrupt={on_corrupt!r}: use 'error' or 'skip'")
-        self.on_corrupt = on_corrupt
+        self.on_corrupt = check_on_corrupt(on_corrupt)
         self.names = [name for name, _, _ in sources]
         # every set's shards are hashed in background threads at once (shards.read.confirm), not one set after another
         confirming = [Confirmation(path, manifest) for _, path, manifest in sources]

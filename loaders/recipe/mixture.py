@@ -10,31 +10,47 @@ Two spellings:
       - {path: cifar10-train, weight: 10}
       - {path: edm-1m, weight: 1, name: edm}
 
+A source may also be a URL (``s3://bucket/prefix/set``, ``gs://…``, ``http(s)://…``, also as ``URL:WEIGHT`` and
+as a YAML ``path:``; a YAML may give ``storage_options:`` beside ``sources:``): its set is staged into the
+node-local cache (``shards.remote.stage``) and read from there; a URL is never taken for a local path.
+
 Kind, counts, format and FID come from each directory's ``manifest.json``. Weight ``w`` means every
 sample of that source appears ``w`` times per epoch (see ``loaders.batch.sampler``); weight 0 excludes it.
 A mixture whose epoch could not be planned in the memory available (``DIR:1e6``) or overflows
-(``DIR:1e308``) is refused when it is read, naming the source (``loaders.batch.sampler.check_epoch_size``).
+(``DIR:1e308``) is refused when it is read, naming the source (:func:`check_epoch_size`, which the sampler
+asks again for each epoch).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from loaders.batch.sampler import check_epoch_size
-from shards.base.errors import UserError
-from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError
+import numpy as np
+
+from shards.base.errors import ShardError, UserError
+from shards.format.manifest import MANIFEST_NAME, Manifest
+from shards.remote.options import RemoteOptions
+from shards.remote.stage import local_set
+from shards.remote.url import is_url, split_weight
 
 
 @dataclass(frozen=True)
-class Source:
+class MixtureSource:
     name: str
     path: Path
     manifest: Manifest
     weight: float
     weight_given: bool = True  # False when the user wrote no weight (1 by default; a policy may choose)
+    url: str | None = None  # where the set came from when it is remote (``path`` is then its staged copy)
+
+    @property
+    def location(self) -> str:
+        """What the user gave: the URL of a remote set, else its folder."""
+        return self.url or str(self.path)
 
     @property
     def count(self) -> int:
@@ -47,7 +63,7 @@ class Source:
 
 @dataclass(frozen=True)
 class Mixture:
-    sources: tuple[Source, ...]
+    sources: tuple[MixtureSource, ...]
 
     @property
     def counts(self) -> list[int]:
@@ -69,7 +85,7 @@ class Mixture:
         return _checked(
             Mixture(
                 tuple(
-                    Source(s.name, s.path, s.manifest, _check_weight(w, str(s.path)), s.weight_given)
+                    MixtureSource(s.name, s.path, s.manifest, _check_weight(w, s.location), s.weight_given, s.url)
                     for s, w in zip(self.sources, weights)
                 )
             )
@@ -79,7 +95,7 @@ class Mixture:
         return [
             {
                 "name": s.name,
-                "path": str(s.path),
+                "path": s.location,
                 "kind": s.kind,
                 "format": s.manifest.format,
                 "count": s.count,
@@ -90,22 +106,29 @@ class Mixture:
         ]
 
 
-def parse_shards_args(args) -> Mixture:
-    """``["DIR[:W]", ...]`` or ``["mix.yaml"]`` → :class:`Mixture` (ShardError with one clear line otherwise)."""
+def parse_shards_args(args, remote: RemoteOptions | None = None) -> Mixture:
+    """``["DIR[:W]", ...]`` or ``["mix.yaml"]`` → :class:`Mixture` (ShardError with one clear line otherwise).
+    ``remote``: the cache and storage options for sources that are URLs (staged before the mixture is built)."""
     args = [str(a) for a in (args or [])]
+    remote = remote or RemoteOptions()
     if not args:
         raise ShardError("no shards given; pass --shards DIR[:WEIGHT] (repeatable) or --shards mix.yaml")
-    if len(args) == 1 and args[0].lower().endswith((".yaml", ".yml")):
-        entries = _read_yaml(Path(args[0]))
+    if len(args) == 1 and args[0].lower().endswith((".yaml", ".yml")) and not is_url(args[0]):
+        entries, yaml_options = _read_yaml(Path(args[0]))
+        remote = remote.with_storage_options(yaml_options)
     elif any(a.lower().endswith((".yaml", ".yml")) for a in args):
         raise ShardError("--shards mix.yaml must be the only --shards argument; list every source inside it")
     else:
         entries = [_split_arg(a) for a in args]
     sources = []
     for path, weight, name in entries:
-        manifest = load_manifest(path)
+        local = local_set(path, remote) if is_url(path) else Path(path)
+        manifest = load_manifest(local)
         given = weight is not None
-        sources.append(Source(name or manifest.name, Path(path), manifest, 1.0 if weight is None else weight, given))
+        url = path if is_url(path) else None
+        sources.append(
+            MixtureSource(name or manifest.name, local, manifest, 1.0 if weight is None else weight, given, url)
+        )
     names = [s.name for s in sources]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -118,9 +141,12 @@ def parse_shards_args(args) -> Mixture:
     return _checked(Mixture(tuple(sources)))
 
 
-def load_manifest(path: str | Path, option: str = "--shards") -> Manifest:
+def load_manifest(path: str | Path, option: str = "--shards", remote: RemoteOptions | None = None) -> Manifest:
     """``Manifest.load(path)``, except that a path which is not a shard set at all (an image folder, an
-    archive, a single tar) is refused with what it is and a pack command that writes somewhere else."""
+    archive, a single tar) is refused with what it is and a pack command that writes somewhere else. A URL
+    is staged first (``remote``: the cache and storage options) and its staged copy's manifest returned."""
+    if is_url(str(path)):
+        return Manifest.load(local_set(str(path), remote, option))
     p = Path(path)
     if not (p / MANIFEST_NAME).is_file():
         hint = not_a_shard_set(p, option)
@@ -209,10 +235,10 @@ def _option_for(directory: Path, option: str) -> str:
 
 def _holds_images(d: str, peek: int) -> bool:
     """Whether folder ``d`` has an image among its first ``peek`` entries."""
-    from shards.packing.sources import IMAGE_EXTS
+    from shards.packing.sources import IMAGE_FILE_EXTS
 
     try:
-        return any(e.name.lower().endswith(IMAGE_EXTS) for _, e in zip(range(peek), os.scandir(d)))
+        return any(e.name.lower().endswith(IMAGE_FILE_EXTS) for _, e in zip(range(peek), os.scandir(d)))
     except OSError:
         return False
 
@@ -231,7 +257,7 @@ def _listed(dirs: list[os.DirEntry]) -> str:
 def _describe_folder(p: Path, peek: int = 200) -> str | None:
     """What a folder without a manifest holds, from a look at its first entries two levels down (never a full
     walk): images, an ImageFolder tree, tars, folders of those (a tree pack takes with --subdir), or none."""
-    from shards.packing.sources import IMAGE_EXTS
+    from shards.packing.sources import IMAGE_FILE_EXTS
 
     try:
         entries = sorted(os.scandir(p), key=lambda e: e.name)
@@ -242,7 +268,7 @@ def _describe_folder(p: Path, peek: int = 200) -> str | None:
         return None
     files = [e.name for e in entries if e.is_file()]
     dirs = [e for e in entries if e.is_dir()]
-    images = [f for f in files if f.lower().endswith(IMAGE_EXTS)]
+    images = [f for f in files if f.lower().endswith(IMAGE_FILE_EXTS)]
     tars = [f for f in files if f.lower().endswith((".tar", ".tar.gz", ".tgz"))]
     if images:
         return f"a folder of images ({images[0]}, …)"
@@ -265,13 +291,17 @@ def _describe_folder(p: Path, peek: int = 200) -> str | None:
 
 def _checked(m: Mixture) -> Mixture:
     """Refuse (one line, naming the source) a mixture whose epoch overflows or cannot be planned in memory."""
-    check_epoch_size(m.counts, m.weights, [f"source {s.name!r} ({s.path})" for s in m.sources])
+    check_epoch_size(m.counts, m.weights, [f"source {s.name!r} ({s.location})" for s in m.sources])
     return m
 
 
 def _split_arg(arg: str) -> tuple[str, float | None, None]:
-    """``DIR[:W]`` → (DIR, W or None when no weight was written, None)."""
-    path, sep, weight = arg.rpartition(":")
+    """``DIR[:W]`` or ``URL[:W]`` → (DIR, W or None when no weight was written, None)."""
+    if is_url(arg):
+        path, weight = split_weight(arg)
+        sep, weight = (":", weight) if weight is not None else ("", "")
+    else:
+        path, sep, weight = arg.rpartition(":")
     if not sep or "/" in weight or not weight:
         return arg, None, None
     try:
@@ -297,7 +327,8 @@ def _check_weight(w, where: str) -> float:
     return w
 
 
-def _read_yaml(path: Path) -> list[tuple[str, float | None, str | None]]:
+def _read_yaml(path: Path) -> tuple[list[tuple[str, float | None, str | None]], dict]:
+    """The YAML's entries and its ``storage_options:`` (empty when it gives none)."""
     import yaml
 
     try:
@@ -308,7 +339,14 @@ def _read_yaml(path: Path) -> list[tuple[str, float | None, str | None]]:
         raise ShardError(
             f"{path}: not valid YAML ({str(e).splitlines()[0]}); write a list of {{path: DIR, weight: W, name: NAME}}"
         ) from None
+    options = {}
     if isinstance(doc, dict) and "sources" in doc:
+        unknown = set(doc) - {"sources", "storage_options"}
+        if unknown:
+            raise ShardError(f"{path}: unknown key {sorted(unknown)[0]!r}; a mixture has sources and storage_options")
+        options = doc.get("storage_options") or {}
+        if not isinstance(options, dict):
+            raise ShardError(f"{path}: storage_options must be a mapping of KEY: VALUE (fsspec's storage options)")
         doc = doc["sources"]
     if not isinstance(doc, list) or not doc:
         raise ShardError(f"{path}: expected a non-empty list of {{path: DIR, weight: W, name: NAME}} entries")
@@ -328,9 +366,71 @@ def _read_yaml(path: Path) -> list[tuple[str, float | None, str | None]]:
         weight = item.get("weight")
         if "weight" in item and not (isinstance(weight, (int, float)) and not isinstance(weight, bool)):
             raise ShardError(f"{path}: entry {i + 1} has weight {weight!r}; write a number >= 0 (e.g. weight: 10)")
+        w = _check_weight(weight, f"{path}: entry {i + 1}") if "weight" in item else None
+        if is_url(item["path"]):  # a URL is never relative to the YAML's folder
+            entries.append((item["path"], w, item.get("name")))
+            continue
         p = Path(item["path"]).expanduser()
         if not p.is_absolute():
             p = path.parent / p
-        w = _check_weight(weight, f"{path}: entry {i + 1}") if "weight" in item else None
         entries.append((str(p), w, item.get("name")))
-    return entries
+    return entries, options
+
+
+# -- the memory bound of an epoch's plan (loaders.batch.sampler's docstring, "Memory bound") ----------------
+PLAN_BYTES_PER_SAMPLE = 48  # peak of plan_epoch per planned sample (tracemalloc: 44-48 B)
+PLAN_MEMORY_SHARE = 0.5  # of the memory available now; the rest is for the model, DALI and the OS
+
+
+def max_epoch_samples(available_bytes: int | None = None) -> int:
+    """The most samples one epoch may plan here: ``PLAN_MEMORY_SHARE`` of the available memory
+    (``psutil.virtual_memory().available`` unless given) at ``PLAN_BYTES_PER_SAMPLE`` each."""
+    if available_bytes is None:
+        available_bytes = memory_bytes("available")
+    return int(available_bytes * PLAN_MEMORY_SHARE // PLAN_BYTES_PER_SAMPLE)
+
+
+def memory_bytes(which: str) -> int:
+    """``psutil.virtual_memory()``'s ``available`` or ``total`` bytes."""
+    import psutil
+
+    return int(getattr(psutil.virtual_memory(), which))
+
+
+def check_epoch_size(counts, weights, names: Sequence[str] | None = None, available_bytes: int | None = None) -> float:
+    """The expected epoch size ``Σ w·n``, or a one-line ShardError naming the source whose weight makes
+    the epoch overflow or outgrow the memory that can plan it (see the module docstring)."""
+    n = np.asarray(counts, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if n.shape != w.shape:
+        raise ShardError(f"{len(n)} source counts but {len(w)} weights")
+    names = list(names) if names is not None else [f"source {i}" for i in range(len(n))]
+    if (w < 0).any() or np.isnan(w).any():
+        i = int(np.flatnonzero((w < 0) | np.isnan(w))[0])
+        raise ShardError(f"{names[i]}: weight {w[i]:g} is invalid; use a finite number >= 0 (0 excludes the source)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        planned = w * n
+        total = float(planned.sum())
+    if not np.isfinite(total):
+        finite = np.isfinite(planned)
+        i = int(np.argmin(finite)) if not finite.all() else int(np.argmax(planned))
+        raise ShardError(
+            f"{names[i]}: weight {w[i]:g} × {int(n[i]):,} samples overflows the epoch size; "
+            "a weight is how many times each sample appears per epoch (e.g. 10)"
+        )
+    if available_bytes is None:
+        available_bytes = memory_bytes("available")
+    limit = max_epoch_samples(available_bytes)
+    if total > limit:
+        i = int(np.argmax(planned))
+        share = f"{PLAN_MEMORY_SHARE:.0%} of {_gib(available_bytes)} of memory"
+        raise ShardError(
+            f"{names[i]}: weight {w[i]:g} × {int(n[i]):,} samples makes an epoch of {total:,.0f} samples; "
+            f"at most {limit:,} can be planned here ({PLAN_BYTES_PER_SAMPLE} B each in {share}); "
+            "lower the weight (it is how many times each sample appears per epoch, e.g. 10)"
+        )
+    return total
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"

@@ -56,7 +56,7 @@ import numpy as np
 from loaders.recipe.augment import PRESETS, family_presets, jitter_strength
 from shards.base.errors import ConfigError
 
-MODES = ("none", "vanilla", "adainf", "auto")
+INFLATION_MODES = ("none", "vanilla", "adainf", "auto")
 DEFAULT_MODE = "adainf"
 # PKU-ML/adainf README, "Pretrain SimCLR with Adaptive Inflation": data.dup=10 (main_pretrain.py concatenates
 # the real set dup times and the generated set once)
@@ -64,7 +64,7 @@ ADAINF_REAL_WEIGHT = 10.0
 FID_REF, WEIGHT_MIN, WEIGHT_MAX = 2.0, 10.0, 50.0
 CROP_ANCHORS = ((25_000, 0.02), (50_000, 0.08), (150_000, 0.20), (1_050_000, 0.30))  # the paper's Figure 4
 JITTER_SIZES = (50_000, 150_000)  # baseline preset at or below the first, AdaInf preset at or above the second
-KNOBS = ("crop_min_scale", "jitter_strength", "jitter_p")  # what the policy sets on top of a preset
+AUG_KNOBS = ("crop_min_scale", "jitter_strength", "jitter_p")  # what the policy sets on top of a preset
 
 
 def preset_knobs(preset: str, family: str) -> dict[str, float]:
@@ -192,8 +192,8 @@ def decide(
 ) -> InflationDecision:
     """Weights and augmentation for ``sources`` under ``mode`` for an augmentation ``family``
     (a ``loaders.recipe.augment.FAMILIES`` name); explicit weights and knobs win."""
-    if mode not in MODES:
-        raise ConfigError(f"unknown inflation mode {mode!r}: expected one of {', '.join(MODES)}")
+    if mode not in INFLATION_MODES:
+        raise ConfigError(f"unknown inflation mode {mode!r}: expected one of {', '.join(INFLATION_MODES)}")
     baseline, adainf = family_presets(family)
     if not sources:
         raise ConfigError("the mixture has no sources: give at least one shard set")

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from loaders.recipe.augment import (
-    FAMILY_NAMES,
     PRESET_ALIASES,
     PRESET_NAMES,
     AugConfig,
@@ -33,8 +32,7 @@ from loaders.recipe.augment import (
 from loaders.recipe.mixture import Mixture
 from loaders.recipe.policy import (
     DEFAULT_MODE,
-    KNOBS,
-    MODES,
+    INFLATION_MODES,
     InflationDecision,
     decide,
     sources_from_mixture,
@@ -42,9 +40,6 @@ from loaders.recipe.policy import (
 from shards.base.errors import ConfigError
 
 AUG_CHOICES = ("auto", "baseline", "adainf", *PRESET_NAMES, *PRESET_ALIASES)
-INFLATION_CHOICES = MODES
-FAMILY_CHOICES = FAMILY_NAMES
-AUG_KNOBS = KNOBS  # the knobs the policy may set, and the CLIs' override options
 
 
 @dataclass(frozen=True)
@@ -95,8 +90,8 @@ def resolve_recipe(
     if aug not in AUG_CHOICES:
         raise ConfigError(f"--aug {aug!r}: choose one of {', '.join(AUG_CHOICES)}")
     inflation = DEFAULT_MODE if inflation is None else inflation
-    if inflation not in MODES:
-        raise ConfigError(f"--inflation {inflation!r}: choose one of {', '.join(MODES)}")
+    if inflation not in INFLATION_MODES:
+        raise ConfigError(f"--inflation {inflation!r}: choose one of {', '.join(INFLATION_MODES)}")
     baseline, adainf = family_presets(family)
     explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
     decision = decide(sources_from_mixture(mixture), inflation, family=family, explicit=explicit)

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.backbone import build_backbone
+from models.losses import all_sum, world_size
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,18 @@ def make_config(cls: type, **overrides) -> object:
 
 
 def probe_outputs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean cross-entropy over labelled samples, number correct, number labelled); label -1 is ignored.
-    A batch with no labelled sample gives a loss of exactly 0 (not NaN)."""
+    """(summed cross-entropy over labelled samples, number correct, number labelled); label -1 is ignored."""
     labelled = labels >= 0
-    count = labelled.sum()
     loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=-1, reduction="sum")
-    loss = loss_sum / count.clamp(min=1)
     correct = ((logits.argmax(dim=1) == labels) & labelled).sum()
-    return loss, correct, count
+    return loss_sum, correct, labelled.sum()
+
+
+def global_feat_std(sums: torch.Tensor, squares: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """The mean over dimensions of the features' (unbiased) standard deviation over a batch of ``n`` samples,
+    from their sums and sums of squares per dimension (summed over the ranks: the global batch's)."""
+    var = (squares - sums * sums / n) / (n - 1).clamp(min=1)
+    return var.clamp(min=0).sqrt().mean()
 
 
 class Method(nn.Module):
@@ -100,23 +105,29 @@ class Method(nn.Module):
         feats = self.forward_views(views)
         ssl, extra = self.ssl_loss(feats, views)
         labels = labels.to(device=feats[0].device, dtype=torch.long)
-        probe_loss = feats[0].new_zeros((), dtype=torch.float32)
-        correct = torch.zeros((), dtype=torch.long, device=feats[0].device)
-        count = torch.zeros((), dtype=torch.long, device=feats[0].device)
-        for f in feats:
-            loss_v, correct_v, count_v = probe_outputs(self.probe(f.detach()), labels)
-            probe_loss = probe_loss + loss_v / len(feats)
-            correct, count = correct + correct_v, count + count_v
+        probe = [probe_outputs(self.probe(f.detach()), labels) for f in feats]
+        loss_sum = sum(p[0] for p in probe)
+        correct, count = sum(p[1] for p in probe), sum(p[2] for p in probe)
+        # the figures of the global batch (summed over the ranks in DDP, one collective): labelled samples and
+        # correct predictions of the probe, the features' moments
+        z = F.normalize(feats[0].detach().float(), dim=1).double()
+        counts = torch.stack([correct, count]).double()
+        local = torch.cat([counts, z.new_full((1,), z.shape[0]), z.sum(0), (z * z).sum(0)])
+        total = all_sum(local)
+        correct_all, count_all = total[0], total[1].clamp(min=1)
+        # the probe's mean over the global batch's labelled samples, as this rank's share: DDP averages the ranks'
+        # gradients (and the log their losses), so each rank's term is scaled by W; 0, not NaN, with no label
+        probe_loss = loss_sum * (world_size() / count_all).float()
         out = {
             "loss": ssl + probe_loss,
             "ssl_loss": ssl.detach(),
             "probe_loss": probe_loss.detach(),
             # the online probe's accuracy on this step's augmented training views (train/ in the logs); its
             # accuracy on the test set is eval/online_probe_acc (models.training.evaluation)
-            "online_probe_acc_train_views": (correct.float() / count.clamp(min=1)).detach(),
-            "probe_correct": correct.detach(),
+            "online_probe_acc_train_views": (correct_all / count_all).float(),
+            "probe_correct": correct.detach(),  # this rank's
             "probe_count": count.detach(),
-            "feat_std": F.normalize(feats[0].detach().float(), dim=1).std(dim=0).mean(),
+            "feat_std": global_feat_std(total[3 : 3 + z.shape[1]], total[3 + z.shape[1] :], total[2]).float(),
         }
         out.update({k: v.detach() for k, v in extra.items()})
         return out

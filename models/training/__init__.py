@@ -1,16 +1,9 @@
-"""The training engine that ``train.py`` and ``bench/`` share: settings, runtime, data, trainer, evaluation.
+"""The training engine that ``train.py`` and ``bench/`` share; ``train.py`` reads as its walk-through.
 
-    s = Settings(shards=("data/cifar10:10", "data/edm:1"), steps=1000)
-    rt = setup_runtime(s.device, s.precision)                # device, precision, DDP
-    data = plan_data(s, rt.world_size, aug_family)          # shards → mixture, inflation policy, recipe
-    loader = data.train_loader(s, rt)                        # exact epoch plan → DALI → views on the device
-    trainer = Trainer(s, rt, loader, build_method_for(s, data.num_classes))
-    trainer.step(batch.views, batch.labels)                  # or trainer.fit(run_dir, evaluator)
-
-Modules: ``config`` (Settings, the CLI options), ``runtime`` (device, precision, DDP, RNG),
-``data`` (DataPlan: inputs checked, recipe resolved, loaders), ``trainer`` (step / fit), ``evaluate``
-(kNN, online and offline probes), ``checkpoint`` (atomic save / load), ``metrics`` (metrics.jsonl,
-TensorBoard, progress), ``rundir`` (the run directory, never clobbered).
+Modules: ``settings`` (Settings, the CLI options), ``runtime`` (device, precision, DDP, RNG), ``data``
+(DataPlan: inputs checked, recipe resolved, loaders), ``trainer`` (step / fit), ``evaluation`` (kNN, online
+and offline probes), ``checkpoint`` (atomic save / load), ``metrics`` (metrics.jsonl, TensorBoard,
+progress), ``rundir`` (the run directory, never clobbered), ``compiling`` (``--compile``).
 """
 
 from __future__ import annotations
@@ -19,20 +12,22 @@ from models import METHODS, build_method
 from models.training.checkpoint import CKPT_LAST, CheckpointError, load_checkpoint, save_checkpoint
 from models.training.data import DataPlan, plan_data, plan_eval
 from models.training.evaluation import Evaluator, format_result
-from models.training.metrics import Metrics, Progress, read_records
+from models.training.metrics import Progress, read_records
 from models.training.rundir import RunDir
 from models.training.runtime import Runtime, seed_everything, setup_runtime
 from models.training.settings import Settings
 from models.training.trainer import Interrupted, NonFiniteLoss, Trainer
 
 
-def build_method_for(s: Settings, num_classes: int):
+def build_method_for(settings: Settings, num_classes: int):
     """The method of ``s`` with the optimisation overrides it gives (lr, optimizer, weight decay)."""
     from shards.base.errors import ConfigError
 
-    overrides = {k: getattr(s, k) for k in ("lr", "optimizer", "weight_decay") if getattr(s, k) is not None}
+    overrides = {
+        k: getattr(settings, k) for k in ("lr", "optimizer", "weight_decay") if getattr(settings, k) is not None
+    }
     try:
-        return build_method(s.method, num_classes=num_classes, backbone=s.backbone, **overrides)
+        return build_method(settings.method, num_classes=num_classes, backbone=settings.backbone, **overrides)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -48,7 +43,6 @@ __all__ = [
     "DataPlan",
     "Evaluator",
     "Interrupted",
-    "Metrics",
     "NonFiniteLoss",
     "Progress",
     "RunDir",

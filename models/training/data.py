@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from loaders.recipe.mixture import Mixture, load_manifest, parse_shards_args
-from loaders.recipe.resolve import AUG_KNOBS, Recipe, resolve_recipe
+from loaders.recipe.policy import AUG_KNOBS
+from loaders.recipe.resolve import Recipe, resolve_recipe
 from shards.base.errors import ConfigError
 from shards.format.manifest import Manifest
 
@@ -61,38 +62,39 @@ class DataPlan:
         samples = sum(src.manifest.count for src in sources)
         return f"reading {len(sources)} shard sets, {samples:,} samples{first}…"
 
-    def train_loader(self, s, rt):
+    def train_loader(self, settings, runtime):
         from loaders.batch.loader import TrainLoader
 
         return TrainLoader(
             self.mixture,
             self.aug,
-            s.batch_size // rt.world_size,
-            seed=s.seed,
-            device=rt.device,
-            rank=rt.rank,
-            world_size=rt.world_size,
-            num_threads=s.num_threads,
-            channels_last=rt.is_cuda and s.channels_last,
+            settings.batch_size,  # the global batch: each rank delivers its part of it (elastic determinism)
+            seed=settings.seed,
+            device=runtime.device,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            num_threads=settings.num_threads,
+            channels_last=runtime.is_cuda and settings.channels_last,
             drop_last=True,
-            on_corrupt=s.on_corrupt,
-            loader_device=s.loader_device,
-            compile={"auto": None, "off": False}.get(s.compile, True),  # the loader's colour stage, like the step
+            on_corrupt=settings.on_corrupt,
+            loader_device=settings.loader_device,
+            # the loader's colour stage compiles when the step does
+            compile={"auto": None, "off": False}.get(settings.compile, True),
         )
 
-    def eval_loader(self, dirs, s, rt, limit: int):
+    def eval_loader(self, dirs, settings, runtime, limit: int):
         from loaders.batch.loader import EvalLoader
 
         # a fixed random subset when capped: test sets are often packed in class order
         return EvalLoader(
             list(dirs),
-            s.eval_batch_size,
-            rt.device,
-            size=s.image_size,
-            num_threads=s.num_threads,
+            settings.eval_batch_size,
+            runtime.device,
+            size=settings.image_size,
+            num_threads=settings.num_threads,
             limit=limit,
-            on_corrupt=s.on_corrupt,
-            loader_device=s.loader_device,
+            on_corrupt=settings.on_corrupt,
+            loader_device=settings.loader_device,
         )
 
 
@@ -104,20 +106,20 @@ def manifest_digest(m: Manifest) -> str:
     return h.hexdigest()[:16]
 
 
-def plan_data(s, world_size: int, aug_family: str) -> DataPlan:
+def plan_data(settings, world_size: int, aug_family: str) -> DataPlan:
     """Resolve and check the run's data (ShardError / ConfigError, one line, before any work starts);
     ``aug_family``: the method's augmentation family (its no-inflation and AdaInf presets)."""
-    if not s.shards:
+    if not settings.shards:
         raise ConfigError("no training data: give --shards DIR[:WEIGHT] (repeatable) or --demo")
-    mixture = parse_shards_args(list(s.shards))
+    mixture = parse_shards_args(list(settings.shards))
     for src in mixture.sources:
         if src.manifest.count == 0:
             raise ConfigError(f"{src.path}: shard set is empty; pack images into it with `python -m shards pack`")
-    label_dirs = s.train_labels or tuple(
+    label_dirs = settings.train_labels or tuple(
         str(src.path) for src in mixture.sources if src.manifest.kind == "real" and src.manifest.labelled
     )
-    eval_plan = plan_eval(s.eval_shards, label_dirs, required=False)
-    if s.eval_shards and not label_dirs:
+    eval_plan = plan_eval(settings.eval_shards, label_dirs, required=False)
+    if settings.eval_shards and not label_dirs:
         raise ConfigError(
             "evaluation needs labelled training features: give --train-labels DIR (a labelled real shard set)"
         )
@@ -125,33 +127,38 @@ def plan_data(s, world_size: int, aug_family: str) -> DataPlan:
         recipe = resolve_recipe(
             mixture,
             family=aug_family,
-            aug=s.aug,
-            inflation=s.inflation,
-            overrides={k: getattr(s, k) for k in AUG_KNOBS},
-            size=s.image_size,
+            aug=settings.aug,
+            inflation=settings.inflation,
+            overrides={k: getattr(settings, k) for k in AUG_KNOBS},
+            size=settings.image_size,
         )
     except ValueError as e:  # a mixture the policy cannot serve, a knob out of range: one line
         raise ConfigError(str(e)) from None
     epoch_size = int(round(recipe.mixture.expected_epoch_size))
-    if s.batch_size % world_size:
+    if settings.batch_size % world_size:
         raise ConfigError(
-            f"--batch-size {s.batch_size} does not split over {world_size} processes; use a multiple of {world_size}"
+            f"--batch-size {settings.batch_size} does not split over {world_size} processes; "
+            f"use a multiple of {world_size}"
         )
-    if s.batch_size > epoch_size:
+    if settings.batch_size > epoch_size:
         raise ConfigError(
-            f"--batch-size {s.batch_size} is larger than an epoch of the mixture "
+            f"--batch-size {settings.batch_size} is larger than an epoch of the mixture "
             f"({epoch_size} samples); lower --batch-size or add data"
         )
     classes = max([eval_plan.num_classes] + [src.manifest.num_classes for src in mixture.sources])
     return DataPlan(recipe.mixture, recipe, eval_plan.train_labels, eval_plan.eval_shards, classes)
 
 
-def data_notes(plan: DataPlan, s) -> list[str]:
+def data_notes(plan: DataPlan, settings) -> list[str]:
     """Lines a user should read before the run starts: evaluation that will not happen, real sources
     without labels (often generator output packed without ``--kind generated``)."""
     notes = []
     if not plan.eval_shards:
-        ignored = [f"--{k.replace('_', '-')} {getattr(s, k)}" for k in ("probe_epochs", "eval_every") if getattr(s, k)]
+        ignored = [
+            f"--{k.replace('_', '-')} {getattr(settings, k)}"
+            for k in ("probe_epochs", "eval_every")
+            if getattr(settings, k)
+        ]
         notes.append(
             "no --eval-shards: no accuracy will be measured (no kNN monitor, no final evaluation"
             + (f"; {' and '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored" if ignored else "")

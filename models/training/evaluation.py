@@ -153,10 +153,10 @@ def linear_probe(
 
 
 class Evaluator:
-    def __init__(self, plan, s, rt):
-        self.s, self.rt = s, rt
-        self.train_loader = plan.eval_loader(plan.train_labels, s, rt, s.knn_train_limit)
-        self.test_loader = plan.eval_loader(plan.eval_shards, s, rt, s.eval_limit)
+    def __init__(self, plan, settings, runtime):
+        self.settings, self.runtime = settings, runtime
+        self.train_loader = plan.eval_loader(plan.train_labels, settings, runtime, settings.knn_train_limit)
+        self.test_loader = plan.eval_loader(plan.eval_shards, settings, runtime, settings.eval_limit)
 
     def describe(self, probe_epochs: int = 0) -> str:
         """What an evaluation does, said before it starts (it can take a minute): ``evaluating on N test
@@ -173,16 +173,16 @@ class Evaluator:
 
     def __call__(self, method, probe_epochs: int = 0) -> dict:
         """kNN accuracy, the online probe's, and with ``probe_epochs`` an offline linear probe's."""
-        s, rt = self.s, self.rt
+        settings, runtime = self.settings, self.runtime
         was_training = method.training
         method.eval()
         try:
-            with torch.no_grad(), rt.autocast():
-                train_f, train_y = extract_features(method.backbone, self.train_loader, rt.device)
-                test_f, test_y = extract_features(method.backbone, self.test_loader, rt.device)
+            with torch.no_grad(), runtime.autocast():
+                train_f, train_y = extract_features(method.backbone, self.train_loader, runtime.device)
+                test_f, test_y = extract_features(method.backbone, self.test_loader, runtime.device)
             train_f, test_f = train_f.float(), test_f.float()
             result = {
-                "knn_acc": float(knn_accuracy(train_f, train_y, test_f, test_y, k=s.knn_k, T=s.knn_t)),
+                "knn_acc": float(knn_accuracy(train_f, train_y, test_f, test_y, k=settings.knn_k, T=settings.knn_t)),
                 "eval_samples": int(len(test_y)),
                 "knn_train_samples": int(len(train_y)),
             }
@@ -191,7 +191,7 @@ class Evaluator:
                 result["online_probe_acc"] = float((logits.argmax(1) == test_y.to(logits.device)).float().mean())
             if probe_epochs:
                 result["linear_probe_acc"] = float(
-                    linear_probe(train_f, train_y, test_f, test_y, epochs=probe_epochs, seed=s.seed)
+                    linear_probe(train_f, train_y, test_f, test_y, epochs=probe_epochs, seed=settings.seed)
                 )
             if self.corrupt_skipped:
                 result["eval_corrupt_skipped"] = self.corrupt_skipped
@@ -208,14 +208,3 @@ def format_result(result: dict, step: int, of: str | None = None) -> str:
         parts.append(f"offline linear probe {result['linear_probe_acc']:.2%}")
     title = f"evaluation of {of}" if of else "final accuracy"
     return f"{title} at step {step} on {result['eval_samples']} test images: " + ", ".join(parts)
-
-
-def random_init_baseline(s) -> dict:
-    """The run's evaluation of a randomly initialised backbone (same seed): what training has to beat."""
-    from models.training import build_method_for, plan_eval, setup_runtime
-
-    data = plan_eval(s.eval_shards, s.train_labels)
-    rt = setup_runtime(s.device, s.precision)
-    torch.manual_seed(s.seed)
-    method = build_method_for(s, data.num_classes).to(rt.device)
-    return Evaluator(data, s, rt)(method, probe_epochs=s.probe_epochs)

@@ -34,7 +34,7 @@ class Metrics:
             return
         path = Path(run_dir) / "metrics.jsonl"
         if keep_until_step is not None and path.exists():  # resume: drop records past the checkpoint
-            from shards.format.manifest import atomic_write_text
+            from shards.base.atomic import atomic_write_text
 
             kept = []
             for line in path.read_text(errors="replace").splitlines():

@@ -73,7 +73,7 @@ class RunDir:
             return
         import yaml
 
-        from shards.format.manifest import atomic_write_text
+        from shards.base.atomic import atomic_write_text
 
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(doc, sort_keys=False))
 

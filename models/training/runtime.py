@@ -1,4 +1,5 @@
-"""Where and how a run computes: device, precision, distributed set-up. Decided here and nowhere else.
+"""How a run computes: precision and the distributed set-up, on the device ``shards.base.host.resolve_device``
+decides (this module adds the rank's GPU number).
 
 ``setup_runtime`` reads torchrun's environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``) and starts the
 process group (NCCL on GPU, gloo on CPU). Precision costs the loop no branches (nanoGPT's habit): one
@@ -82,20 +83,21 @@ def plan_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
 
 def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """rank / world size from torchrun's environment; NCCL on GPU, gloo on CPU; TF32 and cudnn autotuning."""
-    rt = plan_runtime(device, precision)
-    if rt.is_cuda:
-        torch.cuda.set_device(rt.device)
+    runtime = plan_runtime(device, precision)
+    if runtime.is_cuda:
+        torch.cuda.set_device(runtime.device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-        if rt.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        if runtime.precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name()} has no bf16; use --precision fp16")
-    if rt.distributed and not torch.distributed.is_initialized():
+    if runtime.distributed and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(
-            backend="nccl" if rt.is_cuda else "gloo", device_id=torch.device(rt.device) if rt.is_cuda else None
+            backend="nccl" if runtime.is_cuda else "gloo",
+            device_id=torch.device(runtime.device) if runtime.is_cuda else None,
         )
         atexit.register(_end_process_group)
-    return rt
+    return runtime
 
 
 def _end_process_group() -> None:

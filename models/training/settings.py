@@ -18,14 +18,16 @@ from pathlib import Path
 
 import click
 
-from loaders.recipe.policy import DEFAULT_MODE
-from loaders.recipe.policy import MODES as INFLATION_MODES
+from loaders.recipe.policy import DEFAULT_MODE, INFLATION_MODES
 from loaders.recipe.resolve import AUG_CHOICES
+from models import METHODS
 from models.backbone import BACKBONES
-from models.methods import METHODS
 from models.training.compiling import COMPILE_CHOICES
 from shards.base.errors import ConfigError
-from shards.base.host import LOADER_THREADS
+from shards.base.host import LOADER_DEVICES, LOADER_THREADS
+from shards.read.reader import ON_CORRUPT
+
+DEFAULT_STEPS = 100_000  # the release's budget for every CIFAR setting (scripts/pretrain/cifar/*.yaml)
 
 
 def _opt(default, help, **extra):
@@ -66,15 +68,15 @@ class Settings:
         "auto",
         "Where the DALI pipeline runs: gpu (mixed decoder, GPU ops), cpu (CPU "
         "threads, batches copied to the GPU), auto (gpu when the model is on a GPU).",
-        choices=("auto", "cpu", "gpu"),
+        choices=LOADER_DEVICES,
     )
     on_corrupt: str = _opt(
-        "error", "What the loaders do with an undecodable sample (training and evaluation).", choices=("error", "skip")
+        "error", "What the loaders do with an undecodable sample (training and evaluation).", choices=ON_CORRUPT
     )
     # model and optimisation
     method: str = _opt("simclr", "Contrastive method.", choices=tuple(METHODS))
     backbone: str = _opt("resnet18", "Backbone (CIFAR stem for the ResNets).", choices=tuple(BACKBONES))
-    steps: int | None = _opt(None, "Optimisation steps (default 100000 unless --epochs is given).")
+    steps: int | None = _opt(None, f"Optimisation steps (default {DEFAULT_STEPS} unless --epochs is given).")
     epochs: int | None = _opt(None, "Train for this many epochs of the mixture instead of --steps.")
     batch_size: int = _opt(512, "Global batch size (split evenly over the DDP ranks).")
     lr: float | None = _opt(None, "Learning rate per 256 samples (scaled by batch/256). Default: the method's.")

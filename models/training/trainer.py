@@ -19,18 +19,18 @@ from pathlib import Path
 
 import torch
 
-from models.optim import build_optimizer, build_scheduler
+from models import build_optimizer, build_scheduler
+from models.optim import scaled_lr
 from models.syncbn import convert_sync_batchnorm
 from models.training.checkpoint import CKPT_LAST, save_checkpoint
 from models.training.compiling import StepClock, compile_method, compile_optimizer, describe, resolve_compile
 from models.training.metrics import Metrics, Progress
 from models.training.runtime import rng_state, set_rng_state
+from models.training.settings import DEFAULT_STEPS
 from shards.base import host
 from shards.base.errors import UserError
 from shards.base.interrupt import Interrupt, in_forked_child, interrupts, signal_of
 from shards.base.progress import duration
-
-DEFAULT_STEPS = 100_000  # the release's budget for every CIFAR setting (scripts/pretrain/cifar/*.yaml)
 
 
 class NonFiniteLoss(UserError):
@@ -73,67 +73,67 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def schedule(s, steps_per_epoch: int) -> tuple[int, int]:
+def schedule(settings, steps_per_epoch: int) -> tuple[int, int]:
     """(total steps, warm-up steps): ``--epochs`` of the loader's epochs or ``--steps``; warm-up at most a tenth."""
-    total = s.epochs * steps_per_epoch if s.epochs else (s.steps or DEFAULT_STEPS)
-    return total, min(s.warmup_steps, total // 10)
+    total = settings.epochs * steps_per_epoch if settings.epochs else (settings.steps or DEFAULT_STEPS)
+    return total, min(settings.warmup_steps, total // 10)
 
 
-def warmup_note(s, total: int, warmup: int) -> str | None:
+def warmup_note(settings, total: int, warmup: int) -> str | None:
     """One line when the schedule shortened ``--warmup-steps`` (at most a tenth of the run), else None."""
-    if warmup >= s.warmup_steps:
+    if warmup >= settings.warmup_steps:
         return None
     return (
-        f"warm-up: {warmup} steps, not --warmup-steps {s.warmup_steps}: the warm-up is at most a tenth of the "
+        f"warm-up: {warmup} steps, not --warmup-steps {settings.warmup_steps}: the warm-up is at most a tenth of the "
         f"{total}-step run"
     )
 
 
-def resolved_run(s, rt, steps_per_epoch: int, method_cfg) -> dict:
+def resolved_run(settings, runtime, steps_per_epoch: int, method_cfg) -> dict:
     """The run-level facts the settings resolve to (config.yaml's and every checkpoint's ``resolved``)."""
     import dataclasses
 
-    total, warmup = schedule(s, steps_per_epoch)
+    total, warmup = schedule(settings, steps_per_epoch)
     return {
-        "device": rt.device,
-        "precision": rt.precision,
-        "world_size": rt.world_size,
+        "device": runtime.device,
+        "precision": runtime.precision,
+        "world_size": runtime.world_size,
         "total_steps": total,
         "steps_per_epoch": steps_per_epoch,
         "warmup_steps": warmup,
-        "per_rank_batch_size": s.batch_size // rt.world_size,
-        "lr": method_cfg.lr * s.batch_size / 256,
+        "per_rank_batch_size": settings.batch_size // runtime.world_size,
+        "lr": scaled_lr(method_cfg.lr, settings.batch_size),
         "lr_per_256": method_cfg.lr,
         "optimizer": method_cfg.optimizer,
-        "compile": resolve_compile(s.compile, cuda=rt.is_cuda, distributed=rt.distributed),
+        "compile": resolve_compile(settings.compile, cuda=runtime.is_cuda, distributed=runtime.distributed),
         "weight_decay": method_cfg.weight_decay,
         "method_config": dataclasses.asdict(method_cfg),
     }
 
 
 class Trainer:
-    def __init__(self, s, rt, loader, method):
-        self.s, self.rt, self.loader = s, rt, loader
-        self.total_steps, self.warmup_steps = schedule(s, loader.steps_per_epoch)
-        self.method = method.to(rt.device)
-        if rt.distributed and s.sync_batchnorm:  # as the release (sync_batchnorm: True)
-            self.method = convert_sync_batchnorm(self.method, cuda=rt.is_cuda)
-        if rt.is_cuda and s.channels_last:
+    def __init__(self, settings, runtime, loader, method):
+        self.settings, self.runtime, self.loader = settings, runtime, loader
+        self.total_steps, self.warmup_steps = schedule(settings, loader.steps_per_epoch)
+        self.method = method.to(runtime.device)
+        if runtime.distributed and settings.sync_batchnorm:  # as the release (sync_batchnorm: True)
+            self.method = convert_sync_batchnorm(self.method, cuda=runtime.is_cuda)
+        if runtime.is_cuda and settings.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(self.method, batch_size=s.batch_size)
+        self.optimizer = build_optimizer(self.method, batch_size=settings.batch_size)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
-        self.scaler = rt.grad_scaler()
-        self.autocast = rt.autocast()
+        self.scaler = runtime.grad_scaler()
+        self.autocast = runtime.autocast()
         # compile (models/training/compiling.py) after building and moving, before the DDP wrap (nanoGPT's order);
         # self.method stays the unwrapped reference that checkpoints and evaluation use
-        self.compile = resolve_compile(s.compile, cuda=rt.is_cuda, distributed=rt.distributed)
+        self.compile = resolve_compile(settings.compile, cuda=runtime.is_cuda, distributed=runtime.distributed)
         compile_optimizer(self.optimizer, self.compile)
         self.model = compile_method(self.method, self.compile)  # forward(views, labels) = a step
-        if rt.distributed:
+        if runtime.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[rt.local_rank] if rt.is_cuda else None
+                self.model, device_ids=[runtime.local_rank] if runtime.is_cuda else None
             )
-        self.clock = StepClock(rt.synchronize) if self.compile != "off" else None  # what compiling cost
+        self.clock = StepClock(runtime.synchronize) if self.compile != "off" else None  # what compiling cost
         self.compile_reported = False
         self.step_count = 0  # optimizer steps taken
 
@@ -146,7 +146,7 @@ class Trainer:
         if self.compile == "cudagraphs":
             torch.compiler.cudagraph_mark_step_begin()
         with self.autocast:
-            out = self.model(views, labels.to(self.rt.device, non_blocking=True))
+            out = self.model(views, labels.to(self.runtime.device, non_blocking=True))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
         self.scaler.step(self.optimizer)
@@ -188,7 +188,7 @@ class Trainer:
         self.loader.load_state_dict(ckpt["loader"])
         rng = ckpt.get("rng")
         if rng:
-            set_rng_state(rng[self.rt.rank] if len(rng) == self.rt.world_size else rng[0])
+            set_rng_state(rng[self.runtime.rank] if len(rng) == self.runtime.world_size else rng[0])
         self.step_count = int(ckpt["step"])
 
     def _load_schedule_position(self, state: dict) -> None:
@@ -225,15 +225,15 @@ ESTIMATE_LINE_S = 3600.0  # a run whose rest would take longer than this gets th
 EARLY_ESTIMATE_FACTOR = 10.0
 
 
-def estimate_line(per_step: float, steps_left: int, measured: tuple[int, int], s, device: str) -> str | None:
+def estimate_line(per_step: float, steps_left: int, measured: tuple[int, int], settings, device: str) -> str | None:
     """One line for a run whose remaining ``steps_left`` would take far beyond minutes at ``per_step``
     seconds a step (None otherwise), naming the knobs that shorten it on this device."""
     left = per_step * steps_left
     if left < ESTIMATE_LINE_S:
         return None
     knobs = []
-    if str(device).startswith("cpu") and s.backbone != "convnet":
-        knobs.append(f"the small CPU backbone (--backbone convnet, as --demo uses; now {s.backbone})")
+    if str(device).startswith("cpu") and settings.backbone != "convnet":
+        knobs.append(f"the small CPU backbone (--backbone convnet, as --demo uses; now {settings.backbone})")
     knobs.append(f"fewer steps (--steps N; {steps_left:,} left now)")
     if str(device).startswith("cpu") and torch.cuda.is_available():
         knobs.append("the GPU this machine has (--device cuda)")
@@ -245,7 +245,7 @@ def estimate_line(per_step: float, steps_left: int, measured: tuple[int, int], s
     )
 
 
-def data_wait_hint(wait: float, s, on_gpu: bool, threshold: float = 0.2) -> str | None:
+def data_wait_hint(wait: float, settings, on_gpu: bool, threshold: float = 0.2) -> str | None:
     """One line for a user whose GPU waits for data (``wait``: the fraction of an interval spent waiting
     for the next batch), naming the levers this trainer has; None when it does not wait (or on a CPU,
     where loader and model share the cores and the figure measures that, not the GPU idling)."""
@@ -253,10 +253,10 @@ def data_wait_hint(wait: float, s, on_gpu: bool, threshold: float = 0.2) -> str 
         return None
     cores = host.cores()
     levers = []
-    if s.num_threads < cores:
-        levers.append(f"more loader threads (--num-threads, now {s.num_threads}; {cores} cores here)")
-    if s.loader_device == "cpu":
-        levers.append("--loader-device gpu (DALI on the GPU was the faster one on an H200)")
+    if settings.num_threads < cores:
+        levers.append(f"more loader threads (--num-threads, now {settings.num_threads}; {cores} cores here)")
+    if settings.loader_device == "cpu":
+        levers.append("--loader-device gpu (decode and crop on the GPU, off the CPU cores)")
     advice = f"; try {' or '.join(levers)}" if levers else ""
     return f"the GPU waited for data {wait:.0%} of the last interval: the loader is the bottleneck{advice}"
 
@@ -265,12 +265,14 @@ class _Loop:
     """The state of one ``fit`` call: intervals, the non-finite flag, the last good checkpoint."""
 
     def __init__(self, trainer: Trainer, run, evaluator, resolved: dict, last_good: Path | None):
-        self.t, self.run_dir, self.evaluator, self.resolved = trainer, run, evaluator, resolved
-        self.s, self.rt = trainer.s, trainer.rt
+        self.trainer, self.run_dir, self.evaluator, self.resolved = trainer, run, evaluator, resolved
+        self.settings, self.runtime = trainer.settings, trainer.runtime
         self.metrics = run.metrics if run is not None else Metrics(None)
-        self.progress = Progress(trainer.total_steps, trainer.step_count, enabled=self.rt.master, bar=self.s.progress)
+        self.progress = Progress(
+            trainer.total_steps, trainer.step_count, enabled=self.runtime.master, bar=self.settings.progress
+        )
         self.last_good, self.last_checked = last_good, trainer.step_count
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.rt.device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.runtime.device)
         self.sums: dict[str, torch.Tensor] = {}
         self.interval_steps, self.wait, self.epoch = 0, 0.0, 0
         self.skipped_reported = trainer.loader.stats.corrupt
@@ -280,50 +282,60 @@ class _Loop:
         self.first_step_s: float | None = None  # the first step's own time (eager steps: its compute)
 
     def run(self) -> dict:
-        t, s = self.t, self.s
-        t.method.train()
+        trainer, settings = self.trainer, self.settings
+        trainer.method.train()
         stopping = False
         try:
-            with StopFlag(self.notice if self.rt.master else None) as stop:
+            with StopFlag(self.notice if self.runtime.master else None) as stop:
                 self.t_interval = self.t_step_end = time.perf_counter()
-                batches = t.loader.batches() if t.step_count < t.total_steps else iter(())
+                batches = trainer.loader.batches() if trainer.step_count < trainer.total_steps else iter(())
                 for batch in batches:
                     self.wait += time.perf_counter() - self.t_step_end
                     self.epoch = batch.epoch
                     step_started = time.perf_counter()
-                    out = t.step(batch.views, batch.labels)
+                    out = trainer.step(batch.views, batch.labels)
                     if self.first_step_s is None:
                         self.first_step_s = time.perf_counter() - step_started
                     self.accumulate(out)
                     self.progress.update(1)
-                    step = t.step_count
-                    if not self.rt.distributed:  # in DDP the ranks agree on a stop at a log step, never alone
+                    step = trainer.step_count
+                    if not self.runtime.distributed:  # in DDP the ranks agree on a stop at a log step, never alone
                         stopping = bool(stop.signum)
                     self.t_step_end = time.perf_counter()
-                    if step % s.log_every == 0 or step == t.total_steps or step <= self.start + EARLY_LOGS:
+                    if step % settings.log_every == 0 or step == trainer.total_steps or step <= self.start + EARLY_LOGS:
                         self.log(step)
-                        if self.rt.distributed:
-                            stopping = self.rt.any_rank(bool(stop.signum))
+                        if self.runtime.distributed:
+                            stopping = self.runtime.any_rank(bool(stop.signum))
                     self.estimate(step)
-                    keep_due = s.keep_every and step % s.keep_every == 0
-                    if (s.ckpt_every and step % s.ckpt_every == 0) or keep_due or step == t.total_steps or stopping:
+                    keep_due = settings.keep_every and step % settings.keep_every == 0
+                    if (
+                        (settings.ckpt_every and step % settings.ckpt_every == 0)
+                        or keep_due
+                        or step == trainer.total_steps
+                        or stopping
+                    ):
                         self.paused(self.checkpoint, step, keep_due)
-                    if self.evaluator and s.eval_every and step % s.eval_every == 0 and step < t.total_steps:
+                    if (
+                        self.evaluator
+                        and settings.eval_every
+                        and step % settings.eval_every == 0
+                        and step < trainer.total_steps
+                    ):
                         self.paused(self.evaluate, step)
-                    if step >= t.total_steps or stopping:
+                    if step >= trainer.total_steps or stopping:
                         break
             if stopping:
                 name = signal.Signals(stop.signum or signal.SIGTERM).name
                 raise Interrupted(
-                    f"{name} at step {t.step_count}: checkpoint saved to {self.last_good}; continue "
+                    f"{name} at step {trainer.step_count}: checkpoint saved to {self.last_good}; continue "
                     f"with `python train.py --resume {self.run_dir.path if self.run_dir else '<run dir>'}`",
                     stop.signum or signal.SIGTERM,
                 )
             self.progress.close()
             final = {}
-            if self.evaluator and self.rt.master:
+            if self.evaluator and self.runtime.master:
                 final = self.final_evaluation()
-            self.rt.barrier()
+            self.runtime.barrier()
             return final
         except KeyboardInterrupt as e:  # a second Ctrl-C in the loop: at once, the step under way is lost
             raise Interrupted(self.stopped_at_once(signal_of(e)), signal_of(e)) from None
@@ -333,7 +345,7 @@ class _Loop:
     def notice(self, name: str) -> None:
         """Said at once on the first SIGINT / SIGTERM (from the signal handler): a step can take long."""
         self.progress.write(
-            f"{name}: stopping after step {self.t.step_count + 1} and saving a checkpoint "
+            f"{name}: stopping after step {self.trainer.step_count + 1} and saving a checkpoint "
             "(Ctrl-C again stops at once, without saving that step)"
         )
 
@@ -347,52 +359,58 @@ class _Loop:
         else:
             where = self.run_dir.path if self.run_dir else "the run directory"
             kept = f"no checkpoint was written yet: remove {where} or choose another --out to start again"
-        return f"{name} again during step {self.t.step_count + 1}: stopped at once without saving it; {kept}"
+        return f"{name} again during step {self.trainer.step_count + 1}: stopped at once without saving it; {kept}"
 
     def final_evaluation(self) -> dict:
         """The final evaluation (kNN, online probe, offline linear probe), interruptible at once: it runs
         after the last checkpoint, so a Ctrl-C loses no training."""
-        t, s = self.t, self.s
-        self.progress.write(f"step {t.step_count}: training done; {self.evaluator.describe(s.probe_epochs)}")
+        trainer, settings = self.trainer, self.settings
+        self.progress.write(
+            f"step {trainer.step_count}: training done; {self.evaluator.describe(settings.probe_epochs)}"
+        )
         try:
             with interrupts():
-                final = self.evaluator(t.method, probe_epochs=s.probe_epochs)
+                final = self.evaluator(trainer.method, probe_epochs=settings.probe_epochs)
         except KeyboardInterrupt as e:
             name = signal.Signals(signal_of(e)).name
             saved = f"saved to {self.last_good}" if self.last_good else "not saved (no run directory)"
             raise Interrupted(
-                f"{name} during the final evaluation: training is complete ({t.step_count} steps, {saved}) but no "
-                f"final accuracy was recorded; evaluate with {self.resume_hint()} (it trains nothing more)",
+                f"{name} during the final evaluation: training is complete ({trainer.step_count} steps, {saved}) "
+                f"but no final accuracy was recorded; evaluate with {self.resume_hint()} (it trains nothing more)",
                 signal_of(e),
             ) from None
         final.update(self.skipped())
-        self.metrics.write("final", t.step_count, **final)
+        self.metrics.write("final", trainer.step_count, **final)
         return final
 
     def estimate(self, step: int) -> None:
         """Once, measured over the first steps after the first (which includes start-up): when the rest of
         the run would take far beyond minutes on this device, one line with the estimate and the knobs."""
-        if self.estimated or not self.rt.master:
+        if self.estimated or not self.runtime.master:
             return
         now = time.perf_counter()
         if self.t_measure is None:
             self.t_measure, self.paused_at_measure, self.step_measure = now, self.paused_s, step
-            if self.t.compile == "off" and not self.rt.is_cuda and self.first_step_s is not None:
-                left = self.t.total_steps - step
+            if self.trainer.compile == "off" and not self.runtime.is_cuda and self.first_step_s is not None:
+                left = self.trainer.total_steps - step
                 if self.first_step_s * left >= EARLY_ESTIMATE_FACTOR * ESTIMATE_LINE_S:
                     self.estimated = True
-                    line = estimate_line(self.first_step_s, left, (step, step), self.s, self.rt.device)
+                    line = estimate_line(self.first_step_s, left, (step, step), self.settings, self.runtime.device)
                     self.progress.write(line)
             return
         measured = step - self.step_measure
         elapsed = now - self.t_measure - (self.paused_s - self.paused_at_measure)
         if measured < ESTIMATE_STEPS and elapsed < ESTIMATE_SECONDS:
             return
-        self.rt.synchronize()  # once per run: a GPU may still be running the steps measured
+        self.runtime.synchronize()  # once per run: a GPU may still be running the steps measured
         elapsed += time.perf_counter() - now
         self.estimated = True
         line = estimate_line(
-            elapsed / measured, self.t.total_steps - step, (self.step_measure + 1, step), self.s, self.rt.device
+            elapsed / measured,
+            self.trainer.total_steps - step,
+            (self.step_measure + 1, step),
+            self.settings,
+            self.runtime.device,
         )
         if line:
             self.progress.write(line)
@@ -416,7 +434,7 @@ class _Loop:
         self.paused_s += self.t_step_end - t0
 
     def check_finite(self, upto: int) -> None:
-        if self.rt.any_rank(bool(self.nonfinite.item())):
+        if self.runtime.any_rank(bool(self.nonfinite.item())):
             where = (
                 f"the last good checkpoint {self.last_good} is kept"
                 if self.last_good
@@ -431,41 +449,54 @@ class _Loop:
         self.last_checked = upto
 
     def skipped(self) -> dict:
-        stats = self.t.loader.stats
+        stats = self.trainer.loader.stats
         return (
             {"corrupt_skipped": stats.corrupt, "corrupt_keys": list(stats.corrupt_keys[:10])} if stats.corrupt else {}
         )
 
+    def interval_means(self) -> dict[str, float]:
+        """Each figure of the steps since the last record, averaged over them and over the ranks: the global
+        batch's. A method's figures are the global batch's already (probe accuracy, feature spread: from sums
+        and counts over the ranks) or a rank's share whose mean over the ranks is (losses over equal parts of
+        the global batch; the probe's scaled by its labelled samples), so the curves of a recipe are the same on
+        any number of processes. One collective, on every rank."""
+        keys = sorted(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).double()
+        if self.runtime.distributed:
+            torch.distributed.all_reduce(values)
+            values = values / self.runtime.world_size
+        return {k: v / self.interval_steps for k, v in zip(keys, values.tolist())}
+
     def log(self, step: int) -> None:
-        self.rt.synchronize()
+        self.runtime.synchronize()
         self.check_finite(step)
         now = time.perf_counter()
         elapsed = max(now - self.t_interval, 1e-9)
-        record = {k: v.item() / self.interval_steps for k, v in self.sums.items()}
+        record = self.interval_means()
         record.update(
             epoch=self.epoch,
-            lr=self.t.optimizer.param_groups[0]["lr"],
-            samples_per_s=self.interval_steps * self.s.batch_size / elapsed,
+            lr=self.trainer.optimizer.param_groups[0]["lr"],
+            samples_per_s=self.interval_steps * self.settings.batch_size / elapsed,
             data_wait=self.wait / elapsed,
         )
         record.update(self.skipped())
         self.logs += 1
-        if self.rt.master:
+        if self.runtime.master:
             self.metrics.write("train", step, **record)
             self.progress.log(step, record)
-            compiled = self.t.compile_report(final=step == self.t.total_steps)  # once: what compiling cost
+            compiled = self.trainer.compile_report(final=step == self.trainer.total_steps)  # once: what compiling cost
             if compiled:
                 self.metrics.write("compile", step, **{k: v for k, v in compiled.items() if k != "line"})
                 self.progress.write(f"step {step}: {compiled['line']}")
-            hint = data_wait_hint(record["data_wait"], self.s, self.rt.is_cuda) if self.logs > 1 else None
+            hint = data_wait_hint(record["data_wait"], self.settings, self.runtime.is_cuda) if self.logs > 1 else None
             if hint and not self.hinted:  # once per run, after the first interval (start-up is not waiting)
                 self.progress.write(f"step {step}: {hint}")
                 self.hinted = True
-            corrupt = self.t.loader.stats.corrupt
+            corrupt = self.trainer.loader.stats.corrupt
             if corrupt > self.skipped_reported:
                 self.progress.write(
                     f"step {step}: {corrupt} corrupt sample(s) skipped so far (--on-corrupt skip), "
-                    f"first: {', '.join(self.t.loader.stats.corrupt_keys[:3])}"
+                    f"first: {', '.join(self.trainer.loader.stats.corrupt_keys[:3])}"
                 )
                 self.skipped_reported = corrupt
         self.sums, self.interval_steps, self.wait = {}, 0, 0.0
@@ -474,20 +505,25 @@ class _Loop:
     def checkpoint(self, step: int, keep: bool) -> None:
         self.check_finite(step)
         rngs = [rng_state()]
-        if self.rt.distributed:
-            rngs = [None] * self.rt.world_size
+        if self.runtime.distributed:
+            rngs = [None] * self.runtime.world_size
             torch.distributed.all_gather_object(rngs, rng_state())
-        if self.rt.master and self.run_dir is not None:
-            state = {"settings": self.s.to_dict(), "resolved": self.resolved, **self.t.state_dict(), "rng": rngs}
+        if self.runtime.master and self.run_dir is not None:
+            state = {
+                "settings": self.settings.to_dict(),
+                "resolved": self.resolved,
+                **self.trainer.state_dict(),
+                "rng": rngs,
+            }
             if keep:
                 save_checkpoint(self.run_dir.path / f"ckpt-{step}.pt", state)
             self.last_good = save_checkpoint(self.run_dir.path / CKPT_LAST, state)
 
     def evaluate(self, step: int) -> None:
-        if self.rt.master:
-            result = self.evaluator(self.t.method)
+        if self.runtime.master:
+            result = self.evaluator(self.trainer.method)
             self.metrics.write("eval", step, **result)
             self.progress.write(
                 f"step {step}: kNN {result['knn_acc']:.2%}, online probe {result['online_probe_acc']:.2%}"
             )
-        self.rt.barrier()
+        self.runtime.barrier()

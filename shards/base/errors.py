@@ -2,8 +2,9 @@
 
 Every command-line entry point (``train.py``, ``python -m shards``, ``python -m loaders``,
 ``python -m bench``) catches :class:`UserError` and prints its message as one line with a non-zero exit
-status; anything else is a programming error and keeps its traceback. They live in the lowest package
-(``shards``) so that every other package can raise them.
+status; anything else is a programming error and keeps its traceback. They live in ``shards.base``, the layer
+every other package may import, so that every package can raise them. :class:`ShardError` is for shard sets
+and their inputs only; settings and devices are :class:`ConfigError`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """An exclusive lock on an output folder, so that two writers never fill one folder at once.
 
-Two ``shards pack`` runs into one ``--out`` used to both report success while one silently replaced
-the other; a training run directory has the same problem. :class:`OutputLock` is the fix both use:
+Two ``shards pack`` runs into one ``--out`` would both report success while one silently replaced the
+other; two training runs in one run directory likewise. :class:`OutputLock` keeps both to one writer:
 
     with OutputLock(out, "shards pack"):
-        ...  # only one holder at a time; a second one gets LockHeld (a ShardError) naming the holder
+        ...  # only one holder at a time; a second one gets LockHeld (a UserError) naming the holder
 
 How (the way git's ``index.lock`` and databases' lock files work, plus ``flock`` for crashes):
 
@@ -39,12 +39,12 @@ import socket
 import sys
 from pathlib import Path
 
-from shards.format.manifest import ShardError
+from shards.base.errors import UserError
 
 LOCK_NAME = ".lock"
 
 
-class LockHeld(ShardError):
+class LockHeld(UserError):
     """Another live process holds the lock (the message names its pid, host and the folder)."""
 
     def __init__(self, message: str, holder: dict):
@@ -87,7 +87,7 @@ class OutputLock:
     def acquire(self) -> OutputLock:
         """Take the lock or raise :class:`LockHeld` (one line); OSErrors (e.g. a read-only folder) pass."""
         if self.fd is not None:
-            raise ShardError(f"{self.directory}: lock already held by this OutputLock")
+            raise UserError(f"{self.directory}: lock already held by this OutputLock")
         self.directory.mkdir(parents=True, exist_ok=True)
         for _ in range(100):  # retries only when a release races with us; each try is a few syscalls
             fd = self._create()
@@ -115,7 +115,7 @@ class OutputLock:
             self._write_holder(fd)  # take it over: it is ours now (we hold its flock)
             self.fd = fd
             return self
-        raise ShardError(f"{self.path}: could not take the lock (it kept changing); try again")
+        raise UserError(f"{self.path}: could not take the lock (it kept changing); try again")
 
     def release(self) -> None:
         """Remove the lock file, then drop the flock (see the module docstring for the order)."""

@@ -42,18 +42,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shards.base.errors import ShardError, UserError  # noqa: F401  (ShardError is imported from here too)
+from shards.base.atomic import atomic_write_text
+from shards.base.errors import ShardError
+from shards.format.schema import MANIFEST_VERSION, image_member_ext, parse_manifest
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 2  # 2: keys prefixed by the set's name, raw pixels as .npy, label and sha256 in KEY.json
-KNOWN_VERSIONS = (1, 2)
-KINDS = ("real", "generated")
-FORMATS = ("jpg", "png", "raw")  # what a shard set holds
-PACK_FORMATS = ("auto",) + FORMATS  # what `shards pack --format` accepts (auto: see shards.packing.pack.resolve_format)
 
 
 @dataclass(frozen=True)
@@ -68,9 +64,9 @@ class ShardInfo:
 @dataclass(frozen=True)
 class Manifest:
     name: str
-    kind: str  # "real" | "generated"
+    kind: str  # one of shards.format.schema.KINDS
     split: str  # "train" | "test" | ...
-    format: str  # "jpg" | "png" | "raw"
+    format: str  # one of shards.format.schema.FORMATS
     image_size: tuple[int, int] | None  # (H, W) when every image has that size, else None (raw requires it)
     classes: tuple[str, ...]  # class names by index; empty for unlabelled sets
     count: int
@@ -82,7 +78,7 @@ class Manifest:
     created: str = ""
     version: int = MANIFEST_VERSION
     encoding: dict | None = None  # see the module docstring; None in manifests older than the field
-    image_ext: str | None = None  # the image member's extension; None: the format's (raw sets since v2: "npy")
+    image_ext: str | None = None  # the image member's extension (schema.recorded_image_ext); None: the format's
     standin: str | None = None  # a benchmark stand-in repeating other sets' tars (see the module docstring)
 
     @property
@@ -99,8 +95,8 @@ class Manifest:
     @property
     def ext(self) -> str:
         """The extension of each sample's image member: ``jpg``, ``png``, ``npy`` or (raw sets packed before
-        manifest version 2) ``raw``."""
-        return self.image_ext or self.format
+        manifest version 2) ``raw`` (``shards.format.schema.image_member_ext``)."""
+        return image_member_ext(self.format, self.image_ext)
 
     @property
     def num_classes(self) -> int:
@@ -130,9 +126,8 @@ class Manifest:
     def from_dict(cls, d: dict, where: str = "manifest") -> Manifest:
         """A manifest from its JSON object, every field checked for type and range (a ShardError naming the
         field and the file otherwise)."""
-        from shards.format.schema import parse_manifest
-
-        return cls(**parse_manifest(d, where))
+        fields = parse_manifest(d, where)
+        return cls(**{**fields, "shards": tuple(ShardInfo(**s) for s in fields["shards"])})
 
     @property
     def files(self) -> set[str]:
@@ -174,24 +169,3 @@ def check_name(name: str, where: str = "--name") -> str:
         why = f"contains {bad!r}" if bad is not None else ("starts with '.'" if name.startswith(".") else "is too long")
         raise ShardError(f"{where} {name!r} {why}; a name must be a plain file-name stem such as cifar10-train")
     return name
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

@@ -1,4 +1,5 @@
-"""Every field of ``manifest.json`` checked for type and range before anything uses it.
+"""The fields of ``manifest.json``: the values they may take (versions, kinds, formats, the image member's
+extension) and every field checked for type and range before anything uses it.
 
 :func:`parse_manifest` turns the JSON object into the keyword arguments of ``shards.format.manifest.Manifest`` or
 raises one :class:`ShardError` line naming the file, the field (``shards[3].count``) and what it should be.
@@ -13,6 +14,35 @@ import re
 from pathlib import Path
 
 from shards.base.errors import ShardError
+
+MANIFEST_VERSION = 2  # 2: keys prefixed by the set's name, raw pixels as .npy, label and sha256 in KEY.json
+KNOWN_VERSIONS = (1, 2)
+KINDS = ("real", "generated")
+FORMATS = ("jpg", "png", "raw")  # what a shard set holds
+PACK_FORMATS = ("auto",) + FORMATS  # what `shards pack --format` accepts (auto: see shards.packing.pack.resolve_format)
+#: what a sample's image member may be named: jpg and png as encoded; raw pixels behind a .npy header (``npy``,
+#: manifest version 2 on) or alone (``raw``, before version 2)
+IMAGE_MEMBER_EXTS = ("jpg", "png", "raw", "npy")
+PIXEL_MEMBER_EXTS = ("npy", "raw")  # the members holding pixels (no decoder needed; their size is the manifest's)
+_PACKED_EXT = {"jpg": "jpg", "png": "png", "raw": "npy"}  # the image member's extension pack writes today
+
+
+def packed_image_ext(fmt: str) -> str:
+    """The extension ``shards pack`` gives the image members of a set of format ``fmt`` today."""
+    return _PACKED_EXT[fmt]
+
+
+def recorded_image_ext(fmt: str) -> str | None:
+    """What a new manifest records as ``image_ext``: the extension where it differs from the format's name."""
+    ext = packed_image_ext(fmt)
+    return None if ext == fmt else ext
+
+
+def image_member_ext(fmt: str, recorded: str | None) -> str:
+    """The extension of a set's image members: the recorded ``image_ext``, else the format's name (raw sets
+    packed before manifest version 2 hold ``KEY.raw``)."""
+    return recorded or fmt
+
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _SHARD_KEYS = ("file", "index", "count", "sha256", "bytes")
@@ -61,9 +91,8 @@ class _Fields:
 
 
 def parse_manifest(d, where: str) -> dict:
-    """The checked keyword arguments of ``Manifest`` from a manifest's JSON object ``d``."""
-    from shards.format.manifest import FORMATS, KINDS, KNOWN_VERSIONS, ShardInfo
-
+    """The checked keyword arguments of ``Manifest`` from a manifest's JSON object ``d`` (``shards``: the
+    keyword arguments of each ``ShardInfo``)."""
     f = _Fields(where)
     if not isinstance(d, dict):
         raise ShardError(
@@ -111,16 +140,16 @@ def parse_manifest(d, where: str) -> dict:
         name = f"shards[{i}]"
         if not isinstance(s, dict) or set(s) != set(_SHARD_KEYS):
             f.fail(name, s, "an object with exactly " + ", ".join(_SHARD_KEYS))
-        info = ShardInfo(
+        info = dict(
             file=f.path(f"{name}.file", s["file"]),
             index=f.path(f"{name}.index", s["index"]),
             count=f.integer(f"{name}.count", s["count"]),
             sha256=s["sha256"],
             bytes=f.integer(f"{name}.bytes", s["bytes"]),
         )
-        if not isinstance(info.sha256, str) or not _HEX64.fullmatch(info.sha256):
-            f.fail(f"{name}.sha256", info.sha256, "64 hexadecimal digits")
-        for field, v in ((f"{name}.file", info.file), (f"{name}.index", info.index)):
+        if not isinstance(info["sha256"], str) or not _HEX64.fullmatch(info["sha256"]):
+            f.fail(f"{name}.sha256", info["sha256"], "64 hexadecimal digits")
+        for field, v in ((f"{name}.file", info["file"]), (f"{name}.index", info["index"])):
             key = str(Path(v))
             if key in seen:
                 raise ShardError(
@@ -130,7 +159,7 @@ def parse_manifest(d, where: str) -> dict:
             seen[key] = field
         infos.append(info)
     out["shards"] = tuple(infos)
-    total = sum(s.count for s in infos)
+    total = sum(s["count"] for s in infos)
     if total != count:
         raise ShardError(f"{where}: shard counts add up to {total}, manifest says {count}")
 
@@ -164,11 +193,11 @@ def parse_manifest(d, where: str) -> dict:
     out["encoding"] = None if encoding is None else dict(encoding)
 
     ext = d.get("image_ext")
-    allowed = ("npy", "raw") if fmt == "raw" else (fmt,)
+    packed = recorded_image_ext(fmt)
     if ext is not None:
-        f.choice("image_ext", ext, allowed)
-    elif version >= 2 and fmt == "raw":
-        f.fail("image_ext", None, "npy for a raw set of manifest version 2")
+        f.choice("image_ext", ext, (fmt,) if packed is None else (packed, fmt))
+    elif version >= 2 and packed is not None:
+        f.fail("image_ext", None, f"{packed} for a {fmt} set of manifest version 2")
     out["image_ext"] = ext
     standin = d.get("standin")
     if standin is not None:

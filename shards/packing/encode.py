@@ -59,7 +59,7 @@ def _how(cfg: EncodeConfig) -> str:
 
 
 def encode_batch(kind: str, payload, cfg: EncodeConfig) -> list[tuple]:
-    """Encode one batch (see ``shards.packing.sources.Batch``)."""
+    """Encode one batch (see ``shards.packing.sources.InputBatch``)."""
     if kind == "pixels":
         how = _how(cfg)
         size = tuple(payload.shape[1:3])

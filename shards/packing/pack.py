@@ -38,12 +38,15 @@ from pathlib import Path
 
 import numpy as np
 
+from shards.base.atomic import atomic_write_text
+from shards.base.errors import ShardError
 from shards.base.interrupt import fork_context, ignore_in_worker, start_pool, stop_pool
 from shards.base.lock import OutputLock
 from shards.base.progress import progress
-from shards.format.manifest import MANIFEST_NAME, PACK_FORMATS, Manifest, ShardError, atomic_write_text, check_name
+from shards.format.manifest import MANIFEST_NAME, Manifest, check_name
+from shards.format.schema import PACK_FORMATS
 from shards.packing.encode import EncodeConfig, encode_batch
-from shards.packing.sources import ArraySource, Source, open_source
+from shards.packing.sources import ArraySource, InputSource, open_source
 from shards.packing.writer import ShardSetWriter
 from shards.read.index import existing_caches
 
@@ -135,7 +138,7 @@ def select(
     return order
 
 
-def resolve_format(requested: str, source: Source, order: np.ndarray) -> tuple[str, str]:
+def resolve_format(requested: str, source: InputSource, order: np.ndarray) -> tuple[str, str]:
     """The set's format and a few words on why. ``auto`` never loses information:
 
     * every input JPEG → ``jpg``, every input PNG → ``png``: the files pass through byte for byte;
@@ -169,8 +172,10 @@ def resolve_format(requested: str, source: Source, order: np.ndarray) -> tuple[s
     )
 
 
-def pack(src: str | os.PathLike | Source, cfg: PackConfig, *, subdir: str = "", layout: str = "auto") -> PackResult:
-    """Pack ``src`` (a path, or an already opened Source) as described by ``cfg``."""
+def pack(
+    src: str | os.PathLike | InputSource, cfg: PackConfig, *, subdir: str = "", layout: str = "auto"
+) -> PackResult:
+    """Pack ``src`` (a path, or an already opened InputSource) as described by ``cfg``."""
     t0 = time.perf_counter()
     out = Path(cfg.out)
     name = (
@@ -189,7 +194,7 @@ def pack(src: str | os.PathLike | Source, cfg: PackConfig, *, subdir: str = "", 
                 old = _check_out(out, cfg.overwrite)
                 source, order, skipped, drop_labels = _open_and_select(src, cfg, subdir, layout)
                 fmt, note = resolve_format(cfg.format, source, order)
-                where = source.detected if isinstance(src, Source) else str(src)
+                where = source.detected if isinstance(src, InputSource) else str(src)
                 manifest, how, warnings, per_label = _write_and_install(
                     source, order, fmt, name, skipped, drop_labels, old, lock, cfg, where
                 )
@@ -206,7 +211,7 @@ def pack(src: str | os.PathLike | Source, cfg: PackConfig, *, subdir: str = "", 
     return PackResult(manifest, source.detected, manifest.count, skipped, how, time.perf_counter() - t0, note, warnings)
 
 
-def _open_and_select(src, cfg: PackConfig, subdir: str, layout: str) -> tuple[Source, np.ndarray, list, bool]:
+def _open_and_select(src, cfg: PackConfig, subdir: str, layout: str) -> tuple[InputSource, np.ndarray, list, bool]:
     drop_labels = cfg.kind == "generated" and not cfg.keep_labels
     # the first --limit images, unlabelled anyway: an archive need not be listed to its end
     early = (
@@ -214,7 +219,7 @@ def _open_and_select(src, cfg: PackConfig, subdir: str, layout: str) -> tuple[So
     )
     source = (
         src
-        if isinstance(src, Source)
+        if isinstance(src, InputSource)
         else open_source(src, subdir=subdir, split=cfg.split, layout=layout, stop_after=early)
     )
     skipped = list(source.skipped)
@@ -232,7 +237,7 @@ def _open_and_select(src, cfg: PackConfig, subdir: str, layout: str) -> tuple[So
 
 
 def _write_and_install(
-    source: Source,
+    source: InputSource,
     order: np.ndarray,
     fmt: str,
     name: str,
@@ -331,7 +336,7 @@ def _lossy_warning(m: Manifest, formats: Counter, cfg: PackConfig) -> list[str]:
     ]
 
 
-def _unlabelled_real_warning(m: Manifest, source: Source) -> list[str]:
+def _unlabelled_real_warning(m: Manifest, source: InputSource) -> list[str]:
     """A set packed as ``--kind real`` (the default) without a single label: most likely generator output
     that was not marked, which train.py would weight as real data (and then use the no-inflation recipe)."""
     if m.kind != "real" or m.labelled:
@@ -345,7 +350,7 @@ def _unlabelled_real_warning(m: Manifest, source: Source) -> list[str]:
     ]
 
 
-def _per_class_warning(per_class: int | None, source: Source, per_label: Counter) -> list[str]:
+def _per_class_warning(per_class: int | None, source: InputSource, per_label: Counter) -> list[str]:
     """--per-class N that the source cannot meet gives what it has, unbalanced: say so, per class.
 
     A warning, not an error: ``--per-class`` means *at most* N per class, and a source that has fewer
@@ -367,7 +372,7 @@ def _per_class_warning(per_class: int | None, source: Source, per_label: Counter
     ]
 
 
-def _encoded(source: Source, order: np.ndarray, ecfg: EncodeConfig, cfg: PackConfig, lock_fd: int | None = None):
+def _encoded(source: InputSource, order: np.ndarray, ecfg: EncodeConfig, cfg: PackConfig, lock_fd: int | None = None):
     """(batch, results) in order; encoding runs in a worker pool with a bounded number of batches
     in flight (Pool.imap would read the whole source ahead into its queue)."""
     workers = cfg.workers or os.cpu_count() or 1

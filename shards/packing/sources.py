@@ -31,9 +31,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_FILE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 ARRAY_EXTS = (".npz", ".npy")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 SPLIT_DIRS = frozenset({"train", "test", "val", "valid", "validation"})
@@ -45,14 +45,14 @@ _FIX = "give an ImageFolder tree, a folder of images, CIFAR pickles, an .npz/.np
 
 
 @dataclass(frozen=True)
-class Batch:
+class InputBatch:
     positions: np.ndarray  # (n,) positions in the source's enumeration order
     kind: str  # "pixels" | "paths" | "bytes"
     payload: object  # uint8 (n, H, W, 3) array | list[str] | list[bytes]
 
 
 @dataclass
-class Source:
+class InputSource:
     """What the packer needs from any source. Subclasses implement ``batches``."""
 
     detected: str  # one line for the user: what SRC was recognised as
@@ -66,7 +66,7 @@ class Source:
     def origin(self, pos: int) -> str:
         raise NotImplementedError
 
-    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[InputBatch]:
         raise NotImplementedError
 
     def input_formats(self, order: np.ndarray) -> Counter:
@@ -90,7 +90,7 @@ def format_of_name(name: str) -> str:
 
 
 @dataclass
-class ArraySource(Source):
+class ArraySource(InputSource):
     images: np.ndarray = None  # (n, H, W, 3) uint8, possibly a read-only memmap
     origin_prefix: str = ""
 
@@ -101,14 +101,14 @@ class ArraySource(Source):
     def image_shape(self) -> tuple[int, int] | None:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
-    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[InputBatch]:
         for start in range(0, len(order), batch_size):
             chunk = np.asarray(order[start : start + batch_size])
             # read rows in ascending order (sequential on a memmap), then restore the asked order
             sort = np.argsort(chunk, kind="stable")
             rows = np.empty((len(chunk),) + self.images.shape[1:], dtype=np.uint8)
             rows[sort] = self.images[chunk[sort]]
-            yield Batch(chunk, "pixels", rows)
+            yield InputBatch(chunk, "pixels", rows)
 
 
 def check_images(images: np.ndarray, where: str) -> np.ndarray:
@@ -265,14 +265,14 @@ def webdataset_tree(paths: Sequence[str], cls: dict[str, bytes], where: str, req
     are part of it, not skipped inputs."""
     keyed = [(p, *_wds_key(p)) for p in paths]
     labels_at = {k: cls[p] for p, k, ext in keyed if ext.lower() == "cls" and p in cls}
-    image_keys = {k for p, k, _ in keyed if p.lower().endswith(IMAGE_EXTS)}
+    image_keys = {k for p, k, _ in keyed if p.lower().endswith(IMAGE_FILE_EXTS)}
     if not image_keys & set(labels_at):
         if required:
             raise ShardError(f"{where}: no image has a KEY.cls label beside it; use --layout imagefolder or flat")
         return None
     files, labels, skipped = [], [], []
     for p, k, _ in keyed:
-        if not p.lower().endswith(IMAGE_EXTS):
+        if not p.lower().endswith(IMAGE_FILE_EXTS):
             if k not in image_keys:
                 skipped.append(
                     {"path": p, "reason": f"not an image file ({PurePosixPath(p).suffix or 'no extension'})"}
@@ -314,12 +314,12 @@ def classify_tree(
             return tree
     images, skipped = [], []
     for p in paths:
-        (images if p.lower().endswith(IMAGE_EXTS) else skipped).append(p)
+        (images if p.lower().endswith(IMAGE_FILE_EXTS) else skipped).append(p)
     skipped = [
         {"path": p, "reason": f"not an image file ({PurePosixPath(p).suffix or 'no extension'})"} for p in skipped
     ]
     if not images:
-        raise ShardError(f"{where}: no image files ({', '.join(IMAGE_EXTS)}) found; {_FIX}")
+        raise ShardError(f"{where}: no image files ({', '.join(IMAGE_FILE_EXTS)}) found; {_FIX}")
     # look through single wrapper folders (e.g. "cifar10/" or "edm-cifar10/fid-tmp/")
     strip = 0
     parts = [PurePosixPath(p).parts for p in images]
@@ -365,7 +365,7 @@ def _describe_tree(tree: Tree, where: str) -> str:
 
 
 @dataclass
-class FolderSource(Source):
+class FolderSource(InputSource):
     root: Path = None
     files: list[str] = None
 
@@ -375,14 +375,14 @@ class FolderSource(Source):
     def input_formats(self, order: np.ndarray) -> Counter:
         return Counter(format_of_name(self.files[int(i)]) for i in order)
 
-    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[InputBatch]:
         for start in range(0, len(order), batch_size):
             chunk = np.asarray(order[start : start + batch_size])
-            yield Batch(chunk, "paths", [str(self.root / self.files[i]) for i in chunk])
+            yield InputBatch(chunk, "paths", [str(self.root / self.files[i]) for i in chunk])
 
 
 @dataclass
-class TarSource(Source):
+class TarSource(InputSource):
     archive: Path = None
     members: list[str] = None  # full member names, enumeration (= archive) order
     offsets: list[tuple[int, int]] = None  # (data offset, size) per member, usable when not compressed
@@ -394,7 +394,7 @@ class TarSource(Source):
     def input_formats(self, order: np.ndarray) -> Counter:
         return Counter(format_of_name(self.members[int(i)]) for i in order)
 
-    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[InputBatch]:
         order = np.asarray(order)
         if not self.compressed:
             yield from self._seek_batches(order, batch_size)
@@ -406,7 +406,7 @@ class TarSource(Source):
             data = dict(self._stream(set(order.tolist())))
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                yield Batch(chunk, "bytes", [data.pop(int(i)) for i in chunk])
+                yield InputBatch(chunk, "bytes", [data.pop(int(i)) for i in chunk])
 
     def _seek_batches(self, order, batch_size):
         with open(self.archive, "rb") as f:
@@ -417,7 +417,7 @@ class TarSource(Source):
                     off, size = self.offsets[i]
                     f.seek(off)
                     out.append(f.read(size))
-                yield Batch(chunk, "bytes", out)
+                yield InputBatch(chunk, "bytes", out)
 
     def _stream_batches(self, order, batch_size):
         pos, payload = [], []
@@ -425,10 +425,10 @@ class TarSource(Source):
             pos.append(i)
             payload.append(data)
             if len(pos) == batch_size:
-                yield Batch(np.asarray(pos), "bytes", payload)
+                yield InputBatch(np.asarray(pos), "bytes", payload)
                 pos, payload = [], []
         if pos:
-            yield Batch(np.asarray(pos), "bytes", payload)
+            yield InputBatch(np.asarray(pos), "bytes", payload)
 
     def _stream(self, wanted: set[int]) -> Iterator[tuple[int, bytes]]:
         """Stream the archive once, yielding (position, bytes) of wanted members; stop after the last."""
@@ -453,7 +453,7 @@ class TarSource(Source):
 
 
 @dataclass
-class ShardSetSource(Source):
+class ShardSetSource(InputSource):
     """A shard set written by ``shards pack`` (a folder with ``manifest.json``), read back from its tars
     through their indexes: re-pack it to take a subset (``--per-class``, ``--limit``) or change the format.
     Labels come from the ``KEY.cls`` members, classes from the manifest."""
@@ -518,7 +518,7 @@ class ShardSetSource(Source):
     def input_formats(self, order: np.ndarray) -> Counter:
         return Counter({{"jpg": "jpeg", "raw": "array"}.get(self.format, self.format): len(order)})
 
-    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[InputBatch]:
         files: dict[str, object] = {}
         try:
             for start in range(0, len(order), batch_size):
@@ -539,9 +539,9 @@ class ShardSetSource(Source):
                             for d in data
                         ]
                     )
-                    yield Batch(chunk, "pixels", pixels)
+                    yield InputBatch(chunk, "pixels", pixels)
                 else:
-                    yield Batch(chunk, "bytes", data)
+                    yield InputBatch(chunk, "bytes", data)
         finally:
             for f in files.values():
                 f.close()
@@ -577,7 +577,7 @@ def _list_tar(archive: Path, subdir: str, where: str, stop_after: int | None = N
                 if base.endswith(ARRAY_EXTS) or _is_cifar_name(base) or (base.endswith(".cls") and m.size <= 64):
                     f = tf.extractfile(m)
                     blobs[rel] = f.read() if f is not None else b""
-                elif base.lower().endswith(IMAGE_EXTS):
+                elif base.lower().endswith(IMAGE_FILE_EXTS):
                     n_images += 1
                     if stop_after is not None and n_images >= stop_after:
                         break
@@ -643,8 +643,8 @@ def open_source(
     split: str = "train",
     layout: str = "auto",
     stop_after: int | None = None,
-) -> Source:
-    """Detect what ``src`` holds and return a Source over it (ShardError naming the path otherwise).
+) -> InputSource:
+    """Detect what ``src`` holds and return an InputSource over it (ShardError naming the path otherwise).
 
     ``stop_after``: the caller needs only the first N images in archive order and no labels, so an
     archive's listing may stop there (a streamed .tar.gz is then read only up to that point)."""
@@ -680,7 +680,7 @@ def open_source(
     cifar = [b for b, p in zip(bases, paths) if "/" not in p and _is_cifar_name(b)]
     if any(b not in _CIFAR_META for b in cifar):
         return _open_cifar_dir(root, split, cifar)
-    images = [p for p in paths if p.lower().endswith(IMAGE_EXTS)]
+    images = [p for p in paths if p.lower().endswith(IMAGE_FILE_EXTS)]
     arrays = [p for p in paths if p.lower().endswith(ARRAY_EXTS)]
     if arrays and not images:
         if len(arrays) > 1:
@@ -733,7 +733,7 @@ def _open_cifar_dir(root: Path, split: str, names: list[str]) -> ArraySource:
     return cifar_from_blobs(blobs, split, str(root))
 
 
-def _open_tar(archive: Path, subdir: str, split: str, layout: str, stop_after: int | None = None) -> Source:
+def _open_tar(archive: Path, subdir: str, split: str, layout: str, stop_after: int | None = None) -> InputSource:
     where = f"{archive}:{subdir}" if subdir else str(archive)
     names, offsets, blobs, prefix = _list_tar(archive, subdir, where, stop_after)
     rel = [n[len(prefix) :] for n in names]
@@ -742,7 +742,7 @@ def _open_tar(archive: Path, subdir: str, split: str, layout: str, stop_after: i
         src = cifar_from_blobs({b: blobs[r] for b, r in bases.items() if _is_cifar_name(b)}, split, where)
         src.detected += " (inside the archive)"
         return src
-    has_images = any(r.lower().endswith(IMAGE_EXTS) for r in rel)
+    has_images = any(r.lower().endswith(IMAGE_FILE_EXTS) for r in rel)
     arrays = [r for r in blobs if r.endswith(ARRAY_EXTS)]
     if arrays and not has_images:
         if len(arrays) > 1:

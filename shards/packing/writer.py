@@ -17,7 +17,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shards.format.manifest import FORMATS, KINDS, Manifest, ShardError, ShardInfo, check_name
+from shards.base.errors import ShardError
+from shards.format.manifest import Manifest, ShardInfo, check_name
+from shards.format.schema import FORMATS, KINDS, packed_image_ext, recorded_image_ext
 from shards.read.check import npy_header, sample_record
 from shards.read.index import format_index
 
@@ -97,7 +99,7 @@ class ShardSetWriter:
         self.shard_size, self.classes, self.fid, self.command = shard_size, tuple(classes), fid, command
         self.skipped = list(skipped)
         self.stem, self.encoding = stem, encoding
-        self.ext = "npy" if format == "raw" else format  # the image member's extension
+        self.ext = packed_image_ext(format)  # the image member's extension
         self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._shard: _OpenShard | None = None
         self._done: list[ShardInfo] = []
@@ -209,7 +211,7 @@ class ShardSetWriter:
             skipped=tuple(self.skipped),
             command=self.command,
             encoding=self.encoding,
-            image_ext="npy" if self.format == "raw" else None,
+            image_ext=recorded_image_ext(self.format),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
         manifest.save(self.out)

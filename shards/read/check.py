@@ -39,6 +39,7 @@ import zlib
 import numpy as np
 
 from shards.base.host import cores
+from shards.read.members import map_file
 
 # verdicts (uint8): why a sample is never handed to a decoder
 OK, TRUNCATED, BAD_SIZE, BAD_LABEL, BAD_STRUCTURE, UNDECODABLE, LABEL_RANGE, BAD_DIGEST, BAD_META, BAD_HEADER = range(
@@ -55,7 +56,6 @@ WHY = {  # each completes "sample KEY …"
     BAD_META: "is damaged (its .json is unreadable or disagrees with its .cls label or the manifest)",
     BAD_HEADER: "is damaged (its tar header does not match the index)",
 }
-IMAGE_EXTS = ("jpg", "png", "npy", "raw")  # members an image may be stored as (raw: legacy, before .npy)
 NPY_HEADER = 512  # the .npy header pack writes: one tar block, so the pixels stay block-aligned
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _LABEL = re.compile(rb"-?[0-9]{1,18}")
@@ -273,20 +273,11 @@ def check_meta(meta: bytes, label: int, image: bytes, name: str | None, kind: st
 # ---------------------------------------------------------------------------------------------------
 # Many members at once, in worker processes
 # ---------------------------------------------------------------------------------------------------
-def _map(path: str) -> np.ndarray:
-    import mmap
-
-    with open(path, "rb") as f:
-        if f.seek(0, 2) == 0:
-            return np.zeros(0, np.uint8)
-        return np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
-
-
 def _check_chunk(job: dict) -> np.ndarray:
     """(n, 4) int32 [verdict, H, W, pixel offset within the member] of some samples of one tar (runs in a
     worker process for large sets). ``job``: tar, ext, off/size of the image members; optional meta_off,
     meta_size, labels, name, kind, digests for the ``.json`` check."""
-    m = _map(job["tar"])
+    m = map_file(job["tar"])
     ext, off, size = job["ext"], job["off"], job["size"]
     meta = job.get("meta_off")
     out = np.zeros((len(off), 4), np.int32)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 
 INDEX_VERSION = "v1.2"
 

@@ -6,15 +6,18 @@ sound USTAR header (checksum, regular file) whose name is ``KEY.EXT`` (with the 
 names) and whose size is the entry's. :func:`covers` checks that the indexed members tile the tar from its
 first byte to its end-of-archive blocks, so no member is left out; where they do not (a tar written by another
 tool, with pax or GNU long-name headers between members), :func:`tar_members` reads the tar with ``tarfile``
-and the two lists are compared.
+and the two lists are compared. :func:`map_file` maps a tar read-only for all of them.
 """
 
 from __future__ import annotations
 
+import mmap
 import tarfile
 from pathlib import Path
 
 import numpy as np
+
+from shards.base.errors import ShardError
 
 BLOCK = 512
 
@@ -98,3 +101,16 @@ def tar_members(path: str | Path) -> list[tuple[str, int, int]] | None:
             return out
     except (OSError, tarfile.TarError, ValueError, EOFError):
         return None
+
+
+def map_file(path: str | Path) -> np.ndarray:
+    """A tar's bytes, memory-mapped read-only (an empty array for an empty file); a file that cannot be opened
+    is a ShardError naming it."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, 2) == 0:
+                return np.zeros(0, np.uint8)
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise ShardError(f"{path}: cannot open shard ({e.strerror}); check the path or re-pack the shard set") from None
+    return np.frombuffer(mm, dtype=np.uint8)

@@ -49,16 +49,16 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError
-from shards.read.check import (  # noqa: F401  (re-exported: the loaders' names for the shared check)
+from shards.base.errors import ShardError
+from shards.format.manifest import MANIFEST_NAME, Manifest
+from shards.format.schema import IMAGE_MEMBER_EXTS
+from shards.read.check import (
     BAD_HEADER,
     BAD_LABEL,
     BAD_SIZE,
-    BAD_STRUCTURE,
     LABEL_RANGE,
     OK,
     TRUNCATED,
-    UNDECODABLE,
     WHY,
     check_bytes,
     check_members,
@@ -68,12 +68,21 @@ from shards.read.check import (  # noqa: F401  (re-exported: the loaders' names 
 )
 from shards.read.confirm import Confirmation
 from shards.read.index import file_stamp, load_cache, read_index, save_cache
-from shards.read.members import BLOCK, covers, header_ok, tar_members
+from shards.read.members import BLOCK, covers, header_ok, map_file, tar_members
 
 log = logging.getLogger("loaders")
 CACHE_VERSION = 2
-_EXT_CODES = {"jpg": 1, "png": 2, "raw": 3, "npy": 4}
+_EXT_CODES = {ext: code for code, ext in enumerate(IMAGE_MEMBER_EXTS, 1)}  # in each cache's head
+#: what a reader does with a damaged sample (``--on-corrupt``): raise one line naming it, or leave it out and count it
+ON_CORRUPT = ("error", "skip")
 _TABLE = ("keys", "offsets", "sizes", "labels", "verdict", "hw")
+
+
+def check_on_corrupt(on_corrupt: str) -> str:
+    """``on_corrupt`` when it is one of :data:`ON_CORRUPT`, else a ValueError naming the choices."""
+    if on_corrupt not in ON_CORRUPT:
+        raise ValueError(f"on_corrupt={on_corrupt!r}: use {' or '.join(map(repr, ON_CORRUPT))}")
+    return on_corrupt
 
 
 class SourceReader:
@@ -105,8 +114,7 @@ class SourceReader:
         on_corrupt: str = "error",
         confirmation: Confirmation | None = None,
     ):
-        if on_corrupt not in ("error", "skip"):
-            raise ValueError(f"on_corrupt={on_corrupt!r}: use 'error' or 'skip'")
+        check_on_corrupt(on_corrupt)
         self.directory = Path(directory)
         self.manifest = manifest
         self.format, self.ext = manifest.format, manifest.ext
@@ -347,7 +355,7 @@ class SourceReader:
 
     def _map(self, s: int) -> np.ndarray:
         if s not in self._maps:
-            self._maps[s] = _map(self._files[s])
+            self._maps[s] = map_file(self._files[s])
         return self._maps[s]
 
     # -- access -------------------------------------------------------------------------------------
@@ -501,17 +509,6 @@ def _parse_labels(m: np.ndarray, off: np.ndarray, size: np.ndarray, ok: np.ndarr
 # ---------------------------------------------------------------------------------------------------
 # Memory maps
 # ---------------------------------------------------------------------------------------------------
-def _map(path: Path) -> np.ndarray:
-    try:
-        with open(path, "rb") as f:
-            if f.seek(0, 2) == 0:
-                return np.zeros(0, np.uint8)
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except OSError as e:
-        raise ShardError(f"{path}: cannot open shard ({e.strerror}); check the path or re-pack the shard set") from None
-    return np.frombuffer(mm, dtype=np.uint8)
-
-
 class Region:
     """Files mapped read-only back to back (each at a page boundary) in one reserved address range.
 
