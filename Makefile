@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench peers clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,20 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The peer loaders of `python -m bench loader` (MosaicML Streaming, LitData, SPDL) with the project, in a venv
+# of their own: `.venv-peers/bin/python -m bench loader --backends dali-cpu,reference,mosaic,litdata,spdl`
+PEERS_VENV ?= .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+
+peers: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: pyproject.toml
+	test -x $(PEERS_PY) || python3 -m venv $(PEERS_VENV)
+	$(PEERS_PY) -m pip install -q --upgrade pip
+	$(PEERS_PY) -m pip install -q -e '.[peers]'
+	$(PEERS_PY) -m bench.peers
+	touch $@
 
 clean:
 	rm -rf runs

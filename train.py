@@ -43,7 +43,7 @@ from models.training import (
     seed_everything,
     setup_runtime,
 )
-from models.training.data import check_sources, data_notes, describe_resolved
+from models.training.data import check_sources, data_notes, describe_resolved, remote_options
 from models.training.metrics import Metrics
 from models.training.rundir import check_out
 from models.training.runtime import plan_runtime
@@ -329,6 +329,7 @@ def evaluate_checkpoint(settings: Settings, given: set[str]) -> dict:
     data = plan_eval(
         settings.eval_shards if "eval_shards" in given else tuple(run_info.get("eval_shards", ())),
         settings.train_labels if "train_labels" in given else tuple(run_info.get("train_labels", ())),
+        remote=remote_options(settings),
     )
     runtime = setup_runtime(settings.device, settings.precision)
     cfg = dict(run_info.get("method_config") or {})
@@ -349,7 +350,7 @@ def compare_with_random_init(settings: Settings, final: dict) -> None:
     import torch
 
     _log("measuring a randomly initialised backbone for comparison ...")
-    data = plan_eval(settings.eval_shards, settings.train_labels)
+    data = plan_eval(settings.eval_shards, settings.train_labels, remote=remote_options(settings))
     runtime = setup_runtime(settings.device, settings.precision)
     torch.manual_seed(settings.seed)  # the run's seed: the initialisation training started from
     method = build_method_for(settings, data.num_classes).to(runtime.device)

@@ -28,11 +28,13 @@ BENCHMARKS = {
     "feed": ("bench.feed", "the host feed on one core, the training thread's share, epoch boundary, opening sets"),
     "pack": ("bench.pack", "packing speed of `shards pack`"),
 }
-# outside `all`: the report, the AdaInf study (it trains) and confirming shards at open (on the user's sets)
+# outside `all`: the report, the AdaInf study (it trains), confirming shards at open (on the user's sets) and staging
+# remote sets (a server and a disk of the sets' size)
 EXTRA = {
     "report": ("bench.report", "PNG charts and a Markdown table from the JSON files"),
     "inflation": ("bench.studies.inflation", "the AdaInf study: SimCLR under each --inflation mode (trains models)"),
     "confirm": ("bench.confirm", "what confirming every shard's sha256 costs when a set is opened (your sets)"),
+    "stage": ("bench.stage", "remote sets from a local server: staging MB/s, time to the first batch, confirmation"),
 }
 SHARED = ("quick", "shards", "out_dir", "device")  # what `all` forwards to every benchmark that has it
 
@@ -111,7 +113,9 @@ def all_cmd(quick, shards, out_dir, device, only, skip, fail_fast):
         t0 = time.perf_counter()
         try:
             command = load_command(name)
-            command.main(args=_forward(command, given), prog_name=f"python -m bench {name}", standalone_mode=False)
+            command.main(
+                args=shared_option_args(command, given), prog_name=f"python -m bench {name}", standalone_mode=False
+            )
         except (click.ClickException, click.Abort) as e:
             why = e.format_message() if isinstance(e, click.ClickException) else "aborted"
             click.echo(f"{name}: failed: {why}", err=True)
@@ -125,7 +129,7 @@ def all_cmd(quick, shards, out_dir, device, only, skip, fail_fast):
         raise click.ClickException(f"failed: {', '.join(failed)}")
 
 
-def _forward(command: click.Command, given: dict) -> list[str]:
+def shared_option_args(command: click.Command, given: dict) -> list[str]:
     """The shared options this command declares, as command-line arguments."""
     accepted = {p.name: p for p in command.params}
     args: list[str] = []

@@ -142,9 +142,10 @@ for step in "${stepnames[@]}"; do
       for name in "${names[@]}"; do
         case "$name" in
           loader)  # every backend with the machine's cores, the colour stage eager and compiled, batch 512, then
-            # train.py's loader at other batch sizes (a per-batch overhead shows as a rising curve)
+            # train.py's loader at other batch sizes (a per-batch overhead shows as a rising curve); the peers where
+            # installed (else their rows say why); one throughput round (each row also has a memory pass and an audit)
             run 300 bench-loader "$py" -m bench loader --device "$device" "${qflag[@]}" --colour eager,compiled \
-              --batch-size 512 --sweep 64,128,256,1024 --workers "$threads" "${mix[@]}" --out-dir "$results" ;;
+              --batch-size 512 --sweep 64,128,256,1024 --workers "$threads" --rounds 1 "${mix[@]}" --out-dir "$results" ;;
           end-to-end)  # the default loader threads (both pipelines), then the CPU pipeline on all cores
             run 240 bench-end-to-end "$py" -m bench end-to-end --device "$device" "${qflag[@]}" "${mix[@]}" --out-dir "$results"
             run 150 bench-end-to-end-threads "$py" -m bench end-to-end --device "$device" "${qflag[@]}" \

@@ -168,16 +168,21 @@ def tree_memory() -> dict:
 
 class PssSampler:
     """Peaks of :func:`tree_memory`, sampled every ``interval`` s in a background thread from ``__enter__`` to
-    ``__exit__`` (about 1 % of one core at 0.25 s, the same for every backend)."""
+    ``__exit__``. What the sampling itself costs is measured (CPU time of its calls, ``memory_probe_cpu_s``, and its
+    share of one core over the run, ``memory_probe_core_share``): tens of ms per sample over a tree of a few
+    processes, more for more processes, so a suite that compares rates measures memory in a pass of its own
+    (``bench/loader.py``)."""
 
     def __init__(self, interval: float = 0.25):
         self.interval, self.samples, self.peak = interval, 0, {"pss": 0.0, "pss_file": 0.0, "anon": 0.0, "rss_sum": 0.0}
-        self.max_processes = 0
+        self.max_processes, self.cpu_s, self._wall = 0, 0.0, [0.0, 0.0]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="pss-sampler")
 
     def sample(self) -> dict:
+        cpu = time.thread_time()  # this thread's CPU time (user + system): what this sample costs
         now = tree_memory()
+        self.cpu_s += time.thread_time() - cpu
         for k, v in {**now, "anon": now["pss"] - now["pss_file"]}.items():
             if k in self.peak:
                 self.peak[k] = max(self.peak[k], v)
@@ -189,6 +194,7 @@ class PssSampler:
             self.sample()
 
     def __enter__(self) -> PssSampler:
+        self._wall[0] = time.perf_counter()
         self.sample()
         self._thread.start()
         return self
@@ -197,6 +203,7 @@ class PssSampler:
         self._stop.set()
         self._thread.join()
         self.sample()
+        self._wall[1] = time.perf_counter()
 
     def row(self) -> dict:
         """The memory fields of a results row."""
@@ -208,6 +215,10 @@ class PssSampler:
             "peak_rss_sum_mb": p["rss_sum"],
             "processes": self.max_processes,
             "memory_samples": self.samples,
+            "memory_probe_cpu_s": round(self.cpu_s, 4),
+            "memory_probe_core_share": round(self.cpu_s / wall, 5)
+            if (wall := self._wall[1] - self._wall[0]) > 0
+            else None,
         }
 
 
@@ -447,11 +458,14 @@ def resolve_shards(shards, cache_dir=None) -> list[str]:
     return [f"{out / 'real'}:10", f"{out / 'generated'}:1"]
 
 
-def time_loader(shards, aug: str, batch_size: int, *, timing: Timing, device="cpu", loader_device="auto", **kw) -> dict:
+def time_loader(
+    shards, aug: str, batch_size: int, *, timing: Timing, device="cpu", loader_device="auto", memory=True, **kw
+) -> dict:
     """The real ``TrainLoader`` over ``shards`` timed on the training path, ``batches()`` (one pipeline across
     epochs), plus ``startup_s`` (construction to the first batch, compiling included), ``steps_per_epoch``,
     ``dali_operators``, ``colour_compiled`` and where it ran. ``compile``: the colour stage (None: the loader's
-    default, compiled on CUDA); ``kw``: more TrainLoader arguments (``num_threads``, ``seed``)."""
+    default, compiled on CUDA); ``memory``: sample peak PSS (:class:`PssSampler`) during the run; ``kw``: more
+    TrainLoader arguments (``num_threads``, ``seed``)."""
     from loaders.batch.loader import TrainLoader
     from loaders.recipe.augment import preset
     from loaders.recipe.mixture import parse_shards_args
@@ -468,7 +482,9 @@ def time_loader(shards, aug: str, batch_size: int, *, timing: Timing, device="cp
         startup[:] = startup or [time.perf_counter() - t0]
         return n
 
-    row = timed(run_one, dataclasses.replace(timing, warmup=max(timing.warmup, 1)), sync=device_sync(device))
+    row = timed(
+        run_one, dataclasses.replace(timing, warmup=max(timing.warmup, 1)), sync=device_sync(device), memory=memory
+    )
     it.close()
     return {
         **row,

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench import harness as h
+from bench import harness
 from shards.base import host
 
 
@@ -54,7 +54,9 @@ def make_inputs(tmp: str, source: str | None, subdir: str, n: int | None, n_fold
     return {"n": len(images), "n_imagefolder": len(files), "image_size": list(images.shape[1:3]), "input": what}
 
 
-def pack_timed(backend: str, src: str, out_root: str, fmt: str, workers: int, quality: int, timing: h.Timing) -> dict:
+def pack_timed(
+    backend: str, src: str, out_root: str, fmt: str, workers: int, quality: int, timing: harness.Timing
+) -> dict:
     """Whole packs of ``src`` timed by the rule, each output removed after it."""
     from shards.packing.pack import PackConfig, pack
 
@@ -68,7 +70,7 @@ def pack_timed(backend: str, src: str, out_root: str, fmt: str, workers: int, qu
         shutil.rmtree(out, ignore_errors=True)
         return r.written
 
-    row = h.timed(one, timing)
+    row = harness.timed(one, timing)
     how = last["how"]  # shards.packing.pack counts passthrough / lossless / lossy
     return {
         "backend": backend,
@@ -82,11 +84,11 @@ def pack_timed(backend: str, src: str, out_root: str, fmt: str, workers: int, qu
     }
 
 
-@h.command("pack")
+@harness.command("pack")
 @click.option("--n", type=click.IntRange(min=1000), help="images in the npz [50,000; --source: all]")
 @click.option("--source", type=click.Path(exists=True), help="real images (anything `shards pack` reads)")
 @click.option("--subdir", default="", help="folder inside --source, e.g. cifar10/train")
-@h.timing_options(warmup=1, min_batches=1, noun="packs")
+@harness.timing_options(warmup=1, min_batches=1, noun="packs")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="encoding processes (0 = one per core)")
 @click.option("--size", type=int, default=32, show_default=True, help="demo image side")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality")
@@ -96,14 +98,16 @@ def main(n, source, subdir, timing, workers, size, quality, out_dir):
     with tempfile.TemporaryDirectory(prefix="bench-pack-") as tmp:
         n = n or (None if source else 50_000)
         n_folder = min(n or 10**9, 10_000) if timing.small else n
-        inputs = h.in_fresh_process(make_inputs, tmp, source, subdir, n, n_folder, size)
+        inputs = harness.in_fresh_process(make_inputs, tmp, source, subdir, n, n_folder, size)
         npz, folder, out = (os.path.join(tmp, x) for x in ("images.npz", "folder", "out"))
         common = dict(out_root=out, workers=workers, quality=quality, timing=timing)
         grid = [("npz->raw", npz, "raw"), ("npz->jpg", npz, "jpg"), ("npz->png", npz, "png")]
         grid += [("imagefolder->jpg", folder, "jpg")]
-        rows = h.run_cases(h.Case(b, pack_timed, dict(backend=b, src=s, fmt=f, **common)) for b, s, f in grid)
+        rows = harness.run_cases(
+            harness.Case(b, pack_timed, dict(backend=b, src=s, fmt=f, **common)) for b, s, f in grid
+        )
     hh, ww = inputs["image_size"]
     settings = {**inputs, "workers": workers or host.cores(), "input_mb": round(inputs["n"] * hh * ww * 3 / 2**20, 1)}
     settings.update(quality=quality, **timing.settings())
     columns = "backend samples_per_s timed_batches seconds peak_pss_mb bytes_per_sample passthrough"
-    h.finish("pack", settings, rows, columns, out_dir)
+    harness.finish("pack", settings, rows, columns, out_dir)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from bench.exactness import share_text
 from bench.harness import CONTEXT, RESULTS_DIR, host_kind
 
 DIR = click.Path(file_okay=False, path_type=Path)
@@ -167,7 +168,39 @@ def markdown(runs: list[Run]) -> str:
             cells += [_num(row.get("plan_s"), 3), _num(row.get("plan_mb"), 1), run.path.name]
             out.append(f"| {' | '.join(cells)} |")
         out.append("")
+        out += loader_table([r for r in host_runs if r.bench == "loader"])
     return "\n".join(out)
+
+
+def loader_table(runs: list[Run]) -> list[str]:
+    """The loader runs' rounds and exactness (issue 26): each row's ratio to the reference as median [range] over
+    the interleaved rounds, and what one epoch of its order delivered; a row that did not run says why."""
+    rows = [(r, row) for r in runs for row in r.results if "real_exact" in row or "skipped" in row or "failed" in row]
+    if not rows:
+        return []
+    out = [
+        "| loader run | backend | vs reference, median [range] | real seen 10× | generated seen 1× | samples lost | "
+        "generated share per batch | outside the bound |",
+        "|---|---|---|---:|---:|---:|---|---:|",
+    ]
+    for run, row in rows:
+        if row.get("samples_per_s") is None:
+            cells = [run.path.name, row_label(row), f"not run: {row.get('skipped') or row.get('failed')}"]
+            out.append(f"| {' | '.join(cells + [''] * 5)} |")
+            continue
+        ratio = _num(row.get("vs_reference"), 2)
+        if row.get("vs_reference_min") is not None:
+            lo, hi, n = row["vs_reference_min"], row["vs_reference_max"], len(row.get("vs_reference_rounds") or [])
+            ratio += f" [{lo:.2f}–{hi:.2f}, {n} rounds]"
+        share = share_text(row) or "–"
+        cells = [run.path.name, row_label(row), ratio, _pct(row.get("real_exact")), _pct(row.get("generated_exact"))]
+        cells += [_num(row.get("samples_lost")), share, _num(row.get("batches_outside_bound"))]
+        out.append(f"| {' | '.join(cells)} |")
+    return [*out, ""]
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f} %"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -206,6 +239,26 @@ def chart_throughput(runs: list[Run], path: Path) -> Path | None:
     fig, ax = _pyplot().subplots(figsize=(9, 0.35 * len(bars) + 1.2))
     labels, values = zip(*bars)
     _bars(ax, labels, values, "tab:blue", "two-view samples / s")
+    spans = [  # the range over the interleaved rounds (bench loader --rounds)
+        (r, row)
+        for r in runs
+        if r.bench in THROUGHPUT_BENCHES
+        for row in r.results
+        if row.get("samples_per_s") and row.get("backend") != "plan_epoch"
+    ]
+    for i, (_, row) in enumerate(spans):
+        if row.get("samples_per_s_min") is not None and row.get("samples_per_s_max") is not None:
+            ax.plot([row["samples_per_s_min"], row["samples_per_s_max"]], [i, i], color="k", lw=1.2)
+    missing = [
+        f"{r.host} · {r.bench} · {row['backend']}: {row.get('skipped') or row.get('failed')}"
+        for r in runs
+        if r.bench == "loader"
+        for row in r.results
+        if row.get("samples_per_s") is None and (row.get("skipped") or row.get("failed"))
+    ]
+    if missing:  # the rows that could not run keep their place: below the chart, with why
+        text = "\n".join(f"not run: {m[:150]}" for m in missing)
+        fig.text(0.01, -0.02, text, fontsize=6, va="top", ha="left")
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:,.0f}", va="center", fontsize=7)
     if max(values) > 100 * min(values):
@@ -227,7 +280,7 @@ def _bars(ax, labels, values, color: str, xlabel: str, target: tuple[float, str]
 
 def chart_data_wait(runs: list[Run], path: Path) -> Path | None:
     rows = [
-        (f"{r.host} · {row_label(row)} · {_loader_of(row)}", row)
+        (f"{r.host} · {row_label(row)} · {loader_label(row)}", row)
         for r in runs
         if r.bench == "end-to-end"
         for row in r.results
@@ -247,7 +300,7 @@ def chart_data_wait(runs: list[Run], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _loader_of(row: dict) -> str:
+def loader_label(row: dict) -> str:
     """Where the row's loader ran: its DALI pipeline's device and threads (older files: the ``loader`` name)."""
     device = row.get("loader_device") or (row.get("loader") or "?").removeprefix("dali-")
     threads = f", {row['num_threads']} threads" if row.get("num_threads") else ""

@@ -24,7 +24,7 @@ from bench.loader import measure_plan
 from shards.base.errors import ShardError
 from shards.base.host import resolve_device
 from shards.format.manifest import Manifest, ShardInfo
-from shards.read.index import format_index, read_index
+from shards.read.index import format_index, is_cache_file, read_index
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -160,10 +160,11 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def recipe_of(source: Path, count: int, shard_size: int) -> dict:
-    """What a built set must match to be reused: the source's files (names, sizes, times), count, variants."""
+    """What a built set must match to be reused: the source's files (names, sizes, times; not the loaders' index
+    caches, which opening the source writes beside its indexes), count, variants."""
     digest = hashlib.sha256()
     for f in sorted(source.rglob("*")) if source.is_dir() else [source]:
-        if f.is_file():
+        if f.is_file() and not is_cache_file(f.name):
             digest.update(
                 f"{f.relative_to(source) if source.is_dir() else f.name} {f.stat().st_size} "
                 f"{int(f.stat().st_mtime)}\n".encode()

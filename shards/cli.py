@@ -14,6 +14,13 @@ from shards.base.errors import UserError
 from shards.base.interrupt import interrupts, signal_of
 from shards.format.schema import FORMATS, PACK_FORMATS
 from shards.packing.sources import LAYOUTS
+from shards.remote.options import RemoteOptions, click_options
+from shards.remote.url import is_url
+
+
+def _location(text: str):
+    """A command-line shard set: a URL stays text (never a local path), anything else is a Path."""
+    return text if is_url(text) else Path(text)
 
 
 def _command_line() -> str:
@@ -53,8 +60,8 @@ def main():
 @click.option(
     "--out",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Output folder for NAME-00000.tar …, *.idx, manifest.json.",
+    help="Output folder for NAME-00000.tar …, *.idx, manifest.json; or an s3:// / gs:// URL (packed locally "
+    "under --cache-dir, then uploaded: tars and indexes first, the manifest last).",
 )
 @click.option("--kind", type=click.Choice(["real", "generated"]), default="real", show_default=True)
 @click.option("--name", default="", help="Source name (tar prefix, manifest name). Default: the --out folder's name.")
@@ -111,6 +118,7 @@ def main():
     help="Replace the shard set in --out (its manifest's files only, once the new set is complete).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, a line per tenth elsewhere).")
+@click_options
 @_clean_errors("nothing was written and {out} is as it was (a shard set already there is intact); pack again")
 def pack(
     src,
@@ -132,13 +140,16 @@ def pack(
     strict,
     overwrite,
     quiet,
+    cache_dir,
+    storage_option,
 ):
     """Pack SRC (ImageFolder tree, folder of images, CIFAR pickles, .npz/.npy, or a .tar/.tar.gz of one) into shards."""
     from shards.packing.pack import PackConfig
     from shards.packing.pack import pack as run_pack
 
+    out = _location(out)
     cfg = PackConfig(
-        out=out,
+        out=Path(".") if is_url(out) else out,
         name=name,
         kind=kind,
         split=split,
@@ -156,25 +167,37 @@ def pack(
         progress=not quiet,
         command=_command_line(),
     )
-    result = run_pack(src, cfg, subdir=subdir, layout=layout)
-    click.echo(result.summary())
-    click.echo(f"output:  {out}")
+    if is_url(out):
+        from shards.packing.upload import pack_to_url
+
+        remote = RemoteOptions.from_cli(cache_dir, storage_option, progress=not quiet)
+        result, sent = pack_to_url(src, cfg, out, remote, subdir=subdir, layout=layout)
+        click.echo(result.summary())
+        click.echo(f"output:  {out} ({sent['files']} files, {sent['bytes'] / 2**20:,.1f} MB uploaded, manifest last)")
+    else:
+        result = run_pack(src, cfg, subdir=subdir, layout=layout)
+        click.echo(result.summary())
+        click.echo(f"output:  {out}")
     for w in result.warnings:
         click.echo(w, err=True)
 
 
 @main.command()
-@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("dirs", nargs=-1, required=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="Processes (0 = one per core).")
 @click.option("--no-decode", is_flag=True, help="Skip decoding every image (structure, index and checksums only).")
+@click_options
 @_clean_errors("nothing was changed (verify only reads); run it again")
-def verify(dirs, workers, no_decode):
+def verify(dirs, workers, no_decode, cache_dir, storage_option):
     """Re-read every shard with the loader's own checks: tar structure, index, every image (structure, decode,
     size), labels, each sample's recorded sha256, unique keys, counts and sha256 against the manifest."""
+    from shards.remote.stage import local_set
     from shards.verify import verify_dir
 
+    remote = RemoteOptions.from_cli(cache_dir, storage_option, on_corrupt="skip")  # verify reports every problem
     bad = 0
-    for d in dirs:
+    for given in map(_location, dirs):
+        d = local_set(given, remote, "verify") if is_url(given) else given  # a URL: its staged copy
         problems = verify_dir(d, workers=workers, decode=not no_decode)
         for p in problems:
             click.echo(p)
@@ -185,7 +208,8 @@ def verify(dirs, workers, no_decode):
 
             m = Manifest.load(d)
             click.echo(
-                f"{d}: OK ({m.count} samples in {len(m.shards)} shard(s){'' if no_decode else ', every image decoded'})"
+                f"{given}: OK ({m.count} samples in {len(m.shards)} shard(s)"
+                f"{'' if no_decode else ', every image decoded'}{f', staged in {d}' if is_url(given) else ''})"
             )
     if bad:
         click.echo(f"{bad} of {len(dirs)} shard set(s) have problems", err=True)
@@ -193,13 +217,16 @@ def verify(dirs, workers, no_decode):
 
 
 @main.command()
-@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("dirs", nargs=-1, required=True)
+@click_options
 @_clean_errors()
-def info(dirs):
-    """A table of shard sets: name, kind, count, shards, format, classes, bytes, fid."""
+def info(dirs, cache_dir, storage_option):
+    """A table of shard sets (folders or URLs, whose manifests are read remotely): name, kind, count, shards,
+    format, classes, bytes, fid."""
     from shards.verify import INFO_COLUMNS, format_table, info_rows
 
-    click.echo(format_table(info_rows(dirs), INFO_COLUMNS))
+    remote = RemoteOptions.from_cli(cache_dir, storage_option)
+    click.echo(format_table(info_rows(list(map(_location, dirs)), remote.storage_options), INFO_COLUMNS))
 
 
 @main.command()

@@ -249,10 +249,14 @@ def describe_encoding(m: Manifest) -> str | None:
     return "lossless"
 
 
-def info_rows(dirs) -> list[dict]:
+def info_rows(dirs, storage_options: dict | None = None) -> list[dict]:
+    """One row per set; a URL's manifest is read remotely (nothing staged)."""
+    from shards.remote.fs import read_manifest
+    from shards.remote.url import is_url
+
     rows = []
     for d in dirs:
-        m = Manifest.load(d)
+        m = read_manifest(d, storage_options)[0] if is_url(str(d)) else Manifest.load(d)
         rows.append(
             {
                 "name": m.name,

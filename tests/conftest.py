@@ -3,7 +3,12 @@
 Shard sets that several modules read are built once per session and handed out read-only (a
 ``MappingProxyType`` of paths); a test that damages or re-packs data builds or copies its own under
 ``tmp_path``. The builders themselves are fixtures too (``shard_factory``, ``sample_image``,
-``encode_image``, ``corrupt_sample``, ``demo_sets``), so no test module imports another.
+``encode_image``, ``corrupt_sample``, ``demo_sets``), so no test module imports another (plain helpers that
+several modules call live in small modules beside this one: shareddata.py, trainargs.py, benchruns.py).
+
+The files mirror the packages: ``test_<package>_<module or concept>.py`` (test_shards_read.py, test_loaders_loader.py,
+test_models_optim.py, test_training_compiling.py, test_bench_scale.py; train.py's command line: test_train_*.py).
+A test imports only public names of the packages.
 """
 
 from __future__ import annotations
@@ -288,6 +293,13 @@ def demo_copy(demo_sets, tmp_path):
         return {name: root / name for name in shared}
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def bench_demo(demo_sets):
+    """The benchmark tests' demo folder (``demo_sets(64, 64, 16, shard_size=40)``): the parent of its "real",
+    "generated" and "test" sets (read-only: copy a set before changing it)."""
+    return demo_sets(64, 64, 16, shard_size=40)["real"].parent
 
 
 @pytest.fixture(scope="session")

@@ -18,25 +18,29 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "shards.base": (),  # errors, host, interrupt, progress, lock, atomic: what every package shares
     "shards.format": ("shards.base",),
     "shards.read": ("shards.base", "shards.format"),
-    "shards.packing": ("shards.base", "shards.format", "shards.read"),
-    "shards": ("shards.base", "shards.format", "shards.read", "shards.packing"),  # verify, cli
-    "loaders.recipe": ("shards.base", "shards.format", "shards.read", "shards.packing", "shards"),
-    "loaders.batch": ("shards.base", "shards.format", "shards.read", "shards.packing", "shards", "loaders.recipe"),
+    "shards.remote": ("shards.base", "shards.format", "shards.read"),  # URLs, object storage, the staging cache
+    "shards.packing": ("shards.base", "shards.format", "shards.read", "shards.remote"),
+    "shards": ("shards.base", "shards.format", "shards.read", "shards.remote", "shards.packing"),  # verify, cli
+    "loaders.recipe": ("shards.base", "shards.format", "shards.read", "shards.remote", "shards.packing", "shards"),
+    "loaders.batch": (
+        *("shards.base", "shards.format", "shards.read", "shards.remote", "shards.packing", "shards"),
+        "loaders.recipe",
+    ),
     "loaders": (
-        *("shards.base", "shards.format", "shards.read", "shards.packing", "shards"),
+        *("shards.base", "shards.format", "shards.read", "shards.remote", "shards.packing", "shards"),
         *("loaders.recipe", "loaders.batch"),
     ),  # audit, preview, the CLI
     "models": (),  # networks, losses, methods: nothing of the project (no loader, no shard)
     "models.training": (
-        *("shards.base", "shards.format", "shards.read", "shards.packing", "shards"),
+        *("shards.base", "shards.format", "shards.read", "shards.remote", "shards.packing", "shards"),
         *("loaders.recipe", "loaders.batch", "loaders", "models"),
     ),
     "bench": (
-        *("shards.base", "shards.format", "shards.read", "shards.packing", "shards"),
+        *("shards.base", "shards.format", "shards.read", "shards.remote", "shards.packing", "shards"),
         *("loaders.recipe", "loaders.batch", "loaders", "models", "models.training", "train"),
     ),
     "train": (
-        *("shards.base", "shards.format", "shards.read", "shards.packing", "shards"),
+        *("shards.base", "shards.format", "shards.read", "shards.remote", "shards.packing", "shards"),
         *("loaders.recipe", "loaders.batch", "loaders", "models", "models.training"),
     ),
 }

@@ -1,15 +1,25 @@
 """``python -m loaders audit`` as a newcomer meets it (the plan it promises, an estimate before a long audit,
-plain log lines, flags named as flags), ``-h`` in every command line, and mixture YAML paths."""
+plain log lines, flags named as flags, every key counted), ``-h`` in every command line, mixture YAML paths, and
+``python -m loaders preview``."""
 
 from __future__ import annotations
 
+import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 from loaders.__main__ import Estimate, main
+from loaders.recipe.mixture import parse_shards_args
+from loaders.recipe.resolve import resolve_recipe
+
+
+@pytest.fixture(scope="module")
+def mix(demo_shards):
+    return demo_shards
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +177,85 @@ def test_mixture_yaml_paths_are_relative_to_the_yaml_file(tmp_path, monkeypatch,
     res = audit("--shards", "../../configs/mix.yaml", "--batch-size", 16, "--plan-only")
     assert res.exit_code == 0, res.output
     assert "  real: 90 samples (30 x weight 3)" in res.output and "  gen: 45 samples (45 x weight 1)" in res.output
+
+
+# -- audit CLI ------------------------------------------------------------------------------------
+def test_audit_json_counts_every_key(data):
+    res = audit(
+        "--shards",
+        f"{data['real']}:2",
+        "--shards",
+        f"{data['gen']}:1",
+        "--batch-size",
+        16,
+        "--epochs",
+        2,
+        "--keep-last",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert len(report["epochs"]) == 2
+    e = report["epochs"][1]
+    assert e["samples"] == 105 and e["per_source"] == {"real": 60, "gen": 45}
+    assert e["key_multiplicity"] == {"real": {"2": 30}, "gen": {"1": 45}}
+    assert e["labels"]["-1"] == 45 and sum(e["labels"].values()) == 105
+    frac = e["batch_fraction"]["real"]
+    assert abs(frac["mean"] - 60 / 105) < 0.05 and frac["min"] >= (16 * 60 / 105 - 2) / 16 - 1e-9
+    bad = audit("--shards", f"{data['real']}:x")
+    assert bad.exit_code != 0 and "not a number" in bad.output and "Traceback" not in bad.output
+
+
+# ---- preview -------------------------------------------------------------------------------------------------
+def test_preview_draws_real_and_generated_rows(mix, tmp_path, read_samples):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    res = CliRunner().invoke(
+        main,
+        [
+            "preview",
+            "--shards",
+            str(mix["real"]),
+            "--shards",
+            str(mix["generated"]),
+            "--out",
+            str(out),
+            "--n",
+            "3",
+            "--scale",
+            "2",
+            "--family",
+            "asymmetric",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "real 3, generated 3" in res.output and "asymmetric_adainf" in res.output
+    img = np.asarray(Image.open(out).convert("RGB"))
+    cell, gap = 32 * 2, 4
+    # two groups of three columns (as stored, view 1, view 2), three rows of cells, header and title above
+    assert img.shape[1] == 2 * 8 + 2 * (3 * cell + 2 * gap) + 20
+    assert not list(tmp_path.glob(".grid.png.*"))  # no temporary left
+    assert out.stat().st_mode & 0o044  # readable by others, as any file the user writes (umask permitting)
+    # the "as stored" cells (rows counted from the bottom, ×2 nearest) are images of their own kind's set,
+    # unchanged (±1 level: normalised and back), three different ones each
+    for kind, x in (("real", 8), ("generated", 8 + 3 * cell + 2 * gap + 20)):
+        stored = np.stack(
+            [np.asarray(Image.open(io.BytesIO(s["image"])).convert("RGB")) for s in read_samples(mix[kind])]
+        ).astype(int)
+        shown = []
+        for r in range(3):
+            y = img.shape[0] - 8 - cell - (2 - r) * (cell + gap)
+            tile = img[y : y + cell, x : x + cell].astype(int)
+            assert np.array_equal(tile[::2, ::2], tile[1::2, 1::2])  # scaled ×2, nearest
+            match = np.flatnonzero(np.abs(stored - tile[::2, ::2]).max(axis=(1, 2, 3)) <= 1)
+            assert len(match) >= 1, (kind, r)
+            shown.append(int(match[0]))
+        assert len(set(shown)) == 3, (kind, shown)
+    from loaders.preview import sample_views
+
+    r = resolve_recipe(parse_shards_args([str(mix["real"])]), family="symmetric", inflation="none")
+    stored, v1, _ = sample_views(r.mixture, r.aug, "real", n=2)
+    assert stored.shape == v1.shape == (2, 32, 32, 3) and not np.array_equal(stored, v1)
+    bad = CliRunner().invoke(main, ["preview", "--shards", str(mix["real"]), "--out", str(tmp_path / "no" / "x.png")])
+    assert bad.exit_code != 0 and "does not exist" in bad.output and "Traceback" not in bad.output

@@ -229,3 +229,13 @@ def test_a_pool_stopped_while_its_workers_start_never_hangs():
         timeout=60,
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr
+
+
+def test_cli_help_lists_commands():
+    r = subprocess.run([sys.executable, "-m", "shards", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0
+    for cmd in ("pack", "verify", "info", "demo"):
+        assert cmd in r.stdout
+
+
+REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 what is announced before a run (no evaluation, unlabelled real data, a run far too long for the device),
 and the hints for a --shards path that is not a shard set.
 
-Same tiny demo as tests/test_train.py: 24 real + 24 generated (3 steps of 16 per epoch), 40 test images.
+Same tiny demo as tests/test_train_cli.py: 24 real + 24 generated (3 steps of 16 per epoch), 40 test images.
 """
 
 from __future__ import annotations
@@ -230,14 +230,14 @@ def test_estimate_line_names_the_knobs_for_the_device():
     from models.training import Settings
     from models.training.trainer import estimate_line
 
-    s = Settings()
-    line = estimate_line(40.0, 99_998, (2, 2), s, "cpu")
+    settings = Settings()
+    line = estimate_line(40.0, 99_998, (2, 2), settings, "cpu")
     assert line.startswith("estimate: 46d 7:05:20 for the 99,998 steps left ")  # 40 s x 99,998
     assert "at 40 s/step (measured over step 2 on cpu" in line
     assert "--backbone convnet" in line and "--steps N; 99,998 left now" in line
-    assert "--backbone" not in estimate_line(40.0, 99_998, (2, 4), s.replace(backbone="convnet"), "cpu")
-    assert "--backbone" not in estimate_line(0.5, 99_998, (2, 4), s, "cuda:0")  # the GPU trains the ResNet
-    assert estimate_line(0.01, 1000, (2, 4), s, "cpu") is None  # ten seconds: nothing to say
+    assert "--backbone" not in estimate_line(40.0, 99_998, (2, 4), settings.replace(backbone="convnet"), "cpu")
+    assert "--backbone" not in estimate_line(0.5, 99_998, (2, 4), settings, "cuda:0")  # the GPU trains the ResNet
+    assert estimate_line(0.01, 1000, (2, 4), settings, "cpu") is None  # ten seconds: nothing to say
 
 
 def test_a_long_background_run_logs_early_estimates_and_stops_on_sigint(data, tmp_path):

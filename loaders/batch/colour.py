@@ -13,7 +13,7 @@ per batch is fixed and the whole stage can be compiled (``torch.compile``: Trito
 CPU) or captured. Values stay float32 holding the integers 0…255 that torchvision's uint8 ops would hold
 between operations; each op ends with torchvision's cast (clamp, truncate).
 
-Semantics, op by op (tests/test_colour.py holds each to its reference on real CIFAR-10 and EDM images):
+Semantics, op by op (tests/test_loaders_colour.py holds each to its reference on real CIFAR-10 and EDM images):
 
 * ColorJitter — torchvision's functional tensor ops on uint8 images in the drawn order. Brightness,
   contrast and saturation are ``_blend(x, other, f)``, written for a whole batch as *slots*
@@ -256,7 +256,7 @@ class ColourStage:
     ``torch.compile`` — Triton kernels on a GPU, vectorised C++ on the CPU. The first batches pay the
     compilation (inductor caches the result on disk for later runs); views with the same config share the
     compiled code. The phases are compiled apart because inductor fused them into slower loops
-    (``docs/_frag-25-history.md``). ``chunk``: process the batch in pieces of
+    (``docs/design.md``, "Why some code is the way it is"). ``chunk``: process the batch in pieces of
     this many samples when compiled (the last one padded, so compiled shapes never change): on a CPU a piece
     then stays in cache between phases; on a GPU the loader sets it to the batch size (a batch that lost
     corrupt samples is padded back). Eager mode on a CPU computes each op only for the samples it applies

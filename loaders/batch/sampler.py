@@ -33,7 +33,7 @@ Mixing (a low-discrepancy interleave)
     ``c_s − L p_s = e_s (1 − p_s) − p_s Σ_{t≠s} e_t`` and
     ``|c_s − L p_s| < 2(1 − p_s) + 2 p_s (S − 1) = 2(1 + (S − 2) p_s)``. ∎
 
-    (Ties between keys have probability zero; ``tests/test_sampler.py`` checks every window,
+    (Ties between keys have probability zero; ``tests/test_loaders_sampler.py`` checks every window,
     ``tests/test_elastic_plan.py`` every rank's part of every batch.)
 
 Ranks (elastic: the same global batches whatever the number of processes)

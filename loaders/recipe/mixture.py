@@ -119,7 +119,7 @@ def parse_shards_args(args, remote: RemoteOptions | None = None) -> Mixture:
     elif any(a.lower().endswith((".yaml", ".yml")) for a in args):
         raise ShardError("--shards mix.yaml must be the only --shards argument; list every source inside it")
     else:
-        entries = [_split_arg(a) for a in args]
+        entries = [split_shards_arg(a) for a in args]
     sources = []
     for path, weight, name in entries:
         local = local_set(path, remote) if is_url(path) else Path(path)
@@ -295,7 +295,7 @@ def _checked(m: Mixture) -> Mixture:
     return m
 
 
-def _split_arg(arg: str) -> tuple[str, float | None, None]:
+def split_shards_arg(arg: str) -> tuple[str, float | None, None]:
     """``DIR[:W]`` or ``URL[:W]`` → (DIR, W or None when no weight was written, None)."""
     if is_url(arg):
         path, weight = split_weight(arg)

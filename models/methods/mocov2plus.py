@@ -82,6 +82,7 @@ class MoCoV2Plus(MomentumMethod):
         ) / 2
         # The step's keys join the queue after its optimizer step (``on_train_step_end``), not here: the loss's
         # backward reads the queue, and a compiled graph that also wrote it let that backward see the new keys
-        # (torch 2.14: gradients ~5 % off; tests/test_compile.py). The next step sees them, as in the release.
+        # (torch 2.14: gradients ~5 % off; tests/test_training_compiling.py). The next step sees them, as in the
+        # release.
         self._pending_keys = torch.stack([gather(k1), gather(k2)]).detach()
         return loss, {}

@@ -21,7 +21,7 @@ Compile time is paid in the first steps: ``StepClock`` times them (synchronised)
 they took than a steady step. Inductor's FX-graph and AOTAutograd caches (on by default in PyTorch) keep the
 compiled graphs on disk in ``cache_dir()`` — ``$TORCHINDUCTOR_CACHE_DIR``, by default
 ``/tmp/torchinductor_$USER`` — so a second run of the same model and settings loads them instead of
-compiling (``cache_stats`` counts the hits; ``tests/test_optim.py`` checks that a second process only loads).
+compiling (``cache_stats`` counts the hits; ``tests/test_models_optim.py`` checks that a second process only loads).
 Both compiled pieces use static shapes (``dynamic=False``), so a cache entry depends only on the model, the
 batch and the settings (on the CPU also the intra-op thread count), not on what compiled before.
 """

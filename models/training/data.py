@@ -19,6 +19,18 @@ from loaders.recipe.policy import AUG_KNOBS
 from loaders.recipe.resolve import Recipe, resolve_recipe
 from shards.base.errors import ConfigError
 from shards.format.manifest import Manifest
+from shards.remote.options import RemoteOptions
+from shards.remote.stage import local_set
+
+
+def remote_options(settings) -> RemoteOptions:
+    """Where and how the run stages remote shard sets (``--cache-dir``, ``--storage-option``, ``--on-corrupt``)."""
+    return RemoteOptions.from_cli(
+        getattr(settings, "cache_dir", None),
+        getattr(settings, "storage_option", ()),
+        on_corrupt=getattr(settings, "on_corrupt", "error"),
+        progress=getattr(settings, "progress", True),
+    )
 
 
 @dataclass(frozen=True)
@@ -86,8 +98,9 @@ class DataPlan:
         from loaders.batch.loader import EvalLoader
 
         # a fixed random subset when capped: test sets are often packed in class order
+        remote = remote_options(settings)
         return EvalLoader(
-            list(dirs),
+            [local_set(d, remote, "--eval-shards") for d in dirs],  # a URL: its staged copy
             settings.eval_batch_size,
             runtime.device,
             size=settings.image_size,
@@ -111,14 +124,14 @@ def plan_data(settings, world_size: int, aug_family: str) -> DataPlan:
     ``aug_family``: the method's augmentation family (its no-inflation and AdaInf presets)."""
     if not settings.shards:
         raise ConfigError("no training data: give --shards DIR[:WEIGHT] (repeatable) or --demo")
-    mixture = parse_shards_args(list(settings.shards))
+    mixture = parse_shards_args(list(settings.shards), remote_options(settings))
     for src in mixture.sources:
         if src.manifest.count == 0:
-            raise ConfigError(f"{src.path}: shard set is empty; pack images into it with `python -m shards pack`")
+            raise ConfigError(f"{src.location}: shard set is empty; pack images into it with `python -m shards pack`")
     label_dirs = settings.train_labels or tuple(
-        str(src.path) for src in mixture.sources if src.manifest.kind == "real" and src.manifest.labelled
+        src.location for src in mixture.sources if src.manifest.kind == "real" and src.manifest.labelled
     )
-    eval_plan = plan_eval(settings.eval_shards, label_dirs, required=False)
+    eval_plan = plan_eval(settings.eval_shards, label_dirs, required=False, remote=remote_options(settings))
     if settings.eval_shards and not label_dirs:
         raise ConfigError(
             "evaluation needs labelled training features: give --train-labels DIR (a labelled real shard set)"
@@ -181,8 +194,9 @@ def data_notes(plan: DataPlan, settings) -> list[str]:
     return notes
 
 
-def plan_eval(eval_shards, train_labels, required: bool = True) -> DataPlan:
-    """The evaluation sets alone (``--eval-only``, the random-init baseline): labelled, readable."""
+def plan_eval(eval_shards, train_labels, required: bool = True, remote: RemoteOptions | None = None) -> DataPlan:
+    """The evaluation sets alone (``--eval-only``, the random-init baseline): labelled, readable. ``remote``:
+    how URLs among them are staged (``remote_options(settings)``)."""
     if required and not eval_shards:
         raise ConfigError("no evaluation data: give --eval-shards DIR (a labelled test shard set)")
     if required and not train_labels:
@@ -190,7 +204,7 @@ def plan_eval(eval_shards, train_labels, required: bool = True) -> DataPlan:
     classes = [10]
     for opt, dirs in (("--eval-shards", eval_shards), ("--train-labels", train_labels)):
         for d in dirs:
-            m = load_manifest(d, opt)
+            m = load_manifest(d, opt, remote)
             if not m.labelled:
                 raise ConfigError(f"{opt} {d}: shard set has no labels ({m.kind}); give a labelled real set")
             classes.append(m.num_classes)  # class names, or the labels a set without names uses

@@ -102,7 +102,7 @@ def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
 
 def _end_process_group() -> None:
     """The process group ended before the interpreter's own teardown: gloo's threads left to it can abort the
-    process at exit ("terminate called without an active exception", seen in tests/test_syncbn.py)."""
+    process at exit ("terminate called without an active exception", seen in tests/test_models_syncbn.py)."""
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

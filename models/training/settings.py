@@ -38,8 +38,12 @@ def _opt(default, help, **extra):
 @dataclass(frozen=True)
 class Settings:
     # data
-    shards: tuple[str, ...] = _opt((), "Training shard set as DIR[:WEIGHT] or a mixture YAML; repeat for more sources.")
-    eval_shards: tuple[str, ...] = _opt((), "Labelled test shard set(s) for kNN / linear-probe accuracy; repeat.")
+    shards: tuple[str, ...] = _opt(
+        (),
+        "Training shard set as DIR[:WEIGHT] or URL[:WEIGHT] (s3://, gs://, http(s)://: staged into --cache-dir) or a "
+        "mixture YAML; repeat for more sources.",
+    )
+    eval_shards: tuple[str, ...] = _opt((), "Labelled test shard set(s) (DIR or URL) for kNN / linear-probe accuracy.")
     train_labels: tuple[str, ...] = _opt(
         (),
         "Labelled real shard set(s) giving kNN / linear-probe training "
@@ -72,6 +76,14 @@ class Settings:
     )
     on_corrupt: str = _opt(
         "error", "What the loaders do with an undecodable sample (training and evaluation).", choices=ON_CORRUPT
+    )
+    cache_dir: str | None = _opt(
+        None, "Node-local cache for remote shard sets (default $ADAINF_CACHE_DIR or ~/.cache/adainf-loader)."
+    )
+    storage_option: tuple[str, ...] = _opt(
+        (),
+        "fsspec storage option KEY=VALUE for remote shard sets (repeatable; saved with the run's settings: give "
+        "secrets through the environment or a profile, never here).",
     )
     # model and optimisation
     method: str = _opt("simclr", "Contrastive method.", choices=tuple(METHODS))
@@ -250,6 +262,8 @@ DEMO_DEFAULTS = dict(
 DEMO_CPU_DEFAULTS = dict(backbone="convnet", batch_size=128, steps=500, warmup_steps=50, log_every=10, ckpt_every=100)
 # Settings that may differ from the checkpoint's when resuming (everything else must match).
 RESUME_MAY_CHANGE = (
+    "cache_dir",
+    "storage_option",
     "steps",
     "epochs",
     "device",

@@ -15,7 +15,8 @@ import time
 def progress(
     total: int | None, desc: str, unit: str = "img", *, enabled: bool = True, stream=None, summary_follows=False
 ):
-    """A context manager with ``update(n)``: tqdm on a terminal, :class:`LineProgress` elsewhere.
+    """A context manager with ``update(n)``: tqdm on a terminal, :class:`LineProgress` elsewhere. With
+    ``unit="B"`` the counts are bytes, shown in MB (and MB/s).
 
     ``summary_follows``: the command ends with its own summary holding the job's throughput, so the progress
     leaves no second, different figure: the bar is cleared at the end, the closing plain line has no rate."""
@@ -23,8 +24,11 @@ def progress(
     if enabled and getattr(stream, "isatty", lambda: False)():
         from tqdm import tqdm
 
+        scaled = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
         leave = not summary_follows
-        return tqdm(total=total, unit=unit, desc=desc, file=stream, mininterval=0.5, dynamic_ncols=True, leave=leave)
+        return tqdm(
+            total=total, unit=unit, desc=desc, file=stream, mininterval=0.5, dynamic_ncols=True, leave=leave, **scaled
+        )
     return LineProgress(total, desc, unit, enabled=enabled, stream=stream, closing_rate=not summary_follows)
 
 
@@ -90,13 +94,17 @@ class LineProgress:
     def _line(self, now: float, rate_shown: bool = True) -> None:
         elapsed = max(now - self.t0, 1e-9)
         rate = self.n / elapsed
+        unit, show = self.unit, (lambda n: f"{n:,}")
+        if unit == "B":  # bytes: in MB
+            unit, show = "MB", (lambda n: f"{n / 2**20:,.1f}")
         if self.total:
             left = (self.total - self.n) / rate if rate > 0 else float("nan")
-            where = f"{self.n:,}/{self.total:,} {self.unit} ({math.floor(100 * self.n / self.total)}%)"
+            where = f"{show(self.n)}/{show(self.total)} {unit} ({math.floor(100 * self.n / self.total)}%)"
             tail = f", {duration(left)} left" if self.n < self.total else f" in {duration(elapsed)}"
         else:
-            where, tail = f"{self.n:,} {self.unit}", f" in {duration(elapsed)}"
-        speed = f", {rate:,.0f} {self.unit}/s" if rate_shown else ""
+            where, tail = f"{show(self.n)} {unit}", f" in {duration(elapsed)}"
+        rate_text = f"{rate / 2**20:,.1f}" if self.unit == "B" else f"{rate:,.0f}"
+        speed = f", {rate_text} {unit}/s" if rate_shown else ""
         print(f"{self.desc}: {where}{speed}{tail}", file=self.stream, flush=True)
         self.last_line, self.lines = now, self.lines + 1
 

@@ -506,9 +506,9 @@ def _install(tmp: Path, out: Path, manifest: Manifest, old: Manifest | None) -> 
         if os.path.lexists(out / f):  # _free_stem chose names that were free; never replace anything
             raise ShardError(f"{out / f}: appeared while packing; nothing was replaced, pack again")
         os.replace(tmp / f, out / f)
-    _fsync_dir(out)
+    fsync_dir(out)
     os.replace(tmp / MANIFEST_NAME, out / MANIFEST_NAME)  # the commit point
-    _fsync_dir(out)
+    fsync_dir(out)
     left = _remove(out, old_files)
     if left:
         return [
@@ -588,7 +588,9 @@ def _remove(out: Path, names) -> list[str]:
     return left
 
 
-def _fsync_dir(d: Path) -> None:
+def fsync_dir(d: Path) -> None:
+    """Make ``d``'s entries (files moved in, the manifest replaced) durable; where a folder cannot be opened or
+    synced (some file systems), nothing."""
     try:
         fd = os.open(d, os.O_RDONLY)
     except OSError:

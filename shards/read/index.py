@@ -69,16 +69,16 @@ def read_index(path: str | Path) -> ShardIndex:
     if len(head_parts) != 2 or head_parts[0] != INDEX_VERSION or not head_parts[1].isdigit():
         raise ShardError(f"{path}: bad index header {head!r} (want '{INDEX_VERSION} <samples>')")
     n = int(head_parts[1])
-    fast = _parse_uniform(body_text, n)
+    fast = parse_uniform_index(body_text, n)
     if fast is not None:
         return fast
     lines = body_text.splitlines()
     if len(lines) < n:
         raise ShardError(f"{path}: index header says {n} samples but holds {len(lines)} lines")
-    return _parse_lines(path, lines[:n])
+    return parse_index_lines(path, lines[:n])
 
 
-def _parse_uniform(body: str, n: int) -> ShardIndex | None:
+def parse_uniform_index(body: str, n: int) -> ShardIndex | None:
     """The common case in a few vectorised passes: exactly ``n`` lines, each listing the same
     extensions in the same order (what `shards pack` and `wds2idx` write). None otherwise."""
     first = body[: body.find("\n")].split() if "\n" in body else body.split()
@@ -103,7 +103,7 @@ def _parse_uniform(body: str, n: int) -> ShardIndex | None:
     return ShardIndex(keys=np.array([name[: -len(suffix)] for name in names], dtype=str), offsets=offsets, sizes=sizes)
 
 
-def _parse_lines(path: Path, body: list[str]) -> ShardIndex:
+def parse_index_lines(path: Path, body: list[str]) -> ShardIndex:
     n = len(body)
     keys = np.empty(n, dtype=object)
     offsets: dict[str, np.ndarray] = {}
