@@ -42,7 +42,7 @@ KEY_LINES = (
     # a run's "final accuracy", --eval-only's "evaluation of CHECKPOINT" (issue 27)
     (r"train\.py\b(?!.*--print-config)", r"(?m)(final accuracy|evaluation of \S+) at step \d+ on \d+ test images: kNN"),
     (r"^grep '\"final\"'", r'"kind": "final"'),
-    (r"-m models export\b", r"(?m)^wrote \S+backbone\.pt"),
+    (r"-m models export\b", r"(?m)^wrote \S*backbone\.pt"),
 )
 
 
