@@ -6,6 +6,7 @@
     python train.py ... --print-config                       # the fully resolved recipe, then exit
     python train.py --resume runs/NAME                       # continue after an interruption
     python train.py --eval-only --checkpoint runs/NAME/ckpt-last.pt
+    python -m models export runs/NAME --out backbone.pt      # the trained backbone as a plain state dict
     torchrun --nproc_per_node 8 train.py ...                 # DDP (NCCL on GPU, gloo on CPU)
 
 Reads top to bottom: settings → runtime → data (shards → mixture + inflation policy → recipe) → loader →
@@ -28,6 +29,7 @@ import click
 
 from loaders.batch.table import SampleTable
 from models.training import (
+    CKPT_LAST,
     Evaluator,
     RunDir,
     Settings,
@@ -47,7 +49,7 @@ from models.training.metrics import Metrics
 from models.training.rundir import check_out
 from models.training.runtime import plan_runtime
 from models.training.settings import DEMO_CPU_DEFAULTS, DEMO_DEFAULTS, RESUME_MAY_CHANGE, click_options, read_yaml
-from models.training.trainer import Interrupted, resolved_run, schedule
+from models.training.trainer import Interrupted, resolved_run, schedule, warmup_note
 from shards.base.errors import ConfigError, UserError
 from shards.base.host import resolve_device
 from shards.base.interrupt import interrupts, signal_of
@@ -65,7 +67,10 @@ from shards.base.interrupt import interrupts, signal_of
 @click_options
 @click.pass_context
 def main(ctx: click.Context, config_file, print_config, **options) -> None:
-    """Train a contrastive model on a weighted mixture of real and generated shards (AdaInf)."""
+    """Train a contrastive model on a weighted mixture of real and generated shards (AdaInf).
+
+    The trained backbone, as a plain state dict: python -m models export RUN_DIR --out backbone.pt
+    """
     try:
         with interrupts():  # Ctrl-C / SIGTERM anywhere: one line saying what was kept, exit 128 + signal
             run(ctx, config_file, print_config, options)
@@ -138,6 +143,8 @@ def run(ctx, config_file, print_config, options) -> dict:
 
         # -- data: shards → mixture, weighted by the inflation policy → augmentation recipe → the DALI loader
         data = plan_data(settings, runtime.world_size, aug_family(settings.method))
+        if runtime.master:
+            _log(data.reading_line())  # opening large sets the first time builds their index caches: a wait
         loader = data.train_loader(settings, runtime)
 
         # -- method: backbone + projector/predictor + loss (+ online probe); resolved record of the whole run
@@ -186,7 +193,9 @@ def run(ctx, config_file, print_config, options) -> dict:
                     f"lr {resolved['lr']:.4g}; run directory {settings.out}"
                     + (f"; resumed at step {trainer.step_count}" if ckpt else "")
                 )
-                for line in data_notes(data, settings) + (resume_notes(trainer, ckpt) if ckpt else []):
+                shortened = warmup_note(settings, trainer.total_steps, trainer.warmup_steps)
+                notes = data_notes(data, settings) + ([shortened] if shortened else [])
+                for line in notes + (resume_notes(trainer, ckpt) if ckpt else []):
                     _log(line)
                 for line in resolved.get("data_changes", []):
                     _log(f"warning: {line} (--allow-data-change): the epoch plan differs from the checkpoint's")
@@ -203,6 +212,11 @@ def run(ctx, config_file, print_config, options) -> dict:
         if (settings.demo or settings.compare_random) and runtime.master:
             with on_interrupt(f"during the random-init comparison: the run is complete and saved in {settings.out}"):
                 compare_with_random_init(settings, final)
+    if runtime.master:
+        _log(
+            f"done: {trainer.step_count} steps, checkpoint at {Path(settings.out) / CKPT_LAST}; export the "
+            f"backbone with `python -m models export {settings.out} --out backbone.pt`"
+        )
     return final
 
 
@@ -328,7 +342,7 @@ def evaluate_checkpoint(settings: Settings, given: set[str]) -> dict:
         metrics = Metrics(path.parent, tensorboard=False)
         metrics.write("eval_only", int(ckpt["step"]), **result)
         metrics.close()
-        _log(format_result(result, int(ckpt["step"])))
+        _log(format_result(result, int(ckpt["step"]), of=str(path)))
     return result
 
 

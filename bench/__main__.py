@@ -96,8 +96,11 @@ def list_cmd():
 )
 def all_cmd(quick, shards, out_dir, device, only, skip, fail_fast):
     """Every benchmark (forwarding --quick/--shards/--out-dir/--device where accepted), then the report."""
-    from bench.harness import comma_list, resolve_shards
+    from bench.harness import QUICK_RESULTS_DIR, comma_list, resolve_shards
     from shards.base.errors import UserError
+
+    if quick and not out_dir:  # a smoke run's JSON, report and charts never land in the committed bench/results
+        out_dir = str(QUICK_RESULTS_DIR)
 
     names = comma_list(only, str, tuple(BENCHMARKS), "--only") if only else list(BENCHMARKS)
     skipped = comma_list(skip, str, tuple(BENCHMARKS), "--skip") if skip else []

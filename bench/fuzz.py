@@ -629,6 +629,7 @@ def commands(d: Path, run_dir: Path, dmg: Damage) -> list[tuple[str, list[str]]]
         change = dmg.args["shards"]
         shards = change if change.startswith("/") else f"{d}{change}"
     audit = ["-m", "loaders", "audit", "--shards", shards, "--batch-size", "8", "--threads", "1", "--json"]
+    audit += ["--keep-last"]  # every key WEIGHT times: the judge counts the whole epoch
     audit += ["--inflation", "vanilla"]
     bad = dmg.args.get("audit", [])  # last: a repeated option's last value wins
     train = [str(REPO / "train.py"), "--shards", shards, "--backbone", "convnet", "--steps", "2", "--image-size", "16"]

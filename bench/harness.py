@@ -27,7 +27,10 @@ import click
 from shards.base import host
 from shards.base.errors import ConfigError, UserError
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # committed: full runs only
+# A quick (smoke) run's JSON, where no --out-dir is given: under runs/, which git ignores, never among the
+# committed results (whose report and charts it would otherwise redraw).
+QUICK_RESULTS_DIR = Path(__file__).resolve().parents[1] / "runs" / "bench-quick"
 MIN_BATCHES, MIN_SECONDS = 50, 10.0  # the rule of every quoted figure: >= 50 batches and >= 10 s after warm-up
 QUICK_BATCHES, QUICK_SECONDS = 5, 1.0  # what --quick asks for instead (the JSON then says "quick": true)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -341,14 +344,16 @@ def host_kind(hw: dict | None = None) -> str:
 
 
 def write_results(bench: str, settings: dict, results: list[dict], out_dir=None) -> Path:
-    """``<out_dir>/<host-kind>-<date>-<bench>.json`` (atomically); ``settings["quick"]`` is also the top-level flag."""
+    """``<out_dir>/<host-kind>-<date>-<bench>.json`` (atomically); ``settings["quick"]`` is also the top-level flag.
+    Without ``out_dir``: ``RESULTS_DIR``, or ``QUICK_RESULTS_DIR`` for a quick run."""
     from shards.base.atomic import atomic_write_text
 
     hw = hardware_info()
-    out = Path(out_dir) if out_dir else RESULTS_DIR
+    quick = bool(settings.get("quick", False))
+    out = Path(out_dir) if out_dir else QUICK_RESULTS_DIR if quick else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{host_kind(hw)}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{bench}.json"
-    doc = {"bench": bench, "quick": bool(settings.get("quick", False)), "hardware": hw, "settings": settings}
+    doc = {"bench": bench, "quick": quick, "hardware": hw, "settings": settings}
     return atomic_write_text(path, json.dumps({**doc, "results": results}, indent=2, default=str) + "\n")
 
 

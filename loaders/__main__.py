@@ -1,5 +1,10 @@
-"""``python -m loaders audit --shards … [--family F] [--inflation MODE] [--epochs N] [--json]`` and
-``python -m loaders preview --shards … --out grid.png [--family F] [--inflation MODE] [--n 8]``."""
+"""``python -m loaders audit --shards … [--method M] [--inflation MODE] [--epochs N] [--json]`` and
+``python -m loaders preview --shards … [--out grid.png] [--method M] [--inflation MODE] [--n 8]``.
+
+``--method`` takes train.py's choices and picks the method's augmentation family (``--family`` names the
+family itself); audit counts steps as training does (the last partial batch dropped; ``--keep-last`` counts it).
+The CLI, not the ``loaders`` library, asks ``models`` which family a method uses.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import re
 import signal
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -16,13 +22,32 @@ from loaders.recipe.augment import FAMILY_NAMES
 from loaders.recipe.mixture import parse_shards_args
 from loaders.recipe.policy import DEFAULT_MODE, INFLATION_MODES
 from loaders.recipe.resolve import AUG_CHOICES, resolve_recipe
-from shards.base.errors import UserError
+from models import METHODS
+from models.training.settings import Settings
+from shards.base.errors import ConfigError, UserError
 from shards.base.host import LOADER_DEVICES, LOADER_THREADS, resolve_device, resolve_loader_device
 from shards.base.interrupt import interrupts, signal_of
 from shards.base.progress import duration, progress
 from shards.read.reader import ON_CORRUPT
 from shards.remote.options import RemoteOptions
 from shards.remote.options import click_options as remote_options
+
+METHOD_FAMILIES = {name: cls.aug_family for name, cls in METHODS.items()}  # what train.py --method trains with
+DEFAULT_METHOD = Settings.method
+PREVIEW_OUT = "runs/preview.png"  # runs/ is ignored by git: a preview never lands in the checkout's tracked tree
+
+
+def augmentation_family(method: str | None, family: str | None) -> str:
+    """The augmentation family of ``--method`` (train.py's default when neither is given), or ``--family``;
+    both given and disagreeing: one line."""
+    if family is None:
+        return METHOD_FAMILIES[method or DEFAULT_METHOD]
+    if method is not None and METHOD_FAMILIES[method] != family:
+        raise ConfigError(
+            f"--method {method} trains with the {METHOD_FAMILIES[method]} augmentation family, not --family "
+            f"{family}; give one of the two (--method as train.py takes it)"
+        )
+    return family
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,12 +75,17 @@ def recipe_options(f):
             help="DIR[:WEIGHT] or URL[:WEIGHT] (s3://, gs://, http(s)://; repeatable) or mix.yaml",
         ),
         click.option(
+            "--method",
+            type=click.Choice(tuple(METHODS)),
+            default=None,
+            help=f"the train.py --method whose augmentation to use (default {DEFAULT_METHOD}, as train.py): "
+            + ", ".join(f"{m} {f}" for m, f in METHOD_FAMILIES.items()),
+        ),
+        click.option(
             "--family",
             type=click.Choice(FAMILY_NAMES),
-            default="symmetric",
-            show_default=True,
-            help="augmentation family of the method: symmetric (SimCLR), symmetric_weak (MoCo v2+), "
-            "asymmetric (BYOL, Barlow Twins)",
+            default=None,
+            help="the augmentation family itself, instead of --method",
         ),
         click.option(
             "--inflation",
@@ -85,10 +115,10 @@ def recipe_options(f):
     return remote_options(f)
 
 
-def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, remote: RemoteOptions):
+def _recipe(shards, method, family, inflation, aug, crop_min_scale, jitter_strength, jitter_p, remote: RemoteOptions):
     return resolve_recipe(
         parse_shards_args(shards, remote),
-        family=family,
+        family=augmentation_family(method, family),
         inflation=inflation,
         aug=aug,
         overrides={"crop_min_scale": crop_min_scale, "jitter_strength": jitter_strength, "jitter_p": jitter_p},
@@ -111,9 +141,9 @@ def _recipe(shards, family, inflation, aug, crop_min_scale, jitter_strength, jit
 @num_threads_option
 @click.option(
     "--drop-last/--keep-last",
-    default=False,
+    default=True,
     show_default=True,
-    help="drop the last partial batch (as training does) or count it",
+    help="drop each epoch's last partial batch, as training does (its steps per epoch), or count it",
 )
 @click.option("--on-corrupt", type=click.Choice(ON_CORRUPT), default="error", show_default=True)
 @click.option(
@@ -152,15 +182,22 @@ def audit(
             if plan_only:
                 report = {"recipe": recipe.to_dict(), "plan": plan, "epochs": []}
             else:
-                total = sum(e["samples"] for e in plan["epochs"])
+                planned = sum(e["samples"] for e in plan["epochs"])
+                total = plan["total_steps"] * batch_size if drop_last else planned
+                dropped = (
+                    f" ({planned - total:,} samples in partial last batches dropped, as training does; "
+                    "--keep-last counts them)"
+                    if planned > total
+                    else ""
+                )
                 if not as_json:
                     click.echo(
                         f"auditing {epochs} epoch(s): {total:,} samples in {plan['total_steps']:,} batches through "
-                        "the real loader; an estimate follows after the first batches (--plan-only shows the plan "
-                        "without running it)",
+                        f"the real loader{dropped}; an estimate follows after the first batches (--plan-only shows "
+                        "the plan without running it)",
                         err=True,
                     )
-                with progress(total, "audit", "samples", enabled=not as_json) as bar:
+                with progress(total, "audit", "samples", enabled=not as_json, summary_follows=True) as bar:
                     report = run_audit(
                         recipe.mixture,
                         recipe.aug,
@@ -234,7 +271,13 @@ def flag_spelling(message: str) -> str:
 
 @main.command()
 @recipe_options
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the PNG to write")
+@click.option(
+    "--out",
+    default=PREVIEW_OUT,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="the PNG to write (runs/ is ignored by git)",
+)
 @click.option("--n", "n", default=8, show_default=True, type=click.IntRange(1, 64), help="samples per kind")
 @click.option("--seed", default=0, show_default=True, type=int, help="which samples and which augmentations")
 @click.option("--scale", default=3, show_default=True, type=click.IntRange(1, 8), help="pixels per image pixel")
@@ -247,6 +290,8 @@ def preview(out, n, seed, scale, num_threads, old_threads, **recipe_options):
         with interrupts():
             remote = RemoteOptions.from_cli(recipe_options.pop("cache_dir"), recipe_options.pop("storage_option"))
             recipe = _recipe(**recipe_options, remote=remote)
+            if out == PREVIEW_OUT:
+                Path(out).parent.mkdir(exist_ok=True)
             info = draw(recipe, out, n=n, seed=seed, scale=scale, num_threads=old_threads or num_threads)
     except UserError as e:
         raise click.ClickException(flag_spelling(str(e))) from None

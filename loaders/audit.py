@@ -73,13 +73,17 @@ def run_audit(
                 progress(len(src))
         elapsed = time.perf_counter() - t0
         fr = np.array(fractions)
+        # what the epoch's plan puts in the batches served: all of it, or without the dropped partial batch
+        served = loader.plan(epoch).source[: loader.steps_per_epoch * batch_size if drop_last else None]
+        expected = np.bincount(served, minlength=len(names))
         report["epochs"].append(
             {
                 "epoch": epoch,
                 "samples": n,
                 "planned": loader.samples_per_epoch,
+                "dropped": loader.samples_per_epoch - len(served),  # a last partial batch (--drop-last)
                 "per_source": {name: int(seen[s].sum()) for s, name in enumerate(names)},
-                "expected_per_source": {s.name: s.weight * s.count for s in mixture.sources},
+                "expected_per_source": {name: int(expected[s]) for s, name in enumerate(names)},
                 "key_multiplicity": {
                     name: {str(k): int(v) for k, v in enumerate(np.bincount(seen[s])) if v}
                     for s, name in enumerate(names)
@@ -155,7 +159,7 @@ def format_plan(plan: dict) -> str:
     for e in plan["epochs"]:
         lines.append(
             f"epoch {e['epoch']}: {e['samples']:,} samples = {e['steps']:,} steps of {b}"
-            f"{' (the last partial batch dropped)' if plan['drop_last'] else ''}"
+            + _partial_batch(e["samples"] % b, plan["drop_last"])
         )
         for name, v in e["sources"].items():
             seen = (
@@ -173,6 +177,15 @@ def format_plan(plan: dict) -> str:
     return "\n".join(lines)
 
 
+def _partial_batch(rest: int, dropped: bool) -> str:
+    """What became of an epoch's last ``rest`` samples (fewer than a batch), as the plan line says it."""
+    if not rest:
+        return ""
+    if dropped:
+        return f" (the last {rest} samples, a partial batch, dropped as training does; --keep-last counts them)"
+    return f" (the last partial batch of {rest} counted, --keep-last; training drops it)"
+
+
 def format_report(report: dict) -> str:
     lines = [
         f"batch size {report['batch_size']}, {report['views']} views, {report['steps_per_epoch']} steps/epoch, "
@@ -187,7 +200,8 @@ def format_report(report: dict) -> str:
     for e in report["epochs"]:
         lines.append(
             f"epoch {e['epoch']}: {e['samples']} samples (planned {e['planned']}), "
-            f"{e['samples_per_s']} samples/s, {e['corrupt_skipped']} corrupt skipped"
+            + (f"{e['dropped']} in a last partial batch dropped as training does, " if e.get("dropped") else "")
+            + f"{e['samples_per_s']} samples/s, {e['corrupt_skipped']} corrupt skipped"
         )
         for name, count in e["per_source"].items():
             f = e["batch_fraction"].get(name, {})

@@ -1,7 +1,9 @@
 """Self-supervised losses as pure tensor functions.
 
-They gather across ranks only when ``torch.distributed`` is initialised, through the differentiable
-collectives of ``torch.distributed.nn`` so that gradients flow back to every rank's samples.
+They gather across ranks only when ``torch.distributed`` is initialised, through torch's functional
+collectives (``torch.distributed._functional_collectives``, what torch names in place of the deprecated
+``torch.distributed.nn.functional``): differentiable, so gradients flow back to every rank's samples (an
+all-gather's backward is a summing reduce-scatter, an all-reduce's a summing all-reduce).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 if dist.is_available():
-    import torch.distributed.nn  # noqa: F401  (the differentiable collectives)
+    import torch.distributed._functional_collectives as funcol  # the differentiable collectives
 
 
 def _distributed() -> bool:
@@ -22,7 +24,7 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0 (with gradients); ``x`` itself when not distributed."""
     if not _distributed():
         return x
-    return torch.cat(torch.distributed.nn.all_gather(x), dim=0)
+    return funcol.all_gather_single(x.contiguous(), 0, dist.group.WORLD)
 
 
 def all_sum(x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +89,7 @@ def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lamb: float = 0.0051, scale:
     n = z1.shape[0]
     corr = z1.T @ z2
     if _distributed():
-        corr = torch.distributed.nn.all_reduce(corr)
+        corr = funcol.all_reduce(corr, "sum", dist.group.WORLD)
         n = n * dist.get_world_size()
     corr = corr / n
     on_diag = (torch.diagonal(corr) - 1).pow(2).sum()

@@ -27,7 +27,8 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        import torch.distributed.nn
+        import torch.distributed._functional_collectives as funcol  # differentiable; torch.distributed.nn's
+        # all_gather is deprecated (a FutureWarning under torchrun)
 
         dims = [0] + list(range(2, x.dim()))
         c = x.shape[1]
@@ -38,7 +39,8 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         # one differentiable collective; the ranks' (count, mean, M2) combine as in Chan et al.'s parallel
         # variance (what torch.nn.SyncBatchNorm's batch_norm_gather_stats_with_counts does), which keeps
         # float32 precise when a rank's mean is far from zero
-        parts = torch.stack(torch.distributed.nn.all_gather(torch.cat([count, local_mean, local_m2])))
+        stats = torch.cat([count, local_mean, local_m2])
+        parts = funcol.all_gather_single(stats, 0, dist.group.WORLD).view(-1, stats.shape[0])
         counts, means, m2s = parts[:, :1], parts[:, 1 : c + 1], parts[:, c + 1 :]
         n = counts.sum()
         mean = (counts * means).sum(0) / n

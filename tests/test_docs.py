@@ -39,8 +39,10 @@ KEY_LINES = (
     (r"-m loaders audit\b.*--plan-only", r"(?m)^epoch 0: \d+ samples = \d+ steps of \d+"),
     (r"-m loaders audit\b(?!.*--plan-only)", r"(?m)^epoch 0: \d+ samples \(planned \d+\), .* 0 corrupt skipped"),
     (r"train\.py\b.*--print-config", r"(?m)^resolved:"),
-    (r"train\.py\b(?!.*--print-config)", r"(?m)final accuracy at step \d+ on \d+ test images: kNN"),
+    # a run's "final accuracy", --eval-only's "evaluation of CHECKPOINT" (issue 27)
+    (r"train\.py\b(?!.*--print-config)", r"(?m)(final accuracy|evaluation of \S+) at step \d+ on \d+ test images: kNN"),
     (r"^grep '\"final\"'", r'"kind": "final"'),
+    (r"-m models export\b", r"(?m)^wrote \S*backbone\.pt"),
 )
 
 

@@ -28,7 +28,7 @@ from models.training import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = (24, 24, 40)
-FIGURES = ("loss", "ssl_loss", "probe_loss", "probe_acc", "feat_std")
+FIGURES = ("loss", "ssl_loss", "probe_loss", "online_probe_acc_train_views", "feat_std")
 REL, ABS = 1e-5, 1e-7
 TIMEOUT_S = 300
 

@@ -37,7 +37,11 @@ def test_plan_only_prints_per_source_samples_batch_shares_and_steps(data):
     res = audit("--shards", f"{data['real']}:10", "--shards", f"{data['gen']}:1", "--batch-size", 16, "--plan-only")
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert "epoch 0: 345 samples = 22 steps of 16" in lines  # 30 x 10 + 45 x 1, the last batch partial
+    # 30 x 10 + 45 x 1: 21 full batches, the last partial one dropped as training drops it (issue 27)
+    assert (
+        "epoch 0: 345 samples = 21 steps of 16 (the last 9 samples, a partial batch, dropped as training does; "
+        "--keep-last counts them)" in lines
+    )
     (real,) = [ln for ln in lines if ln.startswith("  real: ")]
     assert real.startswith("  real: 300 samples (30 x weight 10), 86.96% of every batch = 13.9 of 16 (guaranteed")
     (gen,) = [ln for ln in lines if ln.startswith("  gen: ")]
@@ -63,10 +67,14 @@ def test_audit_announces_the_epoch_and_logs_no_bar_frames(data):
     res = audit("--shards", f"{data['real']}:2", "--shards", data["gen"], "--batch-size", 16)
     assert res.exit_code == 0, res.output
     first = res.output.splitlines()[0]
-    assert first.startswith("auditing 1 epoch(s): 105 samples in 7 batches through the real loader")
+    # as training: 6 full batches of 16, the last 9 samples dropped (issue 27)
+    assert first.startswith(
+        "auditing 1 epoch(s): 96 samples in 6 batches through the real loader (9 samples in partial last batches "
+        "dropped, as training does; --keep-last counts them)"
+    )
     assert "--plan-only shows the plan without running it" in first
     assert "\r" not in res.output and "sample/s]" not in res.output  # not a terminal: no tqdm frames
-    assert "epoch 0: 105 samples (planned 105)" in res.output
+    assert "epoch 0: 96 samples (planned 105), 9 in a last partial batch dropped as training does, " in res.output
 
 
 def test_the_estimate_says_how_long_the_rest_takes_once_measured():
@@ -174,7 +182,16 @@ def test_mixture_yaml_paths_are_relative_to_the_yaml_file(tmp_path, monkeypatch,
 # -- audit CLI ------------------------------------------------------------------------------------
 def test_audit_json_counts_every_key(data):
     res = audit(
-        "--shards", f"{data['real']}:2", "--shards", f"{data['gen']}:1", "--batch-size", 16, "--epochs", 2, "--json"
+        "--shards",
+        f"{data['real']}:2",
+        "--shards",
+        f"{data['gen']}:1",
+        "--batch-size",
+        16,
+        "--epochs",
+        2,
+        "--keep-last",
+        "--json",
     )
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)

@@ -289,7 +289,7 @@ def resolved(sets, *args, kinds=("real", "generated")) -> dict:
     shards = [a for kind in kinds for a in ("--shards", str(sets / kind))]
     result = CliRunner().invoke(train.main, [*shards, "--batch-size", "16", "--device", "cpu", "--print-config", *args])
     assert result.exit_code == 0, result.output
-    return yaml.safe_load(result.output)["resolved"]
+    return yaml.safe_load(result.stdout)["resolved"]
 
 
 def assert_printed_views_are(views: list[dict], release_file: str) -> None:

@@ -119,7 +119,7 @@ def test_probe_ignores_unlabelled_samples():
     views = _views(n=8, size=8)
     out = method.training_step(views, torch.full((8,), -1))
     assert float(out["probe_loss"]) == 0.0 and torch.isfinite(out["loss"])
-    assert int(out["probe_count"]) == 0 and float(out["probe_acc"]) == 0.0
+    assert int(out["probe_count"]) == 0 and float(out["online_probe_acc_train_views"]) == 0.0
     out["loss"].backward()
     assert method.probe.weight.grad is None or float(method.probe.weight.grad.abs().sum()) == 0.0
     # a -1 in a mixed batch changes nothing: loss and accuracy are those of the labelled half alone
@@ -135,8 +135,8 @@ def test_probe_ignores_unlabelled_samples():
         out = method.training_step(views, labels)
     assert torch.isclose(got["probe_loss"], expected, atol=1e-6)
     assert int(got["probe_count"]) == 8 and int(got["probe_correct"]) == correct
-    assert float(got["probe_acc"]) == pytest.approx(correct / 8)
-    assert int(out["probe_correct"]) == 2 and float(out["probe_acc"]) == pytest.approx(2 / 8)
+    assert float(got["online_probe_acc_train_views"]) == pytest.approx(correct / 8)
+    assert int(out["probe_correct"]) == 2 and float(out["online_probe_acc_train_views"]) == pytest.approx(2 / 8)
 
 
 def test_probe_gradient_stops_at_the_features():

@@ -87,7 +87,18 @@ def test_run_writes_config_metrics_checkpoint_and_events(straight):
     assert [r["step"] for r in train_recs] == list(range(1, 10))
     assert [r["epoch"] for r in train_recs] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     for r in train_recs:
-        assert all(k in r for k in ("loss", "ssl_loss", "probe_loss", "probe_acc", "lr", "samples_per_s", "data_wait"))
+        assert all(
+            k in r
+            for k in (
+                "loss",
+                "ssl_loss",
+                "probe_loss",
+                "online_probe_acc_train_views",
+                "lr",
+                "samples_per_s",
+                "data_wait",
+            )
+        )
         assert r["loss"] == pytest.approx(r["ssl_loss"] + r["probe_loss"], rel=1e-6)  # the probe trains too
         # one step per record: data_wait × (16 samples / samples_per_s) is the seconds spent waiting for the
         # batch, which hold the feed's delay, and cannot exceed the step's time
@@ -220,7 +231,7 @@ def test_eval_only_on_checkpoint(straight):
         ]
     )
     assert result.exit_code == 0, result.output
-    assert "final accuracy at step 3 on 40 test images" in result.output
+    assert f"evaluation of {out / 'ckpt-3.pt'} at step 3 on 40 test images" in result.output
     (rec,) = records(out, "eval_only")
     assert rec["step"] == 3 and rec["checkpoint"].endswith("ckpt-3.pt")
     assert rec["eval_samples"] == 40 and rec["knn_train_samples"] == 24
@@ -292,7 +303,7 @@ def test_config_file_with_flags_overriding(straight, tmp_path):
         ["--config", str(out / "config.yaml"), "--seed", "5", "--steps", "2", "--out", str(new), "--print-config"]
     )
     assert result.exit_code == 0, result.output
-    doc = yaml.safe_load(result.output)
+    doc = yaml.safe_load(result.stdout)
     old = yaml.safe_load((out / "config.yaml").read_text())["settings"]
     assert doc["settings"]["seed"] == 5 and doc["settings"]["steps"] == 2 and doc["settings"]["out"] == str(new)
     same = {k: v for k, v in old.items() if k not in ("seed", "steps", "out", "keep_every", "eval_every", "ckpt_every")}
@@ -307,7 +318,7 @@ def test_print_config_resolves_everything_and_writes_nothing(data, tmp_path):
     out = tmp_path / "never"
     result = run(base_args(data, out) + ["--inflation", "adainf", "--print-config"])
     assert result.exit_code == 0, result.output
-    doc = yaml.safe_load(result.output)
+    doc = yaml.safe_load(result.stdout)
     resolved = doc["resolved"]
     assert resolved["inflation"]["weights"] == {"demo-real": 1.0, "demo-generated": 1.0}  # explicit :1 weights win
     views = resolved["augmentation"]["views"]

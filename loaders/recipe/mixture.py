@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.base.errors import ShardError
+from shards.base.errors import ShardError, UserError
 from shards.format.manifest import MANIFEST_NAME, Manifest
 from shards.remote.options import RemoteOptions
 from shards.remote.stage import local_set
@@ -156,12 +156,19 @@ def load_manifest(path: str | Path, option: str = "--shards", remote: RemoteOpti
 
 
 def not_a_shard_set(p: Path, option: str = "--shards") -> str | None:
-    """One line for ``option p`` when ``p`` exists but is not a shard set: what it is, and the ``shards
-    pack`` command that packs it into a folder of its own (never into ``p``). None when there is nothing
-    better to say than ``Manifest.load``'s (missing path, empty folder)."""
+    """One line for ``option p`` when ``p`` exists but is not a shard set: what it is and the way on. A folder
+    that holds shard sets: name them and the ``option`` each would take; one shard ``.tar`` of a set: its
+    folder; images (a folder, an ImageFolder tree, an archive): the ``shards pack`` command that packs them
+    into a folder of its own (never into ``p``); a folder with neither images nor shard sets: say so. None
+    when there is nothing better to say than ``Manifest.load``'s (missing path, empty folder)."""
     archives = (".tar.gz", ".tgz", ".tar")
     name = p.name.lower()
     if p.is_file():
+        if name.endswith(".tar") and (p.parent / MANIFEST_NAME).is_file():
+            return (
+                f"{option} {p}: one shard of the shard set {p.parent}, not a shard set itself; give the set's "
+                f"folder: {option} {p.parent}"
+            )
         if name.endswith((".tar.gz", ".tgz")):
             what = "a compressed tar archive"
         elif name.endswith(".tar"):
@@ -172,9 +179,22 @@ def not_a_shard_set(p: Path, option: str = "--shards") -> str | None:
             what = "a file"
         stem = next((p.name[: -len(a)] for a in archives if name.endswith(a)), p.stem)
     elif p.is_dir():
+        sets = shard_sets_in(p)
+        if sets:
+            more = f" (and {len(sets) - 4} more)" if len(sets) > 4 else ""
+            flags = " ".join(f"{_option_for(p / child, option)} {p / child}" for child in sets[:4])
+            return (
+                f"{option} {p}: a folder that holds shard sets ({', '.join(sets[:4])}{more}), not a shard set "
+                f"itself; give the ones you want, one flag each: {flags}"
+            )
         what = _describe_folder(p)
         if what is None:
             return None
+        if what.startswith(NO_IMAGES):
+            return (
+                f"{option} {p}: {what}; give a shard set (a folder with {MANIFEST_NAME}, written by `python -m "
+                f"shards pack`), or pack a folder of images into one first"
+            )
         stem = p.resolve().name
     else:
         return None
@@ -190,8 +210,53 @@ def not_a_shard_set(p: Path, option: str = "--shards") -> str | None:
     )
 
 
+NO_IMAGES = "a folder of neither images nor shard sets"
+
+
+def shard_sets_in(p: Path, peek: int = 200) -> list[str]:
+    """The names of ``p``'s sub-folders that are shard sets (hold a manifest), from its first ``peek`` entries."""
+    try:
+        entries = sorted((e for _, e in zip(range(peek), os.scandir(p))), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [e.name for e in entries if e.is_dir() and (Path(e.path) / MANIFEST_NAME).is_file()]
+
+
+def _option_for(directory: Path, option: str) -> str:
+    """``--eval-shards`` for a test split when the user is choosing training data, else ``option``."""
+    if option != "--shards":
+        return option
+    try:
+        split = Manifest.load(directory).split
+    except UserError:
+        return option
+    return "--eval-shards" if split == "test" else option
+
+
+def _holds_images(d: str, peek: int) -> bool:
+    """Whether folder ``d`` has an image among its first ``peek`` entries."""
+    from shards.packing.sources import IMAGE_FILE_EXTS
+
+    try:
+        return any(e.name.lower().endswith(IMAGE_FILE_EXTS) for _, e in zip(range(peek), os.scandir(d)))
+    except OSError:
+        return False
+
+
+def _sub_folders(d: str, peek: int) -> list[os.DirEntry]:
+    try:
+        return [e for _, e in zip(range(peek), os.scandir(d)) if e.is_dir() and not e.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def _listed(dirs: list[os.DirEntry]) -> str:
+    return f"{', '.join(d.name for d in dirs[:4])}{', …' if len(dirs) > 4 else ''}"
+
+
 def _describe_folder(p: Path, peek: int = 200) -> str | None:
-    """What a folder without a manifest holds, from a look at its first entries (never a full walk)."""
+    """What a folder without a manifest holds, from a look at its first entries two levels down (never a full
+    walk): images, an ImageFolder tree, tars, folders of those (a tree pack takes with --subdir), or none."""
     from shards.packing.sources import IMAGE_FILE_EXTS
 
     try:
@@ -209,19 +274,19 @@ def _describe_folder(p: Path, peek: int = 200) -> str | None:
         return f"a folder of images ({images[0]}, …)"
     if tars:
         return f"a folder of tar files without {MANIFEST_NAME} ({', '.join(tars[:3])}{', …' if len(tars) > 3 else ''})"
-    with_images = []
-    for d in dirs[:peek]:
-        try:
-            if any(e.name.lower().endswith(IMAGE_FILE_EXTS) for _, e in zip(range(peek), os.scandir(d.path))):
-                with_images.append(d.name)
-        except OSError:
-            continue
+    with_images = [d.name for d in dirs[:peek] if _holds_images(d.path, peek)]
+    if with_images and len(with_images) * 2 < min(len(dirs), peek):  # a project's checkout, not a class tree
+        return f"{NO_IMAGES} (of its folders {_listed(dirs)}, only {', '.join(with_images[:3])} holds images)"
     if with_images:
         names = ", ".join(with_images[:4]) + (", …" if len(dirs) > 4 else "")
         return f"an ImageFolder tree of images (class folders {names})"
+    listed = _listed(dirs)
+    deeper = any(_holds_images(g.path, peek) for d in dirs[:peek] for g in _sub_folders(d.path, peek))
+    if deeper:  # e.g. cifar10/{train,test}/<class>/*.jpg: pack names the folder to give with --subdir
+        return f"a folder of image trees ({listed})"
     if dirs:
-        return f"a folder of folders ({', '.join(d.name for d in dirs[:4])}{', …' if len(dirs) > 4 else ''})"
-    return f"a folder without {MANIFEST_NAME}"
+        return f"{NO_IMAGES} (its folders {listed} hold no images)"
+    return f"{NO_IMAGES} ({', '.join(files[:3])}{', …' if len(files) > 3 else ''})"
 
 
 def _checked(m: Mixture) -> Mixture:

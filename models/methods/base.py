@@ -122,7 +122,9 @@ class Method(nn.Module):
             "loss": ssl + probe_loss,
             "ssl_loss": ssl.detach(),
             "probe_loss": probe_loss.detach(),
-            "probe_acc": (correct_all / count_all).float(),
+            # the online probe's accuracy on this step's augmented training views (train/ in the logs); its
+            # accuracy on the test set is eval/online_probe_acc (models.training.evaluation)
+            "online_probe_acc_train_views": (correct_all / count_all).float(),
             "probe_correct": correct.detach(),  # this rank's
             "probe_count": count.detach(),
             "feat_std": global_feat_std(total[3 : 3 + z.shape[1]], total[3 + z.shape[1] :], total[2]).float(),

@@ -62,6 +62,18 @@ class DataPlan:
             for d, src in zip(self.mixture.describe(), self.mixture.sources)
         ]
 
+    def reading_line(self) -> str:
+        """Said before the training loader opens its shard sets: how many, and whether their index caches are
+        built now (the first time a set is read: parsing every index, a while for large sets)."""
+        from shards.read.index import existing_caches
+
+        sources = self.mixture.sources
+        indexes = [src.path / info.index for src in sources for info in src.manifest.shards]
+        missing = sum(1 for path in indexes if not existing_caches(path))
+        first = f" (first time: building {missing} of {len(indexes)} index caches)" if missing else ""
+        samples = sum(src.manifest.count for src in sources)
+        return f"reading {len(sources)} shard sets, {samples:,} samples{first}…"
+
     def train_loader(self, settings, runtime):
         from loaders.batch.loader import TrainLoader
 

@@ -158,6 +158,15 @@ class Evaluator:
         self.train_loader = plan.eval_loader(plan.train_labels, settings, runtime, settings.knn_train_limit)
         self.test_loader = plan.eval_loader(plan.eval_shards, settings, runtime, settings.eval_limit)
 
+    def describe(self, probe_epochs: int = 0) -> str:
+        """What an evaluation does, said before it starts (it can take a minute): ``evaluating on N test
+        images (kNN over M labelled training images, offline linear probe of E epochs)…``."""
+        probe = f", offline linear probe of {probe_epochs} epochs" if probe_epochs else ""
+        return (
+            f"evaluating on {self.test_loader.num_samples:,} test images (kNN over "
+            f"{self.train_loader.num_samples:,} labelled training images{probe})…"
+        )
+
     @property
     def corrupt_skipped(self) -> int:
         return self.train_loader.stats.corrupt + self.test_loader.stats.corrupt
@@ -191,8 +200,11 @@ class Evaluator:
         return result
 
 
-def format_result(result: dict, step: int) -> str:
+def format_result(result: dict, step: int, of: str | None = None) -> str:
+    """The accuracies of one evaluation on the test set: ``final accuracy at step N on M test images: …``, or
+    with ``of`` (``--eval-only``) ``evaluation of CHECKPOINT at step N on M test images: …``."""
     parts = [f"kNN {result['knn_acc']:.2%}", f"online probe {result['online_probe_acc']:.2%}"]
     if "linear_probe_acc" in result:
         parts.append(f"offline linear probe {result['linear_probe_acc']:.2%}")
-    return f"final accuracy at step {step} on {result['eval_samples']} test images: " + ", ".join(parts)
+    title = f"evaluation of {of}" if of else "final accuracy"
+    return f"{title} at step {step} on {result['eval_samples']} test images: " + ", ".join(parts)

@@ -7,14 +7,16 @@ TensorBoard keeps the events up to it too (``purge_step`` is the step after the 
 the checkpoint's own step were written before it and stay); a torn last line (a crash mid-write) is
 dropped, not fatal.
 
-``Progress`` is a tqdm bar when stderr is a terminal; anywhere else (CI, ``> run.log``, a cluster job) it
-writes one plain line every ``--log-every`` steps instead of carriage-return redraws.
+``Progress`` is a tqdm bar when stderr is a terminal wide enough to draw one; anywhere else (CI, ``> run.log``,
+a cluster job, a terminal that reports 0 columns, where tqdm would draw nothing) it writes one plain line every
+``--log-every`` steps instead of carriage-return redraws.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -71,8 +73,13 @@ class Metrics:
             self.tb = None
 
 
+# Record keys renamed since: an older run's metrics.jsonl reads with today's names.
+RENAMED_KEYS = {"probe_acc": "online_probe_acc_train_views"}  # the online probe on the training views
+
+
 def read_records(run_dir: str | Path, kind: str | None = None) -> list[dict]:
-    """The records of a run's metrics.jsonl (of one ``kind``), skipping a torn line."""
+    """The records of a run's metrics.jsonl (of one ``kind``), skipping a torn line; keys an older version
+    wrote (``RENAMED_KEYS``) under today's names."""
     path = Path(run_dir) / "metrics.jsonl"
     out = []
     if path.is_file():
@@ -82,19 +89,32 @@ def read_records(run_dir: str | Path, kind: str | None = None) -> list[dict]:
             except ValueError:
                 continue
             if isinstance(rec, dict) and (kind is None or rec.get("kind") == kind):
-                out.append(rec)
+                out.append({RENAMED_KEYS.get(k, k): v for k, v in rec.items()})
     return out
 
 
+MIN_BAR_COLUMNS = 40  # narrower (a serial console or a pseudo-terminal reporting 0 columns): plain lines
+
+
+def terminal_columns(stream) -> int:
+    """The width of the terminal ``stream`` writes to, as tqdm sees it (0 when it reports none)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
 class Progress:
-    """A tqdm bar on a terminal; elsewhere (or with ``bar=False``) a plain line per ``log()`` call."""
+    """A tqdm bar on a terminal of at least ``MIN_BAR_COLUMNS`` columns; elsewhere (or with ``bar=False``) a
+    plain line per ``log()`` call."""
 
     def __init__(self, total: int, initial: int = 0, *, enabled: bool = True, bar: bool = True, stream=None):
         self.stream = stream or sys.stderr
         self.total, self.enabled = total, enabled
         self.t0, self.step0 = time.perf_counter(), initial
         self.bar = None
-        if enabled and bar and getattr(self.stream, "isatty", lambda: False)():
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        if enabled and bar and tty and terminal_columns(self.stream) >= MIN_BAR_COLUMNS:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=self.stream)

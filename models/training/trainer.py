@@ -80,6 +80,16 @@ def schedule(settings, steps_per_epoch: int) -> tuple[int, int]:
     return total, min(settings.warmup_steps, total // 10)
 
 
+def warmup_note(settings, total: int, warmup: int) -> str | None:
+    """One line when the schedule shortened ``--warmup-steps`` (at most a tenth of the run), else None."""
+    if warmup >= settings.warmup_steps:
+        return None
+    return (
+        f"warm-up: {warmup} steps, not --warmup-steps {settings.warmup_steps}: the warm-up is at most a tenth of the "
+        f"{total}-step run"
+    )
+
+
 def resolved_run(settings, runtime, steps_per_epoch: int, method_cfg) -> dict:
     """The run-level facts the settings resolve to (config.yaml's and every checkpoint's ``resolved``)."""
     import dataclasses
@@ -210,6 +220,10 @@ class Trainer:
 EARLY_LOGS = 2  # the first steps of a run are logged at once: on a slow device --log-every steps can take hours
 ESTIMATE_STEPS, ESTIMATE_SECONDS = 3, 20.0  # the estimate is measured over this many steps, or this long
 ESTIMATE_LINE_S = 3600.0  # a run whose rest would take longer than this gets the estimate line
+# An eager step's own time (data wait excluded) is a fair measure from the first step on: when the first step
+# alone already puts the rest this many times beyond ESTIMATE_LINE_S, the estimate is said at once (a ResNet-18
+# on a CPU: one step, not three, before the warning).
+EARLY_ESTIMATE_FACTOR = 10.0
 
 
 def estimate_line(per_step: float, steps_left: int, measured: tuple[int, int], settings, device: str) -> str | None:
@@ -266,6 +280,7 @@ class _Loop:
         self.logs, self.hinted = 0, False
         self.start = trainer.step_count  # the first EARLY_LOGS steps after it are logged whatever --log-every
         self.t_measure, self.paused_s, self.estimated = None, 0.0, False
+        self.first_step_s: float | None = None  # the first step's own time (eager steps: its compute)
 
     def run(self) -> dict:
         trainer, settings = self.trainer, self.settings
@@ -278,7 +293,10 @@ class _Loop:
                 for batch in batches:
                     self.wait += time.perf_counter() - self.t_step_end
                     self.epoch = batch.epoch
+                    step_started = time.perf_counter()
                     out = trainer.step(batch.views, batch.labels)
+                    if self.first_step_s is None:
+                        self.first_step_s = time.perf_counter() - step_started
                     self.accumulate(out)
                     self.progress.update(1)
                     step = trainer.step_count
@@ -348,6 +366,9 @@ class _Loop:
         """The final evaluation (kNN, online probe, offline linear probe), interruptible at once: it runs
         after the last checkpoint, so a Ctrl-C loses no training."""
         trainer, settings = self.trainer, self.settings
+        self.progress.write(
+            f"step {trainer.step_count}: training done; {self.evaluator.describe(settings.probe_epochs)}"
+        )
         try:
             with interrupts():
                 final = self.evaluator(trainer.method, probe_epochs=settings.probe_epochs)
@@ -371,6 +392,12 @@ class _Loop:
         now = time.perf_counter()
         if self.t_measure is None:
             self.t_measure, self.paused_at_measure, self.step_measure = now, self.paused_s, step
+            if self.trainer.compile == "off" and not self.runtime.is_cuda and self.first_step_s is not None:
+                left = self.trainer.total_steps - step
+                if self.first_step_s * left >= EARLY_ESTIMATE_FACTOR * ESTIMATE_LINE_S:
+                    self.estimated = True
+                    line = estimate_line(self.first_step_s, left, (step, step), self.settings, self.runtime.device)
+                    self.progress.write(line)
             return
         measured = step - self.step_measure
         elapsed = now - self.t_measure - (self.paused_s - self.paused_at_measure)

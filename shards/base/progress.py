@@ -12,16 +12,24 @@ import sys
 import time
 
 
-def progress(total: int | None, desc: str, unit: str = "img", *, enabled: bool = True, stream=None):
+def progress(
+    total: int | None, desc: str, unit: str = "img", *, enabled: bool = True, stream=None, summary_follows=False
+):
     """A context manager with ``update(n)``: tqdm on a terminal, :class:`LineProgress` elsewhere. With
-    ``unit="B"`` the counts are bytes, shown in MB (and MB/s)."""
+    ``unit="B"`` the counts are bytes, shown in MB (and MB/s).
+
+    ``summary_follows``: the command ends with its own summary holding the job's throughput, so the progress
+    leaves no second, different figure: the bar is cleared at the end, the closing plain line has no rate."""
     stream = stream or sys.stderr
     if enabled and getattr(stream, "isatty", lambda: False)():
         from tqdm import tqdm
 
         scaled = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
-        return tqdm(total=total, unit=unit, desc=desc, file=stream, mininterval=0.5, dynamic_ncols=True, **scaled)
-    return LineProgress(total, desc, unit, enabled=enabled, stream=stream)
+        leave = not summary_follows
+        return tqdm(
+            total=total, unit=unit, desc=desc, file=stream, mininterval=0.5, dynamic_ncols=True, leave=leave, **scaled
+        )
+    return LineProgress(total, desc, unit, enabled=enabled, stream=stream, closing_rate=not summary_follows)
 
 
 class LineProgress:
@@ -42,8 +50,10 @@ class LineProgress:
         max_gap_s=60.0,
         min_gap_s=1.0,
         quiet_s=2.0,
+        closing_rate=True,
     ):
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
+        self.closing_rate = closing_rate  # False: the closing line says count and time, the summary the rate
         self.stream = stream or sys.stderr
         self.step, self.max_gap_s, self.min_gap_s, self.quiet_s = step, max_gap_s, min_gap_s, quiet_s
         self.n, self.t0, self.lines = 0, time.perf_counter(), 0
@@ -78,10 +88,10 @@ class LineProgress:
     def close(self) -> None:
         now = time.perf_counter()
         if self.enabled and not self.closed and self.n and (self.lines or now - self.t0 >= self.quiet_s):
-            self._line(now)
+            self._line(now, rate_shown=self.closing_rate)
         self.closed = True
 
-    def _line(self, now: float) -> None:
+    def _line(self, now: float, rate_shown: bool = True) -> None:
         elapsed = max(now - self.t0, 1e-9)
         rate = self.n / elapsed
         unit, show = self.unit, (lambda n: f"{n:,}")
@@ -94,7 +104,8 @@ class LineProgress:
         else:
             where, tail = f"{show(self.n)} {unit}", f" in {duration(elapsed)}"
         rate_text = f"{rate / 2**20:,.1f}" if self.unit == "B" else f"{rate:,.0f}"
-        print(f"{self.desc}: {where}, {rate_text} {unit}/s{tail}", file=self.stream, flush=True)
+        speed = f", {rate_text} {unit}/s" if rate_shown else ""
+        print(f"{self.desc}: {where}{speed}{tail}", file=self.stream, flush=True)
         self.last_line, self.lines = now, self.lines + 1
 
 

@@ -274,7 +274,7 @@ def _write_and_install(
             command=cfg.command,
             stem=stem,
         )
-        with writer, progress(len(order), f"pack {name}", "img", enabled=cfg.progress) as bar:
+        with writer, progress(len(order), f"pack {name}", "img", enabled=cfg.progress, summary_follows=True) as bar:
             for batch, results in _encoded(source, order, ecfg, cfg, lock.fd):
                 for pos, (data, size, info, src_fmt) in zip(batch.positions, results):
                     pos = int(pos)
