@@ -24,8 +24,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from bench.fuzz import KINDS, read_members, write_tar
+from shards.base.errors import ShardError
 from shards.cli import main as shards_cli
-from shards.format.manifest import MANIFEST_NAME, Manifest, ShardError
+from shards.format.manifest import MANIFEST_NAME, Manifest
 from shards.packing.pack import PackConfig, pack
 from shards.packing.sources import ArraySource
 from shards.packing.writer import ShardSetWriter
@@ -120,7 +121,7 @@ import json, logging, sys
 from loaders.recipe.augment import AugConfig, ViewAug
 from loaders.recipe.mixture import parse_shards_args
 from loaders.batch.loader import TrainLoader
-from shards.format.manifest import ShardError
+from shards.base.errors import ShardError
 
 class Keep(logging.Handler):
     def emit(self, record):
