@@ -29,26 +29,31 @@ import click
 
 from loaders.batch.table import SampleTable
 from models.training import (
-    CKPT_LAST,
     Evaluator,
     RunDir,
-    Settings,
     Trainer,
     aug_family,
     build_method_for,
     format_result,
-    load_checkpoint,
     plan_data,
     plan_eval,
     read_records,
     seed_everything,
     setup_runtime,
 )
+from models.training.checkpoint import CKPT_LAST, load_checkpoint
 from models.training.data import check_sources, data_notes, describe_resolved, remote_options
 from models.training.metrics import Metrics
 from models.training.rundir import check_out
 from models.training.runtime import plan_runtime
-from models.training.settings import DEMO_CPU_DEFAULTS, DEMO_DEFAULTS, RESUME_MAY_CHANGE, click_options, read_yaml
+from models.training.settings import (
+    DEMO_CPU_DEFAULTS,
+    DEMO_DEFAULTS,
+    RESUME_MAY_CHANGE,
+    Settings,
+    click_options,
+    read_yaml,
+)
 from models.training.trainer import Interrupted, resolved_run, schedule, warmup_note
 from shards.base.errors import ConfigError, UserError
 from shards.base.host import resolve_device

@@ -188,7 +188,7 @@ def dali_order(shards, aug: str, batch_size: int):
             feed()
         except StopIteration:
             return
-        fed = feed.fed.popleft()
+        fed = feed.in_flight.popleft()
         yield fed.source, fed.index
 
 

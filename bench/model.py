@@ -43,8 +43,8 @@ class _ResidentData:
 def build_trainer(method, batch_size: int, device, compile: str = "off", dtype=None):
     """``Trainer`` around ``method`` as train.py builds it: runtime, precision (``dtype`` None: bf16 autocast on a
     GPU, fp32 on the CPU), channels_last, optimizer, the release's 100k-step schedule and ``--compile``."""
-    from models.training import Settings, Trainer, setup_runtime
-    from models.training.settings import DEFAULT_STEPS
+    from models.training import Trainer, setup_runtime
+    from models.training.settings import DEFAULT_STEPS, Settings
 
     device = torch.device(device)
     settings = Settings(method=method.name, backbone=method.cfg.backbone, batch_size=batch_size, device=device.type)

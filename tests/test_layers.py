@@ -35,6 +35,16 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *("shards.base", "shards.format", "shards.read", "shards.remote", "shards.packing", "shards"),
         *("loaders.recipe", "loaders.batch", "loaders", "models"),
     ),
+    # the command lines of loaders and models (``python -m loaders``, ``python -m models``) are entry points like
+    # train.py: ``loaders audit --method`` asks the methods' registry which augmentation family a method trains with
+    "loaders.__main__": (
+        *("shards.base", "shards.format", "shards.read", "shards.remote", "shards.packing", "shards"),
+        *("loaders.recipe", "loaders.batch", "loaders", "models", "models.training"),
+    ),
+    "models.__main__": (
+        *("shards.base", "shards.format", "shards.read", "shards.remote", "shards.packing", "shards"),
+        *("loaders.recipe", "loaders.batch", "loaders", "models", "models.training"),
+    ),
     "bench": (
         *("shards.base", "shards.format", "shards.read", "shards.remote", "shards.packing", "shards"),
         *("loaders.recipe", "loaders.batch", "loaders", "models", "models.training", "train"),

@@ -21,7 +21,8 @@ from trainargs import train_args
 import train
 from loaders.batch.loader import TrainLoader
 from models.methods import SimCLR
-from models.training import Settings, read_records
+from models.training import read_records
+from models.training.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

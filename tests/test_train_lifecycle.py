@@ -227,7 +227,7 @@ def test_no_eval_shards_and_an_unlabelled_real_source_are_announced(data, tmp_pa
 
 # -- a run far beyond minutes on its device says so, measured; the first steps are logged at once ------
 def test_estimate_line_names_the_knobs_for_the_device():
-    from models.training import Settings
+    from models.training.settings import Settings
     from models.training.trainer import estimate_line
 
     settings = Settings()

@@ -21,8 +21,9 @@ from trainargs import train_args
 
 import train
 from models import build_method, build_optimizer
-from models.training import Settings, read_records
+from models.training import read_records
 from models.training.compiling import StepClock, compile_method, resolve_compile
+from models.training.settings import Settings
 from shards.base.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,8 +220,7 @@ def test_resume_across_modes(runs, tmp_path):
 
 def test_a_checkpoint_with_wrapper_prefixes_loads_as_the_plain_method(tmp_path):
     """A state_dict saved from a DDP or compiled wrapper elsewhere (``module._orig_mod.`` keys) reads back plain."""
-    from models.training import load_checkpoint
-    from models.training.checkpoint import save_checkpoint
+    from models.training.checkpoint import load_checkpoint, save_checkpoint
 
     method = build_method("simclr", backbone="convnet")
     wrapped = torch.compile(method)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.training import Settings
+from models.training.settings import Settings
 from shards.base.errors import ConfigError
 
 

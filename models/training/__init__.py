@@ -9,18 +9,17 @@ progress), ``rundir`` (the run directory, never clobbered), ``compiling`` (``--c
 from __future__ import annotations
 
 from models import METHODS, build_method
-from models.training.checkpoint import CKPT_LAST, CheckpointError, load_checkpoint, save_checkpoint
+from models.training.checkpoint import CheckpointError, save_checkpoint
 from models.training.data import DataPlan, plan_data, plan_eval
 from models.training.evaluation import Evaluator, format_result
 from models.training.metrics import Progress, read_records
 from models.training.rundir import RunDir
 from models.training.runtime import Runtime, seed_everything, setup_runtime
-from models.training.settings import Settings
 from models.training.trainer import Interrupted, NonFiniteLoss, Trainer
 
 
-def build_method_for(settings: Settings, num_classes: int):
-    """The method of ``s`` with the optimisation overrides it gives (lr, optimizer, weight decay)."""
+def build_method_for(settings, num_classes: int):
+    """The method of ``settings`` (a Settings) with its optimisation overrides (lr, optimizer, weight decay)."""
     from shards.base.errors import ConfigError
 
     overrides = {
@@ -38,7 +37,6 @@ def aug_family(method: str) -> str:
 
 
 __all__ = [
-    "CKPT_LAST",
     "CheckpointError",
     "DataPlan",
     "Evaluator",
@@ -47,12 +45,10 @@ __all__ = [
     "Progress",
     "RunDir",
     "Runtime",
-    "Settings",
     "Trainer",
     "aug_family",
     "build_method_for",
     "format_result",
-    "load_checkpoint",
     "plan_data",
     "plan_eval",
     "read_records",
