@@ -39,7 +39,6 @@ def build(shards: list[str], cfg: EndToEndConfig):
     """(trainer, a function making the loader for a loader device, what the run resolved to), as train.py builds
     a run (the release's 100k-step schedule: only its shape matters here)."""
     from models.training import (
-        Settings,
         Trainer,
         aug_family,
         build_method_for,
@@ -47,6 +46,7 @@ def build(shards: list[str], cfg: EndToEndConfig):
         seed_everything,
         setup_runtime,
     )
+    from models.training.settings import Settings
 
     fields = {k: v for k, v in asdict(cfg).items() if k != "loader_devices"}
     settings = Settings(shards=tuple(shards), progress=False, **fields)

@@ -1,11 +1,12 @@
-"""Getting the trained backbone out (issue 27, item 1): ``python -m models export``, the loading snippets of
-docs/_frag-27-export.md, and checkpoints that load with ``torch.load(..., weights_only=True)``."""
+"""Getting the trained backbone out: ``python -m models export``, the loading snippets of docs/guide.md ("After
+training: export the backbone"), and checkpoints that load with ``torch.load(..., weights_only=True)``."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from models.training.checkpoint import load_checkpoint
 from models.training.runtime import rng_state, set_rng_state
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "_frag-27-export.md"
+DOC = ROOT / "docs" / "guide.md"
+SECTION = "## After training: export the backbone"
 
 
 def _train(data, out: Path, method: str = "simclr", backbone: str = "resnet18", steps: int = 2) -> Path:
@@ -39,7 +41,8 @@ def resnet_run(demo_sets, tmp_path_factory):
 
 
 def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), flags=re.S)
+    section = DOC.read_text().split(SECTION, 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
 
 
 def test_checkpoint_loads_weights_only_and_resumes_the_rng(resnet_run):
@@ -81,7 +84,8 @@ def test_export_cli_and_both_documented_snippets_load_it_strictly(resnet_run):
     features as the trained method's own backbone."""
     cwd = resnet_run.parents[1]
     (command,) = _blocks("bash")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # `python` as a user's activated environment has it: this interpreter's folder first on PATH
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     done = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "wrote backbone.pt: the resnet18 backbone of simclr at step 2 (11,168,832 parameters)" in done.stdout

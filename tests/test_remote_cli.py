@@ -113,7 +113,8 @@ def test_http_set_info_and_verify(http_root, data):
 def test_audit_from_s3_with_weights(remote):
     res = CliRunner().invoke(
         loaders_main,
-        ["audit", "--shards", f"{remote['real']}:10", "--shards", f"{remote['generated']}:1", "--json"],
+        ["audit", "--shards", f"{remote['real']}:10", "--shards", f"{remote['generated']}:1", "--batch-size", "8"]
+        + ["--json"],
     )
     assert res.exit_code == 0, res.output
     report = json.loads(res.output.strip().splitlines()[-1])
