@@ -186,6 +186,8 @@ def main(real, generated, generated_count, server, batch_size, downloads, repeat
     count = generated_count or (2000 if quick else 1_000_000)
     if quick:
         batch_size, repeat = min(batch_size, 64), 1
+    if work is not None:
+        Path(work).mkdir(parents=True, exist_ok=True)  # a folder the user names is made, not a traceback
     with tempfile.TemporaryDirectory(prefix="bench-stage-", dir=work) as tmp:
         tmp = Path(tmp)
         sets = _sets(real, generated, count, tmp, quick)
